@@ -1,0 +1,1 @@
+"""mfa-service: multi-factor authentication for end users, as an internal gRPC service."""

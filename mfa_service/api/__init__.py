@@ -1,0 +1,1 @@
+"""The gRPC layer: servicers convert proto <-> domain and map errors; nothing else here."""

@@ -1,0 +1,50 @@
+"""mfa.v1.AdminService."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from grpc import aio
+
+from mfa.v1 import admin_service_pb2 as pb
+from mfa.v1 import admin_service_pb2_grpc as pb_grpc
+from mfa_service.api import context as call_context
+from mfa_service.api.convert import environment_id, settings_changes, settings_to_proto
+from mfa_service.errors import InvalidArgument, NotImplementedYet
+from mfa_service.services.settings import SettingsService
+
+Context = aio.ServicerContext[Any, Any]
+
+
+class AdminServicer(pb_grpc.AdminServiceServicer):
+    def __init__(self, settings: SettingsService) -> None:
+        self._settings = settings
+
+    async def GetSettings(
+        self, request: pb.GetSettingsRequest, context: Context
+    ) -> pb.GetSettingsResponse:
+        settings = await self._settings.get(environment_id(request.environment_id))
+        return pb.GetSettingsResponse(settings=settings_to_proto(settings))
+
+    async def UpdateSettings(
+        self, request: pb.UpdateSettingsRequest, context: Context
+    ) -> pb.UpdateSettingsResponse:
+        if not request.HasField("settings"):
+            raise InvalidArgument.field("settings", "required")
+        env = environment_id(request.settings.environment_id, "settings.environment_id")
+        changes = settings_changes(request.settings, list(request.update_mask.paths))
+        try:
+            updated = await self._settings.update(env, changes, call_context.current())
+        except InvalidArgument as error:
+            raise error.prefixed("settings") from None
+        return pb.UpdateSettingsResponse(settings=settings_to_proto(updated))
+
+    async def ResetUserMfa(
+        self, request: pb.ResetUserMfaRequest, context: Context
+    ) -> pb.ResetUserMfaResponse:
+        raise NotImplementedYet("ResetUserMfa")
+
+    async def ListAuditEvents(
+        self, request: pb.ListAuditEventsRequest, context: Context
+    ) -> pb.ListAuditEventsResponse:
+        raise NotImplementedYet("ListAuditEvents")

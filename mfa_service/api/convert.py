@@ -1,0 +1,222 @@
+"""Proto <-> domain conversion, with request checks that name the offending field."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from mfa.v1 import types_pb2 as pb
+from mfa_service.domain.model import Action, EnvironmentId, Method, UserId
+from mfa_service.domain.settings import (
+    TOTP_DIGITS,
+    TOTP_PERIOD,
+    UPDATABLE_PATHS,
+    Attestation,
+    LockoutSettings,
+    PasskeySettings,
+    Settings,
+    TotpSettings,
+    UserVerification,
+)
+from mfa_service.errors import InvalidArgument
+
+MAX_ENVIRONMENT_ID = 128
+MAX_USER_ID = 256
+
+_E = TypeVar("_E", bound=enum.Enum)
+
+
+def _identifier(value: str, field: str, max_length: int) -> str:
+    if not value:
+        raise InvalidArgument.field(field, "required")
+    if len(value) > max_length:
+        raise InvalidArgument.field(field, f"at most {max_length} characters")
+    if not value.isascii() or not value.isprintable() or value != value.strip():
+        raise InvalidArgument.field(field, "printable ASCII without surrounding spaces")
+    return value
+
+
+def environment_id(value: str, field: str = "environment_id") -> EnvironmentId:
+    return EnvironmentId(_identifier(value, field, MAX_ENVIRONMENT_ID))
+
+
+def user_id(value: str, field: str = "user_id") -> UserId:
+    return UserId(_identifier(value, field, MAX_USER_ID))
+
+
+# --- enums: proto value NAME == PREFIX + domain member name -----------------------
+
+
+def _to_domain(
+    name_of: Callable[[Any], str], prefix: str, cls: type[_E], value: int, field: str
+) -> _E:
+    try:
+        name = name_of(value)
+    except ValueError:
+        raise InvalidArgument.field(field, f"unknown value {value}") from None
+    member = cls.__members__.get(name.removeprefix(prefix))
+    if member is None:
+        raise InvalidArgument.field(field, f"{name} is not allowed here")
+    return member
+
+
+def method_from_proto(value: int, field: str) -> Method:
+    return _to_domain(pb.Method.Name, "METHOD_", Method, value, field)
+
+
+def method_to_proto(method: Method) -> pb.Method.ValueType:
+    return pb.Method.Value(f"METHOD_{method.name}")
+
+
+def action_from_proto(value: int, field: str) -> Action:
+    return _to_domain(pb.Action.Name, "ACTION_", Action, value, field)
+
+
+def action_to_proto(action: Action) -> pb.Action.ValueType:
+    return pb.Action.Value(f"ACTION_{action.name}")
+
+
+def _each(values: Iterable[int], field: str, convert: Callable[[int, str], _E]) -> tuple[_E, ...]:
+    return tuple(convert(v, f"{field}[{i}]") for i, v in enumerate(values))
+
+
+# --- time ----------------------------------------------------------------------------
+
+
+def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def duration(value: timedelta) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromTimedelta(value)
+    return d
+
+
+# --- settings ------------------------------------------------------------------------
+
+
+def settings_to_proto(s: Settings) -> pb.Settings:
+    return pb.Settings(
+        environment_id=s.environment_id,
+        totp_enabled=s.totp_enabled,
+        passkey_enabled=s.passkey_enabled,
+        require_at_onboarding=s.require_at_onboarding,
+        session_mfa_enabled=s.session_mfa_enabled,
+        action_methods=[method_to_proto(m) for m in s.action_methods],
+        protected_actions=[action_to_proto(a) for a in s.protected_actions],
+        single_use_token_ttl=duration(s.single_use_token_ttl),
+        multi_use_token_ttl=duration(s.multi_use_token_ttl),
+        totp=pb.TotpSettings(
+            issuer=s.totp.issuer,
+            skew_steps=s.totp.skew_steps,
+            max_devices=s.totp.max_devices,
+            digits=TOTP_DIGITS,
+            period=duration(TOTP_PERIOD),
+        ),
+        passkey=pb.PasskeySettings(
+            rp_id=s.passkey.rp_id,
+            rp_name=s.passkey.rp_name,
+            allowed_origins=list(s.passkey.allowed_origins),
+            user_verification=pb.UserVerification.Value(
+                f"USER_VERIFICATION_{s.passkey.user_verification.name}"
+            ),
+            attestation=pb.Attestation.Value(f"ATTESTATION_{s.passkey.attestation.name}"),
+        ),
+        lockout=pb.LockoutSettings(
+            max_failed_attempts=s.lockout.max_failed_attempts,
+            lockout_duration=duration(s.lockout.lockout_duration),
+        ),
+        update_time=timestamp(s.update_time),
+        revision=s.revision,
+    )
+
+
+_F = "settings."
+# One reader per leaf path: proto Settings -> the domain value of that field.
+_LEAVES: dict[str, Callable[[pb.Settings], Any]] = {
+    "totp_enabled": lambda m: m.totp_enabled,
+    "passkey_enabled": lambda m: m.passkey_enabled,
+    "require_at_onboarding": lambda m: m.require_at_onboarding,
+    "session_mfa_enabled": lambda m: m.session_mfa_enabled,
+    "action_methods": lambda m: _each(m.action_methods, _F + "action_methods", method_from_proto),
+    "protected_actions": lambda m: _each(
+        m.protected_actions, _F + "protected_actions", action_from_proto
+    ),
+    "single_use_token_ttl": lambda m: m.single_use_token_ttl.ToTimedelta(),
+    "multi_use_token_ttl": lambda m: m.multi_use_token_ttl.ToTimedelta(),
+    "totp.issuer": lambda m: m.totp.issuer,
+    "totp.skew_steps": lambda m: m.totp.skew_steps,
+    "totp.max_devices": lambda m: m.totp.max_devices,
+    "passkey.rp_id": lambda m: m.passkey.rp_id,
+    "passkey.rp_name": lambda m: m.passkey.rp_name,
+    "passkey.allowed_origins": lambda m: tuple(m.passkey.allowed_origins),
+    "passkey.user_verification": lambda m: _to_domain(
+        pb.UserVerification.Name,
+        "USER_VERIFICATION_",
+        UserVerification,
+        m.passkey.user_verification,
+        _F + "passkey.user_verification",
+    ),
+    "passkey.attestation": lambda m: _to_domain(
+        pb.Attestation.Name,
+        "ATTESTATION_",
+        Attestation,
+        m.passkey.attestation,
+        _F + "passkey.attestation",
+    ),
+    "lockout.max_failed_attempts": lambda m: m.lockout.max_failed_attempts,
+    "lockout.lockout_duration": lambda m: m.lockout.lockout_duration.ToTimedelta(),
+}
+_SECTIONS: dict[str, type[Any]] = {
+    "totp": TotpSettings,
+    "passkey": PasskeySettings,
+    "lockout": LockoutSettings,
+}
+_READ_ONLY_PATHS = ("environment_id", "update_time", "revision", "totp.digits", "totp.period")
+
+
+def settings_changes(message: pb.Settings, paths: Sequence[str]) -> dict[str, Any]:
+    """The domain values of the fields an update mask names (AIP-134 semantics).
+
+    ``*`` names every updatable field. A section path ("totp") replaces the whole
+    section; a leaf path ("totp.issuer") one field. Unknown and output-only paths are
+    refused, naming ``update_mask.paths[i]``.
+    """
+    if not paths:
+        raise InvalidArgument.field("update_mask", 'required: name the fields to change, or "*"')
+    selected: list[str] = []
+    for i, raw in enumerate(paths):
+        path = raw.strip()
+        if path == "*":
+            selected.extend(p for p in UPDATABLE_PATHS if "." not in p)
+        elif path in _READ_ONLY_PATHS:
+            raise InvalidArgument.field(f"update_mask.paths[{i}]", f"{path} cannot be changed")
+        elif path in UPDATABLE_PATHS:
+            selected.append(path)
+        else:
+            raise InvalidArgument.field(
+                f"update_mask.paths[{i}]", f"{path!r} is not a field of Settings"
+            )
+    changes: dict[str, Any] = {}
+    for path in dict.fromkeys(selected):
+        if path in _SECTIONS:
+            prefix = path + "."
+            changes[path] = _SECTIONS[path](
+                **{
+                    leaf.removeprefix(prefix): read(message)
+                    for leaf, read in _LEAVES.items()
+                    if leaf.startswith(prefix)
+                }
+            )
+        else:
+            changes[path] = _LEAVES[path](message)
+    return changes

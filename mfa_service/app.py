@@ -1,0 +1,107 @@
+"""Composition root: configuration -> database -> stores and services -> gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+from mfa_service.api.action_token import ActionTokenServicer
+from mfa_service.api.admin import AdminServicer
+from mfa_service.api.mfa import MfaServicer
+from mfa_service.clock import Clock, SystemClock
+from mfa_service.config import Config, TlsConfig
+from mfa_service.crypto import KeyRing
+from mfa_service.embedded_pg import EmbeddedPostgres
+from mfa_service.server import Server, Servicers
+from mfa_service.services.settings import SettingsService
+from mfa_service.store.db import Database, create_pool, migrate_url
+
+log = logging.getLogger("mfa_service")
+
+
+@dataclass
+class Application:
+    db: Database
+    server: Server
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    async def stop(self, grace_seconds: float = 0) -> None:
+        await self.server.stop(grace_seconds)
+        await self.db.close()
+
+
+async def start(
+    *,
+    database_url: str,
+    key_ring: KeyRing,
+    listen_addr: str = "127.0.0.1:0",
+    tls: TlsConfig | None = None,
+    clock: Clock | None = None,
+    pool_size: int = 10,
+    health_interval_seconds: float = 2.0,
+) -> Application:
+    """Migrate, connect and serve; the returned application knows its bound port."""
+    clock = clock or SystemClock()
+    await migrate_url(database_url)
+    db = Database(await create_pool(database_url, size=pool_size))
+    del key_ring  # used by the secret-holding services (TOTP seeds, signing keys)
+    servicers = Servicers(
+        mfa=MfaServicer(),
+        action_tokens=ActionTokenServicer(),
+        admin=AdminServicer(SettingsService(db, clock)),
+    )
+    server = Server(
+        servicers,
+        listen_addr=listen_addr,
+        tls=tls,
+        database_ready=db.ping,
+        health_interval_seconds=health_interval_seconds,
+    )
+    try:
+        port = await server.start()
+    except BaseException:
+        await db.close()
+        raise
+    if port == 0:
+        await db.close()
+        raise OSError(f"could not listen on {listen_addr}")
+    return Application(db=db, server=server)
+
+
+async def serve(config: Config) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    embedded = None
+    database_url = config.database_url
+    if database_url is None:
+        embedded = EmbeddedPostgres(config.data_dir)
+        database_url = embedded.url
+    try:
+        app = await start(
+            database_url=database_url,
+            key_ring=config.key_ring,
+            listen_addr=config.listen_addr,
+            tls=config.tls,
+            pool_size=config.db_pool_size,
+        )
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+        log.info(
+            "mfa-service serving on %s:%d (%s)",
+            config.listen_host,
+            app.port,
+            "TLS" if config.tls else "plaintext, development only",
+        )
+        await stopping.wait()
+        log.info("shutting down: health NOT_SERVING, letting in-flight calls finish")
+        await app.stop(config.shutdown_grace_seconds)
+        log.info("stopped")
+    finally:
+        if embedded is not None:
+            embedded.stop()

@@ -1,0 +1,186 @@
+"""Settings of the process, from environment variables, validated before anything starts.
+
+A missing or malformed value raises ``ConfigError`` naming the variable; the command
+line turns it into one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from mfa_service.crypto import KeyRing, KeyRingError
+
+DEFAULT_LISTEN_ADDR = "127.0.0.1:50051"
+DEV_KEY_FILE = "dev-encryption-keys"
+
+
+class ConfigError(Exception):
+    def __init__(self, variable: str, problem: str) -> None:
+        self.variable = variable
+        self.problem = problem
+        super().__init__(f"{variable}: {problem}")
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    database_url: str | None
+    listen_host: str
+    listen_port: int
+    key_ring: KeyRing
+    tls: TlsConfig | None
+    data_dir: Path
+    db_pool_size: int
+    shutdown_grace_seconds: float
+    log_level: str
+    dev_mode: bool
+
+    @property
+    def listen_addr(self) -> str:
+        host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
+        return f"{host}:{self.listen_port}"
+
+
+def load(env: Mapping[str, str] | None = None, *, dev_mode: bool = False) -> Config:
+    """Read and check every setting. ``dev_mode`` is ``serve --dev`` (``make run``)."""
+    env = os.environ if env is None else env
+    data_dir = Path(env.get("MFA_DATA_DIR") or ".data")
+    host, port = parse_host_port(
+        "MFA_LISTEN_ADDR", env.get("MFA_LISTEN_ADDR") or DEFAULT_LISTEN_ADDR
+    )
+    tls = _tls(env)
+    plaintext = _bool(env, "MFA_ALLOW_PLAINTEXT", default=dev_mode)
+    if tls is None and not plaintext:
+        raise ConfigError(
+            "MFA_TLS_CERT_FILE",
+            "not set: set MFA_TLS_CERT_FILE and MFA_TLS_KEY_FILE, or MFA_ALLOW_PLAINTEXT=true "
+            "for local development only",
+        )
+    if tls is None and not _is_loopback(host) and not _bool(env, "MFA_PLAINTEXT_ANY_HOST"):
+        raise ConfigError(
+            "MFA_LISTEN_ADDR",
+            f"plaintext serving is limited to loopback, not {host} (configure TLS)",
+        )
+    return Config(
+        database_url=_database_url(env),
+        listen_host=host,
+        listen_port=port,
+        key_ring=_key_ring(env, data_dir, dev_mode=dev_mode),
+        tls=tls,
+        data_dir=data_dir,
+        db_pool_size=_int(env, "MFA_DB_POOL_SIZE", default=10, low=1, high=200),
+        shutdown_grace_seconds=float(
+            _int(env, "MFA_SHUTDOWN_GRACE_SECONDS", default=10, low=0, high=600)
+        ),
+        log_level=_log_level(env),
+        dev_mode=dev_mode,
+    )
+
+
+def parse_host_port(variable: str, value: str) -> tuple[str, int]:
+    host, sep, port_text = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(variable, f"must be HOST:PORT with a port 0-65535, not {value!r}")
+    return host, int(port_text)
+
+
+def _is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def _database_url(env: Mapping[str, str]) -> str | None:
+    url = env.get("DATABASE_URL") or None
+    if url is not None and not url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError("DATABASE_URL", "must be a postgresql:// URL")
+    return url
+
+
+def _key_ring(env: Mapping[str, str], data_dir: Path, *, dev_mode: bool) -> KeyRing:
+    spec = env.get("MFA_ENCRYPTION_KEYS", "").strip()
+    if not spec and dev_mode:
+        spec = _dev_keys(data_dir)
+    if not spec:
+        raise ConfigError(
+            "MFA_ENCRYPTION_KEYS",
+            "not set: give KEY_ID:BASE64_32_BYTES[,...] "
+            "(make one with 'mfa-service keys generate')",
+        )
+    try:
+        return KeyRing.parse(spec)
+    except KeyRingError as exc:
+        raise ConfigError("MFA_ENCRYPTION_KEYS", str(exc)) from None
+
+
+def _dev_keys(data_dir: Path) -> str:
+    """Development only: a key ring kept in the data directory, made on first use."""
+    path = data_dir / DEV_KEY_FILE
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(KeyRing.generate_entry("dev1") + "\n")
+        path.chmod(0o600)
+    logging.getLogger("mfa_service").warning(
+        "DEVELOPMENT MODE: secrets are encrypted with a key stored in %s; never use this "
+        "in production (set MFA_ENCRYPTION_KEYS)",
+        path,
+    )
+    return path.read_text().strip()
+
+
+def _tls(env: Mapping[str, str]) -> TlsConfig | None:
+    cert, key = env.get("MFA_TLS_CERT_FILE"), env.get("MFA_TLS_KEY_FILE")
+    ca = env.get("MFA_TLS_CLIENT_CA_FILE")
+    if not cert and not key:
+        if ca:
+            raise ConfigError("MFA_TLS_CERT_FILE", "required with MFA_TLS_CLIENT_CA_FILE")
+        return None
+    if not cert:
+        raise ConfigError("MFA_TLS_CERT_FILE", "required with MFA_TLS_KEY_FILE")
+    if not key:
+        raise ConfigError("MFA_TLS_KEY_FILE", "required with MFA_TLS_CERT_FILE")
+    for variable, value in (
+        ("MFA_TLS_CERT_FILE", cert),
+        ("MFA_TLS_KEY_FILE", key),
+        ("MFA_TLS_CLIENT_CA_FILE", ca),
+    ):
+        if value and not Path(value).is_file():
+            raise ConfigError(variable, f"no readable file at {value}")
+    return TlsConfig(Path(cert), Path(key), Path(ca) if ca else None)
+
+
+def _bool(env: Mapping[str, str], variable: str, *, default: bool = False) -> bool:
+    value = env.get(variable)
+    if value is None or value == "":
+        return default
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(variable, f"must be true or false, not {value!r}")
+
+
+def _int(env: Mapping[str, str], variable: str, *, default: int, low: int, high: int) -> int:
+    value = env.get(variable)
+    if value is None or value == "":
+        return default
+    if not value.strip().isdigit() or not low <= int(value) <= high:
+        raise ConfigError(variable, f"must be a whole number from {low} to {high}, not {value!r}")
+    return int(value)
+
+
+def _log_level(env: Mapping[str, str]) -> str:
+    level = (env.get("MFA_LOG_LEVEL") or "INFO").upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError("MFA_LOG_LEVEL", "must be DEBUG, INFO, WARNING or ERROR")
+    return level

@@ -1,0 +1,390 @@
+"""Per-environment MFA settings: defaults, field-mask updates and validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from mfa_service.domain.model import CONFIGURABLE_ACTIONS, Action, EnvironmentId, Method
+from mfa_service.errors import FieldViolation, InvalidArgument
+
+# Authenticator apps honour nothing else (Google Authenticator hard-codes these).
+TOTP_DIGITS = 6
+TOTP_PERIOD = timedelta(seconds=30)
+
+SINGLE_USE_TTL_RANGE = (timedelta(seconds=10), timedelta(minutes=5))  # ASVS 9.2.1
+MULTI_USE_TTL_RANGE = (timedelta(seconds=10), timedelta(hours=1))  # NIST 800-63B-4: 1 h idle
+LOCKOUT_DURATION_RANGE = (timedelta(minutes=1), timedelta(hours=24))
+MAX_FAILED_ATTEMPTS_RANGE = (1, 100)  # NIST 800-63B §3.2.2 caps it at 100
+MAX_TOTP_DEVICES_RANGE = (1, 10)
+MAX_ISSUER_LENGTH = 64
+MAX_ORIGINS = 20
+
+_HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+class UserVerification(enum.Enum):
+    """WebAuthn §5.8.6; values are the strings WebAuthn uses."""
+
+    REQUIRED = "required"
+    PREFERRED = "preferred"
+    DISCOURAGED = "discouraged"
+
+
+class Attestation(enum.Enum):
+    """WebAuthn §5.4.7; values are the strings WebAuthn uses."""
+
+    NONE = "none"
+    INDIRECT = "indirect"
+    DIRECT = "direct"
+    ENTERPRISE = "enterprise"
+
+
+@dataclass(frozen=True, slots=True)
+class TotpSettings:
+    issuer: str = "MFA"
+    skew_steps: int = 1
+    max_devices: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class PasskeySettings:
+    rp_id: str = ""
+    rp_name: str = ""
+    allowed_origins: tuple[str, ...] = ()
+    user_verification: UserVerification = UserVerification.REQUIRED
+    attestation: Attestation = Attestation.NONE
+
+
+@dataclass(frozen=True, slots=True)
+class LockoutSettings:
+    max_failed_attempts: int = 5
+    lockout_duration: timedelta = timedelta(minutes=15)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """One environment's configuration. ``Settings(environment_id=...)`` is the default."""
+
+    environment_id: EnvironmentId
+    totp_enabled: bool = True
+    passkey_enabled: bool = True
+    require_at_onboarding: bool = False
+    session_mfa_enabled: bool = False
+    action_methods: tuple[Method, ...] = (Method.TOTP, Method.PASSKEY)
+    protected_actions: tuple[Action, ...] = ()
+    single_use_token_ttl: timedelta = timedelta(minutes=5)
+    multi_use_token_ttl: timedelta = timedelta(minutes=10)
+    totp: TotpSettings = field(default_factory=TotpSettings)
+    passkey: PasskeySettings = field(default_factory=PasskeySettings)
+    lockout: LockoutSettings = field(default_factory=LockoutSettings)
+    # Output only.
+    revision: int = 0
+    update_time: datetime | None = None
+
+    @property
+    def enabled_methods(self) -> frozenset[Method]:
+        enabled = set()
+        if self.totp_enabled:
+            enabled.add(Method.TOTP)
+        if self.passkey_enabled:
+            enabled.add(Method.PASSKEY)
+        return frozenset(enabled)
+
+    @property
+    def rp_name(self) -> str:
+        return self.passkey.rp_name or self.totp.issuer
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "totp": TotpSettings,
+    "passkey": PasskeySettings,
+    "lockout": LockoutSettings,
+}
+_OUTPUT_ONLY = frozenset({"environment_id", "revision", "update_time"})
+
+
+def _field_names(cls: type[Any]) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+#: Every path an update mask may name, in declaration order.
+UPDATABLE_PATHS: tuple[str, ...] = tuple(
+    path
+    for name in _field_names(Settings)
+    if name not in _OUTPUT_ONLY
+    for path in (
+        [name, *(f"{name}.{sub}" for sub in _field_names(_SECTIONS[name]))]
+        if name in _SECTIONS
+        else [name]
+    )
+)
+TOP_LEVEL_PATHS: tuple[str, ...] = tuple(p for p in UPDATABLE_PATHS if "." not in p)
+
+
+def apply_update(current: Settings, changes: Mapping[str, Any]) -> Settings:
+    """Return ``current`` with each path of ``changes`` set to its value.
+
+    Paths are those of ``UPDATABLE_PATHS`` ("lockout" replaces the whole section,
+    "lockout.max_failed_attempts" one field). The result is not validated here.
+    """
+    top: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for path, value in changes.items():
+        if path not in UPDATABLE_PATHS:
+            raise InvalidArgument.field(path, "not a settings field that can be updated")
+        section, _, sub = path.partition(".")
+        if sub:
+            nested.setdefault(section, {})[sub] = value
+        else:
+            top[section] = value
+    for section, fields in nested.items():
+        base = top.get(section, getattr(current, section))
+        top[section] = dataclasses.replace(base, **fields)
+    return dataclasses.replace(current, **top)
+
+
+def validate(settings: Settings) -> None:
+    """Refuse an invalid configuration, naming every offending field."""
+    violations = list(_violations(settings))
+    if violations:
+        raise InvalidArgument(violations)
+
+
+def _violations(s: Settings) -> Iterable[FieldViolation]:
+    enabled = s.enabled_methods
+    no_method = "needs at least one of totp_enabled and passkey_enabled"
+    if not enabled:
+        if s.session_mfa_enabled:
+            yield FieldViolation("session_mfa_enabled", no_method)
+        if s.require_at_onboarding:
+            yield FieldViolation("require_at_onboarding", no_method)
+        if s.protected_actions:
+            yield FieldViolation("protected_actions", no_method)
+
+    yield from _distinct("action_methods", s.action_methods)
+    for i, method in enumerate(s.action_methods):
+        if method is Method.RECOVERY_CODE:
+            yield FieldViolation(
+                f"action_methods[{i}]",
+                "recovery codes are the fallback everywhere and are not configured here",
+            )
+        elif method not in enabled:
+            yield FieldViolation(
+                f"action_methods[{i}]", f"{method.name} is not enabled for this environment"
+            )
+    if s.protected_actions and not s.action_methods:
+        yield FieldViolation("action_methods", "protected actions need at least one method")
+
+    yield from _distinct("protected_actions", s.protected_actions)
+    for i, action in enumerate(s.protected_actions):
+        if action not in CONFIGURABLE_ACTIONS:
+            yield FieldViolation(
+                f"protected_actions[{i}]", f"{action.name} is always protected; do not list it"
+            )
+
+    yield from _in_range("single_use_token_ttl", s.single_use_token_ttl, SINGLE_USE_TTL_RANGE)
+    yield from _in_range("multi_use_token_ttl", s.multi_use_token_ttl, MULTI_USE_TTL_RANGE)
+
+    issuer = s.totp.issuer
+    if not issuer.strip():
+        yield FieldViolation("totp.issuer", "must not be empty")
+    elif len(issuer) > MAX_ISSUER_LENGTH:
+        yield FieldViolation("totp.issuer", f"at most {MAX_ISSUER_LENGTH} characters")
+    elif ":" in issuer or not issuer.isprintable():
+        # Key-Uri-Format: the label is "issuer:account"; a colon would split it wrongly.
+        yield FieldViolation("totp.issuer", 'must not contain ":" or control characters')
+    if s.totp.skew_steps not in (0, 1):
+        # RFC 6238 §5.2 recommends at most one step of network delay.
+        yield FieldViolation("totp.skew_steps", "must be 0 or 1")
+    yield from _in_range("totp.max_devices", s.totp.max_devices, MAX_TOTP_DEVICES_RANGE)
+
+    yield from _passkey_violations(s.passkey)
+
+    yield from _in_range(
+        "lockout.max_failed_attempts", s.lockout.max_failed_attempts, MAX_FAILED_ATTEMPTS_RANGE
+    )
+    yield from _in_range(
+        "lockout.lockout_duration", s.lockout.lockout_duration, LOCKOUT_DURATION_RANGE
+    )
+
+
+def _passkey_violations(p: PasskeySettings) -> Iterable[FieldViolation]:
+    if p.rp_id and not is_valid_rp_id(p.rp_id):
+        yield FieldViolation("passkey.rp_id", "must be a domain name such as example.com")
+    if len(p.rp_name) > MAX_ISSUER_LENGTH:
+        yield FieldViolation("passkey.rp_name", f"at most {MAX_ISSUER_LENGTH} characters")
+    if p.rp_id and not p.allowed_origins:
+        yield FieldViolation("passkey.allowed_origins", "at least one origin is needed with rp_id")
+    if p.allowed_origins and not p.rp_id:
+        yield FieldViolation("passkey.rp_id", "required when allowed_origins are set")
+    if len(p.allowed_origins) > MAX_ORIGINS:
+        yield FieldViolation("passkey.allowed_origins", f"at most {MAX_ORIGINS} origins")
+    yield from _distinct("passkey.allowed_origins", p.allowed_origins)
+    for i, origin in enumerate(p.allowed_origins):
+        problem = origin_problem(origin, p.rp_id)
+        if problem:
+            yield FieldViolation(f"passkey.allowed_origins[{i}]", problem)
+
+
+def is_valid_rp_id(rp_id: str) -> bool:
+    """A lowercase DNS name (WebAuthn §5.1.2: an RP ID is a valid domain string)."""
+    if len(rp_id) > 253:
+        return False
+    labels = rp_id.split(".")
+    return all(_HOST_LABEL.match(label) for label in labels) and not labels[-1].isdigit()
+
+
+def origin_problem(origin: str, rp_id: str) -> str | None:
+    """Why ``origin`` cannot be an allowed WebAuthn origin for ``rp_id``, or None.
+
+    WebAuthn §13.4.9: the origin must be exactly scheme://host[:port], its host the RP
+    ID or a subdomain of it, and https unless the host is localhost.
+    """
+    try:
+        parts = urlsplit(origin)
+        port = parts.port
+    except ValueError:
+        return "not a valid origin"
+    host = parts.hostname or ""
+    if (
+        parts.scheme not in ("https", "http")
+        or not host
+        or parts.path
+        or parts.query
+        or parts.fragment
+        or parts.username
+        or parts.password
+        or origin.endswith(":")
+    ):
+        return "must be exactly scheme://host[:port], e.g. https://app.example.com"
+    if origin != f"{parts.scheme}://{host}" + (f":{port}" if port is not None else ""):
+        return "must be written in lowercase with no default port"
+    if parts.scheme == "http" and host != "localhost":
+        return "must use https (http only for localhost)"
+    if rp_id and host != rp_id and not host.endswith("." + rp_id):
+        return f"host must be {rp_id} or a subdomain of it"
+    return None
+
+
+def _distinct(path: str, values: tuple[Any, ...]) -> Iterable[FieldViolation]:
+    if len(set(values)) != len(values):
+        yield FieldViolation(path, "must not list a value twice")
+
+
+_Bound = TypeVar("_Bound", int, timedelta)
+
+
+def _in_range(path: str, value: _Bound, bounds: tuple[_Bound, _Bound]) -> Iterable[FieldViolation]:
+    low, high = bounds
+    if not low <= value <= high:
+        yield FieldViolation(path, f"must be between {_show(low)} and {_show(high)}")
+
+
+def _show(value: int | timedelta) -> str:
+    if isinstance(value, timedelta):
+        seconds = int(value.total_seconds())
+        if seconds % 3600 == 0:
+            return f"{seconds // 3600}h"
+        if seconds % 60 == 0:
+            return f"{seconds // 60}m"
+        return f"{seconds}s"
+    return str(value)
+
+
+def to_document(s: Settings) -> dict[str, Any]:
+    """The JSON document stored for ``s`` (enums by name, durations in seconds)."""
+    return {
+        "totp_enabled": s.totp_enabled,
+        "passkey_enabled": s.passkey_enabled,
+        "require_at_onboarding": s.require_at_onboarding,
+        "session_mfa_enabled": s.session_mfa_enabled,
+        "action_methods": [m.name for m in s.action_methods],
+        "protected_actions": [a.name for a in s.protected_actions],
+        "single_use_token_ttl": s.single_use_token_ttl.total_seconds(),
+        "multi_use_token_ttl": s.multi_use_token_ttl.total_seconds(),
+        "totp": {
+            "issuer": s.totp.issuer,
+            "skew_steps": s.totp.skew_steps,
+            "max_devices": s.totp.max_devices,
+        },
+        "passkey": {
+            "rp_id": s.passkey.rp_id,
+            "rp_name": s.passkey.rp_name,
+            "allowed_origins": list(s.passkey.allowed_origins),
+            "user_verification": s.passkey.user_verification.name,
+            "attestation": s.passkey.attestation.name,
+        },
+        "lockout": {
+            "max_failed_attempts": s.lockout.max_failed_attempts,
+            "lockout_duration": s.lockout.lockout_duration.total_seconds(),
+        },
+    }
+
+
+def from_document(
+    environment_id: EnvironmentId,
+    doc: Mapping[str, Any],
+    *,
+    revision: int,
+    update_time: datetime | None,
+) -> Settings:
+    """Inverse of ``to_document``; fields missing from an older document keep defaults."""
+    d = Settings(environment_id=environment_id)
+    totp, passkey, lockout = doc.get("totp", {}), doc.get("passkey", {}), doc.get("lockout", {})
+    return Settings(
+        environment_id=environment_id,
+        totp_enabled=doc.get("totp_enabled", d.totp_enabled),
+        passkey_enabled=doc.get("passkey_enabled", d.passkey_enabled),
+        require_at_onboarding=doc.get("require_at_onboarding", d.require_at_onboarding),
+        session_mfa_enabled=doc.get("session_mfa_enabled", d.session_mfa_enabled),
+        action_methods=tuple(Method[m] for m in doc.get("action_methods", ["TOTP", "PASSKEY"])),
+        protected_actions=tuple(Action[a] for a in doc.get("protected_actions", [])),
+        single_use_token_ttl=_seconds(doc, "single_use_token_ttl", d.single_use_token_ttl),
+        multi_use_token_ttl=_seconds(doc, "multi_use_token_ttl", d.multi_use_token_ttl),
+        totp=TotpSettings(
+            issuer=totp.get("issuer", d.totp.issuer),
+            skew_steps=totp.get("skew_steps", d.totp.skew_steps),
+            max_devices=totp.get("max_devices", d.totp.max_devices),
+        ),
+        passkey=PasskeySettings(
+            rp_id=passkey.get("rp_id", d.passkey.rp_id),
+            rp_name=passkey.get("rp_name", d.passkey.rp_name),
+            allowed_origins=tuple(passkey.get("allowed_origins", ())),
+            user_verification=UserVerification[
+                passkey.get("user_verification", d.passkey.user_verification.name)
+            ],
+            attestation=Attestation[passkey.get("attestation", d.passkey.attestation.name)],
+        ),
+        lockout=LockoutSettings(
+            max_failed_attempts=lockout.get("max_failed_attempts", d.lockout.max_failed_attempts),
+            lockout_duration=_seconds(lockout, "lockout_duration", d.lockout.lockout_duration),
+        ),
+        revision=revision,
+        update_time=update_time,
+    )
+
+
+def _seconds(doc: Mapping[str, Any], key: str, default: timedelta) -> timedelta:
+    value = doc.get(key)
+    return default if value is None else timedelta(seconds=float(value))
+
+
+def changed_paths(before: Settings, after: Settings) -> list[str]:
+    """The leaf paths whose values differ, for the audit log."""
+    changed = []
+    for path in UPDATABLE_PATHS:
+        section, _, sub = path.partition(".")
+        if section in _SECTIONS and not sub:
+            continue
+        old = getattr(getattr(before, section), sub) if sub else getattr(before, section)
+        new = getattr(getattr(after, section), sub) if sub else getattr(after, section)
+        if old != new:
+            changed.append(path)
+    return changed

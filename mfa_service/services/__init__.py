@@ -1,0 +1,1 @@
+"""Use cases: one per RPC, each in one database transaction."""

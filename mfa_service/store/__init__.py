@@ -1,0 +1,1 @@
+"""PostgreSQL repositories: every SQL statement of the service lives in this package."""

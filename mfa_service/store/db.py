@@ -1,0 +1,185 @@
+"""Connection pool, transactions, migrations, and database failures as ``MfaError``."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, TypeAlias
+
+import asyncpg
+
+from mfa_service.errors import DatabaseUnavailable
+
+# A pooled connection or a bare one (migrations); stores accept either.
+Connection: TypeAlias = (
+    "asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
+)
+log = logging.getLogger("mfa_service.store")
+
+# pg_advisory_xact_lock key for migrations: crc32("mfa-service migrations").
+MIGRATION_LOCK_ID = 0x6D666173
+COMMAND_TIMEOUT_SECONDS = 5.0
+ACQUIRE_TIMEOUT_SECONDS = 5.0
+
+# SQLSTATE classes that mean "the database is not usable now": connection exception,
+# insufficient resources, operator intervention (shutdown, cannot connect now).
+_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
+# Serialization failure and deadlock: the transaction was rolled back as a whole.
+_RETRYABLE_SQLSTATES = ("40001", "40P01")
+
+
+class MigrationError(Exception):
+    pass
+
+
+def _is_unavailable(exc: BaseException) -> bool:
+    if isinstance(exc, asyncpg.PostgresError):
+        state = exc.sqlstate or ""
+        return state.startswith(_UNAVAILABLE_SQLSTATE_CLASSES) or state in _RETRYABLE_SQLSTATES
+    return isinstance(
+        exc,
+        OSError | TimeoutError | asyncpg.InterfaceError | asyncpg.ConnectionDoesNotExistError,
+    )
+
+
+@contextmanager
+def unavailable_on_db_failure() -> Iterator[None]:
+    """Turn a lost, refused or timed-out database into ``DatabaseUnavailable``."""
+    try:
+        yield
+    except Exception as exc:
+        if _is_unavailable(exc):
+            log.warning("database unavailable: %s", type(exc).__name__)
+            raise DatabaseUnavailable() from exc
+        raise
+
+
+async def _init_connection(conn: Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(url: str, *, size: int) -> asyncpg.Pool:
+    with unavailable_on_db_failure():
+        pool = await asyncpg.create_pool(
+            url,
+            min_size=min(2, size),
+            max_size=size,
+            command_timeout=COMMAND_TIMEOUT_SECONDS,
+            init=_init_connection,
+        )
+    if pool is None:  # only when create_pool is not awaited; keeps the type exact
+        raise DatabaseUnavailable()
+    return pool
+
+
+class Database:
+    """The pool, handing out transactions whose failures become ``MfaError``."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Connection]:
+        with unavailable_on_db_failure():
+            async with (
+                self.pool.acquire(timeout=ACQUIRE_TIMEOUT_SECONDS) as conn,
+                conn.transaction(),
+            ):
+                yield conn
+
+    async def ping(self) -> bool:
+        try:
+            async with asyncio.timeout(ACQUIRE_TIMEOUT_SECONDS):
+                return bool(await self.pool.fetchval("SELECT 1") == 1)
+        except Exception as exc:
+            if _is_unavailable(exc):
+                return False
+            raise
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def load_migrations() -> list[Migration]:
+    """The numbered ``NNNN_name.sql`` files of ``mfa_service/migrations``, in order."""
+    found = []
+    for entry in resources.files("mfa_service.migrations").iterdir():
+        if not entry.name.endswith(".sql"):
+            continue
+        number, _, rest = entry.name.partition("_")
+        if not number.isdigit():
+            raise MigrationError(f"migration file {entry.name} must start with its number")
+        found.append(Migration(int(number), rest.removesuffix(".sql"), entry.read_text()))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise MigrationError("two migration files share a number")
+    return found
+
+
+async def migrate(conn: Connection) -> list[int]:
+    """Apply the migrations not applied yet, in one transaction; returns their numbers.
+
+    Safe when several replicas start at once: the advisory lock makes them take turns,
+    and the later ones find nothing left to do.
+    """
+    applied_now = []
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_ID)
+        await conn.execute(
+            """
+            CREATE TABLE IF NOT EXISTS schema_migrations (
+                version    integer PRIMARY KEY,
+                name       text        NOT NULL,
+                checksum   text        NOT NULL,
+                applied_at timestamptz NOT NULL DEFAULT now()
+            )
+            """
+        )
+        rows = await conn.fetch("SELECT version, checksum FROM schema_migrations")
+        applied: dict[int, Any] = {r["version"]: r["checksum"] for r in rows}
+        for migration in load_migrations():
+            if migration.version in applied:
+                if applied[migration.version] != migration.checksum:
+                    raise MigrationError(
+                        f"migration {migration.version:04d}_{migration.name} was changed "
+                        "after it was applied; add a new migration instead"
+                    )
+                continue
+            await conn.execute(migration.sql)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                migration.version,
+                migration.name,
+                migration.checksum,
+            )
+            applied_now.append(migration.version)
+    for version in applied_now:
+        log.info("applied migration %04d", version)
+    return applied_now
+
+
+async def migrate_url(url: str) -> list[int]:
+    with unavailable_on_db_failure():
+        conn = await asyncpg.connect(url, timeout=ACQUIRE_TIMEOUT_SECONDS)
+    try:
+        return await migrate(conn)
+    finally:
+        await conn.close()
