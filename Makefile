@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint proto proto-check migrate clean
+.PHONY: install system-deps run test lint proto proto-check migrate clean
 
 install: $(STAMP)
 
@@ -25,14 +25,22 @@ proto-check: $(STAMP)
 	@rm -rf .proto-check
 	@echo "generated code is up to date"
 
+# Tools the tests call that come from Debian rather than PyPI: oathtool, an independent
+# RFC 6238 implementation the TOTP interop test checks against.
+system-deps:
+	@command -v oathtool >/dev/null || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq oathtool; \
+		else echo "please install oathtool (Debian/Ubuntu: apt-get install oathtool)"; exit 1; fi; }
+
 run: $(STAMP) proto
 	$(BIN)/mfa-service serve --dev
 
 migrate: $(STAMP)
 	$(BIN)/mfa-service migrate
 
-test: $(STAMP) proto
-	PYTHONASYNCIODEBUG=$${PYTHONASYNCIODEBUG:-0} $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+test: $(STAMP) system-deps proto
+	PYTHONASYNCIODEBUG=$${PYTHONASYNCIODEBUG:-1} $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check .

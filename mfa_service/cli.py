@@ -49,13 +49,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     _configure_logging("INFO")
     try:
-        config = config_module.load(dev_mode=getattr(args, "dev", False))
+        # migrate needs only the database: a migration job gets no keys and no TLS files.
+        config: config_module.Config | config_module.DatabaseConfig = (
+            config_module.load_database()
+            if args.command == "migrate"
+            else config_module.load(dev_mode=getattr(args, "dev", False))
+        )
     except ConfigError as error:
         print(f"mfa-service: configuration error: {error}", file=sys.stderr)
         return 2
     logging.getLogger().setLevel(config.log_level)
     try:
-        if args.command == "migrate":
+        if isinstance(config, config_module.DatabaseConfig):
             return asyncio.run(_migrate(config))
         asyncio.run(_serve(config))
     except DatabaseUnavailable:
@@ -70,7 +75,7 @@ async def _serve(config: config_module.Config) -> None:
     await serve(config)
 
 
-async def _migrate(config: config_module.Config) -> int:
+async def _migrate(config: config_module.DatabaseConfig) -> int:
     from mfa_service.embedded_pg import EmbeddedPostgres
     from mfa_service.store.db import migrate_url
 

@@ -75,7 +75,6 @@ def load(env: Mapping[str, str] | None = None, *, dev_mode: bool = False) -> Con
         database_url=_database_url(env),
         listen_host=host,
         listen_port=port,
-        key_ring=_key_ring(env, data_dir, dev_mode=dev_mode),
         tls=tls,
         data_dir=data_dir,
         db_pool_size=_int(env, "MFA_DB_POOL_SIZE", default=10, low=1, high=200),
@@ -84,13 +83,34 @@ def load(env: Mapping[str, str] | None = None, *, dev_mode: bool = False) -> Con
         ),
         log_level=_log_level(env),
         dev_mode=dev_mode,
+        # Last: in dev mode it writes a key file and logs, only for an otherwise valid config.
+        key_ring=_key_ring(env, data_dir, dev_mode=dev_mode),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseConfig:
+    """What ``migrate`` needs: no key ring, no TLS, no listen address."""
+
+    database_url: str | None
+    data_dir: Path
+    log_level: str
+
+
+def load_database(env: Mapping[str, str] | None = None) -> DatabaseConfig:
+    """Read and check only the database settings (``mfa-service migrate``)."""
+    env = os.environ if env is None else env
+    return DatabaseConfig(
+        database_url=_database_url(env),
+        data_dir=Path(env.get("MFA_DATA_DIR") or ".data"),
+        log_level=_log_level(env),
     )
 
 
 def parse_host_port(variable: str, value: str) -> tuple[str, int]:
     host, sep, port_text = value.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    if not sep or not host or not port_text.isdecimal() or not 0 <= int(port_text) <= 65535:
         raise ConfigError(variable, f"must be HOST:PORT with a port 0-65535, not {value!r}")
     return host, int(port_text)
 
@@ -127,8 +147,10 @@ def _dev_keys(data_dir: Path) -> str:
     path = data_dir / DEV_KEY_FILE
     if not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(KeyRing.generate_entry("dev1") + "\n")
-        path.chmod(0o600)
+        # Created 0600 in one step: never readable by others, not even for a moment.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(KeyRing.generate_entry("dev1") + "\n")
     logging.getLogger("mfa_service").warning(
         "DEVELOPMENT MODE: secrets are encrypted with a key stored in %s; never use this "
         "in production (set MFA_ENCRYPTION_KEYS)",
@@ -174,7 +196,7 @@ def _int(env: Mapping[str, str], variable: str, *, default: int, low: int, high:
     value = env.get(variable)
     if value is None or value == "":
         return default
-    if not value.strip().isdigit() or not low <= int(value) <= high:
+    if not value.strip().isdecimal() or not low <= int(value) <= high:
         raise ConfigError(variable, f"must be a whole number from {low} to {high}, not {value!r}")
     return int(value)
 

@@ -89,6 +89,8 @@ class KeyRing:
         if key is None:
             raise DecryptionError(f"no key {kid!r} in the key ring")
         nonce, sealed = blob[kid_end : kid_end + _NONCE_BYTES], blob[kid_end + _NONCE_BYTES :]
+        if len(nonce) != _NONCE_BYTES:  # AESGCM would raise ValueError, not InvalidTag
+            raise DecryptionError("sealed blob is truncated")
         try:
             return AESGCM(key).decrypt(nonce, sealed, blob[:kid_end] + context)
         except InvalidTag:

@@ -7,11 +7,11 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
 from mfa.v1 import (
@@ -47,6 +47,64 @@ class Servicers:
     admin: AdminServicer
 
 
+class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
+    """grpc.health.v1, whose Watch streams end once they have reported the shutdown.
+
+    As grpcio's reference ``aio.HealthServicer``, except for that: an open Watch is a
+    call in flight (client-side health checking keeps one per channel), so a Watch that
+    never ends would hold every graceful stop for its whole grace period.
+    """
+
+    def __init__(self) -> None:
+        self._status: dict[str, health_pb2.HealthCheckResponse.ServingStatus.ValueType] = {
+            "": health_pb2.HealthCheckResponse.SERVING
+        }
+        self._changed = asyncio.Condition()
+        self._shutting_down = False
+
+    def _current(self, service: str) -> health_pb2.HealthCheckResponse.ServingStatus.ValueType:
+        return self._status.get(service, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
+
+    async def Check(
+        self, request: health_pb2.HealthCheckRequest, context: aio.ServicerContext[Any, Any]
+    ) -> health_pb2.HealthCheckResponse:
+        status = self._status.get(request.service)
+        if status is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
+        return health_pb2.HealthCheckResponse(status=status)
+
+    async def Watch(
+        self, request: health_pb2.HealthCheckRequest, context: aio.ServicerContext[Any, Any]
+    ) -> None:
+        sent = None
+        while True:
+            async with self._changed:
+                while not self._shutting_down and self._current(request.service) == sent:
+                    await self._changed.wait()
+                status = self._current(request.service)
+            if status != sent:
+                await context.write(health_pb2.HealthCheckResponse(status=status))
+                sent = status
+            if self._shutting_down:
+                return
+
+    async def set(
+        self, service: str, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType
+    ) -> None:
+        async with self._changed:
+            if not self._shutting_down:
+                self._status[service] = status
+                self._changed.notify_all()
+
+    async def enter_graceful_shutdown(self) -> None:
+        """NOT_SERVING for every service, for good; each Watch reports it and ends."""
+        async with self._changed:
+            self._shutting_down = True
+            for service in self._status:
+                self._status[service] = health_pb2.HealthCheckResponse.NOT_SERVING
+            self._changed.notify_all()
+
+
 class Server:
     def __init__(
         self,
@@ -70,7 +128,7 @@ class Server:
             servicers.action_tokens, self._server
         )
         admin_service_pb2_grpc.add_AdminServiceServicer_to_server(servicers.admin, self._server)
-        self.health = health_aio.HealthServicer()
+        self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server

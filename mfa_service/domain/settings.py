@@ -264,7 +264,11 @@ def origin_problem(origin: str, rp_id: str) -> str | None:
         or origin.endswith(":")
     ):
         return "must be exactly scheme://host[:port], e.g. https://app.example.com"
-    if origin != f"{parts.scheme}://{host}" + (f":{port}" if port is not None else ""):
+    default_port = (parts.scheme, port) in (("https", 443), ("http", 80))
+    if default_port or origin != f"{parts.scheme}://{host}" + (
+        f":{port}" if port is not None else ""
+    ):
+        # HTML origin serialization (what clientDataJSON carries) omits a default port.
         return "must be written in lowercase with no default port"
     if parts.scheme == "http" and host != "localhost":
         return "must use https (http only for localhost)"

@@ -1,0 +1,13 @@
+"""Typed async client for mfa-service (package ``mfa.v1`` holds the generated stubs).
+
+    async with Client.connect("127.0.0.1:50051", insecure=True) as client:
+        settings = await client.admin.get_settings("env-1")
+
+Every failed call raises ``MfaServiceError`` carrying the status code, the
+``mfa.v1.ErrorReason``, the request id, field violations and any retry delay.
+"""
+
+from mfa_client._client import AdminClient, Client
+from mfa_client._errors import FieldViolation, MfaServiceError
+
+__all__ = ["AdminClient", "Client", "FieldViolation", "MfaServiceError"]

@@ -1,0 +1,103 @@
+"""Fixtures: a real PostgreSQL (embedded unless MFA_TEST_DATABASE_URL is set), a fresh
+migrated database per session, clean tables per test, and a real gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from helpers import FakeClock, create_database, drop_database
+from mfa_client import Client
+from mfa_service import app as app_module
+from mfa_service.crypto import KeyRing
+from mfa_service.store.db import migrate_url
+
+TEST_KEY_RING = KeyRing.parse(KeyRing.generate_entry("test1"))
+
+
+@pytest.fixture(scope="session")
+def database_server_url() -> Iterator[str]:
+    """A URL of a PostgreSQL server the tests may create databases on."""
+    url = os.environ.get("MFA_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    import pgserver
+
+    pgdata = Path(tempfile.mkdtemp(prefix="mfa-test-pg-"))
+    server = pgserver.get_server(pgdata, cleanup_mode="delete")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def session_database_url(database_server_url: str) -> Iterator[str]:
+    """One migrated database for the whole session; tests clean its tables."""
+    url = asyncio.run(create_database(database_server_url))
+    asyncio.run(migrate_url(url))
+    yield url
+    asyncio.run(drop_database(database_server_url, url))
+
+
+async def _truncate_all(url: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        tables = await conn.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+            "AND tablename <> 'schema_migrations'"
+        )
+        if tables:
+            names = ", ".join(f'"{t["tablename"]}"' for t in tables)
+            await conn.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def database_url(session_database_url: str) -> str:
+    await _truncate_all(session_database_url)
+    return session_database_url
+
+
+@pytest.fixture
+async def fresh_database_url(database_server_url: str) -> AsyncIterator[str]:
+    """An empty, unmigrated database of its own."""
+    url = await create_database(database_server_url)
+    yield url
+    await drop_database(database_server_url, url)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def app(database_url: str, clock: FakeClock) -> AsyncIterator[app_module.Application]:
+    application = await app_module.start(
+        database_url=database_url, key_ring=TEST_KEY_RING, clock=clock, pool_size=4
+    )
+    yield application
+    await application.stop()
+
+
+@pytest.fixture
+async def client(app: app_module.Application) -> AsyncIterator[Client]:
+    async with Client.connect(f"127.0.0.1:{app.port}", insecure=True) as c:
+        yield c
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A direct connection, to look at what the service stored."""
+    conn = await asyncpg.connect(database_url)
+    yield conn
+    await conn.close()

@@ -1,0 +1,264 @@
+"""Process configuration (mfa_service.config): defaults, every malformed variable, dev mode."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mfa_service.config import DEV_KEY_FILE, ConfigError, load
+from mfa_service.crypto import KeyRing
+
+KEY_ENTRY = KeyRing.generate_entry("k1")
+KEY_MATERIAL = KEY_ENTRY.partition(":")[2]
+# The smallest valid production-like environment: keys given, plaintext on loopback.
+BASE = {"MFA_ENCRYPTION_KEYS": KEY_ENTRY, "MFA_ALLOW_PLAINTEXT": "true"}
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> dict[str, str]:
+    """Paths of files standing in for the TLS certificate, key and client CA."""
+    files = {}
+    for name in ("cert", "key", "ca"):
+        path = tmp_path / f"{name}.pem"
+        path.write_text(f"-----BEGIN {name.upper()}-----\n")
+        files[name] = str(path)
+    files["missing"] = str(tmp_path / "nope.pem")
+    return files
+
+
+def test_defaults() -> None:
+    config = load(BASE)
+    assert config.database_url is None
+    assert (config.listen_host, config.listen_port) == ("127.0.0.1", 50051)
+    assert config.listen_addr == "127.0.0.1:50051"
+    assert config.key_ring == KeyRing.parse(KEY_ENTRY)
+    assert config.tls is None
+    assert config.data_dir == Path(".data")
+    assert config.db_pool_size == 10
+    assert config.shutdown_grace_seconds == 10.0
+    assert config.log_level == "INFO"
+    assert config.dev_mode is False
+
+
+def test_every_variable_is_read() -> None:
+    config = load(
+        {
+            **BASE,
+            "DATABASE_URL": "postgresql://mfa@db.internal:5432/mfa",
+            "MFA_LISTEN_ADDR": "[::1]:6000",
+            "MFA_DB_POOL_SIZE": "25",
+            "MFA_SHUTDOWN_GRACE_SECONDS": "0",
+            "MFA_LOG_LEVEL": "debug",
+            "MFA_DATA_DIR": "/var/lib/mfa",
+        }
+    )
+    assert config.database_url == "postgresql://mfa@db.internal:5432/mfa"
+    assert (config.listen_host, config.listen_port) == ("::1", 6000)
+    assert config.listen_addr == "[::1]:6000"
+    assert config.db_pool_size == 25
+    assert config.shutdown_grace_seconds == 0.0
+    assert config.log_level == "DEBUG"
+    assert config.data_dir == Path("/var/lib/mfa")
+
+
+def test_tls_configuration(tls_files: dict[str, str]) -> None:
+    env = {
+        "MFA_ENCRYPTION_KEYS": KEY_ENTRY,
+        "MFA_LISTEN_ADDR": "0.0.0.0:443",
+        "MFA_TLS_CERT_FILE": tls_files["cert"],
+        "MFA_TLS_KEY_FILE": tls_files["key"],
+        "MFA_TLS_CLIENT_CA_FILE": tls_files["ca"],
+    }
+    config = load(env)
+    assert config.tls is not None
+    assert config.tls.cert_file == Path(tls_files["cert"])
+    assert config.tls.key_file == Path(tls_files["key"])
+    assert config.tls.client_ca_file == Path(tls_files["ca"])
+    del env["MFA_TLS_CLIENT_CA_FILE"]
+    tls = load(env).tls
+    assert tls is not None
+    assert tls.client_ca_file is None
+
+
+def test_plaintext_on_any_host_needs_the_explicit_opt_in() -> None:
+    config = load({**BASE, "MFA_LISTEN_ADDR": "0.0.0.0:50051", "MFA_PLAINTEXT_ANY_HOST": "yes"})
+    assert config.listen_addr == "0.0.0.0:50051"
+
+
+# (changes to BASE, with None deleting a variable; the variable the error must name).
+# "{cert}", "{key}", "{ca}" and "{missing}" stand for files of the tls_files fixture.
+MALFORMED: list[object] = [
+    pytest.param({"DATABASE_URL": "mysql://db/mfa"}, "DATABASE_URL", id="db-url-mysql"),
+    pytest.param({"DATABASE_URL": "db.internal:5432"}, "DATABASE_URL", id="db-url-no-scheme"),
+    pytest.param({"MFA_LISTEN_ADDR": "localhost"}, "MFA_LISTEN_ADDR", id="listen-no-port"),
+    pytest.param({"MFA_LISTEN_ADDR": "127.0.0.1:70000"}, "MFA_LISTEN_ADDR", id="listen-port-70000"),
+    pytest.param({"MFA_LISTEN_ADDR": "127.0.0.1:-1"}, "MFA_LISTEN_ADDR", id="listen-port-negative"),
+    pytest.param({"MFA_LISTEN_ADDR": "127.0.0.1:http"}, "MFA_LISTEN_ADDR", id="listen-port-name"),
+    pytest.param(
+        {"MFA_LISTEN_ADDR": "127.0.0.1:²"}, "MFA_LISTEN_ADDR", id="listen-port-superscript"
+    ),
+    pytest.param({"MFA_LISTEN_ADDR": ":50051"}, "MFA_LISTEN_ADDR", id="listen-no-host"),
+    pytest.param({"MFA_ENCRYPTION_KEYS": None}, "MFA_ENCRYPTION_KEYS", id="keys-missing"),
+    pytest.param({"MFA_ENCRYPTION_KEYS": "  "}, "MFA_ENCRYPTION_KEYS", id="keys-blank"),
+    pytest.param({"MFA_ENCRYPTION_KEYS": KEY_MATERIAL}, "MFA_ENCRYPTION_KEYS", id="keys-no-kid"),
+    pytest.param(
+        {"MFA_ENCRYPTION_KEYS": KEY_ENTRY[:-8]}, "MFA_ENCRYPTION_KEYS", id="keys-truncated"
+    ),
+    pytest.param(
+        {"MFA_ENCRYPTION_KEYS": f"{KEY_ENTRY},{KEY_ENTRY}"},
+        "MFA_ENCRYPTION_KEYS",
+        id="keys-duplicate",
+    ),
+    pytest.param({"MFA_TLS_CERT_FILE": "{cert}"}, "MFA_TLS_KEY_FILE", id="tls-cert-without-key"),
+    pytest.param({"MFA_TLS_KEY_FILE": "{key}"}, "MFA_TLS_CERT_FILE", id="tls-key-without-cert"),
+    pytest.param({"MFA_TLS_CLIENT_CA_FILE": "{ca}"}, "MFA_TLS_CERT_FILE", id="tls-ca-without-cert"),
+    pytest.param(
+        {"MFA_TLS_CERT_FILE": "{missing}", "MFA_TLS_KEY_FILE": "{key}"},
+        "MFA_TLS_CERT_FILE",
+        id="tls-cert-file-missing",
+    ),
+    pytest.param(
+        {"MFA_TLS_CERT_FILE": "{cert}", "MFA_TLS_KEY_FILE": "{missing}"},
+        "MFA_TLS_KEY_FILE",
+        id="tls-key-file-missing",
+    ),
+    pytest.param(
+        {
+            "MFA_TLS_CERT_FILE": "{cert}",
+            "MFA_TLS_KEY_FILE": "{key}",
+            "MFA_TLS_CLIENT_CA_FILE": "{missing}",
+        },
+        "MFA_TLS_CLIENT_CA_FILE",
+        id="tls-ca-file-missing",
+    ),
+    pytest.param({"MFA_ALLOW_PLAINTEXT": "maybe"}, "MFA_ALLOW_PLAINTEXT", id="plaintext-maybe"),
+    pytest.param({"MFA_ALLOW_PLAINTEXT": None}, "MFA_TLS_CERT_FILE", id="no-tls-no-plaintext"),
+    pytest.param({"MFA_ALLOW_PLAINTEXT": "false"}, "MFA_TLS_CERT_FILE", id="plaintext-false"),
+    pytest.param(
+        {"MFA_LISTEN_ADDR": "0.0.0.0:50051"}, "MFA_LISTEN_ADDR", id="plaintext-on-all-interfaces"
+    ),
+    pytest.param(
+        {"MFA_LISTEN_ADDR": "10.1.2.3:50051"}, "MFA_LISTEN_ADDR", id="plaintext-on-private-ip"
+    ),
+    pytest.param({"MFA_LISTEN_ADDR": "[::]:50051"}, "MFA_LISTEN_ADDR", id="plaintext-on-ipv6-any"),
+    pytest.param(
+        {"MFA_LISTEN_ADDR": "0.0.0.0:50051", "MFA_PLAINTEXT_ANY_HOST": "perhaps"},
+        "MFA_PLAINTEXT_ANY_HOST",
+        id="plaintext-any-host-malformed",
+    ),
+    pytest.param({"MFA_DB_POOL_SIZE": "0"}, "MFA_DB_POOL_SIZE", id="pool-0"),
+    pytest.param({"MFA_DB_POOL_SIZE": "201"}, "MFA_DB_POOL_SIZE", id="pool-201"),
+    pytest.param({"MFA_DB_POOL_SIZE": "-1"}, "MFA_DB_POOL_SIZE", id="pool-negative"),
+    pytest.param({"MFA_DB_POOL_SIZE": "ten"}, "MFA_DB_POOL_SIZE", id="pool-word"),
+    pytest.param({"MFA_DB_POOL_SIZE": "²"}, "MFA_DB_POOL_SIZE", id="pool-superscript"),
+    pytest.param(
+        {"MFA_SHUTDOWN_GRACE_SECONDS": "601"}, "MFA_SHUTDOWN_GRACE_SECONDS", id="grace-601"
+    ),
+    pytest.param({"MFA_LOG_LEVEL": "LOUD"}, "MFA_LOG_LEVEL", id="log-level-loud"),
+]
+
+
+@pytest.mark.parametrize(("changes", "variable"), MALFORMED)
+def test_malformed_variable_is_named(
+    changes: dict[str, str | None], variable: str, tls_files: dict[str, str]
+) -> None:
+    env = dict(BASE)
+    for name, value in changes.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value.format(**tls_files)
+    with pytest.raises(ConfigError) as raised:
+        load(env)
+    assert raised.value.variable == variable
+    message = str(raised.value)
+    assert message.startswith(f"{variable}: ")
+    assert KEY_MATERIAL[:12] not in message
+
+
+def test_encryption_keys_are_required_outside_dev_mode(tmp_path: Path) -> None:
+    env = {"MFA_ALLOW_PLAINTEXT": "true", "MFA_DATA_DIR": str(tmp_path)}
+    with pytest.raises(ConfigError) as raised:
+        load(env, dev_mode=False)
+    assert raised.value.variable == "MFA_ENCRYPTION_KEYS"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dev_mode_generates_a_private_key_file_and_reuses_it(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    first = load({"MFA_DATA_DIR": str(data_dir)}, dev_mode=True)
+    key_file = data_dir / DEV_KEY_FILE
+    assert key_file.is_file()
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert first.key_ring == KeyRing.parse(key_file.read_text().strip())
+    assert first.dev_mode is True
+    assert first.tls is None  # dev mode allows plaintext on loopback by default
+
+    second = load({"MFA_DATA_DIR": str(data_dir)}, dev_mode=True)
+    assert second.key_ring == first.key_ring
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+
+
+def test_dev_mode_uses_given_keys_and_writes_nothing(tmp_path: Path) -> None:
+    config = load({"MFA_DATA_DIR": str(tmp_path), "MFA_ENCRYPTION_KEYS": KEY_ENTRY}, dev_mode=True)
+    assert config.key_ring == KeyRing.parse(KEY_ENTRY)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dev_mode_writes_no_key_file_when_another_variable_is_bad(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        load({"MFA_DATA_DIR": str(tmp_path), "MFA_LOG_LEVEL": "LOUD"}, dev_mode=True)
+    assert not (tmp_path / DEV_KEY_FILE).exists()
+
+
+# --- the command line: one line on stderr, exit status 2 ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "variable"),
+    [
+        pytest.param(
+            ["serve"],
+            {**BASE, "MFA_LISTEN_ADDR": "127.0.0.1:70000"},
+            "MFA_LISTEN_ADDR",
+            id="bad-port",
+        ),
+        pytest.param(
+            ["serve"],
+            {"MFA_ALLOW_PLAINTEXT": "true", "MFA_ENCRYPTION_KEYS": f"k1:{KEY_MATERIAL[:-4]}"},
+            "MFA_ENCRYPTION_KEYS",
+            id="bad-keys",
+        ),
+        pytest.param(
+            ["serve", "--dev"], {"MFA_LOG_LEVEL": "LOUD"}, "MFA_LOG_LEVEL", id="dev-bad-log-level"
+        ),
+        pytest.param(
+            ["serve"], {**BASE, "DATABASE_URL": "mysql://db/mfa"}, "DATABASE_URL", id="bad-db-url"
+        ),
+    ],
+)
+def test_serve_stops_with_one_line_naming_the_variable(
+    args: list[str], env: dict[str, str], variable: str, tmp_path: Path
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "mfa_service", *args],
+        env={"PATH": os.environ.get("PATH", ""), "MFA_DATA_DIR": str(tmp_path), **env},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert variable in lines[0]
+    assert "Traceback" not in result.stderr
+    assert KEY_MATERIAL[:12] not in result.stderr
+    assert result.stdout == ""
+    assert not (tmp_path / DEV_KEY_FILE).exists()

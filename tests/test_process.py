@@ -1,0 +1,360 @@
+"""``mfa-service serve`` as a real process: signals, graceful shutdown, logs, dev mode."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import grpc
+import psutil
+import pytest
+from google.protobuf import field_mask_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from mfa.v1 import admin_service_pb2, admin_service_pb2_grpc, types_pb2
+from mfa_client import Client, MfaServiceError
+from mfa_service.config import DEV_KEY_FILE
+from mfa_service.crypto import KeyRing
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+START_TIMEOUT_SECONDS = 60.0
+EXIT_TIMEOUT_SECONDS = 5.0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class ServerProcess:
+    process: asyncio.subprocess.Process
+    port: int
+    stdout_path: Path
+    stderr_path: Path
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    @property
+    def output(self) -> str:
+        return self.stdout_path.read_text(errors="replace") + self.stderr
+
+    def signal(self, sig: signal.Signals) -> None:
+        self.process.send_signal(sig)
+
+    async def wait(self, within: float = EXIT_TIMEOUT_SECONDS) -> int:
+        try:
+            return await asyncio.wait_for(self.process.wait(), within)
+        except TimeoutError:
+            pytest.fail(f"server did not exit within {within} s; its log:\n{self.stderr}")
+
+
+async def _health(target: str, service: str = "") -> int:
+    async with grpc.aio.insecure_channel(target) as channel:
+        response = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=1
+        )
+    return response.status
+
+
+@asynccontextmanager
+async def serve(
+    tmp_path: Path, env: dict[str, str], *args: str, name: str = "server"
+) -> AsyncIterator[ServerProcess]:
+    """``python -m mfa_service serve`` until SERVING; always ended when the block exits."""
+    port = _free_port()
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("MFA_", "DATABASE_"))}
+    full_env.update(env, MFA_LISTEN_ADDR=f"127.0.0.1:{port}")
+    stdout_path, stderr_path = tmp_path / f"{name}.stdout", tmp_path / f"{name}.stderr"
+    with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "mfa_service",
+            "serve",
+            *args,
+            env=full_env,
+            cwd=tmp_path,
+            stdout=stdout,
+            stderr=stderr,
+        )
+    server = ServerProcess(process, port, stdout_path, stderr_path)
+    try:
+        await _wait_serving(server)
+        yield server
+    finally:
+        if process.returncode is None:
+            # SIGTERM first so an embedded PostgreSQL is stopped too; then make sure.
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), 15)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+
+
+async def _wait_serving(server: ServerProcess) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + START_TIMEOUT_SECONDS
+    while True:
+        if server.process.returncode is not None:
+            pytest.fail(f"server exited with {server.process.returncode}:\n{server.output}")
+        with suppress(grpc.aio.AioRpcError):
+            if await _health(server.target) == SERVING:
+                return
+        if loop.time() > deadline:
+            pytest.fail(f"server not SERVING after {START_TIMEOUT_SECONDS} s:\n{server.output}")
+        await asyncio.sleep(0.1)
+
+
+def _external_db_env(database_url: str) -> dict[str, str]:
+    return {
+        "DATABASE_URL": database_url,
+        "MFA_ENCRYPTION_KEYS": KeyRing.generate_entry("k1"),
+        "MFA_ALLOW_PLAINTEXT": "true",
+        "MFA_SHUTDOWN_GRACE_SECONDS": "10",
+    }
+
+
+def _settings(env: str, **fields: object) -> types_pb2.Settings:
+    return types_pb2.Settings(environment_id=env, **fields)  # type: ignore[arg-type]
+
+
+# --- graceful shutdown -------------------------------------------------------------
+
+
+async def _wait_for_lock_waiter(conn: asyncpg.Connection, within: float = 10) -> None:
+    """Until some session of this database waits for an advisory lock."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not await conn.fetchval(
+        "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+        "WHERE l.locktype = 'advisory' AND NOT l.granted AND d.datname = current_database()"
+    ):
+        assert loop.time() < deadline, "UpdateSettings never waited for the settings lock"
+        await asyncio.sleep(0.05)
+
+
+async def test_sigterm_drains_in_flight_calls_then_exits(tmp_path: Path, database_url: str) -> None:
+    env_id = "env-graceful"
+    async with serve(tmp_path, _external_db_env(database_url)) as server:
+        holder = await asyncpg.connect(database_url)
+        observer = await asyncpg.connect(database_url)
+        try:
+            async with (
+                grpc.aio.insecure_channel(server.target) as channel,
+                Client.connect(server.target, insecure=True, timeout=30) as client,
+            ):
+                watch = health_pb2_grpc.HealthStub(channel).Watch(
+                    health_pb2.HealthCheckRequest(service="")
+                )
+                first = await asyncio.wait_for(watch.read(), 5)
+                assert first.status == SERVING
+
+                # Hold the lock UpdateSettings takes for this environment.
+                lock = holder.transaction()
+                await lock.start()
+                await holder.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", env_id
+                )
+                update = asyncio.create_task(
+                    client.admin.update_settings(
+                        _settings(env_id, session_mfa_enabled=True), ["session_mfa_enabled"]
+                    )
+                )
+                await _wait_for_lock_waiter(observer)
+
+                server.signal(signal.SIGTERM)
+                changed = await asyncio.wait_for(watch.read(), 5)
+                assert changed.status == NOT_SERVING
+                # Having said so, the Watch ends: it must not hold the drain open.
+                assert await asyncio.wait_for(watch.read(), 5) == grpc.aio.EOF
+                assert await watch.code() == grpc.StatusCode.OK
+
+                # Draining: the call in flight is neither failed nor cut off ...
+                await asyncio.sleep(0.3)
+                assert not update.done()
+                assert server.process.returncode is None
+                # ... while a new connection is refused.
+                async with Client.connect(server.target, insecure=True, timeout=2) as late:
+                    with pytest.raises(MfaServiceError) as refused:
+                        await late.admin.get_settings(env_id)
+                    assert refused.value.code == grpc.StatusCode.UNAVAILABLE
+
+                await lock.commit()
+                updated = await asyncio.wait_for(update, 5)
+                assert updated.session_mfa_enabled
+                assert updated.revision == 1
+
+                assert await server.wait() == 0
+
+                with pytest.raises(MfaServiceError) as after:
+                    await client.admin.get_settings(env_id)
+                assert after.value.code == grpc.StatusCode.UNAVAILABLE
+        finally:
+            await holder.close()
+            await observer.close()
+
+    stored = await _stored_document(database_url, env_id)
+    assert stored is not None
+    assert stored["session_mfa_enabled"] is True
+    assert "shutting down" in server.stderr
+    assert "stopped" in server.stderr
+
+
+async def _stored_document(database_url: str, env_id: str) -> dict[str, object] | None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        raw = await conn.fetchval(
+            "SELECT document::text FROM environment_settings WHERE environment_id = $1", env_id
+        )
+    finally:
+        await conn.close()
+    return None if raw is None else dict(json.loads(raw))
+
+
+async def test_sigint_shuts_down_cleanly(tmp_path: Path, database_url: str) -> None:
+    async with serve(tmp_path, _external_db_env(database_url)) as server:
+        server.signal(signal.SIGINT)
+        assert await server.wait() == 0
+    assert "stopped" in server.stderr
+    assert "Traceback" not in server.stderr
+
+
+# --- logging -------------------------------------------------------------------------
+
+LOG_LINE = re.compile(
+    r"rpc method=(?P<method>\S+) caller=(?P<caller>\S+) status=(?P<status>[A-Z_]+) "
+    r"duration_ms=(?P<duration>\d+\.\d+) request_id=(?P<request_id>\S+)$"
+)
+
+
+async def test_one_log_line_per_call_and_no_secret(tmp_path: Path, database_url: str) -> None:
+    env = _external_db_env(database_url)
+    async with (
+        serve(tmp_path, env) as server,
+        grpc.aio.insecure_channel(server.target) as channel,
+    ):
+        admin = admin_service_pb2_grpc.AdminServiceStub(channel)
+        await admin.GetSettings(
+            admin_service_pb2.GetSettingsRequest(environment_id="env-log"),
+            metadata=(("x-request-id", "req-log-get"),),
+            timeout=5,
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await admin.UpdateSettings(
+                admin_service_pb2.UpdateSettingsRequest(
+                    settings=_settings("env-log", totp=types_pb2.TotpSettings(issuer="")),
+                    update_mask=field_mask_pb2.FieldMask(paths=["totp.issuer"]),
+                ),
+                metadata=(("x-request-id", "req-log-refused"),),
+                timeout=5,
+            )
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        server.signal(signal.SIGTERM)
+        assert await server.wait() == 0
+
+    lines = {}
+    for line in server.stderr.splitlines():
+        match = LOG_LINE.search(line)
+        if match:
+            assert match["request_id"] not in lines, f"two log lines for one call: {line}"
+            lines[match["request_id"]] = match
+    get, update = lines["req-log-get"], lines["req-log-refused"]
+    assert get["method"] == "/mfa.v1.AdminService/GetSettings"
+    assert get["status"] == "OK"
+    assert update["method"] == "/mfa.v1.AdminService/UpdateSettings"
+    assert update["status"] == "INVALID_ARGUMENT"
+    for match in (get, update):
+        assert match["caller"].startswith("unauthenticated@ipv4:127.0.0.1:")
+        assert float(match["duration"]) >= 0
+    # The health polls of the test are calls too, each with its own request id.
+    assert any(m["method"] == "/grpc.health.v1.Health/Check" for m in lines.values())
+
+    secret = env["MFA_ENCRYPTION_KEYS"]
+    key_material = secret.split(":", 1)[1]
+    assert secret not in server.output
+    assert key_material not in server.output
+
+
+# --- development mode: embedded PostgreSQL -----------------------------------------
+
+
+def _postgres_processes(pgdata: Path) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["name", "cmdline", "status"]):
+        cmdline = " ".join(proc.info["cmdline"] or ())
+        if (
+            proc.info["name"] == "postgres"
+            and str(pgdata) in cmdline
+            and proc.info["status"] != psutil.STATUS_ZOMBIE
+        ):
+            found.append(proc)
+    return found
+
+
+async def test_dev_mode_runs_and_stops_an_embedded_postgres(tmp_path: Path) -> None:
+    pgdata = (tmp_path / "postgres").resolve()
+    env = {"MFA_DATA_DIR": str(tmp_path), "MFA_SHUTDOWN_GRACE_SECONDS": "2"}
+    env_id = "env-dev"
+    try:
+        async with (
+            serve(tmp_path, env, "--dev", name="first") as server,
+            Client.connect(server.target, insecure=True) as client,
+        ):
+            assert (await client.admin.get_settings(env_id)).totp.issuer == "MFA"
+            await client.admin.update_settings(
+                _settings(env_id, totp=types_pb2.TotpSettings(issuer="Persisted Inc")),
+                ["totp.issuer"],
+            )
+            assert (pgdata / "postmaster.pid").exists()
+            assert _postgres_processes(pgdata)
+            key_file = tmp_path / DEV_KEY_FILE
+            assert key_file.exists()
+            assert key_file.stat().st_mode & 0o077 == 0
+            dev_key = key_file.read_text().strip()
+
+            server.signal(signal.SIGTERM)
+            assert await server.wait(15) == 0
+
+        assert re.search(r"WARNING .*DEVELOPMENT MODE", server.stderr)
+        assert "starting embedded PostgreSQL" in server.stderr
+        assert dev_key.split(":", 1)[1] not in server.output
+        assert not (pgdata / "postmaster.pid").exists()
+        assert _postgres_processes(pgdata) == []
+
+        # Second start on the same data dir: same key, same database, same settings.
+        async with (
+            serve(tmp_path, env, "--dev", name="second") as server,
+            Client.connect(server.target, insecure=True) as client,
+        ):
+            assert (await client.admin.get_settings(env_id)).totp.issuer == "Persisted Inc"
+            assert key_file.read_text().strip() == dev_key
+            server.signal(signal.SIGTERM)
+            assert await server.wait(15) == 0
+        assert not (pgdata / "postmaster.pid").exists()
+        assert _postgres_processes(pgdata) == []
+    finally:
+        # Should a check above fail with the server killed, stop its PostgreSQL too.
+        for proc in _postgres_processes(pgdata):
+            with suppress(psutil.Error):
+                proc.terminate()
