@@ -15,7 +15,10 @@ from mfa_service.config import Config, TlsConfig
 from mfa_service.crypto import KeyRing
 from mfa_service.embedded_pg import EmbeddedPostgres
 from mfa_service.server import Server, Servicers
+from mfa_service.services.enrollment import EnrollmentService
 from mfa_service.services.settings import SettingsService
+from mfa_service.services.status import StatusService
+from mfa_service.services.verification import VerificationService, Verifier
 from mfa_service.store.db import Database, create_pool, migrate_url
 
 log = logging.getLogger("mfa_service")
@@ -49,9 +52,13 @@ async def start(
     clock = clock or SystemClock()
     await migrate_url(database_url)
     db = Database(await create_pool(database_url, size=pool_size))
-    del key_ring  # used by the secret-holding services (TOTP seeds, signing keys)
+    verifier = Verifier(key_ring)
     servicers = Servicers(
-        mfa=MfaServicer(),
+        mfa=MfaServicer(
+            status=StatusService(db, clock),
+            enrollment=EnrollmentService(db, clock, key_ring, verifier),
+            verification=VerificationService(db, clock, verifier),
+        ),
         action_tokens=ActionTokenServicer(),
         admin=AdminServicer(SettingsService(db, clock)),
     )

@@ -6,11 +6,13 @@ import enum
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
+from uuid import UUID
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from mfa.v1 import types_pb2 as pb
-from mfa_service.domain.model import Action, EnvironmentId, Method, UserId
+from mfa_service.domain.devices import Device
+from mfa_service.domain.model import Action, EnvironmentId, Method, Proof, UserId
 from mfa_service.domain.settings import (
     TOTP_DIGITS,
     TOTP_PERIOD,
@@ -220,3 +222,65 @@ def settings_changes(message: pb.Settings, paths: Sequence[str]) -> dict[str, An
         else:
             changes[path] = _LEAVES[path](message)
     return changes
+
+
+# --- ids, proofs, devices -------------------------------------------------------------
+
+MAX_SESSION_ID = 256
+MAX_ALIAS = 64
+MAX_PROOF = 64 * 1024  # passkey assertions are a few KiB
+
+
+def uuid_field(value: str, field: str) -> UUID:
+    if not value:
+        raise InvalidArgument.field(field, "required")
+    try:
+        return UUID(value)
+    except ValueError:
+        raise InvalidArgument.field(field, "not a valid id") from None
+
+
+def optional_uuid(value: str, field: str) -> UUID | None:
+    return uuid_field(value, field) if value else None
+
+
+def session_id(value: str, field: str = "session_id") -> str:
+    return _identifier(value, field, MAX_SESSION_ID)
+
+
+def alias(value: str, field: str = "alias") -> str:
+    if len(value) > MAX_ALIAS:
+        raise InvalidArgument.field(field, f"at most {MAX_ALIAS} characters")
+    if not value.isprintable():
+        raise InvalidArgument.field(field, "must not contain control characters")
+    return value.strip()
+
+
+def proof_from_proto(message: pb.Proof, field: str = "proof") -> Proof:
+    kind = message.WhichOneof("kind")
+    if kind is None:
+        raise InvalidArgument.field(
+            field, "required: totp_code, passkey_assertion_json or recovery_code"
+        )
+    value: str = getattr(message, kind)
+    if not value:
+        raise InvalidArgument.field(f"{field}.{kind}", "required")
+    if len(value) > MAX_PROOF:
+        raise InvalidArgument.field(f"{field}.{kind}", f"at most {MAX_PROOF} characters")
+    method = {
+        "totp_code": Method.TOTP,
+        "passkey_assertion_json": Method.PASSKEY,
+        "recovery_code": Method.RECOVERY_CODE,
+    }[kind]
+    return Proof(method=method, value=value)
+
+
+def device_to_proto(device: Device) -> pb.Device:
+    return pb.Device(
+        device_id=str(device.id),
+        method=method_to_proto(device.method),
+        alias=device.alias,
+        created_at=timestamp(device.created_at),
+        last_used_at=timestamp(device.last_used_at),
+        is_default=device.is_default,
+    )

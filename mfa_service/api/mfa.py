@@ -8,34 +8,122 @@ from grpc import aio
 
 from mfa.v1 import mfa_service_pb2 as pb
 from mfa.v1 import mfa_service_pb2_grpc as pb_grpc
-from mfa_service.errors import NotImplementedYet
+from mfa_service.api import context as call_context
+from mfa_service.api import convert
+from mfa_service.domain import totp
+from mfa_service.domain.model import Method
+from mfa_service.errors import InvalidArgument, NotImplementedYet
+from mfa_service.services.enrollment import EnrollmentService
+from mfa_service.services.status import StatusService
+from mfa_service.services.verification import VerificationService
 
 Context = aio.ServicerContext[Any, Any]
 
 
 class MfaServicer(pb_grpc.MfaServiceServicer):
+    def __init__(
+        self,
+        status: StatusService,
+        enrollment: EnrollmentService,
+        verification: VerificationService,
+    ) -> None:
+        self._status = status
+        self._enrollment = enrollment
+        self._verification = verification
+
     async def GetStatus(
         self, request: pb.GetStatusRequest, context: Context
     ) -> pb.GetStatusResponse:
-        raise NotImplementedYet("GetStatus")
+        status = await self._status.get(
+            convert.environment_id(request.environment_id),
+            convert.user_id(request.user_id),
+            convert.session_id(request.session_id) if request.session_id else "",
+        )
+        return pb.GetStatusResponse(
+            enrollment_required=status.enrollment_required,
+            session_mfa_pending=status.session_mfa_pending,
+            enrolled_methods=[convert.method_to_proto(m) for m in status.enrolled_methods],
+            protected_actions=[convert.action_to_proto(a) for a in status.protected_actions],
+            locked_until=convert.timestamp(status.locked_until),
+        )
 
     async def Enroll(self, request: pb.EnrollRequest, context: Context) -> pb.EnrollResponse:
-        raise NotImplementedYet("Enroll")
+        env = convert.environment_id(request.environment_id)
+        user = convert.user_id(request.user_id)
+        method = convert.method_from_proto(request.method, "method")
+        if method is Method.RECOVERY_CODE:
+            raise InvalidArgument.field("method", "recovery codes come with the first device")
+        if method is Method.PASSKEY:
+            raise NotImplementedYet("Enroll with METHOD_PASSKEY")
+        account_field = "account_name" if request.account_name else "user_id"
+        account_name = totp.check_label_part(request.account_name or user, account_field)
+        started = await self._enrollment.enroll_totp(
+            env,
+            user,
+            account_name=account_name,
+            action_token=request.action_token,
+            context=call_context.current(),
+        )
+        return pb.EnrollResponse(
+            enrollment_id=str(started.enrollment_id),
+            totp=pb.TotpEnrollment(secret=started.secret, otpauth_uri=started.otpauth_uri),
+            expires_at=convert.timestamp(started.expires_at),
+        )
 
     async def CompleteEnrollment(
         self, request: pb.CompleteEnrollmentRequest, context: Context
     ) -> pb.CompleteEnrollmentResponse:
-        raise NotImplementedYet("CompleteEnrollment")
+        env = convert.environment_id(request.environment_id)
+        user = convert.user_id(request.user_id)
+        enrollment_id = convert.uuid_field(request.enrollment_id, "enrollment_id")
+        alias = convert.alias(request.alias)
+        if request.passkey_registration_json:
+            raise NotImplementedYet("CompleteEnrollment with a passkey registration")
+        code = totp.check_code_format(request.totp_code, "totp_code")
+        completed = await self._enrollment.complete_totp(
+            env,
+            user,
+            enrollment_id=enrollment_id,
+            code=code,
+            alias=alias,
+            context=call_context.current(),
+        )
+        return pb.CompleteEnrollmentResponse(
+            device=convert.device_to_proto(completed.device),
+            recovery_codes=list(completed.recovery_codes),
+        )
 
     async def Challenge(
         self, request: pb.ChallengeRequest, context: Context
     ) -> pb.ChallengeResponse:
-        raise NotImplementedYet("Challenge")
+        challenge = await self._verification.challenge(
+            convert.environment_id(request.environment_id),
+            convert.user_id(request.user_id),
+            convert.method_from_proto(request.method, "method"),
+            convert.optional_uuid(request.device_id, "device_id"),
+        )
+        return pb.ChallengeResponse(
+            challenge_id=str(challenge.id), expires_at=convert.timestamp(challenge.expires_at)
+        )
 
     async def VerifySession(
         self, request: pb.VerifySessionRequest, context: Context
     ) -> pb.VerifySessionResponse:
-        raise NotImplementedYet("VerifySession")
+        env = convert.environment_id(request.environment_id)
+        user = convert.user_id(request.user_id)
+        session = convert.session_id(request.session_id)
+        challenge_id = convert.uuid_field(request.challenge_id, "challenge_id")
+        if not request.HasField("proof"):
+            raise InvalidArgument.field("proof", "required")
+        proof = convert.proof_from_proto(request.proof)
+        verified = await self._verification.verify_session(
+            env, user, session, challenge_id, proof, call_context.current()
+        )
+        return pb.VerifySessionResponse(
+            method=convert.method_to_proto(verified.method),
+            verified_at=convert.timestamp(verified.at),
+            device_id=str(verified.device_id) if verified.device_id else "",
+        )
 
     async def IssueActionToken(
         self, request: pb.IssueActionTokenRequest, context: Context

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from typing import NewType
 
 EnvironmentId = NewType("EnvironmentId", str)
@@ -35,3 +36,14 @@ ALWAYS_PROTECTED_ACTIONS: frozenset[Action] = frozenset(
     {Action.CREDENTIAL_LINK, Action.CREDENTIAL_UNLINK, Action.RECOVERY_CODES_REGENERATE}
 )
 CONFIGURABLE_ACTIONS: frozenset[Action] = frozenset(Action) - ALWAYS_PROTECTED_ACTIONS
+
+
+@dataclass(frozen=True, slots=True)
+class Proof:
+    """What the user presents: a TOTP code, a passkey assertion (JSON) or a recovery code."""
+
+    method: Method
+    value: str
+
+    def __repr__(self) -> str:  # never print the secret part
+        return f"Proof(method={self.method.name})"

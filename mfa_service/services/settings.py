@@ -12,7 +12,12 @@ from mfa_service.domain.model import EnvironmentId
 from mfa_service.domain.settings import Settings
 from mfa_service.store import audit as audit_store
 from mfa_service.store import settings as settings_store
-from mfa_service.store.db import Database
+from mfa_service.store.db import Connection, Database
+
+
+async def load(conn: Connection, environment_id: EnvironmentId) -> Settings:
+    """The environment's settings, or the defaults if it was never configured."""
+    return await settings_store.get(conn, environment_id) or Settings(environment_id=environment_id)
 
 
 class SettingsService:
@@ -23,8 +28,7 @@ class SettingsService:
     async def get(self, environment_id: EnvironmentId) -> Settings:
         """The environment's settings, or the defaults if it was never configured."""
         async with self._db.transaction() as conn:
-            stored = await settings_store.get(conn, environment_id)
-        return stored or Settings(environment_id=environment_id)
+            return await load(conn, environment_id)
 
     async def update(
         self,
@@ -36,9 +40,7 @@ class SettingsService:
         now = self._clock.now()
         async with self._db.transaction() as conn:
             await settings_store.lock_environment(conn, environment_id)
-            current = await settings_store.get(conn, environment_id) or Settings(
-                environment_id=environment_id
-            )
+            current = await load(conn, environment_id)
             updated = policy.apply_update(current, changes)
             policy.validate(updated)
             changed = policy.changed_paths(current, updated)

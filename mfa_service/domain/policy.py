@@ -1,0 +1,52 @@
+"""Enforcement rules (DESIGN §4): what is due for a user, given the settings."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+from mfa_service.domain.devices import SESSION_MFA_MAX_AGE
+from mfa_service.domain.model import ALWAYS_PROTECTED_ACTIONS, Action, Method
+from mfa_service.domain.settings import Settings
+
+
+def enrolled_methods(settings: Settings, device_methods: Iterable[Method]) -> tuple[Method, ...]:
+    """Methods of the user's verified devices that the environment still accepts."""
+    present = set(device_methods) & settings.enabled_methods
+    return tuple(m for m in Method if m in present)
+
+
+def enrollment_required(settings: Settings, methods: tuple[Method, ...]) -> bool:
+    """Require-at-onboarding is on and the user has no verified factor."""
+    return settings.require_at_onboarding and not methods
+
+
+def session_mfa_pending(
+    settings: Settings,
+    methods: tuple[Method, ...],
+    *,
+    session_verified_at: datetime | None,
+    now: datetime,
+) -> bool:
+    """Session MFA applies to enrolled users; a session passes it for 24 hours at most.
+
+    An empty session id is never verified: a caller that forgets it is told MFA is due
+    rather than waved through.
+    """
+    if not settings.session_mfa_enabled or not methods:
+        return False
+    return session_verified_at is None or now - session_verified_at >= SESSION_MFA_MAX_AGE
+
+
+def protected_actions(settings: Settings, methods: tuple[Method, ...]) -> tuple[Action, ...]:
+    """Actions that need an action token from this user now.
+
+    Enforcement applies to enrolled users (or everyone, with require-at-onboarding);
+    the credential actions are protected whenever the user has a factor to protect.
+    """
+    if not methods and not settings.require_at_onboarding:
+        return ()
+    protected = set(settings.protected_actions)
+    if methods:
+        protected |= ALWAYS_PROTECTED_ACTIONS
+    return tuple(a for a in Action if a in protected)

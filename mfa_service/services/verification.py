@@ -1,0 +1,277 @@
+"""Challenge and VerifySession, and the one verification path every proof goes through.
+
+Each verification runs in one transaction that first locks the user's row: attempts
+of one user are serialized, so the lockout count and the replay checks are exact. A
+failed verification still commits (the failure is counted, the challenge is used up),
+so failures are returned as values inside the transaction and raised after it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+from mfa_service.clock import Clock
+from mfa_service.crypto import KeyRing
+from mfa_service.domain import totp
+from mfa_service.domain.audit import AuditEventType, CallContext
+from mfa_service.domain.devices import CHALLENGE_TTL, Challenge, Device, secret_context
+from mfa_service.domain.model import EnvironmentId, Method, Proof, UserId
+from mfa_service.domain.settings import Settings
+from mfa_service.errors import (
+    ChallengeNotFound,
+    DeviceNotFound,
+    InvalidArgument,
+    LockedOut,
+    MethodDisabled,
+    MfaError,
+    NotImplementedYet,
+    VerificationFailed,
+)
+from mfa_service.services import audit
+from mfa_service.services.settings import load as load_settings
+from mfa_service.store import challenges as challenge_store
+from mfa_service.store import devices as device_store
+from mfa_service.store import sessions as session_store
+from mfa_service.store import users as user_store
+from mfa_service.store.db import Connection, Database
+
+# Checked when a user has no TOTP device, so an unknown user costs what a known one does
+# (ASVS 6.3.8: no enumeration through timing).
+_DECOY_SECRET = totp.new_secret()
+
+_SUPPORTED_METHODS = (Method.TOTP,)
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    method: Method
+    device_id: UUID | None
+    at: datetime
+
+
+def require_enabled(settings: Settings, method: Method) -> None:
+    if method not in (Method.TOTP, Method.PASSKEY):
+        return
+    if method not in settings.enabled_methods:
+        raise MethodDisabled(f"{method.name} is disabled in this environment's settings")
+    if method not in _SUPPORTED_METHODS:
+        raise NotImplementedYet(f"{method.name} verification")
+
+
+class Verifier:
+    """Checks a proof against a consumed challenge, counting failures (all verify paths)."""
+
+    def __init__(self, key_ring: KeyRing) -> None:
+        self._key_ring = key_ring
+
+    async def check_not_locked(
+        self, conn: Connection, env: EnvironmentId, user: UserId, *, now: datetime
+    ) -> LockedOut | None:
+        """Lock the user's row for this transaction; a LockedOut if they are locked out."""
+        state = await user_store.lock_for_verification(conn, env, user, now=now)
+        retry_after = state.retry_after(now)
+        return None if retry_after is None else LockedOut(retry_after)
+
+    async def verify(
+        self,
+        conn: Connection,
+        *,
+        settings: Settings,
+        env: EnvironmentId,
+        user: UserId,
+        challenge_id: UUID,
+        proof: Proof,
+        now: datetime,
+        context: CallContext,
+    ) -> Verified | MfaError:
+        locked = await self.check_not_locked(conn, env, user, now=now)
+        if locked is not None:
+            return locked
+        challenge = await challenge_store.consume(conn, challenge_id, env, user, now=now)
+        if challenge is None:
+            return ChallengeNotFound()
+        if proof.method is Method.RECOVERY_CODE:
+            raise NotImplementedYet("recovery code verification")
+        if proof.method is not challenge.method:
+            raise InvalidArgument.field(
+                "proof",
+                f"a {proof.method.name} proof does not answer a {challenge.method.name} challenge",
+            )
+        require_enabled(settings, challenge.method)
+        devices = await device_store.list_for_user(conn, env, user, methods=[Method.TOTP])
+        if challenge.device_id is not None:
+            devices = [d for d in devices if d.id == challenge.device_id]
+        code = totp.check_code_format(proof.value, "proof.totp_code")
+        matched, reused = await self._match_totp(conn, settings, devices, code, now=now)
+        if matched is not None:
+            await user_store.record_success(conn, env, user)
+            await audit.record(
+                conn,
+                AuditEventType.VERIFICATION_SUCCEEDED,
+                env=env,
+                user=user,
+                now=now,
+                context=context,
+                method=Method.TOTP,
+                device_id=matched.id,
+            )
+            return Verified(method=Method.TOTP, device_id=matched.id, at=now)
+        return await self.record_failure(
+            conn,
+            settings=settings,
+            user=user,
+            method=Method.TOTP,
+            reused_device=reused,
+            now=now,
+            context=context,
+        )
+
+    async def record_failure(
+        self,
+        conn: Connection,
+        *,
+        settings: Settings,
+        user: UserId,
+        method: Method,
+        now: datetime,
+        context: CallContext,
+        reused_device: Device | None = None,
+    ) -> MfaError:
+        """Count a failed verification (a reused code is one too), audit it, maybe lock."""
+        env = settings.environment_id
+        await audit.record(
+            conn,
+            AuditEventType.CODE_REUSED if reused_device else AuditEventType.VERIFICATION_FAILED,
+            env=env,
+            user=user,
+            now=now,
+            context=context,
+            method=method,
+            device_id=reused_device.id if reused_device else None,
+        )
+        state = await user_store.record_failure(
+            conn,
+            env,
+            user,
+            now=now,
+            max_failed_attempts=settings.lockout.max_failed_attempts,
+            lockout_duration=settings.lockout.lockout_duration,
+        )
+        retry_after = state.retry_after(now)
+        if retry_after is not None:
+            await audit.record(
+                conn,
+                AuditEventType.LOCKED_OUT,
+                env=env,
+                user=user,
+                now=now,
+                context=context,
+                method=method,
+                failed_attempts=str(state.failed_attempts),
+            )
+        # RFC 6238 §5.2, keycloak#13867: a reused code fails exactly like a wrong one.
+        return VerificationFailed()
+
+    def totp_secret(self, device: Device) -> str:
+        if device.totp_secret_sealed is None:
+            raise LookupError(f"TOTP device {device.id} has no secret")
+        return self._key_ring.decrypt(
+            device.totp_secret_sealed,
+            context=secret_context("totp", device.environment_id, device.user_id, device.id),
+        ).decode()
+
+    async def _match_totp(
+        self,
+        conn: Connection,
+        settings: Settings,
+        devices: list[Device],
+        code: str,
+        *,
+        now: datetime,
+    ) -> tuple[Device | None, Device | None]:
+        """(the device that accepted the code, a device whose code was replayed)."""
+        skew = settings.totp.skew_steps
+        if not devices:
+            totp.matching_step(secret=_DECOY_SECRET, code=code, at=now, skew_steps=skew)
+        reused = None
+        for device in devices:
+            step = totp.matching_step(
+                secret=self.totp_secret(device), code=code, at=now, skew_steps=skew
+            )
+            if step is None:
+                continue
+            if await device_store.accept_totp_step(conn, device.id, step, now=now):
+                return device, None
+            reused = device
+        return None, reused
+
+
+class VerificationService:
+    def __init__(self, db: Database, clock: Clock, verifier: Verifier) -> None:
+        self._db = db
+        self._clock = clock
+        self._verifier = verifier
+
+    async def challenge(
+        self, env: EnvironmentId, user: UserId, method: Method, device_id: UUID | None
+    ) -> Challenge:
+        now = self._clock.now()
+        async with self._db.transaction() as conn:
+            settings = await load_settings(conn, env)
+            if method is Method.RECOVERY_CODE:
+                raise NotImplementedYet("recovery code verification")
+            require_enabled(settings, method)
+            if device_id is not None:
+                owned = await device_store.list_for_user(conn, env, user, methods=[method])
+                if all(d.id != device_id for d in owned):
+                    raise DeviceNotFound()
+            challenge = Challenge(
+                id=uuid.uuid4(),
+                environment_id=env,
+                user_id=user,
+                method=method,
+                device_id=device_id,
+                created_at=now,
+                expires_at=now + CHALLENGE_TTL,
+            )
+            await challenge_store.insert(conn, challenge)
+        return challenge
+
+    async def verify_session(
+        self,
+        env: EnvironmentId,
+        user: UserId,
+        session_id: str,
+        challenge_id: UUID,
+        proof: Proof,
+        context: CallContext,
+    ) -> Verified:
+        now = self._clock.now()
+        async with self._db.transaction() as conn:
+            settings = await load_settings(conn, env)
+            outcome = await self._verifier.verify(
+                conn,
+                settings=settings,
+                env=env,
+                user=user,
+                challenge_id=challenge_id,
+                proof=proof,
+                now=now,
+                context=context,
+            )
+            if isinstance(outcome, Verified):
+                await session_store.mark_verified(
+                    conn,
+                    env,
+                    user,
+                    session_id,
+                    method=outcome.method,
+                    device_id=outcome.device_id,
+                    now=now,
+                )
+        if isinstance(outcome, MfaError):
+            raise outcome
+        return outcome

@@ -1,0 +1,68 @@
+"""Pending enrollments: started, not yet proven by a first code or registration."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from mfa_service.domain.devices import Enrollment
+from mfa_service.domain.model import EnvironmentId, Method, UserId
+from mfa_service.store.db import Connection
+
+
+def _enrollment(row: Any) -> Enrollment:
+    return Enrollment(
+        id=row["id"],
+        environment_id=EnvironmentId(row["environment_id"]),
+        user_id=UserId(row["user_id"]),
+        method=Method[row["method"]],
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        totp_secret_sealed=row["totp_secret"],
+    )
+
+
+async def replace(conn: Connection, enrollment: Enrollment) -> None:
+    """Store ``enrollment``, dropping the user's other pending ones of that method."""
+    await conn.execute(
+        "DELETE FROM enrollments WHERE environment_id = $1 AND user_id = $2 AND method = $3",
+        enrollment.environment_id,
+        enrollment.user_id,
+        enrollment.method.name,
+    )
+    await conn.execute(
+        """
+        INSERT INTO enrollments (id, environment_id, user_id, method, totp_secret,
+                                 created_at, expires_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7)
+        """,
+        enrollment.id,
+        enrollment.environment_id,
+        enrollment.user_id,
+        enrollment.method.name,
+        enrollment.totp_secret_sealed,
+        enrollment.created_at,
+        enrollment.expires_at,
+    )
+
+
+async def get_live(
+    conn: Connection, enrollment_id: UUID, env: EnvironmentId, user: UserId, *, now: datetime
+) -> Enrollment | None:
+    """The user's unexpired pending enrollment with this id (another user's is invisible)."""
+    row = await conn.fetchrow(
+        """
+        SELECT * FROM enrollments
+        WHERE id = $1 AND environment_id = $2 AND user_id = $3 AND expires_at > $4
+        """,
+        enrollment_id,
+        env,
+        user,
+        now,
+    )
+    return None if row is None else _enrollment(row)
+
+
+async def delete(conn: Connection, enrollment_id: UUID) -> None:
+    await conn.execute("DELETE FROM enrollments WHERE id = $1", enrollment_id)

@@ -1,0 +1,116 @@
+"""User flows through the real client, shared by the integration tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import grpc
+import pyotp
+from google.protobuf import field_mask_pb2
+
+from helpers import FakeClock
+from mfa.v1 import admin_service_pb2 as admin_pb
+from mfa.v1 import mfa_service_pb2 as pb
+from mfa.v1 import types_pb2 as types
+from mfa_client import Client, MfaServiceError
+
+
+@dataclass(frozen=True)
+class TotpDevice:
+    device_id: str
+    secret: str
+
+    def code(self, at: datetime, step_offset: int = 0) -> str:
+        return pyotp.TOTP(self.secret).at(at, counter_offset=step_offset)
+
+
+async def call(coro):  # type: ignore[no-untyped-def]
+    """Await a raw stub call, raising MfaServiceError like the typed client does."""
+    try:
+        return await coro
+    except grpc.aio.AioRpcError as error:
+        raise MfaServiceError.from_rpc_error(error) from None
+
+
+async def update_settings(client: Client, env: str, **fields: object) -> types.Settings:
+    """Set top-level or nested (``totp__skew_steps=0``) settings fields."""
+    settings = types.Settings(environment_id=env)
+    paths = []
+    for key, value in fields.items():
+        path = key.replace("__", ".")
+        target = settings
+        *parents, leaf = path.split(".")
+        for parent in parents:
+            target = getattr(target, parent)
+        if isinstance(value, list):
+            getattr(target, leaf).extend(value)
+        else:
+            setattr(target, leaf, value)
+        paths.append(path)
+    response = await call(
+        client.admin.stub.UpdateSettings(
+            admin_pb.UpdateSettingsRequest(
+                settings=settings, update_mask=field_mask_pb2.FieldMask(paths=paths)
+            )
+        )
+    )
+    return response.settings
+
+
+async def start_totp(client: Client, env: str, user: str) -> pb.EnrollResponse:
+    return await call(
+        client.mfa_stub.Enroll(
+            pb.EnrollRequest(environment_id=env, user_id=user, method=types.METHOD_TOTP)
+        )
+    )
+
+
+async def enroll_totp(client: Client, clock: FakeClock, env: str, user: str) -> TotpDevice:
+    started = await start_totp(client, env, user)
+    code = pyotp.TOTP(started.totp.secret).at(clock.now())
+    done = await call(
+        client.mfa_stub.CompleteEnrollment(
+            pb.CompleteEnrollmentRequest(
+                environment_id=env,
+                user_id=user,
+                enrollment_id=started.enrollment_id,
+                totp_code=code,
+            )
+        )
+    )
+    return TotpDevice(device_id=done.device.device_id, secret=started.totp.secret)
+
+
+async def challenge(client: Client, env: str, user: str, method: int = types.METHOD_TOTP) -> str:
+    response = await call(
+        client.mfa_stub.Challenge(
+            pb.ChallengeRequest(environment_id=env, user_id=user, method=method)
+        )
+    )
+    return str(response.challenge_id)
+
+
+async def verify_session(
+    client: Client, env: str, user: str, session: str, code: str, challenge_id: str | None = None
+) -> pb.VerifySessionResponse:
+    challenge_id = challenge_id or await challenge(client, env, user)
+    return await call(
+        client.mfa_stub.VerifySession(
+            pb.VerifySessionRequest(
+                environment_id=env,
+                user_id=user,
+                session_id=session,
+                challenge_id=challenge_id,
+                proof=types.Proof(totp_code=code),
+            )
+        )
+    )
+
+
+async def status(client: Client, env: str, user: str, session: str = "") -> pb.GetStatusResponse:
+    return await call(
+        client.mfa_stub.GetStatus(
+            pb.GetStatusRequest(environment_id=env, user_id=user, session_id=session)
+        )
+    )
