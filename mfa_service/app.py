@@ -15,7 +15,9 @@ from mfa_service.config import Config, TlsConfig
 from mfa_service.crypto import KeyRing
 from mfa_service.embedded_pg import EmbeddedPostgres
 from mfa_service.server import Server, Servicers
+from mfa_service.services.action_tokens import ActionTokenService
 from mfa_service.services.enrollment import EnrollmentService
+from mfa_service.services.keys import TokenKeys
 from mfa_service.services.settings import SettingsService
 from mfa_service.services.status import StatusService
 from mfa_service.services.verification import VerificationService, Verifier
@@ -47,19 +49,29 @@ async def start(
     clock: Clock | None = None,
     pool_size: int = 10,
     health_interval_seconds: float = 2.0,
+    token_algorithm: str = "ES256",
+    token_issuer: str = "mfa-service",
 ) -> Application:
     """Migrate, connect and serve; the returned application knows its bound port."""
     clock = clock or SystemClock()
     await migrate_url(database_url)
     db = Database(await create_pool(database_url, size=pool_size))
     verifier = Verifier(key_ring)
+    keys = TokenKeys(db, clock, key_ring, token_algorithm)
+    try:
+        await keys.ensure()
+    except BaseException:
+        await db.close()
+        raise
+    tokens = ActionTokenService(db, clock, verifier, keys, issuer=token_issuer)
     servicers = Servicers(
         mfa=MfaServicer(
             status=StatusService(db, clock),
             enrollment=EnrollmentService(db, clock, key_ring, verifier),
             verification=VerificationService(db, clock, verifier),
+            tokens=tokens,
         ),
-        action_tokens=ActionTokenServicer(),
+        action_tokens=ActionTokenServicer(tokens),
         admin=AdminServicer(SettingsService(db, clock)),
     )
     server = Server(
@@ -94,6 +106,8 @@ async def serve(config: Config) -> None:
             listen_addr=config.listen_addr,
             tls=config.tls,
             pool_size=config.db_pool_size,
+            token_algorithm=config.token_algorithm,
+            token_issuer=config.token_issuer,
         )
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -112,3 +126,16 @@ async def serve(config: Config) -> None:
     finally:
         if embedded is not None:
             embedded.stop()
+
+
+async def rotate_signing_key(
+    *, database_url: str, key_ring: KeyRing, algorithm: str, clock: Clock | None = None
+) -> str:
+    """``mfa-service keys rotate``: a new signing key; returns its kid."""
+    await migrate_url(database_url)
+    db = Database(await create_pool(database_url, size=1))
+    try:
+        keys = TokenKeys(db, clock or SystemClock(), key_ring, algorithm)
+        return (await keys.rotate()).kid
+    finally:
+        await db.close()

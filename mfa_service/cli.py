@@ -1,11 +1,13 @@
-"""The ``mfa-service`` command: serve, migrate, keys."""
+"""The ``mfa-service`` command: serve, migrate, keys generate, keys rotate."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import os
 import sys
+from collections.abc import Awaitable, Callable
 
 from mfa_service import config as config_module
 from mfa_service.config import ConfigError
@@ -29,6 +31,11 @@ def _parser() -> argparse.ArgumentParser:
         "generate", help="print a new MFA_ENCRYPTION_KEYS entry (KEY_ID:BASE64)"
     )
     generate.add_argument("--kid", default="k1", help="key id of the new entry")
+    rotate = key_commands.add_parser(
+        "rotate",
+        help="make a new action-token signing key; the old one verifies until its tokens expire",
+    )
+    rotate.add_argument("--dev", action="store_true", help="use the development key ring")
     return parser
 
 
@@ -44,24 +51,37 @@ def _configure_logging(level: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "keys":
+    if args.command == "keys" and args.keys_command == "generate":
         print(KeyRing.generate_entry(args.kid))
         return 0
     _configure_logging("INFO")
     try:
         # migrate needs only the database: a migration job gets no keys and no TLS files.
-        config: config_module.Config | config_module.DatabaseConfig = (
-            config_module.load_database()
-            if args.command == "migrate"
-            else config_module.load(dev_mode=getattr(args, "dev", False))
-        )
+        database = config_module.load_database()
+        if args.command == "serve":
+            config = config_module.load(dev_mode=args.dev)
+        elif args.command == "keys":
+            key_ring = config_module.load_key_ring(dev_mode=args.dev)
+            algorithm = config_module.token_algorithm(os.environ)
     except ConfigError as error:
         print(f"mfa-service: configuration error: {error}", file=sys.stderr)
         return 2
-    logging.getLogger().setLevel(config.log_level)
+    logging.getLogger().setLevel(database.log_level)
     try:
-        if isinstance(config, config_module.DatabaseConfig):
-            return asyncio.run(_migrate(config))
+        if args.command == "migrate":
+            return asyncio.run(_with_database(database, _migrate))
+        if args.command == "keys":
+
+            async def rotate(url: str) -> int:
+                from mfa_service.app import rotate_signing_key
+
+                kid = await rotate_signing_key(
+                    database_url=url, key_ring=key_ring, algorithm=algorithm
+                )
+                print(f"new signing key {kid} ({algorithm}); the previous key keeps verifying")
+                return 0
+
+            return asyncio.run(_with_database(database, rotate))
         asyncio.run(_serve(config))
     except DatabaseUnavailable:
         print("mfa-service: the database is unreachable (check DATABASE_URL)", file=sys.stderr)
@@ -75,16 +95,23 @@ async def _serve(config: config_module.Config) -> None:
     await serve(config)
 
 
-async def _migrate(config: config_module.DatabaseConfig) -> int:
-    from mfa_service.embedded_pg import EmbeddedPostgres
+async def _migrate(url: str) -> int:
     from mfa_service.store.db import migrate_url
+
+    applied = await migrate_url(url)
+    print(f"applied {len(applied)} migration(s)" if applied else "database is up to date")
+    return 0
+
+
+async def _with_database(
+    config: config_module.DatabaseConfig, command: Callable[[str], Awaitable[int]]
+) -> int:
+    """Run ``command`` on DATABASE_URL, or on the embedded PostgreSQL when it is unset."""
+    from mfa_service.embedded_pg import EmbeddedPostgres
 
     embedded = EmbeddedPostgres(config.data_dir) if config.database_url is None else None
     try:
-        url = config.database_url or (embedded.url if embedded else "")
-        applied = await migrate_url(url)
-        print(f"applied {len(applied)} migration(s)" if applied else "database is up to date")
-        return 0
+        return await command(config.database_url or (embedded.url if embedded else ""))
     finally:
         if embedded is not None:
             embedded.stop()

@@ -16,7 +16,7 @@ from google.protobuf import duration_pb2, field_mask_pb2
 from google.protobuf.message import Message
 
 from helpers import FakeClock
-from mfa.v1 import action_token_service_pb2, admin_service_pb2, mfa_service_pb2
+from mfa.v1 import admin_service_pb2, mfa_service_pb2
 from mfa.v1 import types_pb2 as pb
 from mfa_client import Client, MfaServiceError
 from mfa_service import app as app_module
@@ -622,10 +622,10 @@ UNIMPLEMENTED: list[Any] = [
         id="MfaService.AcknowledgeRecoveryCodes",
     ),
     pytest.param(
-        "action_tokens_stub",
-        "GetJwks",
-        action_token_service_pb2.GetJwksRequest(),
-        id="ActionTokenService.GetJwks",
+        "admin",
+        "ResetUserMfa",
+        admin_service_pb2.ResetUserMfaRequest(environment_id=ENV, user_id="u1"),
+        id="AdminService.ResetUserMfa",
     ),
     pytest.param(
         "admin",

@@ -32,7 +32,7 @@ MAX_USER_ID = 256
 _E = TypeVar("_E", bound=enum.Enum)
 
 
-def _identifier(value: str, field: str, max_length: int) -> str:
+def identifier(value: str, field: str, max_length: int) -> str:
     if not value:
         raise InvalidArgument.field(field, "required")
     if len(value) > max_length:
@@ -43,11 +43,11 @@ def _identifier(value: str, field: str, max_length: int) -> str:
 
 
 def environment_id(value: str, field: str = "environment_id") -> EnvironmentId:
-    return EnvironmentId(_identifier(value, field, MAX_ENVIRONMENT_ID))
+    return EnvironmentId(identifier(value, field, MAX_ENVIRONMENT_ID))
 
 
 def user_id(value: str, field: str = "user_id") -> UserId:
-    return UserId(_identifier(value, field, MAX_USER_ID))
+    return UserId(identifier(value, field, MAX_USER_ID))
 
 
 # --- enums: proto value NAME == PREFIX + domain member name -----------------------
@@ -245,7 +245,7 @@ def optional_uuid(value: str, field: str) -> UUID | None:
 
 
 def session_id(value: str, field: str = "session_id") -> str:
-    return _identifier(value, field, MAX_SESSION_ID)
+    return identifier(value, field, MAX_SESSION_ID)
 
 
 def alias(value: str, field: str = "alias") -> str:
@@ -284,3 +284,21 @@ def device_to_proto(device: Device) -> pb.Device:
         last_used_at=timestamp(device.last_used_at),
         is_default=device.is_default,
     )
+
+
+def payload_digest(value: bytes, field: str = "payload_digest") -> bytes | None:
+    """Optional SHA-256 of the exact payload: empty, or exactly 32 bytes."""
+    if not value:
+        return None
+    if len(value) != 32:
+        raise InvalidArgument.field(field, "must be a SHA-256 digest (32 bytes)")
+    return bytes(value)
+
+
+def actions(values: Iterable[int], field: str = "actions") -> tuple[Action, ...]:
+    converted = _each(values, field, action_from_proto)
+    if not converted:
+        raise InvalidArgument.field(field, "at least one action is required")
+    if len(set(converted)) != len(converted):
+        raise InvalidArgument.field(field, "must not list an action twice")
+    return converted

@@ -13,6 +13,7 @@ from mfa_service.api import convert
 from mfa_service.domain import totp
 from mfa_service.domain.model import Method
 from mfa_service.errors import InvalidArgument, NotImplementedYet
+from mfa_service.services.action_tokens import ActionTokenService
 from mfa_service.services.enrollment import EnrollmentService
 from mfa_service.services.status import StatusService
 from mfa_service.services.verification import VerificationService
@@ -26,10 +27,12 @@ class MfaServicer(pb_grpc.MfaServiceServicer):
         status: StatusService,
         enrollment: EnrollmentService,
         verification: VerificationService,
+        tokens: ActionTokenService,
     ) -> None:
         self._status = status
         self._enrollment = enrollment
         self._verification = verification
+        self._tokens = tokens
 
     async def GetStatus(
         self, request: pb.GetStatusRequest, context: Context
@@ -128,7 +131,26 @@ class MfaServicer(pb_grpc.MfaServiceServicer):
     async def IssueActionToken(
         self, request: pb.IssueActionTokenRequest, context: Context
     ) -> pb.IssueActionTokenResponse:
-        raise NotImplementedYet("IssueActionToken")
+        env = convert.environment_id(request.environment_id)
+        user = convert.user_id(request.user_id)
+        challenge_id = convert.uuid_field(request.challenge_id, "challenge_id")
+        if not request.HasField("proof"):
+            raise InvalidArgument.field("proof", "required")
+        proof = convert.proof_from_proto(request.proof)
+        issued = await self._tokens.issue(
+            env,
+            user,
+            challenge_id=challenge_id,
+            proof=proof,
+            actions=convert.actions(request.actions),
+            single_use=request.single_use,
+            payload_digest=convert.payload_digest(request.payload_digest),
+            session_id=convert.session_id(request.session_id) if request.session_id else None,
+            context=call_context.current(),
+        )
+        return pb.IssueActionTokenResponse(
+            token=issued.token, expires_at=convert.timestamp(issued.claims.expires_at)
+        )
 
     async def ListDevices(
         self, request: pb.ListDevicesRequest, context: Context

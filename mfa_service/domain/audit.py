@@ -29,8 +29,8 @@ class AuditEventType(enum.Enum):
     VERIFICATION_FAILED = "verification_failed"
     CODE_REUSED = "code_reused"
     LOCKED_OUT = "locked_out"
-    TOKEN_ISSUED = "token_issued"  # noqa: S105 (an event name)
-    TOKEN_VALIDATED = "token_validated"  # noqa: S105
+    TOKEN_ISSUED = "token_issued"
+    TOKEN_VALIDATED = "token_validated"
     RECOVERY_CODES_GENERATED = "recovery_codes_generated"
     RECOVERY_CODE_USED = "recovery_code_used"
     RECOVERY_CODES_ACKNOWLEDGED = "recovery_codes_acknowledged"

@@ -1,0 +1,119 @@
+"""The action-token signing keys: created at first start, shared by replicas, rotated."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+
+from mfa_service.clock import Clock
+from mfa_service.crypto import KeyRing
+from mfa_service.domain import tokens
+from mfa_service.domain.settings import MULTI_USE_TTL_RANGE
+from mfa_service.domain.tokens import SigningKey
+from mfa_service.store import signing_keys as key_store
+from mfa_service.store.db import Connection, Database
+
+log = logging.getLogger("mfa_service.keys")
+
+# A retired key verifies until every token it signed has expired (the longest lifetime
+# a token can have), plus a margin for clocks.
+RETIRED_KEY_KEPT = MULTI_USE_TTL_RANGE[1] + timedelta(minutes=5)
+REFRESH_INTERVAL = timedelta(seconds=60)
+UNKNOWN_KID_REFRESH = timedelta(seconds=5)
+
+
+def _context(kid: str) -> bytes:
+    return b"signing-key\x00" + kid.encode()
+
+
+class TokenKeys:
+    """An in-memory copy of the usable keys, refreshed from PostgreSQL now and then."""
+
+    def __init__(self, db: Database, clock: Clock, key_ring: KeyRing, algorithm: str) -> None:
+        self._db = db
+        self._clock = clock
+        self._key_ring = key_ring
+        self.algorithm = algorithm
+        self._keys: dict[str, SigningKey] = {}
+        self._signing: SigningKey | None = None
+        self._loaded_at: datetime | None = None
+        self._lock = asyncio.Lock()
+
+    async def ensure(self) -> None:
+        """At start: make sure a key of the configured algorithm signs, then load."""
+        now = self._clock.now()
+        async with self._db.transaction() as conn:
+            await key_store.lock(conn)
+            rows = await key_store.list_usable(conn, retired_after=now - RETIRED_KEY_KEPT)
+            active = [r for r in rows if r["retired_at"] is None]
+            if not active or active[0]["algorithm"] != self.algorithm:
+                await self._create(conn, now)
+        await self.reload()
+
+    async def rotate(self) -> SigningKey:
+        """A new signing key; the old one keeps verifying until its tokens expire."""
+        now = self._clock.now()
+        async with self._db.transaction() as conn:
+            await key_store.lock(conn)
+            key = await self._create(conn, now)
+        await self.reload()
+        return key
+
+    async def _create(self, conn: Connection, now: datetime) -> SigningKey:
+        key = tokens.generate_key(self.algorithm, now=now)
+        sealed = self._key_ring.encrypt(tokens.private_key_bytes(key), context=_context(key.kid))
+        await key_store.insert_active(
+            conn, kid=key.kid, algorithm=key.algorithm, sealed_private_key=sealed, now=now
+        )
+        log.info("new token signing key %s (%s)", key.kid, key.algorithm)
+        return key
+
+    async def reload(self) -> None:
+        now = self._clock.now()
+        async with self._db.transaction() as conn:
+            rows = await key_store.list_usable(conn, retired_after=now - RETIRED_KEY_KEPT)
+        keys = {}
+        for row in rows:
+            private = tokens.load_private_key(
+                self._key_ring.decrypt(row["private_key"], context=_context(row["kid"]))
+            )
+            keys[row["kid"]] = SigningKey(
+                kid=row["kid"],
+                algorithm=row["algorithm"],
+                private_key=private if row["retired_at"] is None else None,
+                public_key=private.public_key(),
+                created_at=row["created_at"],
+                retired_at=row["retired_at"],
+            )
+        self._keys = keys
+        self._signing = next((k for k in keys.values() if k.retired_at is None), None)
+        self._loaded_at = now
+
+    async def _fresh(self, *, max_age: timedelta) -> None:
+        now = self._clock.now()
+        if self._loaded_at is None or now - self._loaded_at >= max_age or now < self._loaded_at:
+            async with self._lock:
+                if self._loaded_at is None or self._clock.now() - self._loaded_at >= max_age:
+                    await self.reload()
+
+    async def signing_key(self) -> SigningKey:
+        await self._fresh(max_age=REFRESH_INTERVAL)
+        if self._signing is None or self._signing.algorithm != self.algorithm:
+            await self.ensure()
+        if self._signing is None:
+            raise LookupError("no token signing key")
+        return self._signing
+
+    async def verification_keys(self, kid: str | None = None) -> Mapping[str, SigningKey]:
+        """The keys that may verify; an unknown ``kid`` triggers an early reload
+        (a replica that has not seen a rotation yet), at most every few seconds."""
+        await self._fresh(max_age=REFRESH_INTERVAL)
+        if kid is not None and kid not in self._keys:
+            await self._fresh(max_age=UNKNOWN_KID_REFRESH)
+        return self._keys
+
+    async def jwks(self) -> str:
+        keys = await self.verification_keys()
+        return tokens.jwks(list(keys.values()))
