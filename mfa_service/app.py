@@ -16,6 +16,7 @@ from mfa_service.crypto import KeyRing
 from mfa_service.embedded_pg import EmbeddedPostgres
 from mfa_service.server import Server, Servicers
 from mfa_service.services.action_tokens import ActionTokenService
+from mfa_service.services.admin import AdminService
 from mfa_service.services.enrollment import EnrollmentService
 from mfa_service.services.keys import TokenKeys
 from mfa_service.services.settings import SettingsService
@@ -67,12 +68,12 @@ async def start(
     servicers = Servicers(
         mfa=MfaServicer(
             status=StatusService(db, clock),
-            enrollment=EnrollmentService(db, clock, key_ring, verifier),
+            enrollment=EnrollmentService(db, clock, key_ring, verifier, tokens),
             verification=VerificationService(db, clock, verifier),
             tokens=tokens,
         ),
         action_tokens=ActionTokenServicer(tokens),
-        admin=AdminServicer(SettingsService(db, clock)),
+        admin=AdminServicer(SettingsService(db, clock), AdminService(db, clock)),
     )
     server = Server(
         servicers,

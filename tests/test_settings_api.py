@@ -622,10 +622,10 @@ UNIMPLEMENTED: list[Any] = [
         id="MfaService.AcknowledgeRecoveryCodes",
     ),
     pytest.param(
-        "admin",
-        "ResetUserMfa",
-        admin_service_pb2.ResetUserMfaRequest(environment_id=ENV, user_id="u1"),
-        id="AdminService.ResetUserMfa",
+        "mfa_stub",
+        "ListDevices",
+        mfa_service_pb2.ListDevicesRequest(environment_id=ENV, user_id="u1"),
+        id="MfaService.ListDevices",
     ),
     pytest.param(
         "admin",

@@ -9,16 +9,20 @@ from grpc import aio
 from mfa.v1 import admin_service_pb2 as pb
 from mfa.v1 import admin_service_pb2_grpc as pb_grpc
 from mfa_service.api import context as call_context
-from mfa_service.api.convert import environment_id, settings_changes, settings_to_proto
+from mfa_service.api.convert import environment_id, settings_changes, settings_to_proto, user_id
 from mfa_service.errors import InvalidArgument, NotImplementedYet
+from mfa_service.services.admin import AdminService
 from mfa_service.services.settings import SettingsService
 
 Context = aio.ServicerContext[Any, Any]
 
+MAX_REASON = 256
+
 
 class AdminServicer(pb_grpc.AdminServiceServicer):
-    def __init__(self, settings: SettingsService) -> None:
+    def __init__(self, settings: SettingsService, admin: AdminService) -> None:
         self._settings = settings
+        self._admin = admin
 
     async def GetSettings(
         self, request: pb.GetSettingsRequest, context: Context
@@ -42,7 +46,17 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     async def ResetUserMfa(
         self, request: pb.ResetUserMfaRequest, context: Context
     ) -> pb.ResetUserMfaResponse:
-        raise NotImplementedYet("ResetUserMfa")
+        if len(request.reason) > MAX_REASON or not request.reason.isprintable():
+            raise InvalidArgument.field("reason", f"at most {MAX_REASON} printable characters")
+        result = await self._admin.reset_user(
+            environment_id(request.environment_id),
+            user_id(request.user_id),
+            reason=request.reason,
+            context=call_context.current(),
+        )
+        return pb.ResetUserMfaResponse(
+            devices_removed=result.devices_removed, tokens_revoked=result.tokens_revoked
+        )
 
     async def ListAuditEvents(
         self, request: pb.ListAuditEventsRequest, context: Context

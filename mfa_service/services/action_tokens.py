@@ -35,6 +35,7 @@ from mfa_service.errors import (
     InvalidArgument,
     MethodNotAllowed,
     MfaError,
+    StepUpRequired,
 )
 from mfa_service.services import audit
 from mfa_service.services.keys import TokenKeys
@@ -300,6 +301,27 @@ class ActionTokenService:
         if claims.single_use:
             return Reason.TOKEN_ALREADY_USED if consumed_at else Reason.TOKEN_EXPIRED
         return Reason.TOKEN_VALID
+
+    async def require_step_up(
+        self,
+        conn: Connection,
+        env: EnvironmentId,
+        user: UserId,
+        action: Action,
+        token: str,
+        *,
+        now: datetime,
+    ) -> None:
+        """Consume a token for a credential action in the caller's transaction, or refuse.
+
+        DESIGN §2: adding or removing a factor needs the factor the user already has.
+        """
+        request = ValidationRequest(env, user, action, token, None, None, None)
+        reason = await self.redeem(conn, request, await self._decode(request, now=now), now=now)
+        if reason is not Reason.TOKEN_VALID:
+            raise StepUpRequired(
+                f"this change needs a valid ACTION_{action.name} action token ({reason.name})"
+            )
 
     async def jwks(self) -> str:
         return await self._keys.jwks()

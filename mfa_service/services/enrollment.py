@@ -12,15 +12,15 @@ from mfa_service.crypto import KeyRing
 from mfa_service.domain import totp
 from mfa_service.domain.audit import AuditEventType, CallContext
 from mfa_service.domain.devices import ENROLLMENT_TTL, Device, Enrollment, secret_context
-from mfa_service.domain.model import EnvironmentId, Method, UserId
+from mfa_service.domain.model import Action, EnvironmentId, Method, UserId
 from mfa_service.errors import (
     DeviceLimitReached,
     EnrollmentNotFound,
     MfaError,
     NotImplementedYet,
-    StepUpRequired,
 )
 from mfa_service.services import audit
+from mfa_service.services.action_tokens import ActionTokenService
 from mfa_service.services.settings import load as load_settings
 from mfa_service.services.verification import Verifier, require_enabled
 from mfa_service.store import devices as device_store
@@ -46,11 +46,19 @@ class EnrollmentCompleted:
 
 
 class EnrollmentService:
-    def __init__(self, db: Database, clock: Clock, key_ring: KeyRing, verifier: Verifier) -> None:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        key_ring: KeyRing,
+        verifier: Verifier,
+        tokens: ActionTokenService,
+    ) -> None:
         self._db = db
         self._clock = clock
         self._key_ring = key_ring
         self._verifier = verifier
+        self._tokens = tokens
 
     async def enroll_totp(
         self,
@@ -67,10 +75,10 @@ class EnrollmentService:
             require_enabled(settings, Method.TOTP)
             await user_store.ensure(conn, env, user, now=now)
             if await device_store.list_for_user(conn, env, user):
-                # DESIGN §2: adding a factor next to an existing one needs that factor
-                # (an ACTION_CREDENTIAL_LINK token); tokens arrive with action MFA.
-                del action_token
-                raise StepUpRequired()
+                # DESIGN §2: a factor next to an existing one needs that factor first.
+                await self._tokens.require_step_up(
+                    conn, env, user, Action.CREDENTIAL_LINK, action_token, now=now
+                )
             if await device_store.count(conn, env, user, Method.TOTP) >= settings.totp.max_devices:
                 raise DeviceLimitReached()
             enrollment_id = uuid.uuid4()

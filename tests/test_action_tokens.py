@@ -1,0 +1,697 @@
+"""Action tokens: issuing, every ValidateActionToken decision, forgeries, concurrency,
+idempotent retries and key rotation, through the real server."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import sys
+import uuid
+from datetime import UTC, timedelta
+from typing import Any
+
+import asyncpg
+import grpc
+import jwt
+import pytest
+from conftest import TEST_KEY_RING
+from cryptography.hazmat.primitives import serialization
+
+from flows import TotpDevice, call, challenge, enroll_totp, update_settings
+from helpers import FakeClock
+from mfa.v1 import action_token_service_pb2 as at_pb
+from mfa.v1 import admin_service_pb2 as admin_pb
+from mfa.v1 import mfa_service_pb2 as pb
+from mfa.v1 import types_pb2 as types
+from mfa_client import Client, MfaServiceError
+from mfa_service.app import Application, rotate_signing_key
+from mfa_service.domain import tokens
+
+ENV = "env-tokens"
+SIGN, EXPORT, REFRESH = types.ACTION_WAAS_SIGN, types.ACTION_WAAS_EXPORT, types.ACTION_WAAS_REFRESH
+DIGEST = hashlib.sha256(b"transfer 1 ETH to bob").digest()
+OTHER_DIGEST = hashlib.sha256(b"transfer 100 ETH to mallory").digest()
+
+
+@pytest.fixture
+async def alice(client: Client, clock: FakeClock) -> TotpDevice:
+    await update_settings(client, ENV, protected_actions=[SIGN, EXPORT])
+    return await enroll_totp(client, clock, ENV, "alice")
+
+
+async def issue(
+    client: Client,
+    clock: FakeClock,
+    device: TotpDevice,
+    *,
+    user: str = "alice",
+    env: str = ENV,
+    actions: tuple[int, ...] = (SIGN,),
+    single_use: bool = True,
+    payload_digest: bytes = b"",
+    session_id: str = "",
+) -> pb.IssueActionTokenResponse:
+    clock.advance(timedelta(seconds=30))  # a fresh time step: codes are never reused
+    challenge_id = await challenge(client, env, user)
+    return await call(
+        client.mfa_stub.IssueActionToken(
+            pb.IssueActionTokenRequest(
+                environment_id=env,
+                user_id=user,
+                challenge_id=challenge_id,
+                proof=types.Proof(totp_code=device.code(clock.now())),
+                actions=list(actions),
+                single_use=single_use,
+                payload_digest=payload_digest,
+                session_id=session_id,
+            )
+        )
+    )
+
+
+async def validate(
+    client: Client,
+    token: str,
+    *,
+    action: int = SIGN,
+    user: str = "alice",
+    env: str = ENV,
+    payload_digest: bytes = b"",
+    session_id: str = "",
+    idempotency_key: str = "",
+) -> tuple[str, str]:
+    response = await call(
+        client.action_tokens_stub.ValidateActionToken(
+            at_pb.ValidateActionTokenRequest(
+                environment_id=env,
+                user_id=user,
+                action=action,
+                token=token,
+                payload_digest=payload_digest,
+                session_id=session_id,
+                idempotency_key=idempotency_key,
+            )
+        )
+    )
+    return (
+        types.Decision.Name(response.decision).removeprefix("DECISION_"),
+        types.DecisionReason.Name(response.reason).removeprefix("DECISION_REASON_"),
+    )
+
+
+async def refused(coro: Any) -> MfaServiceError:
+    with pytest.raises(MfaServiceError) as caught:
+        await coro
+    return caught.value
+
+
+# --- every decision reason ------------------------------------------------------------
+
+
+async def test_mfa_not_required_for_unprotected_actions_and_unenrolled_users(
+    client: Client, alice: TotpDevice
+) -> None:
+    assert await validate(client, "", action=REFRESH) == ("ALLOW", "MFA_NOT_REQUIRED")
+    assert await validate(client, "", user="bob") == ("ALLOW", "MFA_NOT_REQUIRED")
+    # The credential actions guard only what a user has.
+    assert await validate(client, "", user="bob", action=types.ACTION_CREDENTIAL_LINK) == (
+        "ALLOW",
+        "MFA_NOT_REQUIRED",
+    )
+
+
+async def test_mfa_required_without_a_token(client: Client, alice: TotpDevice) -> None:
+    assert await validate(client, "") == ("DENY", "MFA_REQUIRED")
+    for action in (types.ACTION_CREDENTIAL_LINK, types.ACTION_CREDENTIAL_UNLINK):
+        assert await validate(client, "", action=action) == ("DENY", "MFA_REQUIRED")
+
+
+async def test_enrollment_required_with_onboarding(client: Client, alice: TotpDevice) -> None:
+    await update_settings(client, ENV, require_at_onboarding=True)
+    assert await validate(client, "", user="newcomer") == ("DENY", "ENROLLMENT_REQUIRED")
+    assert await validate(client, "", user="newcomer", action=REFRESH) == (
+        "ALLOW",
+        "MFA_NOT_REQUIRED",
+    )
+
+
+async def test_token_valid_then_already_used(
+    client: Client, clock: FakeClock, alice: TotpDevice
+) -> None:
+    issued = await issue(client, clock, alice)
+    assert await validate(client, issued.token) == ("ALLOW", "TOKEN_VALID")
+    assert await validate(client, issued.token) == ("DENY", "TOKEN_ALREADY_USED")
+
+
+async def test_token_invalid_and_expired(
+    client: Client, clock: FakeClock, alice: TotpDevice
+) -> None:
+    assert await validate(client, "not.a.jwt") == ("DENY", "TOKEN_INVALID")
+    issued = await issue(client, clock, alice)
+    clock.advance(timedelta(minutes=5))
+    assert await validate(client, issued.token) == ("DENY", "TOKEN_EXPIRED")
+
+
+async def test_action_user_payload_and_session_mismatches(
+    client: Client, clock: FakeClock, alice: TotpDevice
+) -> None:
+    sign = await issue(client, clock, alice)
+    assert await validate(client, sign.token, action=EXPORT) == ("DENY", "ACTION_MISMATCH")
+    assert await validate(client, sign.token, user="bob") == ("DENY", "USER_MISMATCH")
+    await update_settings(client, "env-other", protected_actions=[SIGN])
+    assert await validate(client, sign.token, env="env-other") == ("DENY", "USER_MISMATCH")
+
+    bound = await issue(client, clock, alice, payload_digest=DIGEST)
+    assert await validate(client, bound.token, payload_digest=OTHER_DIGEST) == (
+        "DENY",
+        "PAYLOAD_MISMATCH",
+    )
+    assert await validate(client, bound.token) == ("DENY", "PAYLOAD_MISMATCH")
+    assert await validate(client, bound.token, payload_digest=DIGEST) == ("ALLOW", "TOKEN_VALID")
+
+    in_session = await issue(client, clock, alice, session_id="sess-1")
+    assert await validate(client, in_session.token, session_id="sess-2") == (
+        "DENY",
+        "SESSION_MISMATCH",
+    )
+    assert await validate(client, in_session.token) == ("DENY", "SESSION_MISMATCH")
+    assert await validate(client, in_session.token, session_id="sess-1") == ("ALLOW", "TOKEN_VALID")
+    # A mismatch does not consume: the rightful use above still worked.
+
+
+async def test_a_reset_revokes_outstanding_tokens(
+    client: Client, clock: FakeClock, alice: TotpDevice
+) -> None:
+    single = await issue(client, clock, alice)
+    multi = await issue(client, clock, alice, single_use=False)
+    reset = await call(
+        client.admin.stub.ResetUserMfa(
+            admin_pb.ResetUserMfaRequest(environment_id=ENV, user_id="alice", reason="ticket-42")
+        )
+    )
+    assert (reset.devices_removed, reset.tokens_revoked) == (1, 2)
+    assert await validate(client, single.token) == ("DENY", "TOKEN_REVOKED")
+    assert await validate(client, multi.token) == ("DENY", "TOKEN_REVOKED")
+    assert await validate(client, "") == ("ALLOW", "MFA_NOT_REQUIRED")  # no factor left
+
+
+async def test_every_decision_reason_is_reachable(
+    client: Client, clock: FakeClock, alice: TotpDevice
+) -> None:
+    """The proto's DecisionReason values are exactly the ones these tests produce."""
+    produced = {
+        "MFA_NOT_REQUIRED", "TOKEN_VALID", "MFA_REQUIRED", "ENROLLMENT_REQUIRED",
+        "TOKEN_INVALID", "TOKEN_EXPIRED", "TOKEN_ALREADY_USED", "ACTION_MISMATCH",
+        "USER_MISMATCH", "PAYLOAD_MISMATCH", "SESSION_MISMATCH", "TOKEN_REVOKED",
+    }  # fmt: skip
+    declared = {
+        name.removeprefix("DECISION_REASON_")
+        for name in types.DecisionReason.keys()  # noqa: SIM118 (an enum wrapper, not a dict)
+        if name != "DECISION_REASON_UNSPECIFIED"
+    }
+    assert declared == produced
+
+
+# --- the token itself ------------------------------------------------------------------
+
+
+async def test_token_claims(client: Client, clock: FakeClock, alice: TotpDevice) -> None:
+    issued = await issue(
+        client, clock, alice, actions=(SIGN, EXPORT), payload_digest=DIGEST, session_id="s-9"
+    )
+    header = jwt.get_unverified_header(issued.token)
+    claims = jwt.decode(issued.token, options={"verify_signature": False})
+    assert header["alg"] == "ES256"
+    assert header["typ"] == "mfa-action+jwt"
+    assert header["kid"]
+    assert claims["iss"] == "mfa-service"
+    assert claims["aud"] == "mfa-action"
+    assert claims["sub"] == "alice"
+    assert claims["env"] == ENV
+    assert claims["act"] == ["WAAS_SIGN", "WAAS_EXPORT"]
+    assert claims["su"] is True
+    assert uuid.UUID(claims["jti"])
+    assert claims["amr"] == ["otp"]
+    assert claims["sid"] == "s-9"
+    assert base64.urlsafe_b64decode(claims["pd"] + "=") == DIGEST
+    assert claims["iat"] == int(clock.now().timestamp())
+    assert claims["exp"] - claims["iat"] == 300
+    assert issued.expires_at.ToDatetime(tzinfo=UTC) == clock.now() + timedelta(minutes=5)
+    multi = await issue(client, clock, alice, single_use=False)
+    multi_claims = jwt.decode(multi.token, options={"verify_signature": False})
+    assert multi_claims["exp"] - multi_claims["iat"] == 600
+
+
+async def test_lifetimes_follow_the_settings(
+    client: Client, clock: FakeClock, alice: TotpDevice
+) -> None:
+    settings = types.Settings(environment_id=ENV)
+    settings.single_use_token_ttl.FromTimedelta(timedelta(seconds=90))
+    await client.admin.update_settings(settings, ["single_use_token_ttl"])
+    issued = await issue(client, clock, alice)
+    clock.advance(timedelta(seconds=90))
+    assert await validate(client, issued.token) == ("DENY", "TOKEN_EXPIRED")
+
+
+async def test_a_multi_use_token_works_until_it_expires(
+    client: Client, clock: FakeClock, alice: TotpDevice
+) -> None:
+    issued = await issue(client, clock, alice, single_use=False, actions=(SIGN, EXPORT))
+    for _ in range(3):
+        assert await validate(client, issued.token) == ("ALLOW", "TOKEN_VALID")
+        assert await validate(client, issued.token, action=EXPORT) == ("ALLOW", "TOKEN_VALID")
+        clock.advance(timedelta(minutes=3))
+    clock.advance(timedelta(minutes=1))
+    assert await validate(client, issued.token) == ("DENY", "TOKEN_EXPIRED")
+
+
+# --- forgeries -------------------------------------------------------------------------
+
+
+async def signing_key(db: asyncpg.Connection) -> tokens.SigningKey:
+    """The service's own private key, read the way only an insider could: for forging
+    tokens whose signature is right and whose claims are wrong."""
+    row = await db.fetchrow("SELECT * FROM signing_keys WHERE retired_at IS NULL")
+    private = tokens.load_private_key(
+        TEST_KEY_RING.decrypt(row["private_key"], context=b"signing-key\x00" + row["kid"].encode())
+    )
+    return tokens.SigningKey(
+        row["kid"], row["algorithm"], private, private.public_key(), row["created_at"]
+    )
+
+
+def forged(
+    good: str, key: Any, *, algorithm: str = "ES256", drop: tuple[str, ...] = (), **changes: Any
+) -> str:
+    header = jwt.get_unverified_header(good)
+    claims = jwt.decode(good, options={"verify_signature": False})
+    header_changes = {k[2:]: v for k, v in changes.items() if k.startswith("h_")}
+    claims.update({k: v for k, v in changes.items() if not k.startswith("h_")})
+    for name in drop:
+        claims.pop(name)
+    headers = {k: v for k, v in {**header, **header_changes}.items() if k not in ("alg",)}
+    return jwt.encode(claims, key, algorithm=algorithm, headers=headers)
+
+
+def unsigned(good: str, **changes: Any) -> str:
+    """alg=none: header and payload, empty signature."""
+    header = {**jwt.get_unverified_header(good), "alg": "none"}
+    claims = {**jwt.decode(good, options={"verify_signature": False}), **changes}
+    part = lambda d: base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()  # noqa: E731
+    return f"{part(header)}.{part(claims)}."
+
+
+@pytest.mark.parametrize(
+    "forgery",
+    [
+        "alg_none",
+        "hs256_with_public_key",
+        "wrong_typ",
+        "plain_jwt_typ",
+        "wrong_aud",
+        "aud_prefix",
+        "aud_superstring",
+        "aud_list",
+        "wrong_iss",
+        "iss_prefix",
+        "unknown_kid",
+        "missing_jti",
+        "missing_exp",
+        "missing_act",
+        "future_iat",
+        "tampered_payload",
+        "other_key",
+    ],
+)
+async def test_forged_tokens_are_refused(
+    client: Client, clock: FakeClock, alice: TotpDevice, db: asyncpg.Connection, forgery: str
+) -> None:
+    good = (await issue(client, clock, alice)).token
+    key = await signing_key(db)
+    private = key.private_key
+    public_pem = key.public_key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    now = int(clock.now().timestamp())
+    other = tokens.generate_key("ES256", now=clock.now())
+    token = {
+        "alg_none": lambda: unsigned(good),
+        "hs256_with_public_key": lambda: _hs256(good, public_pem),
+        "wrong_typ": lambda: forged(good, private, h_typ="JWT"),
+        "plain_jwt_typ": lambda: forged(good, private, h_typ="at+jwt"),
+        "wrong_aud": lambda: forged(good, private, aud="someone-else"),
+        "aud_prefix": lambda: forged(good, private, aud="mfa-actio"),
+        "aud_superstring": lambda: forged(good, private, aud="mfa-action-x"),
+        "aud_list": lambda: forged(good, private, aud=["other", "mfa-action"]),
+        "wrong_iss": lambda: forged(good, private, iss="evil-service"),
+        "iss_prefix": lambda: forged(good, private, iss="mfa-servic"),
+        "unknown_kid": lambda: forged(good, other.private_key, h_kid="not-a-key"),
+        "missing_jti": lambda: forged(good, private, drop=("jti",)),
+        "missing_exp": lambda: forged(good, private, drop=("exp",)),
+        "missing_act": lambda: forged(good, private, drop=("act",)),
+        "future_iat": lambda: forged(good, private, iat=now + 120, exp=now + 400),
+        "tampered_payload": lambda: _swap_payload(good, sub="alice", act=["WAAS_EXPORT"]),
+        "other_key": lambda: forged(good, other.private_key),
+    }[forgery]()
+    assert await validate(client, token) == ("DENY", "TOKEN_INVALID")
+    # The genuine token was not consumed by any of that.
+    assert await validate(client, good) == ("ALLOW", "TOKEN_VALID")
+
+
+def _hs256(good: str, secret: bytes) -> str:
+    """RFC 8725 §2.1 key confusion: HMAC keyed with the public key (pyjwt refuses to do
+    it with a PEM key, so the signature is built by hand)."""
+    import hmac
+
+    header = {**jwt.get_unverified_header(good), "alg": "HS256"}
+    claims = jwt.decode(good, options={"verify_signature": False})
+    enc = lambda d: base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=")  # noqa: E731
+    signing_input = enc(header) + b"." + enc(claims)
+    mac = hmac.new(secret, signing_input, hashlib.sha256).digest()
+    return (signing_input + b"." + base64.urlsafe_b64encode(mac).rstrip(b"=")).decode()
+
+
+def _swap_payload(good: str, **changes: Any) -> str:
+    header, payload, signature = good.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims.update(changes)
+    new = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    return f"{header}.{new}.{signature}"
+
+
+async def test_a_validly_signed_token_never_recorded_is_refused(
+    client: Client, clock: FakeClock, alice: TotpDevice, db: asyncpg.Connection
+) -> None:
+    good = (await issue(client, clock, alice)).token
+    key = await signing_key(db)
+    assert await validate(client, forged(good, key.private_key, jti=str(uuid.uuid4()))) == (
+        "DENY",
+        "TOKEN_INVALID",
+    )
+
+
+async def test_an_unconfigured_algorithm_key_cannot_verify(
+    client: Client, clock: FakeClock, alice: TotpDevice, db: asyncpg.Connection
+) -> None:
+    """The algorithm is pinned: an EdDSA signature under our kid is refused."""
+    good = (await issue(client, clock, alice)).token
+    ed = tokens.generate_key("EdDSA", now=clock.now())
+    assert await validate(client, forged(good, ed.private_key, algorithm="EdDSA")) == (
+        "DENY",
+        "TOKEN_INVALID",
+    )
+
+
+# --- issuing rules ----------------------------------------------------------------------
+
+
+async def test_issuing_for_an_unprotected_action_is_refused(
+    client: Client, clock: FakeClock, alice: TotpDevice
+) -> None:
+    error = await refused(issue(client, clock, alice, actions=(REFRESH,)))
+    assert (error.code, error.reason) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "ERROR_REASON_ACTION_NOT_PROTECTED",
+    )
+
+
+async def test_the_method_must_be_allowed_for_action_mfa(
+    client: Client, clock: FakeClock, alice: TotpDevice
+) -> None:
+    await update_settings(client, ENV, action_methods=[types.METHOD_PASSKEY])
+    error = await refused(issue(client, clock, alice))
+    assert error.reason == "ERROR_REASON_METHOD_NOT_ALLOWED"
+    # Credential actions guard the factors themselves: any enabled method will do.
+    linked = await issue(client, clock, alice, actions=(types.ACTION_CREDENTIAL_LINK,))
+    assert linked.token
+
+
+async def test_a_wrong_code_gets_no_token_and_counts_toward_lockout(
+    client: Client, clock: FakeClock, alice: TotpDevice
+) -> None:
+    await update_settings(client, ENV, lockout__max_failed_attempts=2)
+
+    async def attempt(code: str) -> pb.IssueActionTokenResponse:
+        challenge_id = await challenge(client, ENV, "alice")
+        return await call(
+            client.mfa_stub.IssueActionToken(
+                pb.IssueActionTokenRequest(
+                    environment_id=ENV,
+                    user_id="alice",
+                    challenge_id=challenge_id,
+                    proof=types.Proof(totp_code=code),
+                    actions=[SIGN],
+                    single_use=True,
+                )
+            )
+        )
+
+    clock.advance(timedelta(seconds=30))
+    right = alice.code(clock.now())
+    wrong = f"{(int(right) + 1) % 10**6:06d}"
+    for _ in range(2):
+        assert (await refused(attempt(wrong))).reason == "ERROR_REASON_VERIFICATION_FAILED"
+    locked = await refused(attempt(right))
+    assert locked.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_a_code_mints_one_token(client: Client, clock: FakeClock, alice: TotpDevice) -> None:
+    clock.advance(timedelta(seconds=30))
+    code = alice.code(clock.now())
+    for expected_ok in (True, False):
+        request = pb.IssueActionTokenRequest(
+            environment_id=ENV,
+            user_id="alice",
+            challenge_id=await challenge(client, ENV, "alice"),
+            proof=types.Proof(totp_code=code),
+            actions=[SIGN],
+            single_use=True,
+        )
+        if expected_ok:
+            await call(client.mfa_stub.IssueActionToken(request))
+        else:
+            await refused(call(client.mfa_stub.IssueActionToken(request)))
+
+
+@pytest.mark.parametrize(
+    ("field", "changes"),
+    [
+        ("actions", {"actions": []}),
+        ("actions[0]", {"actions": [types.ACTION_UNSPECIFIED]}),
+        ("actions", {"actions": [SIGN, SIGN]}),
+        ("payload_digest", {"payload_digest": b"x" * 31}),
+        ("challenge_id", {"challenge_id": "nope"}),
+    ],
+)
+async def test_issue_input_errors_name_the_field(
+    client: Client, alice: TotpDevice, field: str, changes: dict[str, Any]
+) -> None:
+    request = pb.IssueActionTokenRequest(
+        environment_id=ENV,
+        user_id="alice",
+        challenge_id=await challenge(client, ENV, "alice"),
+        proof=types.Proof(totp_code="123456"),
+        actions=[SIGN],
+    )
+    for name, value in changes.items():
+        if isinstance(value, list):
+            del getattr(request, name)[:]
+            getattr(request, name).extend(value)
+        else:
+            setattr(request, name, value)
+    error = await refused(call(client.mfa_stub.IssueActionToken(request)))
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in error.field_violations] == [field]
+
+
+@pytest.mark.parametrize(
+    ("field", "request_fields"),
+    [
+        ("action", {"action": types.ACTION_UNSPECIFIED}),
+        ("payload_digest", {"payload_digest": b"short"}),
+        ("user_id", {"user_id": ""}),
+        ("token", {"token": "x" * 5000}),
+    ],
+)
+async def test_validate_input_errors_name_the_field(
+    client: Client, field: str, request_fields: dict[str, Any]
+) -> None:
+    request = at_pb.ValidateActionTokenRequest(environment_id=ENV, user_id="alice", action=SIGN)
+    for name, value in request_fields.items():
+        setattr(request, name, value)
+    error = await refused(call(client.action_tokens_stub.ValidateActionToken(request)))
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in error.field_violations] == [field]
+
+
+# --- concurrency and retries ------------------------------------------------------------
+
+
+async def test_one_single_use_token_is_allowed_exactly_once_under_load(
+    app: Application, client: Client, clock: FakeClock, alice: TotpDevice, db: asyncpg.Connection
+) -> None:
+    issued = await issue(client, clock, alice)
+    clients = [Client.connect(f"127.0.0.1:{app.port}", insecure=True) for _ in range(5)]
+    try:
+        results = await asyncio.gather(
+            *(validate(clients[i % 5], issued.token) for i in range(100))
+        )
+    finally:
+        for c in clients:
+            await c.close()
+    assert results.count(("ALLOW", "TOKEN_VALID")) == 1
+    assert results.count(("DENY", "TOKEN_ALREADY_USED")) == 99
+    assert (
+        await db.fetchval("SELECT count(*) FROM action_tokens WHERE consumed_at IS NOT NULL") == 1
+    )
+
+
+async def test_idempotent_retry_returns_the_first_decision(
+    client: Client, clock: FakeClock, alice: TotpDevice
+) -> None:
+    issued = await issue(client, clock, alice, payload_digest=DIGEST)
+    first = await validate(client, issued.token, payload_digest=DIGEST, idempotency_key="sig-1")
+    retry = await validate(client, issued.token, payload_digest=DIGEST, idempotency_key="sig-1")
+    assert first == retry == ("ALLOW", "TOKEN_VALID")
+    other = await validate(client, issued.token, payload_digest=DIGEST, idempotency_key="sig-2")
+    assert other == ("DENY", "TOKEN_ALREADY_USED")
+    misuse = await refused(
+        validate(client, issued.token, payload_digest=OTHER_DIGEST, idempotency_key="sig-1")
+    )
+    assert [v.field for v in misuse.field_violations] == ["idempotency_key"]
+
+
+async def test_concurrent_retries_with_one_key_agree(
+    client: Client, clock: FakeClock, alice: TotpDevice
+) -> None:
+    issued = await issue(client, clock, alice)
+    results = await asyncio.gather(
+        *(validate(client, issued.token, idempotency_key="same") for _ in range(10))
+    )
+    assert set(results) == {("ALLOW", "TOKEN_VALID")}
+
+
+# --- keys ----------------------------------------------------------------------------
+
+
+async def test_rotation_keeps_old_tokens_valid_and_jwks_lists_both(
+    app: Application, client: Client, clock: FakeClock, alice: TotpDevice, database_url: str
+) -> None:
+    before = await issue(client, clock, alice, single_use=False)
+    new_kid = await rotate_signing_key(
+        database_url=database_url, key_ring=TEST_KEY_RING, algorithm="ES256", clock=clock
+    )
+    clock.advance(timedelta(seconds=61))  # the replica's key cache refreshes
+    after = await issue(client, clock, alice, single_use=False)
+    assert jwt.get_unverified_header(after.token)["kid"] == new_kid
+    assert jwt.get_unverified_header(before.token)["kid"] != new_kid
+    assert await validate(client, before.token) == ("ALLOW", "TOKEN_VALID")
+    assert await validate(client, after.token) == ("ALLOW", "TOKEN_VALID")
+
+    jwks = json.loads(
+        (await call(client.action_tokens_stub.GetJwks(at_pb.GetJwksRequest()))).jwks_json
+    )
+    kids = {k["kid"] for k in jwks["keys"]}
+    assert kids == {new_kid, jwt.get_unverified_header(before.token)["kid"]}
+    for jwk in jwks["keys"]:
+        assert "d" not in jwk  # never the private part
+        assert (jwk["alg"], jwk["kty"], jwk["use"]) == ("ES256", "EC", "sig")
+    # Offline check with plain pyjwt, the way another service would do it.
+    keyset = jwt.PyJWKSet.from_dict(jwks)
+    for token in (before.token, after.token):
+        kid = jwt.get_unverified_header(token)["kid"]
+        claims = jwt.decode(
+            token,
+            keyset[kid].key,
+            algorithms=["ES256"],
+            audience="mfa-action",
+            issuer="mfa-service",
+            options={"verify_exp": False, "verify_iat": False},
+        )
+        assert claims["sub"] == "alice"
+
+
+async def test_a_retired_key_leaves_the_jwks_after_its_tokens_expired(
+    client: Client, clock: FakeClock, alice: TotpDevice, database_url: str
+) -> None:
+    old_kid = json.loads(
+        (await call(client.action_tokens_stub.GetJwks(at_pb.GetJwksRequest()))).jwks_json
+    )["keys"][0]["kid"]
+    await rotate_signing_key(
+        database_url=database_url, key_ring=TEST_KEY_RING, algorithm="ES256", clock=clock
+    )
+    clock.advance(timedelta(hours=1, minutes=6))
+    jwks = json.loads(
+        (await call(client.action_tokens_stub.GetJwks(at_pb.GetJwksRequest()))).jwks_json
+    )
+    assert old_kid not in {k["kid"] for k in jwks["keys"]}
+    assert len(jwks["keys"]) == 1
+
+
+async def test_keys_rotate_command(
+    client: Client, clock: FakeClock, alice: TotpDevice, database_url: str
+) -> None:
+    before = await issue(client, clock, alice, single_use=False)
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "MFA_ENCRYPTION_KEYS": ",".join(
+            f"{kid}:{base64.b64encode(key).decode()}" for kid, key in TEST_KEY_RING.keys
+        ),
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mfa_service", "keys", "rotate",
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stdout, stderr = await process.communicate()
+    assert process.returncode == 0, stderr.decode()
+    assert "new signing key" in stdout.decode()
+    for kid, key in TEST_KEY_RING.keys:
+        assert base64.b64encode(key).decode() not in stdout.decode() + stderr.decode()
+        assert kid
+    clock.advance(timedelta(seconds=61))
+    assert await validate(client, before.token) == ("ALLOW", "TOKEN_VALID")
+    jwks = json.loads(
+        (await call(client.action_tokens_stub.GetJwks(at_pb.GetJwksRequest()))).jwks_json
+    )
+    assert len(jwks["keys"]) == 2
+
+
+async def test_signing_keys_are_sealed_at_rest(db: asyncpg.Connection, app: Application) -> None:
+    row = await db.fetchrow("SELECT kid, private_key FROM signing_keys")
+    with pytest.raises(ValueError):
+        serialization.load_der_private_key(row["private_key"], password=None)
+    assert TEST_KEY_RING.kid_of(row["private_key"]) == TEST_KEY_RING.active_kid
+
+
+# --- step-up for credential changes ------------------------------------------------------
+
+
+async def test_a_second_device_needs_a_credential_link_token(
+    client: Client, clock: FakeClock, alice: TotpDevice
+) -> None:
+    await update_settings(client, ENV, totp__max_devices=2)
+
+    async def enroll(token: str) -> pb.EnrollResponse:
+        return await call(
+            client.mfa_stub.Enroll(
+                pb.EnrollRequest(
+                    environment_id=ENV,
+                    user_id="alice",
+                    method=types.METHOD_TOTP,
+                    action_token=token,
+                )
+            )
+        )
+
+    assert (await refused(enroll(""))).reason == "ERROR_REASON_STEP_UP_REQUIRED"
+    sign = await issue(client, clock, alice)
+    assert (await refused(enroll(sign.token))).reason == "ERROR_REASON_STEP_UP_REQUIRED"
+    assert await validate(client, sign.token) == ("ALLOW", "TOKEN_VALID")  # not consumed
+    link = await issue(client, clock, alice, actions=(types.ACTION_CREDENTIAL_LINK,))
+    started = await enroll(link.token)
+    assert started.totp.secret
+    assert (await refused(enroll(link.token))).reason == "ERROR_REASON_STEP_UP_REQUIRED"
