@@ -276,7 +276,7 @@ def proof_from_proto(message: pb.Proof, field: str = "proof") -> Proof:
 
 
 def device_to_proto(device: Device) -> pb.Device:
-    return pb.Device(
+    message = pb.Device(
         device_id=str(device.id),
         method=method_to_proto(device.method),
         alias=device.alias,
@@ -284,6 +284,11 @@ def device_to_proto(device: Device) -> pb.Device:
         last_used_at=timestamp(device.last_used_at),
         is_default=device.is_default,
     )
+    if device.passkey is not None:
+        message.passkey_aaguid = device.passkey.aaguid
+        message.passkey_backup_eligible = device.passkey.backup_eligible
+        message.passkey_backed_up = device.passkey.backed_up
+    return message
 
 
 def payload_digest(value: bytes, field: str = "payload_digest") -> bytes | None:

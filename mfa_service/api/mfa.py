@@ -56,10 +56,21 @@ class MfaServicer(pb_grpc.MfaServiceServicer):
         method = convert.method_from_proto(request.method, "method")
         if method is Method.RECOVERY_CODE:
             raise InvalidArgument.field("method", "recovery codes come with the first device")
-        if method is Method.PASSKEY:
-            raise NotImplementedYet("Enroll with METHOD_PASSKEY")
         account_field = "account_name" if request.account_name else "user_id"
         account_name = totp.check_label_part(request.account_name or user, account_field)
+        if method is Method.PASSKEY:
+            passkey = await self._enrollment.enroll_passkey(
+                env,
+                user,
+                account_name=account_name,
+                action_token=request.action_token,
+                context=call_context.current(),
+            )
+            return pb.EnrollResponse(
+                enrollment_id=str(passkey.enrollment_id),
+                passkey=pb.PasskeyEnrollment(creation_options_json=passkey.creation_options_json),
+                expires_at=convert.timestamp(passkey.expires_at),
+            )
         started = await self._enrollment.enroll_totp(
             env,
             user,
@@ -80,17 +91,31 @@ class MfaServicer(pb_grpc.MfaServiceServicer):
         user = convert.user_id(request.user_id)
         enrollment_id = convert.uuid_field(request.enrollment_id, "enrollment_id")
         alias = convert.alias(request.alias)
+        if request.passkey_registration_json and request.totp_code:
+            raise InvalidArgument.field("totp_code", "give a TOTP code or a passkey, not both")
         if request.passkey_registration_json:
-            raise NotImplementedYet("CompleteEnrollment with a passkey registration")
-        code = totp.check_code_format(request.totp_code, "totp_code")
-        completed = await self._enrollment.complete_totp(
-            env,
-            user,
-            enrollment_id=enrollment_id,
-            code=code,
-            alias=alias,
-            context=call_context.current(),
-        )
+            if len(request.passkey_registration_json) > convert.MAX_PROOF:
+                raise InvalidArgument.field(
+                    "passkey_registration_json", f"at most {convert.MAX_PROOF} characters"
+                )
+            completed = await self._enrollment.complete_passkey(
+                env,
+                user,
+                enrollment_id=enrollment_id,
+                registration_json=request.passkey_registration_json,
+                alias=alias,
+                context=call_context.current(),
+            )
+        else:
+            code = totp.check_code_format(request.totp_code, "totp_code")
+            completed = await self._enrollment.complete_totp(
+                env,
+                user,
+                enrollment_id=enrollment_id,
+                code=code,
+                alias=alias,
+                context=call_context.current(),
+            )
         return pb.CompleteEnrollmentResponse(
             device=convert.device_to_proto(completed.device),
             recovery_codes=list(completed.recovery_codes),
@@ -99,14 +124,16 @@ class MfaServicer(pb_grpc.MfaServiceServicer):
     async def Challenge(
         self, request: pb.ChallengeRequest, context: Context
     ) -> pb.ChallengeResponse:
-        challenge = await self._verification.challenge(
+        challenge, options = await self._verification.challenge(
             convert.environment_id(request.environment_id),
             convert.user_id(request.user_id),
             convert.method_from_proto(request.method, "method"),
             convert.optional_uuid(request.device_id, "device_id"),
         )
         return pb.ChallengeResponse(
-            challenge_id=str(challenge.id), expires_at=convert.timestamp(challenge.expires_at)
+            challenge_id=str(challenge.id),
+            expires_at=convert.timestamp(challenge.expires_at),
+            passkey_request_options_json=options,
         )
 
     async def VerifySession(

@@ -26,6 +26,18 @@ class Device:
     last_used_at: datetime | None
     totp_secret_sealed: bytes | None = None
     totp_last_step: int | None = None
+    passkey: PasskeyCredential | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PasskeyCredential:
+    credential_id: bytes
+    public_key: bytes
+    sign_count: int
+    transports: tuple[str, ...]
+    aaguid: str
+    backup_eligible: bool
+    backed_up: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +49,7 @@ class Enrollment:
     created_at: datetime
     expires_at: datetime
     totp_secret_sealed: bytes | None = None
+    webauthn_challenge: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +61,7 @@ class Challenge:
     device_id: UUID | None
     created_at: datetime
     expires_at: datetime
+    webauthn_challenge: bytes | None = None
 
 
 def secret_context(

@@ -9,13 +9,23 @@ from uuid import UUID
 
 from mfa_service.clock import Clock
 from mfa_service.crypto import KeyRing
-from mfa_service.domain import totp
+from mfa_service.domain import passkeys, totp
 from mfa_service.domain.audit import AuditEventType, CallContext
-from mfa_service.domain.devices import ENROLLMENT_TTL, Device, Enrollment, secret_context
+from mfa_service.domain.devices import (
+    CHALLENGE_TTL,
+    ENROLLMENT_TTL,
+    Device,
+    Enrollment,
+    PasskeyCredential,
+    secret_context,
+)
 from mfa_service.domain.model import Action, EnvironmentId, Method, UserId
+from mfa_service.domain.settings import Settings
 from mfa_service.errors import (
+    CredentialAlreadyRegistered,
     DeviceLimitReached,
     EnrollmentNotFound,
+    InvalidArgument,
     MfaError,
     NotImplementedYet,
 )
@@ -26,9 +36,11 @@ from mfa_service.services.verification import Verifier, require_enabled
 from mfa_service.store import devices as device_store
 from mfa_service.store import enrollments as enrollment_store
 from mfa_service.store import users as user_store
-from mfa_service.store.db import Database
+from mfa_service.store.db import Connection, Database
 
 DEFAULT_TOTP_ALIAS = "Authenticator app"
+DEFAULT_PASSKEY_ALIAS = "Passkey"
+MAX_PASSKEYS = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +48,13 @@ class TotpEnrollmentStarted:
     enrollment_id: UUID
     secret: str
     otpauth_uri: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PasskeyEnrollmentStarted:
+    enrollment_id: UUID
+    creation_options_json: str
     expires_at: datetime
 
 
@@ -72,15 +91,9 @@ class EnrollmentService:
         now = self._clock.now()
         async with self._db.transaction() as conn:
             settings = await load_settings(conn, env)
-            require_enabled(settings, Method.TOTP)
-            await user_store.ensure(conn, env, user, now=now)
-            if await device_store.list_for_user(conn, env, user):
-                # DESIGN §2: a factor next to an existing one needs that factor first.
-                await self._tokens.require_step_up(
-                    conn, env, user, Action.CREDENTIAL_LINK, action_token, now=now
-                )
-            if await device_store.count(conn, env, user, Method.TOTP) >= settings.totp.max_devices:
-                raise DeviceLimitReached()
+            await self._start(
+                conn, settings, env, user, method=Method.TOTP, action_token=action_token, now=now
+            )
             enrollment_id = uuid.uuid4()
             secret = totp.new_secret()
             sealed = self._key_ring.encrypt(
@@ -179,6 +192,172 @@ class EnrollmentService:
                         now=now,
                         context=context,
                         method=Method.TOTP,
+                        device_id=device.id,
+                    )
+                    outcome = EnrollmentCompleted(device=device, recovery_codes=())
+        if isinstance(outcome, MfaError):
+            raise outcome
+        return outcome
+
+    async def _start(
+        self,
+        conn: Connection,
+        settings: Settings,
+        env: EnvironmentId,
+        user: UserId,
+        *,
+        method: Method,
+        action_token: str,
+        now: datetime,
+    ) -> None:
+        """What every enrollment checks first: method on, step-up, room for a device."""
+        require_enabled(settings, method)
+        await user_store.ensure(conn, env, user, now=now)
+        if await device_store.list_for_user(conn, env, user):
+            # DESIGN §2: a factor next to an existing one needs that factor first.
+            await self._tokens.require_step_up(
+                conn, env, user, Action.CREDENTIAL_LINK, action_token, now=now
+            )
+        limit = settings.totp.max_devices if method is Method.TOTP else MAX_PASSKEYS
+        if await device_store.count(conn, env, user, method) >= limit:
+            raise DeviceLimitReached()
+
+    async def enroll_passkey(
+        self,
+        env: EnvironmentId,
+        user: UserId,
+        *,
+        account_name: str,
+        action_token: str,
+        context: CallContext,
+    ) -> PasskeyEnrollmentStarted:
+        now = self._clock.now()
+        async with self._db.transaction() as conn:
+            settings = await load_settings(conn, env)
+            await self._start(
+                conn,
+                settings,
+                env,
+                user,
+                method=Method.PASSKEY,
+                action_token=action_token,
+                now=now,
+            )
+            handle = await user_store.webauthn_user_handle(
+                conn, env, user, new_handle=passkeys.new_user_handle()
+            )
+            existing = await device_store.list_for_user(conn, env, user, methods=[Method.PASSKEY])
+            enrollment = Enrollment(
+                id=uuid.uuid4(),
+                environment_id=env,
+                user_id=user,
+                method=Method.PASSKEY,
+                created_at=now,
+                expires_at=now + CHALLENGE_TTL,
+                webauthn_challenge=passkeys.new_challenge(),
+            )
+            await enrollment_store.replace(conn, enrollment)
+            await audit.record(
+                conn,
+                AuditEventType.ENROLLMENT_STARTED,
+                env=env,
+                user=user,
+                now=now,
+                context=context,
+                method=Method.PASSKEY,
+                device_id=enrollment.id,
+            )
+        options = passkeys.registration_options(
+            settings.passkey,
+            rp_name=settings.rp_name,
+            user_handle=handle,
+            user_name=account_name,
+            exclude=[
+                passkeys.StoredCredential(d.passkey.credential_id, d.passkey.transports)
+                for d in existing
+                if d.passkey is not None
+            ],
+            challenge=enrollment.webauthn_challenge or b"",
+        )
+        return PasskeyEnrollmentStarted(enrollment.id, options, enrollment.expires_at)
+
+    async def complete_passkey(
+        self,
+        env: EnvironmentId,
+        user: UserId,
+        *,
+        enrollment_id: UUID,
+        registration_json: str,
+        alias: str,
+        context: CallContext,
+    ) -> EnrollmentCompleted:
+        credential = passkeys.parse_registration(registration_json, "passkey_registration_json")
+        now = self._clock.now()
+        async with self._db.transaction() as conn:
+            settings = await load_settings(conn, env)
+            outcome: EnrollmentCompleted | MfaError
+            locked = await self._verifier.check_not_locked(conn, env, user, now=now)
+            # Taken out whatever happens next: a registration challenge is single use.
+            enrollment = (
+                None
+                if locked
+                else await enrollment_store.take_live(conn, enrollment_id, env, user, now=now)
+            )
+            if locked is not None:
+                outcome = locked
+            elif enrollment is None:
+                outcome = EnrollmentNotFound()
+            elif enrollment.method is not Method.PASSKEY:
+                raise InvalidArgument.field(
+                    "passkey_registration_json", "this enrollment is for an authenticator app"
+                )
+            else:
+                require_enabled(settings, Method.PASSKEY)
+                registered = passkeys.verify_registration(
+                    settings.passkey, credential, challenge=enrollment.webauthn_challenge or b""
+                )
+                if registered is None:
+                    outcome = await self._verifier.record_failure(
+                        conn,
+                        settings=settings,
+                        user=user,
+                        method=Method.PASSKEY,
+                        now=now,
+                        context=context,
+                    )
+                elif await device_store.passkey_credential_taken(conn, registered.credential_id):
+                    outcome = CredentialAlreadyRegistered()
+                elif await device_store.count(conn, env, user, Method.PASSKEY) >= MAX_PASSKEYS:
+                    outcome = DeviceLimitReached()
+                else:
+                    device = await device_store.insert_passkey(
+                        conn,
+                        device_id=enrollment.id,
+                        env=env,
+                        user=user,
+                        alias=alias or DEFAULT_PASSKEY_ALIAS,
+                        credential=PasskeyCredential(
+                            credential_id=registered.credential_id,
+                            public_key=registered.public_key,
+                            sign_count=registered.sign_count,
+                            transports=registered.transports,
+                            aaguid=registered.aaguid,
+                            backup_eligible=registered.backup_eligible,
+                            backed_up=registered.backed_up,
+                        ),
+                        now=now,
+                    )
+                    if device is None:  # another user registered it in the meantime
+                        raise CredentialAlreadyRegistered()
+                    await user_store.record_success(conn, env, user)
+                    await audit.record(
+                        conn,
+                        AuditEventType.ENROLLMENT_COMPLETED,
+                        env=env,
+                        user=user,
+                        now=now,
+                        context=context,
+                        method=Method.PASSKEY,
                         device_id=device.id,
                     )
                     outcome = EnrollmentCompleted(device=device, recovery_codes=())

@@ -15,7 +15,7 @@ from uuid import UUID
 
 from mfa_service.clock import Clock
 from mfa_service.crypto import KeyRing
-from mfa_service.domain import totp
+from mfa_service.domain import passkeys, totp
 from mfa_service.domain.audit import AuditEventType, CallContext
 from mfa_service.domain.devices import CHALLENGE_TTL, Challenge, Device, secret_context
 from mfa_service.domain.model import EnvironmentId, Method, Proof, UserId
@@ -28,6 +28,7 @@ from mfa_service.errors import (
     MethodDisabled,
     MfaError,
     NotImplementedYet,
+    PasskeyNotConfigured,
     VerificationFailed,
 )
 from mfa_service.services import audit
@@ -42,8 +43,6 @@ from mfa_service.store.db import Connection, Database
 # (ASVS 6.3.8: no enumeration through timing).
 _DECOY_SECRET = totp.new_secret()
 
-_SUPPORTED_METHODS = (Method.TOTP,)
-
 
 @dataclass(frozen=True, slots=True)
 class Verified:
@@ -57,8 +56,10 @@ def require_enabled(settings: Settings, method: Method) -> None:
         return
     if method not in settings.enabled_methods:
         raise MethodDisabled(f"{method.name} is disabled in this environment's settings")
-    if method not in _SUPPORTED_METHODS:
-        raise NotImplementedYet(f"{method.name} verification")
+    if method is Method.PASSKEY and not (
+        settings.passkey.rp_id and settings.passkey.allowed_origins
+    ):
+        raise PasskeyNotConfigured()
 
 
 class Verifier:
@@ -101,11 +102,18 @@ class Verifier:
                 f"a {proof.method.name} proof does not answer a {challenge.method.name} challenge",
             )
         require_enabled(settings, challenge.method)
-        devices = await device_store.list_for_user(conn, env, user, methods=[Method.TOTP])
+        devices = await device_store.list_for_user(conn, env, user, methods=[challenge.method])
         if challenge.device_id is not None:
             devices = [d for d in devices if d.id == challenge.device_id]
-        code = totp.check_code_format(proof.value, "proof.totp_code")
-        matched, reused = await self._match_totp(conn, settings, devices, code, now=now)
+        reused = regressed = None
+        if challenge.method is Method.TOTP:
+            code = totp.check_code_format(proof.value, "proof.totp_code")
+            matched, reused = await self._match_totp(conn, settings, devices, code, now=now)
+        else:
+            assertion = passkeys.parse_assertion(proof.value, "proof.passkey_assertion_json")
+            matched, regressed = await self._match_passkey(
+                conn, settings, user, devices, assertion, challenge, now=now
+            )
         if matched is not None:
             await user_store.record_success(conn, env, user)
             await audit.record(
@@ -115,19 +123,83 @@ class Verifier:
                 user=user,
                 now=now,
                 context=context,
-                method=Method.TOTP,
+                method=challenge.method,
                 device_id=matched.id,
             )
-            return Verified(method=Method.TOTP, device_id=matched.id, at=now)
+            return Verified(method=challenge.method, device_id=matched.id, at=now)
+        if regressed is not None:
+            await audit.record(
+                conn,
+                AuditEventType.SIGN_COUNT_REGRESSION,
+                env=env,
+                user=user,
+                now=now,
+                context=context,
+                method=Method.PASSKEY,
+                device_id=regressed.id,
+            )
         return await self.record_failure(
             conn,
             settings=settings,
             user=user,
-            method=Method.TOTP,
+            method=challenge.method,
             reused_device=reused,
             now=now,
             context=context,
         )
+
+    async def _match_passkey(
+        self,
+        conn: Connection,
+        settings: Settings,
+        user: UserId,
+        devices: list[Device],
+        assertion: passkeys.Assertion,
+        challenge: Challenge,
+        *,
+        now: datetime,
+    ) -> tuple[Device | None, Device | None]:
+        """(the device that verified, a device whose counter went backwards)."""
+        # WebAuthn §7.2 steps 5-6: the credential must be one of this user's (and in
+        # allowCredentials when the challenge named a device), and a userHandle, when
+        # sent, must be this user's.
+        device = next(
+            (
+                d
+                for d in devices
+                if d.passkey is not None and d.passkey.credential_id == assertion.credential_id
+            ),
+            None,
+        )
+        if device is None or device.passkey is None or challenge.webauthn_challenge is None:
+            return None, None
+        handle = assertion.user_handle
+        if handle is not None and handle != await user_store.get_webauthn_user_handle(
+            conn, settings.environment_id, user
+        ):
+            return None, None
+        result = passkeys.verify_assertion(
+            settings.passkey,
+            assertion,
+            challenge=challenge.webauthn_challenge,
+            public_key=device.passkey.public_key,
+        )
+        # §7.2 step 19: the backup eligibility of a credential never changes.
+        if result is None or result.backup_eligible != device.passkey.backup_eligible:
+            return None, None
+        stored = device.passkey.sign_count
+        if not passkeys.sign_count_ok(stored, result.new_sign_count):
+            return None, device  # a possible cloned authenticator: audited
+        if not await device_store.advance_sign_count(
+            conn,
+            device.id,
+            expected=stored,
+            new=result.new_sign_count,
+            backed_up=result.backed_up,
+            now=now,
+        ):
+            return None, None
+        return device, None
 
     async def record_failure(
         self,
@@ -217,17 +289,20 @@ class VerificationService:
 
     async def challenge(
         self, env: EnvironmentId, user: UserId, method: Method, device_id: UUID | None
-    ) -> Challenge:
+    ) -> tuple[Challenge, str]:
+        """A new challenge, and for passkeys the WebAuthn request options (JSON)."""
         now = self._clock.now()
         async with self._db.transaction() as conn:
             settings = await load_settings(conn, env)
             if method is Method.RECOVERY_CODE:
                 raise NotImplementedYet("recovery code verification")
             require_enabled(settings, method)
+            owned = await device_store.list_for_user(conn, env, user, methods=[method])
             if device_id is not None:
-                owned = await device_store.list_for_user(conn, env, user, methods=[method])
-                if all(d.id != device_id for d in owned):
+                owned = [d for d in owned if d.id == device_id]
+                if not owned:
                     raise DeviceNotFound()
+            webauthn_challenge = passkeys.new_challenge() if method is Method.PASSKEY else None
             challenge = Challenge(
                 id=uuid.uuid4(),
                 environment_id=env,
@@ -236,9 +311,21 @@ class VerificationService:
                 device_id=device_id,
                 created_at=now,
                 expires_at=now + CHALLENGE_TTL,
+                webauthn_challenge=webauthn_challenge,
             )
             await challenge_store.insert(conn, challenge)
-        return challenge
+        options = ""
+        if webauthn_challenge is not None:
+            options = passkeys.authentication_options(
+                settings.passkey,
+                allow=[
+                    passkeys.StoredCredential(d.passkey.credential_id, d.passkey.transports)
+                    for d in owned
+                    if d.passkey is not None
+                ],
+                challenge=webauthn_challenge,
+            )
+        return challenge, options
 
     async def verify_session(
         self,

@@ -14,8 +14,8 @@ async def insert(conn: Connection, challenge: Challenge) -> None:
     await conn.execute(
         """
         INSERT INTO challenges (id, environment_id, user_id, method, device_id,
-                                created_at, expires_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7)
+                                created_at, expires_at, webauthn_challenge)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
         """,
         challenge.id,
         challenge.environment_id,
@@ -24,6 +24,7 @@ async def insert(conn: Connection, challenge: Challenge) -> None:
         challenge.device_id,
         challenge.created_at,
         challenge.expires_at,
+        challenge.webauthn_challenge,
     )
 
 
@@ -38,7 +39,7 @@ async def consume(
         """
         DELETE FROM challenges
         WHERE id = $1 AND environment_id = $2 AND user_id = $3 AND expires_at > $4
-        RETURNING id, method, device_id, created_at, expires_at
+        RETURNING id, method, device_id, created_at, expires_at, webauthn_challenge
         """,
         challenge_id,
         env,
@@ -55,4 +56,5 @@ async def consume(
         device_id=row["device_id"],
         created_at=row["created_at"],
         expires_at=row["expires_at"],
+        webauthn_challenge=row["webauthn_challenge"],
     )

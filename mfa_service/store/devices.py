@@ -7,12 +7,14 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from mfa_service.domain.devices import Device
+from mfa_service.domain.devices import Device, PasskeyCredential
 from mfa_service.domain.model import EnvironmentId, Method, UserId
 from mfa_service.store.db import Connection
 
 _COLUMNS = """id, environment_id, user_id, method, alias, is_default, created_at,
-              last_used_at, totp_secret, totp_last_step"""
+              last_used_at, totp_secret, totp_last_step, passkey_credential_id,
+              passkey_public_key, passkey_sign_count, passkey_transports, passkey_aaguid,
+              passkey_backup_eligible, passkey_backed_up"""
 
 
 def _device(row: Any) -> Device:
@@ -27,6 +29,17 @@ def _device(row: Any) -> Device:
         last_used_at=row["last_used_at"],
         totp_secret_sealed=row["totp_secret"],
         totp_last_step=row["totp_last_step"],
+        passkey=None
+        if row["passkey_credential_id"] is None
+        else PasskeyCredential(
+            credential_id=row["passkey_credential_id"],
+            public_key=row["passkey_public_key"],
+            sign_count=row["passkey_sign_count"],
+            transports=tuple(row["passkey_transports"] or ()),
+            aaguid=row["passkey_aaguid"] or "",
+            backup_eligible=bool(row["passkey_backup_eligible"]),
+            backed_up=bool(row["passkey_backed_up"]),
+        ),
     )
 
 
@@ -113,3 +126,76 @@ async def accept_totp_step(conn: Connection, device_id: UUID, step: int, *, now:
         now,
     )
     return bool(accepted)
+
+
+async def passkey_credential_taken(conn: Connection, credential_id: bytes) -> bool:
+    taken = await conn.fetchval(
+        "SELECT true FROM devices WHERE passkey_credential_id = $1", credential_id
+    )
+    return bool(taken)
+
+
+async def insert_passkey(
+    conn: Connection,
+    *,
+    device_id: UUID,
+    env: EnvironmentId,
+    user: UserId,
+    alias: str,
+    credential: PasskeyCredential,
+    now: datetime,
+) -> Device | None:
+    """A verified passkey, or None if the credential id is taken (unique across all
+    users and environments). The first device of a user becomes the default."""
+    row = await conn.fetchrow(
+        f"""
+        INSERT INTO devices (id, environment_id, user_id, method, alias, is_default,
+                             created_at, passkey_credential_id, passkey_public_key,
+                             passkey_sign_count, passkey_transports, passkey_aaguid,
+                             passkey_backup_eligible, passkey_backed_up)
+        VALUES ($1, $2, $3, 'PASSKEY', $4,
+                NOT EXISTS (SELECT 1 FROM devices WHERE environment_id = $2 AND user_id = $3),
+                $5, $6, $7, $8, $9, $10, $11, $12)
+        ON CONFLICT (passkey_credential_id) WHERE passkey_credential_id IS NOT NULL DO NOTHING
+        RETURNING {_COLUMNS}
+        """,  # noqa: S608 (a constant column list)
+        device_id,
+        env,
+        user,
+        alias,
+        now,
+        credential.credential_id,
+        credential.public_key,
+        credential.sign_count,
+        list(credential.transports),
+        credential.aaguid,
+        credential.backup_eligible,
+        credential.backed_up,
+    )
+    return None if row is None else _device(row)
+
+
+async def advance_sign_count(
+    conn: Connection,
+    device_id: UUID,
+    *,
+    expected: int,
+    new: int,
+    backed_up: bool,
+    now: datetime,
+) -> bool:
+    """Compare-and-set of the signature counter (WebAuthn §7.2 step 22): of two
+    assertions that read the same counter, only one moves it."""
+    updated = await conn.fetchval(
+        """
+        UPDATE devices SET passkey_sign_count = $3, passkey_backed_up = $4, last_used_at = $5
+        WHERE id = $1 AND passkey_sign_count = $2
+        RETURNING true
+        """,
+        device_id,
+        expected,
+        new,
+        backed_up,
+        now,
+    )
+    return bool(updated)

@@ -20,6 +20,7 @@ def _enrollment(row: Any) -> Enrollment:
         created_at=row["created_at"],
         expires_at=row["expires_at"],
         totp_secret_sealed=row["totp_secret"],
+        webauthn_challenge=row["webauthn_challenge"],
     )
 
 
@@ -34,8 +35,8 @@ async def replace(conn: Connection, enrollment: Enrollment) -> None:
     await conn.execute(
         """
         INSERT INTO enrollments (id, environment_id, user_id, method, totp_secret,
-                                 created_at, expires_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7)
+                                 created_at, expires_at, webauthn_challenge)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
         """,
         enrollment.id,
         enrollment.environment_id,
@@ -44,6 +45,7 @@ async def replace(conn: Connection, enrollment: Enrollment) -> None:
         enrollment.totp_secret_sealed,
         enrollment.created_at,
         enrollment.expires_at,
+        enrollment.webauthn_challenge,
     )
 
 
@@ -66,3 +68,22 @@ async def get_live(
 
 async def delete(conn: Connection, enrollment_id: UUID) -> None:
     await conn.execute("DELETE FROM enrollments WHERE id = $1", enrollment_id)
+
+
+async def take_live(
+    conn: Connection, enrollment_id: UUID, env: EnvironmentId, user: UserId, *, now: datetime
+) -> Enrollment | None:
+    """Remove and return the user's unexpired enrollment: its challenge is single use,
+    so a failed registration needs a new Enroll (WebAuthn §13.4.3)."""
+    row = await conn.fetchrow(
+        """
+        DELETE FROM enrollments
+        WHERE id = $1 AND environment_id = $2 AND user_id = $3 AND expires_at > $4
+        RETURNING *
+        """,
+        enrollment_id,
+        env,
+        user,
+        now,
+    )
+    return None if row is None else _enrollment(row)

@@ -97,3 +97,31 @@ async def locked_until(conn: Connection, env: EnvironmentId, user: UserId) -> da
         user,
     )
     return value
+
+
+async def webauthn_user_handle(
+    conn: Connection, env: EnvironmentId, user: UserId, *, new_handle: bytes
+) -> bytes:
+    """The user's WebAuthn user handle, set to ``new_handle`` the first time."""
+    handle: bytes = await conn.fetchval(
+        """
+        UPDATE mfa_users SET webauthn_user_handle = COALESCE(webauthn_user_handle, $3)
+        WHERE environment_id = $1 AND user_id = $2
+        RETURNING webauthn_user_handle
+        """,
+        env,
+        user,
+        new_handle,
+    )
+    return handle
+
+
+async def get_webauthn_user_handle(
+    conn: Connection, env: EnvironmentId, user: UserId
+) -> bytes | None:
+    handle: bytes | None = await conn.fetchval(
+        "SELECT webauthn_user_handle FROM mfa_users WHERE environment_id = $1 AND user_id = $2",
+        env,
+        user,
+    )
+    return handle
