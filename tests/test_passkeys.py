@@ -1,0 +1,603 @@
+"""Passkeys through gRPC with a software authenticator: enrollment, verification, and
+every refusal WebAuthn §7.1/§7.2 and SECURITY.md call for."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+import grpc
+import jwt
+import pytest
+from authenticator import SoftAuthenticator, b64url, unb64url
+
+from flows import TotpDevice, call, enroll_totp, status, update_settings
+from helpers import FakeClock
+from mfa.v1 import mfa_service_pb2 as pb
+from mfa.v1 import types_pb2 as types
+from mfa_client import Client, MfaServiceError
+from mfa_service.app import Application
+
+ENV = "env-passkeys"
+ORIGIN = "https://app.example.com"
+RP_ID = "example.com"
+
+
+@pytest.fixture
+async def configured(client: Client) -> None:
+    await update_settings(
+        client,
+        ENV,
+        passkey__rp_id=RP_ID,
+        passkey__allowed_origins=[ORIGIN, "https://login.example.com"],
+        protected_actions=[types.ACTION_WAAS_SIGN],
+        session_mfa_enabled=True,
+    )
+
+
+async def refused(coro: Any) -> MfaServiceError:
+    with pytest.raises(MfaServiceError) as caught:
+        await coro
+    return caught.value
+
+
+async def start(client: Client, user: str, token: str = "") -> pb.EnrollResponse:
+    return await call(
+        client.mfa_stub.Enroll(
+            pb.EnrollRequest(
+                environment_id=ENV, user_id=user, method=types.METHOD_PASSKEY, action_token=token
+            )
+        )
+    )
+
+
+async def finish(client: Client, user: str, enrollment_id: str, registration: str) -> pb.Device:
+    response = await call(
+        client.mfa_stub.CompleteEnrollment(
+            pb.CompleteEnrollmentRequest(
+                environment_id=ENV,
+                user_id=user,
+                enrollment_id=enrollment_id,
+                passkey_registration_json=registration,
+                alias="Laptop",
+            )
+        )
+    )
+    return response.device
+
+
+async def enroll(
+    client: Client, user: str, authenticator: SoftAuthenticator | None = None
+) -> SoftAuthenticator:
+    authenticator = authenticator or SoftAuthenticator(origin=ORIGIN, rp_id=RP_ID)
+    started = await start(client, user)
+    await finish(
+        client,
+        user,
+        started.enrollment_id,
+        authenticator.register(started.passkey.creation_options_json),
+    )
+    return authenticator
+
+
+async def passkey_challenge(client: Client, user: str) -> pb.ChallengeResponse:
+    return await call(
+        client.mfa_stub.Challenge(
+            pb.ChallengeRequest(environment_id=ENV, user_id=user, method=types.METHOD_PASSKEY)
+        )
+    )
+
+
+async def verify(
+    client: Client, user: str, assertion: str, challenge_id: str, session: str = "s1"
+) -> pb.VerifySessionResponse:
+    return await call(
+        client.mfa_stub.VerifySession(
+            pb.VerifySessionRequest(
+                environment_id=ENV,
+                user_id=user,
+                session_id=session,
+                challenge_id=challenge_id,
+                proof=types.Proof(passkey_assertion_json=assertion),
+            )
+        )
+    )
+
+
+async def assert_refused(client: Client, user: str, make: Any) -> MfaServiceError:
+    """A fresh challenge answered by ``make(options_json)``: must be refused."""
+    challenge = await passkey_challenge(client, user)
+    return await refused(
+        verify(client, user, make(challenge.passkey_request_options_json), challenge.challenge_id)
+    )
+
+
+# --- enrollment ------------------------------------------------------------------------
+
+
+async def test_creation_options(client: Client, configured: None) -> None:
+    started = await start(client, "alice")
+    options = json.loads(started.passkey.creation_options_json)
+    assert options["rp"] == {"id": RP_ID, "name": "MFA"}
+    handle = unb64url(options["user"]["id"])
+    assert len(handle) == 32 and b"alice" not in handle  # random, never the user id
+    assert options["user"]["name"] == "alice"
+    assert len(unb64url(options["challenge"])) == 32
+    assert options["authenticatorSelection"]["residentKey"] == "preferred"
+    assert options["authenticatorSelection"]["userVerification"] == "required"
+    assert options["attestation"] == "none"
+    assert options["timeout"] == 300000
+    assert options["excludeCredentials"] == []
+    again = json.loads((await start(client, "alice")).passkey.creation_options_json)
+    assert again["user"]["id"] == options["user"]["id"]  # stable per user
+    assert again["challenge"] != options["challenge"]
+
+
+async def test_enroll_verify_and_issue_with_a_passkey(
+    client: Client, configured: None, db: asyncpg.Connection
+) -> None:
+    authenticator = SoftAuthenticator(
+        origin=ORIGIN, rp_id=RP_ID, backup_eligible=True, backed_up=True
+    )
+    started = await start(client, "alice")
+    device = await finish(
+        client,
+        "alice",
+        started.enrollment_id,
+        authenticator.register(started.passkey.creation_options_json),
+    )
+    assert device.method == types.METHOD_PASSKEY
+    assert device.alias == "Laptop"
+    assert device.is_default
+    assert (device.passkey_backup_eligible, device.passkey_backed_up) == (True, True)
+    row = await db.fetchrow("SELECT * FROM devices WHERE user_id = 'alice'")
+    assert bytes(row["passkey_credential_id"]) == authenticator.credential_id
+    assert row["passkey_transports"] == ["internal"]
+    now = await status(client, ENV, "alice", "s1")
+    assert list(now.enrolled_methods) == [types.METHOD_PASSKEY]
+    assert now.session_mfa_pending
+
+    challenge = await passkey_challenge(client, "alice")
+    request_options = json.loads(challenge.passkey_request_options_json)
+    assert [c["id"] for c in request_options["allowCredentials"]] == [
+        b64url(authenticator.credential_id)
+    ]
+    assert request_options["rpId"] == RP_ID
+    assert request_options["userVerification"] == "required"
+    verified = await verify(
+        client,
+        "alice",
+        authenticator.assertion(challenge.passkey_request_options_json),
+        challenge.challenge_id,
+    )
+    assert verified.method == types.METHOD_PASSKEY
+    assert verified.device_id == device.device_id
+    assert not (await status(client, ENV, "alice", "s1")).session_mfa_pending
+
+    challenge = await passkey_challenge(client, "alice")
+    issued = await call(
+        client.mfa_stub.IssueActionToken(
+            pb.IssueActionTokenRequest(
+                environment_id=ENV,
+                user_id="alice",
+                challenge_id=challenge.challenge_id,
+                proof=types.Proof(
+                    passkey_assertion_json=authenticator.assertion(
+                        challenge.passkey_request_options_json
+                    )
+                ),
+                actions=[types.ACTION_WAAS_SIGN],
+                single_use=True,
+            )
+        )
+    )
+    assert jwt.decode(issued.token, options={"verify_signature": False})["amr"] == ["hwk"]
+    assert await db.fetchval("SELECT passkey_sign_count FROM devices") == 2
+
+
+async def test_passkeys_need_configuration(client: Client) -> None:
+    error = await refused(start(client, "alice"))
+    assert (error.code, error.reason) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "ERROR_REASON_PASSKEY_NOT_CONFIGURED",
+    )
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        {"origin": "https://evil.example.net"},
+        {"origin": "https://example.com"},  # the RP id itself is not an allowed origin
+        {"rp_id": "evil.com"},
+        {"challenge": b"\x01" * 32},
+        {"kind": "webauthn.get"},
+        {"uv": False},
+        {"up": False},
+        {"bs": True, "be": False},
+    ],
+)
+async def test_bad_registrations_are_refused(
+    client: Client, configured: None, tamper: dict[str, Any]
+) -> None:
+    authenticator = SoftAuthenticator(origin=ORIGIN, rp_id=RP_ID)
+    started = await start(client, "bob")
+    error = await refused(
+        finish(
+            client,
+            "bob",
+            started.enrollment_id,
+            authenticator.register(started.passkey.creation_options_json, **tamper),
+        )
+    )
+    assert (error.code, error.reason) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "ERROR_REASON_VERIFICATION_FAILED",
+    )
+    # The registration challenge was used up: a correct retry needs a new Enroll.
+    again = await refused(
+        finish(
+            client,
+            "bob",
+            started.enrollment_id,
+            authenticator.register(started.passkey.creation_options_json),
+        )
+    )
+    assert again.reason == "ERROR_REASON_ENROLLMENT_NOT_FOUND"
+    assert list((await status(client, ENV, "bob")).enrolled_methods) == []
+
+
+async def test_registration_expires_after_five_minutes(
+    client: Client, clock: FakeClock, configured: None
+) -> None:
+    authenticator = SoftAuthenticator(origin=ORIGIN, rp_id=RP_ID)
+    started = await start(client, "carol")
+    clock.advance(timedelta(minutes=5, seconds=1))
+    error = await refused(
+        finish(
+            client,
+            "carol",
+            started.enrollment_id,
+            authenticator.register(started.passkey.creation_options_json),
+        )
+    )
+    assert error.reason == "ERROR_REASON_ENROLLMENT_NOT_FOUND"
+
+
+async def test_credential_ids_are_unique_across_users(client: Client, configured: None) -> None:
+    authenticator = await enroll(client, "dave")
+    clone = SoftAuthenticator(origin=ORIGIN, rp_id=RP_ID, credential_id=authenticator.credential_id)
+    started = await start(client, "erin")
+    error = await refused(
+        finish(
+            client,
+            "erin",
+            started.enrollment_id,
+            clone.register(started.passkey.creation_options_json),
+        )
+    )
+    assert (error.code, error.reason) == (
+        grpc.StatusCode.ALREADY_EXISTS,
+        "ERROR_REASON_CREDENTIAL_ALREADY_REGISTERED",
+    )
+
+
+async def test_a_1024_byte_credential_id_is_refused(client: Client, configured: None) -> None:
+    authenticator = SoftAuthenticator(origin=ORIGIN, rp_id=RP_ID, credential_id=b"\x07" * 1024)
+    started = await start(client, "fay")
+    error = await refused(
+        finish(
+            client,
+            "fay",
+            started.enrollment_id,
+            authenticator.register(started.passkey.creation_options_json),
+        )
+    )
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in error.field_violations] == ["passkey_registration_json"]
+
+
+async def test_a_1023_byte_credential_id_is_fine(client: Client, configured: None) -> None:
+    await enroll(
+        client, "gus", SoftAuthenticator(origin=ORIGIN, rp_id=RP_ID, credential_id=b"\x08" * 1023)
+    )
+
+
+async def test_second_passkey_needs_step_up_and_excludes_the_first(
+    client: Client, clock: FakeClock, configured: None
+) -> None:
+    first = await enroll(client, "hal")
+    assert (await refused(start(client, "hal"))).reason == "ERROR_REASON_STEP_UP_REQUIRED"
+    challenge = await passkey_challenge(client, "hal")
+    link = await call(
+        client.mfa_stub.IssueActionToken(
+            pb.IssueActionTokenRequest(
+                environment_id=ENV,
+                user_id="hal",
+                challenge_id=challenge.challenge_id,
+                proof=types.Proof(
+                    passkey_assertion_json=first.assertion(challenge.passkey_request_options_json)
+                ),
+                actions=[types.ACTION_CREDENTIAL_LINK],
+                single_use=True,
+            )
+        )
+    )
+    started = await start(client, "hal", link.token)
+    options = json.loads(started.passkey.creation_options_json)
+    assert [c["id"] for c in options["excludeCredentials"]] == [b64url(first.credential_id)]
+    second = SoftAuthenticator(origin=ORIGIN, rp_id=RP_ID)
+    await finish(
+        client, "hal", started.enrollment_id, second.register(started.passkey.creation_options_json)
+    )
+    challenge = await passkey_challenge(client, "hal")
+    allowed = {
+        c["id"] for c in json.loads(challenge.passkey_request_options_json)["allowCredentials"]
+    }
+    assert allowed == {b64url(first.credential_id), b64url(second.credential_id)}
+    await verify(
+        client,
+        "hal",
+        second.assertion(challenge.passkey_request_options_json),
+        challenge.challenge_id,
+    )
+
+
+# --- verification refusals ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        {"origin": "https://evil.example.net"},
+        {"origin": "http://app.example.com"},
+        {"rp_id": "evil.com"},
+        {"challenge": b"\x02" * 32},  # signed for another challenge than the one named
+        {"kind": "webauthn.create"},  # a registration ceremony's client data
+        {"uv": False},
+        {"up": False},
+        {"user_handle": b"\x00" * 32},
+    ],
+)
+async def test_bad_assertions_are_refused(
+    client: Client, configured: None, tamper: dict[str, Any]
+) -> None:
+    authenticator = await enroll(client, "ivy")
+    error = await assert_refused(
+        client, "ivy", lambda options: authenticator.assertion(options, **tamper)
+    )
+    assert (error.code, error.reason) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "ERROR_REASON_VERIFICATION_FAILED",
+    )
+
+
+async def test_an_assertion_without_user_handle_is_fine(client: Client, configured: None) -> None:
+    authenticator = await enroll(client, "jay")
+    challenge = await passkey_challenge(client, "jay")
+    await verify(
+        client,
+        "jay",
+        authenticator.assertion(challenge.passkey_request_options_json, user_handle=None),
+        challenge.challenge_id,
+    )
+
+
+async def test_user_verification_preferred_accepts_uv0(client: Client, configured: None) -> None:
+    await update_settings(client, ENV, passkey__user_verification=types.USER_VERIFICATION_PREFERRED)
+    authenticator = await enroll(
+        client, "kai", SoftAuthenticator(origin=ORIGIN, rp_id=RP_ID, user_verified=False)
+    )
+    challenge = await passkey_challenge(client, "kai")
+    await verify(
+        client,
+        "kai",
+        authenticator.assertion(challenge.passkey_request_options_json),
+        challenge.challenge_id,
+    )
+
+
+async def test_a_replayed_assertion_is_refused(client: Client, configured: None) -> None:
+    authenticator = await enroll(client, "lou")
+    challenge = await passkey_challenge(client, "lou")
+    assertion = authenticator.assertion(challenge.passkey_request_options_json)
+    await verify(client, "lou", assertion, challenge.challenge_id)
+    same = await refused(verify(client, "lou", assertion, challenge.challenge_id))
+    assert same.reason == "ERROR_REASON_CHALLENGE_NOT_FOUND"
+    fresh = await passkey_challenge(client, "lou")
+    other = await refused(verify(client, "lou", assertion, fresh.challenge_id))
+    assert other.reason == "ERROR_REASON_VERIFICATION_FAILED"
+
+
+async def test_a_failed_assertion_uses_up_its_challenge(client: Client, configured: None) -> None:
+    authenticator = await enroll(client, "max")
+    challenge = await passkey_challenge(client, "max")
+    bad = authenticator.assertion(
+        challenge.passkey_request_options_json, origin="https://evil.example.net"
+    )
+    await refused(verify(client, "max", bad, challenge.challenge_id))
+    good = authenticator.assertion(challenge.passkey_request_options_json)
+    error = await refused(verify(client, "max", good, challenge.challenge_id))
+    assert error.reason == "ERROR_REASON_CHALLENGE_NOT_FOUND"
+
+
+async def test_an_expired_challenge_is_refused(
+    client: Client, clock: FakeClock, configured: None
+) -> None:
+    authenticator = await enroll(client, "ned")
+    challenge = await passkey_challenge(client, "ned")
+    clock.advance(timedelta(minutes=5))
+    error = await refused(
+        verify(
+            client,
+            "ned",
+            authenticator.assertion(challenge.passkey_request_options_json),
+            challenge.challenge_id,
+        )
+    )
+    assert error.reason == "ERROR_REASON_CHALLENGE_NOT_FOUND"
+
+
+async def test_another_users_credential_is_refused(client: Client, configured: None) -> None:
+    await enroll(client, "olga")
+    mallory = await enroll(client, "mallory")
+    # Mallory answers Olga's challenge with her own (valid, registered) passkey.
+    error = await assert_refused(
+        client, "olga", lambda options: mallory.assertion(options, user_handle=None)
+    )
+    assert error.reason == "ERROR_REASON_VERIFICATION_FAILED"
+
+
+async def test_a_challenge_of_another_user_cannot_be_used(client: Client, configured: None) -> None:
+    authenticator = await enroll(client, "pam")
+    others = await passkey_challenge(client, "quin")
+    error = await refused(
+        verify(
+            client,
+            "pam",
+            authenticator.assertion(others.passkey_request_options_json),
+            others.challenge_id,
+        )
+    )
+    assert error.reason == "ERROR_REASON_CHALLENGE_NOT_FOUND"
+
+
+async def test_a_sign_count_regression_is_refused_and_audited(
+    client: Client, configured: None, db: asyncpg.Connection
+) -> None:
+    authenticator = await enroll(
+        client, "ray", SoftAuthenticator(origin=ORIGIN, rp_id=RP_ID, sign_count=10)
+    )
+    challenge = await passkey_challenge(client, "ray")
+    await verify(
+        client,
+        "ray",
+        authenticator.assertion(challenge.passkey_request_options_json),
+        challenge.challenge_id,
+    )
+    assert await db.fetchval("SELECT passkey_sign_count FROM devices WHERE user_id = 'ray'") == 11
+    for stale in (11, 5):
+        error = await assert_refused(
+            client, "ray", lambda options, n=stale: authenticator.assertion(options, sign_count=n)
+        )
+        assert error.reason == "ERROR_REASON_VERIFICATION_FAILED"
+    events = await db.fetch(
+        "SELECT type FROM audit_events WHERE user_id = 'ray' AND type = 'SIGN_COUNT_REGRESSION'"
+    )
+    assert len(events) == 2
+
+
+async def test_synced_passkeys_with_zero_counters_keep_working(
+    client: Client, configured: None
+) -> None:
+    synced = SoftAuthenticator(
+        origin=ORIGIN, rp_id=RP_ID, counts=False, backup_eligible=True, backed_up=True
+    )
+    await enroll(client, "sam", synced)
+    for _ in range(3):
+        challenge = await passkey_challenge(client, "sam")
+        await verify(
+            client,
+            "sam",
+            synced.assertion(challenge.passkey_request_options_json),
+            challenge.challenge_id,
+        )
+
+
+async def test_backup_state_without_eligibility_is_refused(
+    client: Client, configured: None
+) -> None:
+    authenticator = await enroll(client, "tia")
+    error = await assert_refused(
+        client, "tia", lambda options: authenticator.assertion(options, be=False, bs=True)
+    )
+    assert error.reason == "ERROR_REASON_VERIFICATION_FAILED"
+
+
+async def test_a_change_of_backup_eligibility_is_refused(client: Client, configured: None) -> None:
+    authenticator = await enroll(client, "uri")  # registered with BE=0
+    error = await assert_refused(
+        client, "uri", lambda options: authenticator.assertion(options, be=True)
+    )
+    assert error.reason == "ERROR_REASON_VERIFICATION_FAILED"
+
+
+async def test_concurrent_assertions_with_one_counter_succeed_at_most_once(
+    app: Application, client: Client, configured: None
+) -> None:
+    authenticator = await enroll(client, "val")
+    challenges = [await passkey_challenge(client, "val") for _ in range(10)]
+    assertions = [
+        authenticator.assertion(c.passkey_request_options_json, sign_count=7) for c in challenges
+    ]
+    await update_settings(client, ENV, lockout__max_failed_attempts=100)
+    results = await asyncio.gather(
+        *(
+            verify(client, "val", a, c.challenge_id)
+            for a, c in zip(assertions, challenges, strict=True)
+        ),
+        return_exceptions=True,
+    )
+    assert sum(isinstance(r, pb.VerifySessionResponse) for r in results) == 1
+    assert all(
+        isinstance(r, pb.VerifySessionResponse) or r.reason == "ERROR_REASON_VERIFICATION_FAILED"
+        for r in results
+    )
+
+
+async def test_passkey_failures_count_toward_lockout(client: Client, configured: None) -> None:
+    await update_settings(client, ENV, lockout__max_failed_attempts=3)
+    authenticator = await enroll(client, "wes")
+    for _ in range(3):
+        await assert_refused(
+            client,
+            "wes",
+            lambda options: authenticator.assertion(options, origin="https://evil.example.net"),
+        )
+    error = await assert_refused(client, "wes", authenticator.assertion)
+    assert (error.code, error.reason) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "ERROR_REASON_LOCKED_OUT",
+    )
+
+
+async def test_a_totp_code_does_not_answer_a_passkey_challenge(
+    client: Client, clock: FakeClock, configured: None
+) -> None:
+    device: TotpDevice = await enroll_totp(client, clock, ENV, "xia")
+    challenge = await passkey_challenge(client, "xia")
+    error = await refused(
+        call(
+            client.mfa_stub.VerifySession(
+                pb.VerifySessionRequest(
+                    environment_id=ENV,
+                    user_id="xia",
+                    session_id="s",
+                    challenge_id=challenge.challenge_id,
+                    proof=types.Proof(totp_code=device.code(clock.now())),
+                )
+            )
+        )
+    )
+    assert [v.field for v in error.field_violations] == ["proof"]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "{",
+        "[]",
+        '{"id": "x"}',
+        json.dumps({"id": "AA", "rawId": "AA", "response": {}, "type": "public-key"}),
+    ],
+)
+async def test_malformed_assertions_name_the_field(
+    client: Client, configured: None, bad: str
+) -> None:
+    await enroll(client, "yan")
+    challenge = await passkey_challenge(client, "yan")
+    error = await refused(verify(client, "yan", bad, challenge.challenge_id))
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in error.field_violations] == ["proof.passkey_assertion_json"]
