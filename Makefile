@@ -25,13 +25,18 @@ proto-check: $(STAMP)
 	@rm -rf .proto-check
 	@echo "generated code is up to date"
 
-# Tools the tests call that come from Debian rather than PyPI: oathtool, an independent
-# RFC 6238 implementation the TOTP interop test checks against.
+# Tools the tests call that come from Debian rather than PyPI (package = command name):
+# oathtool, an independent RFC 6238 implementation the TOTP interop test checks against,
+# and chromium, the real browser of the passkey tests (never `playwright install`).
+SYSTEM_DEPS := oathtool chromium
+
 system-deps:
-	@command -v oathtool >/dev/null || { \
+	@missing=""; for tool in $(SYSTEM_DEPS); do \
+		command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	[ -z "$$missing" ] || { \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq oathtool; \
-		else echo "please install oathtool (Debian/Ubuntu: apt-get install oathtool)"; exit 1; fi; }
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+		else echo "please install$$missing (Debian/Ubuntu: apt-get install$$missing)"; exit 1; fi; }
 
 run: $(STAMP) proto
 	$(BIN)/mfa-service serve --dev
@@ -45,7 +50,7 @@ test: $(STAMP) system-deps proto
 lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/mypy --strict mfa_service clients/python/mfa_client
+	$(BIN)/mypy --strict mfa_service clients/python/mfa_client examples
 	$(BIN)/lint-imports
 
 clean:

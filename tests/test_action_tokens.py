@@ -695,3 +695,47 @@ async def test_a_second_device_needs_a_credential_link_token(
     started = await enroll(link.token)
     assert started.totp.secret
     assert (await refused(enroll(link.token))).reason == "ERROR_REASON_STEP_UP_REQUIRED"
+
+
+async def test_a_remembered_allow_never_outlives_its_token(
+    client: Client, clock: FakeClock, alice: TotpDevice
+) -> None:
+    """A captured (token, key) pair replayed later must not get ALLOW again."""
+    expiring = await issue(client, clock, alice)
+    assert await validate(client, expiring.token, idempotency_key="k-exp") == (
+        "ALLOW",
+        "TOKEN_VALID",
+    )
+    clock.advance(timedelta(minutes=5))
+    assert await validate(client, expiring.token, idempotency_key="k-exp") == (
+        "DENY",
+        "TOKEN_EXPIRED",
+    )
+
+    revoked = await issue(client, clock, alice)
+    assert await validate(client, revoked.token, idempotency_key="k-rev") == (
+        "ALLOW",
+        "TOKEN_VALID",
+    )
+    await call(
+        client.admin.stub.ResetUserMfa(
+            admin_pb.ResetUserMfaRequest(environment_id=ENV, user_id="alice")
+        )
+    )
+    assert await validate(client, revoked.token, idempotency_key="k-rev") == (
+        "DENY",
+        "TOKEN_REVOKED",
+    )
+
+
+async def test_an_idempotency_key_is_remembered_for_a_short_window(
+    client: Client, clock: FakeClock, alice: TotpDevice
+) -> None:
+    multi = await issue(client, clock, alice, single_use=False)
+    assert await validate(client, multi.token, idempotency_key="w") == ("ALLOW", "TOKEN_VALID")
+    clock.advance(timedelta(minutes=5, seconds=1))
+    # Past the window the key starts afresh: another request may use it.
+    assert await validate(client, multi.token, action=EXPORT, idempotency_key="w") == (
+        "DENY",
+        "ACTION_MISMATCH",
+    )

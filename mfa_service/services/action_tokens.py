@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from uuid import UUID
 
 import jwt
@@ -46,6 +46,8 @@ from mfa_service.store import devices as device_store
 from mfa_service.store.db import Connection, Database
 
 DEFAULT_ISSUER = "mfa-service"
+# How long a ValidateActionToken decision answers retries with the same idempotency key.
+IDEMPOTENCY_WINDOW = timedelta(minutes=5)
 AUDIENCE = "mfa-action"
 
 
@@ -76,6 +78,15 @@ class ValidationRequest:
             self.session_id or "",
         )
         return hashlib.sha256("\x00".join(parts).encode()).digest()
+
+
+def _scoped_key(key: str | None, context: CallContext) -> str | None:
+    """Idempotency keys are per calling service when callers are authenticated (mTLS),
+    so one service cannot answer with another's remembered decision."""
+    if not key:
+        return None
+    caller = "" if context.caller.startswith("unauthenticated@") else context.caller
+    return f"{len(caller)}:{caller}:{key}"
 
 
 def allowed_methods(settings: Settings, actions: tuple[Action, ...]) -> frozenset[Method]:
@@ -183,10 +194,10 @@ class ActionTokenService:
     async def validate(self, request: ValidationRequest, context: CallContext) -> Reason:
         now = self._clock.now()
         claims = await self._decode(request, now=now)
+        key = _scoped_key(request.idempotency_key, context)
         async with self._db.transaction() as conn:
-            key = request.idempotency_key
             if key:
-                prior = await self._prior(conn, request)
+                prior = await self._prior(conn, request, key, claims, now=now)
                 if prior is not None:
                     return prior
             reason = await self.redeem(conn, request, claims, now=now)
@@ -200,7 +211,7 @@ class ActionTokenService:
                 now=now,
             ):
                 # A concurrent call with the same key decided first: answer as it did.
-                prior = await self._prior(conn, request)
+                prior = await self._prior(conn, request, key, claims, now=now)
                 if prior is not None:
                     return prior
             if request.token or not reason.allows:
@@ -218,19 +229,40 @@ class ActionTokenService:
                 )
         return reason
 
-    async def _prior(self, conn: Connection, request: ValidationRequest) -> Reason | None:
-        assert request.idempotency_key  # noqa: S101 (callers check)
+    async def _prior(
+        self,
+        conn: Connection,
+        request: ValidationRequest,
+        key: str,
+        claims: ActionClaims | tokens.TokenProblem | None,
+        *,
+        now: datetime,
+    ) -> Reason | None:
+        """The remembered decision for a retry, if it still holds.
+
+        A retry repeats the request exactly (else INVALID_ARGUMENT) within a short
+        window; and a remembered ALLOW never outlives its token: once the token has
+        expired or been revoked, the retry gets that answer instead.
+        """
         prior = await token_store.prior_decision(
-            conn, request.environment_id, request.idempotency_key
+            conn, request.environment_id, key, since=now - IDEMPOTENCY_WINDOW
         )
         if prior is None:
             return None
-        fingerprint, _decision, reason = prior
+        fingerprint, _decision, reason_name = prior
         if fingerprint != request.fingerprint():
             raise InvalidArgument.field(
                 "idempotency_key", "already used for a different validation request"
             )
-        return Reason[reason]
+        reason = Reason[reason_name]
+        if reason is Reason.TOKEN_VALID:
+            if isinstance(claims, tokens.TokenProblem):
+                return Reason.of(claims)
+            if isinstance(claims, ActionClaims):
+                state = await token_store.state(conn, claims.jti)
+                if state is None or state[1] is not None:
+                    return Reason.TOKEN_REVOKED
+        return reason
 
     async def _decode(
         self, request: ValidationRequest, *, now: datetime

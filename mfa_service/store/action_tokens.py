@@ -51,8 +51,20 @@ async def state(conn: Connection, jti: UUID) -> tuple[datetime | None, datetime 
     return None if row is None else (row["consumed_at"], row["revoked_at"])
 
 
-async def prior_decision(conn: Connection, env: str, key: str) -> tuple[bytes, str, str] | None:
-    """(fingerprint, decision, reason) remembered for this idempotency key."""
+async def prior_decision(
+    conn: Connection, env: str, key: str, *, since: datetime
+) -> tuple[bytes, str, str] | None:
+    """(fingerprint, decision, reason) remembered for this idempotency key since ``since``.
+
+    An older record is deleted: the key starts afresh.
+    """
+    await conn.execute(
+        "DELETE FROM token_validations "
+        "WHERE environment_id = $1 AND idempotency_key = $2 AND created_at <= $3",
+        env,
+        key,
+        since,
+    )
     row = await conn.fetchrow(
         "SELECT fingerprint, decision, reason FROM token_validations "
         "WHERE environment_id = $1 AND idempotency_key = $2",

@@ -2,12 +2,22 @@
 
     async with Client.connect("127.0.0.1:50051", insecure=True) as client:
         settings = await client.admin.get_settings("env-1")
+        validation = await client.action_tokens.validate(
+            environment_id="env-1", user_id="alice", action=ACTION_WAAS_SIGN, token=token
+        )
 
 Every failed call raises ``MfaServiceError`` carrying the status code, the
 ``mfa.v1.ErrorReason``, the request id, field violations and any retry delay.
 """
 
-from mfa_client._client import AdminClient, Client
+from mfa_client._client import ActionTokenClient, AdminClient, Client, Validation
 from mfa_client._errors import FieldViolation, MfaServiceError
 
-__all__ = ["AdminClient", "Client", "FieldViolation", "MfaServiceError"]
+__all__ = [
+    "ActionTokenClient",
+    "AdminClient",
+    "Client",
+    "FieldViolation",
+    "MfaServiceError",
+    "Validation",
+]

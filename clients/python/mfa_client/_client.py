@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import random
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import field_mask_pb2
 
 from mfa.v1 import (
+    action_token_service_pb2,
     action_token_service_pb2_grpc,
     admin_service_pb2,
     admin_service_pb2_grpc,
@@ -19,6 +25,13 @@ from mfa.v1 import (
 from mfa_client._errors import MfaServiceError
 
 DEFAULT_TIMEOUT_SECONDS = 5.0
+DEFAULT_VALIDATE_ATTEMPTS = 3
+DEFAULT_BACKOFF_SECONDS = 0.05
+_MAX_BACKOFF_SECONDS = 1.0
+# The answer may have been lost after the server decided: safe to resend only with the
+# same idempotency key, which makes the server answer as it did the first time.
+_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+_jitter = random.SystemRandom()
 _Response = TypeVar("_Response")
 
 
@@ -52,18 +65,108 @@ class AdminClient:
         return response.settings
 
 
+@dataclass(frozen=True, slots=True)
+class Validation:
+    """A ``ValidateActionToken`` decision: ``allowed`` only on ``DECISION_ALLOW``."""
+
+    decision: types_pb2.Decision.ValueType
+    reason: types_pb2.DecisionReason.ValueType
+
+    @property
+    def allowed(self) -> bool:
+        return self.decision == types_pb2.DECISION_ALLOW
+
+    @property
+    def reason_name(self) -> str:
+        """E.g. ``"DECISION_REASON_TOKEN_ALREADY_USED"``."""
+        return types_pb2.DecisionReason.Name(self.reason)
+
+
+class ActionTokenClient:
+    """ActionTokenService: "may this action run now?" (the wallet signer)."""
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        timeout: float,
+        *,
+        max_attempts: int = DEFAULT_VALIDATE_ATTEMPTS,
+        backoff: float = DEFAULT_BACKOFF_SECONDS,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        self.stub = action_token_service_pb2_grpc.ActionTokenServiceStub(channel)
+        self._timeout = timeout
+        self._max_attempts = max_attempts
+        self._backoff = backoff
+
+    async def validate(
+        self,
+        *,
+        environment_id: str,
+        user_id: str,
+        action: types_pb2.Action.ValueType,
+        token: str = "",
+        payload_digest: bytes = b"",
+        session_id: str = "",
+        idempotency_key: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline per attempt)
+    ) -> Validation:
+        """Ask whether ``action`` may run now, consuming a single-use ``token``.
+
+        Each attempt has its own deadline (``timeout``). ``UNAVAILABLE`` and
+        ``DEADLINE_EXCEEDED`` are retried under one idempotency key (a new UUID unless
+        given), so a retry after a lost answer gets the first decision rather than
+        ``TOKEN_ALREADY_USED``. Other failures raise ``MfaServiceError`` at once.
+        """
+        request = action_token_service_pb2.ValidateActionTokenRequest(
+            environment_id=environment_id,
+            user_id=user_id,
+            action=action,
+            token=token,
+            payload_digest=payload_digest,
+            session_id=session_id,
+            idempotency_key=idempotency_key or str(uuid.uuid4()),
+        )
+        deadline = self._timeout if timeout is None else timeout
+        attempt = 1
+        while True:
+            try:
+                response = await _call(
+                    lambda: self.stub.ValidateActionToken(request, timeout=deadline)
+                )
+            except MfaServiceError as error:
+                if error.code not in _RETRYABLE or attempt >= self._max_attempts:
+                    raise
+                # Full jitter, so replicas of a caller do not retry in step.
+                await asyncio.sleep(
+                    _jitter.uniform(0, min(_MAX_BACKOFF_SECONDS, self._backoff * 2**attempt))
+                )
+                attempt += 1
+                continue
+            return Validation(decision=response.decision, reason=response.reason)
+
+    async def jwks(self) -> dict[str, Any]:
+        """The JSON Web Key Set (RFC 7517) whose keys sign action tokens."""
+        request = action_token_service_pb2.GetJwksRequest()
+        response = await _call(lambda: self.stub.GetJwks(request, timeout=self._timeout))
+        jwks: dict[str, Any] = json.loads(response.jwks_json)
+        return jwks
+
+
 class Client:
     """One channel to mfa-service and a typed client per service.
 
-    ``client.admin`` has typed helpers; ``client.mfa_stub`` and
-    ``client.action_tokens_stub`` are the generated stubs for the rest.
+    ``client.admin`` and ``client.action_tokens`` have typed helpers;
+    ``client.mfa_stub`` and ``client.action_tokens_stub`` are the generated stubs.
     """
 
     def __init__(self, channel: grpc.aio.Channel, *, timeout: float = DEFAULT_TIMEOUT_SECONDS):
         self.channel = channel
         self.admin = AdminClient(channel, timeout)
         self.mfa_stub = mfa_service_pb2_grpc.MfaServiceStub(channel)
-        self.action_tokens_stub = action_token_service_pb2_grpc.ActionTokenServiceStub(channel)
+        self.action_tokens = ActionTokenClient(channel, timeout)
+        self.action_tokens_stub = self.action_tokens.stub
 
     @classmethod
     def connect(
