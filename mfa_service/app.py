@@ -17,8 +17,11 @@ from mfa_service.embedded_pg import EmbeddedPostgres
 from mfa_service.server import Server, Servicers
 from mfa_service.services.action_tokens import ActionTokenService
 from mfa_service.services.admin import AdminService
+from mfa_service.services.audit_log import AuditLogService
+from mfa_service.services.devices import DeviceService
 from mfa_service.services.enrollment import EnrollmentService
 from mfa_service.services.keys import TokenKeys
+from mfa_service.services.recovery import RecoveryService
 from mfa_service.services.settings import SettingsService
 from mfa_service.services.status import StatusService
 from mfa_service.services.verification import VerificationService, Verifier
@@ -71,9 +74,13 @@ async def start(
             enrollment=EnrollmentService(db, clock, key_ring, verifier, tokens),
             verification=VerificationService(db, clock, verifier),
             tokens=tokens,
+            devices=DeviceService(db, clock, tokens),
+            recovery=RecoveryService(db, clock, tokens),
         ),
         action_tokens=ActionTokenServicer(tokens),
-        admin=AdminServicer(SettingsService(db, clock), AdminService(db, clock)),
+        admin=AdminServicer(
+            SettingsService(db, clock), AdminService(db, clock), AuditLogService(db)
+        ),
     )
     server = Server(
         servicers,

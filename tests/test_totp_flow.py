@@ -526,7 +526,7 @@ async def test_audit_rows_and_logs_never_hold_the_secret_or_codes(
     caplog.set_level(logging.DEBUG)
     started = await start_totp(client, ENV, "audited")
     first = pyotp.TOTP(started.totp.secret).at(clock.now())
-    await complete(client, "audited", started.enrollment_id, first)
+    done = await complete(client, "audited", started.enrollment_id, first)
     clock.advance(timedelta(seconds=30))
     second = pyotp.TOTP(started.totp.secret).at(clock.now())
     await verify_session(client, ENV, "audited", "s1", second)
@@ -535,10 +535,19 @@ async def test_audit_rows_and_logs_never_hold_the_secret_or_codes(
     assert [r["type"] for r in rows] == [
         "ENROLLMENT_STARTED",
         "ENROLLMENT_COMPLETED",
+        "RECOVERY_CODES_GENERATED",
         "VERIFICATION_SUCCEEDED",
         "CODE_REUSED",
     ]
-    assert all(r["method"] == "TOTP" and r["request_id"] for r in rows)
+    assert all(r["request_id"] for r in rows)
+    assert {r["method"] for r in rows} == {"TOTP", None}
     everything = str([dict(r) for r in rows]) + caplog.text
-    for secret in (started.totp.secret, first, second, started.totp.otpauth_uri):
+    assert len(done.recovery_codes) == 10
+    for secret in (
+        started.totp.secret,
+        first,
+        second,
+        started.totp.otpauth_uri,
+        *done.recovery_codes,
+    ):
         assert secret not in everything

@@ -9,9 +9,17 @@ from grpc import aio
 from mfa.v1 import admin_service_pb2 as pb
 from mfa.v1 import admin_service_pb2_grpc as pb_grpc
 from mfa_service.api import context as call_context
-from mfa_service.api.convert import environment_id, settings_changes, settings_to_proto, user_id
-from mfa_service.errors import InvalidArgument, NotImplementedYet
+from mfa_service.api.convert import (
+    audit_event_to_proto,
+    audit_event_type_from_proto,
+    environment_id,
+    settings_changes,
+    settings_to_proto,
+    user_id,
+)
+from mfa_service.errors import InvalidArgument
 from mfa_service.services.admin import AdminService
+from mfa_service.services.audit_log import AuditLogService
 from mfa_service.services.settings import SettingsService
 
 Context = aio.ServicerContext[Any, Any]
@@ -20,9 +28,12 @@ MAX_REASON = 256
 
 
 class AdminServicer(pb_grpc.AdminServiceServicer):
-    def __init__(self, settings: SettingsService, admin: AdminService) -> None:
+    def __init__(
+        self, settings: SettingsService, admin: AdminService, audit_log: AuditLogService
+    ) -> None:
         self._settings = settings
         self._admin = admin
+        self._audit_log = audit_log
 
     async def GetSettings(
         self, request: pb.GetSettingsRequest, context: Context
@@ -61,4 +72,16 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     async def ListAuditEvents(
         self, request: pb.ListAuditEventsRequest, context: Context
     ) -> pb.ListAuditEventsResponse:
-        raise NotImplementedYet("ListAuditEvents")
+        page = await self._audit_log.list(
+            environment_id(request.environment_id),
+            page_size=request.page_size,
+            page_token=request.page_token,
+            user_id=user_id(request.user_id) if request.user_id else "",
+            types=[
+                audit_event_type_from_proto(t, f"types[{i}]") for i, t in enumerate(request.types)
+            ],
+        )
+        return pb.ListAuditEventsResponse(
+            events=[audit_event_to_proto(e.event_id, e.event) for e in page.events],
+            next_page_token=page.next_page_token,
+        )

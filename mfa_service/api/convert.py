@@ -10,7 +10,9 @@ from uuid import UUID
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
+from mfa.v1 import admin_service_pb2 as admin_pb
 from mfa.v1 import types_pb2 as pb
+from mfa_service.domain.audit import AuditEvent, AuditEventType
 from mfa_service.domain.devices import Device
 from mfa_service.domain.model import Action, EnvironmentId, Method, Proof, UserId
 from mfa_service.domain.settings import (
@@ -307,3 +309,24 @@ def actions(values: Iterable[int], field: str = "actions") -> tuple[Action, ...]
     if len(set(converted)) != len(converted):
         raise InvalidArgument.field(field, "must not list an action twice")
     return converted
+
+
+def audit_event_type_from_proto(value: int, field: str) -> AuditEventType:
+    return _to_domain(
+        admin_pb.AuditEventType.Name, "AUDIT_EVENT_TYPE_", AuditEventType, value, field
+    )
+
+
+def audit_event_to_proto(event_id: str, event: AuditEvent) -> admin_pb.AuditEvent:
+    return admin_pb.AuditEvent(
+        event_id=event_id,
+        type=admin_pb.AuditEventType.Value(f"AUDIT_EVENT_TYPE_{event.type.name}"),
+        environment_id=event.environment_id,
+        user_id=event.user_id,
+        occurred_at=timestamp(event.occurred_at),
+        method=method_to_proto(event.method) if event.method else pb.METHOD_UNSPECIFIED,
+        device_id=event.device_id,
+        caller=event.context.caller,
+        request_id=event.context.request_id,
+        details=dict(event.details),
+    )

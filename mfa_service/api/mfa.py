@@ -12,9 +12,11 @@ from mfa_service.api import context as call_context
 from mfa_service.api import convert
 from mfa_service.domain import totp
 from mfa_service.domain.model import Method
-from mfa_service.errors import InvalidArgument, NotImplementedYet
+from mfa_service.errors import InvalidArgument
 from mfa_service.services.action_tokens import ActionTokenService
+from mfa_service.services.devices import DeviceService
 from mfa_service.services.enrollment import EnrollmentService
+from mfa_service.services.recovery import RecoveryService
 from mfa_service.services.status import StatusService
 from mfa_service.services.verification import VerificationService
 
@@ -28,11 +30,15 @@ class MfaServicer(pb_grpc.MfaServiceServicer):
         enrollment: EnrollmentService,
         verification: VerificationService,
         tokens: ActionTokenService,
+        devices: DeviceService,
+        recovery: RecoveryService,
     ) -> None:
         self._status = status
         self._enrollment = enrollment
         self._verification = verification
         self._tokens = tokens
+        self._devices = devices
+        self._recovery = recovery
 
     async def GetStatus(
         self, request: pb.GetStatusRequest, context: Context
@@ -48,6 +54,8 @@ class MfaServicer(pb_grpc.MfaServiceServicer):
             enrolled_methods=[convert.method_to_proto(m) for m in status.enrolled_methods],
             protected_actions=[convert.action_to_proto(a) for a in status.protected_actions],
             locked_until=convert.timestamp(status.locked_until),
+            recovery_codes_pending_acknowledgement=status.recovery_codes_pending_acknowledgement,
+            recovery_codes_remaining=status.recovery_codes_remaining,
         )
 
     async def Enroll(self, request: pb.EnrollRequest, context: Context) -> pb.EnrollResponse:
@@ -182,24 +190,59 @@ class MfaServicer(pb_grpc.MfaServiceServicer):
     async def ListDevices(
         self, request: pb.ListDevicesRequest, context: Context
     ) -> pb.ListDevicesResponse:
-        raise NotImplementedYet("ListDevices")
+        devices = await self._devices.list(
+            convert.environment_id(request.environment_id), convert.user_id(request.user_id)
+        )
+        return pb.ListDevicesResponse(devices=[convert.device_to_proto(d) for d in devices])
 
     async def UpdateDevice(
         self, request: pb.UpdateDeviceRequest, context: Context
     ) -> pb.UpdateDeviceResponse:
-        raise NotImplementedYet("UpdateDevice")
+        env = convert.environment_id(request.environment_id)
+        user = convert.user_id(request.user_id)
+        device_id = convert.uuid_field(request.device_id, "device_id")
+        alias = convert.alias(request.alias)
+        if not alias and not request.make_default:
+            raise InvalidArgument.field("alias", "give a new alias, make_default, or both")
+        device = await self._devices.update(
+            env,
+            user,
+            device_id,
+            alias=alias,
+            make_default=request.make_default,
+            context=call_context.current(),
+        )
+        return pb.UpdateDeviceResponse(device=convert.device_to_proto(device))
 
     async def DeleteDevice(
         self, request: pb.DeleteDeviceRequest, context: Context
     ) -> pb.DeleteDeviceResponse:
-        raise NotImplementedYet("DeleteDevice")
+        await self._devices.delete(
+            convert.environment_id(request.environment_id),
+            convert.user_id(request.user_id),
+            convert.uuid_field(request.device_id, "device_id"),
+            action_token=request.action_token,
+            context=call_context.current(),
+        )
+        return pb.DeleteDeviceResponse()
 
     async def RegenerateRecoveryCodes(
         self, request: pb.RegenerateRecoveryCodesRequest, context: Context
     ) -> pb.RegenerateRecoveryCodesResponse:
-        raise NotImplementedYet("RegenerateRecoveryCodes")
+        codes = await self._recovery.regenerate(
+            convert.environment_id(request.environment_id),
+            convert.user_id(request.user_id),
+            action_token=request.action_token,
+            context=call_context.current(),
+        )
+        return pb.RegenerateRecoveryCodesResponse(recovery_codes=list(codes))
 
     async def AcknowledgeRecoveryCodes(
         self, request: pb.AcknowledgeRecoveryCodesRequest, context: Context
     ) -> pb.AcknowledgeRecoveryCodesResponse:
-        raise NotImplementedYet("AcknowledgeRecoveryCodes")
+        await self._recovery.acknowledge(
+            convert.environment_id(request.environment_id),
+            convert.user_id(request.user_id),
+            call_context.current(),
+        )
+        return pb.AcknowledgeRecoveryCodesResponse()

@@ -30,6 +30,7 @@ from mfa_service.errors import (
     NotImplementedYet,
 )
 from mfa_service.services import audit
+from mfa_service.services import recovery as recovery_service
 from mfa_service.services.action_tokens import ActionTokenService
 from mfa_service.services.settings import load as load_settings
 from mfa_service.services.verification import Verifier, require_enabled
@@ -183,18 +184,7 @@ class EnrollmentService:
                         now=now,
                     )
                     await enrollment_store.delete(conn, enrollment.id)
-                    await user_store.record_success(conn, env, user)
-                    await audit.record(
-                        conn,
-                        AuditEventType.ENROLLMENT_COMPLETED,
-                        env=env,
-                        user=user,
-                        now=now,
-                        context=context,
-                        method=Method.TOTP,
-                        device_id=device.id,
-                    )
-                    outcome = EnrollmentCompleted(device=device, recovery_codes=())
+                    outcome = await self._completed(conn, device, now=now, context=context)
         if isinstance(outcome, MfaError):
             raise outcome
         return outcome
@@ -349,18 +339,29 @@ class EnrollmentService:
                     )
                     if device is None:  # another user registered it in the meantime
                         raise CredentialAlreadyRegistered()
-                    await user_store.record_success(conn, env, user)
-                    await audit.record(
-                        conn,
-                        AuditEventType.ENROLLMENT_COMPLETED,
-                        env=env,
-                        user=user,
-                        now=now,
-                        context=context,
-                        method=Method.PASSKEY,
-                        device_id=device.id,
-                    )
-                    outcome = EnrollmentCompleted(device=device, recovery_codes=())
+                    outcome = await self._completed(conn, device, now=now, context=context)
         if isinstance(outcome, MfaError):
             raise outcome
         return outcome
+
+    async def _completed(
+        self, conn: Connection, device: Device, *, now: datetime, context: CallContext
+    ) -> EnrollmentCompleted:
+        """A verified device: success resets the failures; the user's first device
+        comes with ten recovery codes, shown this once."""
+        env, user = device.environment_id, device.user_id
+        await user_store.record_success(conn, env, user)
+        await audit.record(
+            conn,
+            AuditEventType.ENROLLMENT_COMPLETED,
+            env=env,
+            user=user,
+            now=now,
+            context=context,
+            method=device.method,
+            device_id=device.id,
+        )
+        codes: tuple[str, ...] = ()
+        if len(await device_store.list_for_user(conn, env, user)) == 1:
+            codes = await recovery_service.new_set(conn, env, user, now=now, context=context)
+        return EnrollmentCompleted(device=device, recovery_codes=codes)

@@ -10,6 +10,7 @@ from mfa_service.domain import policy
 from mfa_service.domain.model import Action, EnvironmentId, Method, UserId
 from mfa_service.services.settings import load as load_settings
 from mfa_service.store import devices as device_store
+from mfa_service.store import recovery_codes as recovery_store
 from mfa_service.store import sessions as session_store
 from mfa_service.store import users as user_store
 from mfa_service.store.db import Database
@@ -22,6 +23,8 @@ class Status:
     enrolled_methods: tuple[Method, ...]
     protected_actions: tuple[Action, ...]
     locked_until: datetime | None
+    recovery_codes_pending_acknowledgement: bool
+    recovery_codes_remaining: int
 
 
 class StatusService:
@@ -38,6 +41,8 @@ class StatusService:
                 await session_store.verified_at(conn, env, user, session_id) if session_id else None
             )
             locked_until = await user_store.locked_until(conn, env, user)
+            pending_ack = await recovery_store.pending_acknowledgement(conn, env, user)
+            remaining = await recovery_store.remaining(conn, env, user)
         methods = policy.enrolled_methods(settings, [d.method for d in devices])
         return Status(
             enrollment_required=policy.enrollment_required(settings, methods),
@@ -47,4 +52,6 @@ class StatusService:
             enrolled_methods=methods,
             protected_actions=policy.protected_actions(settings, methods),
             locked_until=locked_until if locked_until and locked_until > now else None,
+            recovery_codes_pending_acknowledgement=pending_ack,
+            recovery_codes_remaining=remaining,
         )

@@ -8,6 +8,7 @@ so failures are returned as values inside the transaction and raised after it.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,7 +16,7 @@ from uuid import UUID
 
 from mfa_service.clock import Clock
 from mfa_service.crypto import KeyRing
-from mfa_service.domain import passkeys, totp
+from mfa_service.domain import passkeys, recovery, totp
 from mfa_service.domain.audit import AuditEventType, CallContext
 from mfa_service.domain.devices import CHALLENGE_TTL, Challenge, Device, secret_context
 from mfa_service.domain.model import EnvironmentId, Method, Proof, UserId
@@ -27,7 +28,6 @@ from mfa_service.errors import (
     LockedOut,
     MethodDisabled,
     MfaError,
-    NotImplementedYet,
     PasskeyNotConfigured,
     VerificationFailed,
 )
@@ -35,6 +35,7 @@ from mfa_service.services import audit
 from mfa_service.services.settings import load as load_settings
 from mfa_service.store import challenges as challenge_store
 from mfa_service.store import devices as device_store
+from mfa_service.store import recovery_codes as recovery_store
 from mfa_service.store import sessions as session_store
 from mfa_service.store import users as user_store
 from mfa_service.store.db import Connection, Database
@@ -95,7 +96,11 @@ class Verifier:
         if challenge is None:
             return ChallengeNotFound()
         if proof.method is Method.RECOVERY_CODE:
-            raise NotImplementedYet("recovery code verification")
+            # The fallback answers a challenge of any method (a user who lost the device
+            # finds out at the prompt).
+            return await self._verify_recovery_code(
+                conn, settings, user, proof.value, now=now, context=context
+            )
         if proof.method is not challenge.method:
             raise InvalidArgument.field(
                 "proof",
@@ -144,6 +149,46 @@ class Verifier:
             user=user,
             method=challenge.method,
             reused_device=reused,
+            now=now,
+            context=context,
+        )
+
+    async def _verify_recovery_code(
+        self,
+        conn: Connection,
+        settings: Settings,
+        user: UserId,
+        code: str,
+        *,
+        now: datetime,
+        context: CallContext,
+    ) -> Verified | MfaError:
+        env = settings.environment_id
+        code_id, secret = recovery.split(code, "proof.recovery_code")
+        stored = await recovery_store.find_unused(conn, env, user, code_id)
+        # scrypt runs off the event loop; one call per attempt, whatever is stored.
+        if await asyncio.to_thread(recovery.matches, secret, stored) and (
+            await recovery_store.mark_used(conn, env, user, code_id, now=now)
+        ):
+            await user_store.record_success(conn, env, user)
+            left = await recovery_store.remaining(conn, env, user)
+            for event in (AuditEventType.RECOVERY_CODE_USED, AuditEventType.VERIFICATION_SUCCEEDED):
+                await audit.record(
+                    conn,
+                    event,
+                    env=env,
+                    user=user,
+                    now=now,
+                    context=context,
+                    method=Method.RECOVERY_CODE,
+                    remaining=str(left),
+                )
+            return Verified(method=Method.RECOVERY_CODE, device_id=None, at=now)
+        return await self.record_failure(
+            conn,
+            settings=settings,
+            user=user,
+            method=Method.RECOVERY_CODE,
             now=now,
             context=context,
         )
@@ -294,8 +339,8 @@ class VerificationService:
         now = self._clock.now()
         async with self._db.transaction() as conn:
             settings = await load_settings(conn, env)
-            if method is Method.RECOVERY_CODE:
-                raise NotImplementedYet("recovery code verification")
+            if method is Method.RECOVERY_CODE and device_id is not None:
+                raise InvalidArgument.field("device_id", "recovery codes are not a device")
             require_enabled(settings, method)
             owned = await device_store.list_for_user(conn, env, user, methods=[method])
             if device_id is not None:

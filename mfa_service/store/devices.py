@@ -199,3 +199,53 @@ async def advance_sign_count(
         now,
     )
     return bool(updated)
+
+
+async def update(
+    conn: Connection,
+    env: EnvironmentId,
+    user: UserId,
+    device_id: UUID,
+    *,
+    alias: str | None,
+    make_default: bool,
+) -> Device | None:
+    """Rename and/or make default one of the user's devices (None if it is not theirs)."""
+    if make_default:
+        await conn.execute(
+            "UPDATE devices SET is_default = (id = $3) "
+            "WHERE environment_id = $1 AND user_id = $2 "
+            "AND EXISTS (SELECT 1 FROM devices WHERE id = $3 AND environment_id = $1 "
+            "AND user_id = $2)",
+            env,
+            user,
+            device_id,
+        )
+    row = await conn.fetchrow(
+        f"""
+        UPDATE devices SET alias = COALESCE($4, alias)
+        WHERE id = $3 AND environment_id = $1 AND user_id = $2
+        RETURNING {_COLUMNS}
+        """,  # noqa: S608 (a constant column list)
+        env,
+        user,
+        device_id,
+        alias,
+    )
+    return None if row is None else _device(row)
+
+
+async def delete(conn: Connection, device_id: UUID) -> None:
+    await conn.execute("DELETE FROM devices WHERE id = $1", device_id)
+
+
+async def make_oldest_default(conn: Connection, env: EnvironmentId, user: UserId) -> None:
+    await conn.execute(
+        """
+        UPDATE devices SET is_default = true
+        WHERE id = (SELECT id FROM devices WHERE environment_id = $1 AND user_id = $2
+                    ORDER BY created_at, id LIMIT 1)
+        """,
+        env,
+        user,
+    )

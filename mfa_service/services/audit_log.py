@@ -1,0 +1,91 @@
+"""ListAuditEvents."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from mfa_service.domain.audit import AuditEvent, AuditEventType, CallContext
+from mfa_service.domain.model import EnvironmentId, Method
+from mfa_service.errors import InvalidArgument
+from mfa_service.store import audit_log
+from mfa_service.store.db import Database
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    event_id: str
+    event: AuditEvent
+
+
+@dataclass(frozen=True, slots=True)
+class EventPage:
+    events: list[StoredEvent]
+    next_page_token: str
+
+
+def _encode_cursor(event_row_id: int) -> str:
+    return base64.urlsafe_b64encode(f"v1:{event_row_id}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(token: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        version, _, number = text.partition(":")
+        if version != "v1" or not number.isdecimal():
+            raise ValueError(token)
+        return int(number)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidArgument.field("page_token", "not a token from a previous page") from None
+
+
+class AuditLogService:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def list(
+        self,
+        env: EnvironmentId,
+        *,
+        page_size: int,
+        page_token: str,
+        user_id: str,
+        types: Sequence[AuditEventType],
+    ) -> EventPage:
+        size = page_size or DEFAULT_PAGE_SIZE
+        if not 1 <= size <= MAX_PAGE_SIZE:
+            raise InvalidArgument.field("page_size", f"must be 1 to {MAX_PAGE_SIZE}")
+        before = _decode_cursor(page_token) if page_token else None
+        async with self._db.transaction() as conn:
+            rows = await audit_log.page(
+                conn,
+                env,
+                user_id=user_id,
+                types=[t.name for t in types] or None,
+                before_id=before,
+                limit=size + 1,
+            )
+        more = len(rows) > size
+        rows = rows[:size]
+        events = [
+            StoredEvent(
+                event_id=str(row["event_id"]),
+                event=AuditEvent(
+                    type=AuditEventType[row["type"]],
+                    environment_id=row["environment_id"],
+                    occurred_at=row["occurred_at"],
+                    context=CallContext(caller=row["caller"], request_id=row["request_id"]),
+                    user_id=row["user_id"],
+                    method=Method[row["method"]] if row["method"] else None,
+                    device_id=row["device_id"],
+                    details={str(k): str(v) for k, v in (row["details"] or {}).items()},
+                ),
+            )
+            for row in rows
+        ]
+        return EventPage(events, _encode_cursor(rows[-1]["id"]) if more and rows else "")

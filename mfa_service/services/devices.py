@@ -1,0 +1,99 @@
+"""ListDevices, UpdateDevice and DeleteDevice."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from mfa_service.clock import Clock
+from mfa_service.domain.audit import AuditEventType, CallContext
+from mfa_service.domain.devices import Device
+from mfa_service.domain.model import Action, EnvironmentId, UserId
+from mfa_service.errors import DeviceNotFound
+from mfa_service.services import audit
+from mfa_service.services.action_tokens import ActionTokenService
+from mfa_service.store import devices as device_store
+from mfa_service.store import recovery_codes as recovery_store
+from mfa_service.store import users as user_store
+from mfa_service.store.db import Database
+
+
+class DeviceService:
+    def __init__(self, db: Database, clock: Clock, tokens: ActionTokenService) -> None:
+        self._db = db
+        self._clock = clock
+        self._tokens = tokens
+
+    async def list(self, env: EnvironmentId, user: UserId) -> list[Device]:
+        async with self._db.transaction() as conn:
+            return await device_store.list_for_user(conn, env, user)
+
+    async def update(
+        self,
+        env: EnvironmentId,
+        user: UserId,
+        device_id: UUID,
+        *,
+        alias: str,
+        make_default: bool,
+        context: CallContext,
+    ) -> Device:
+        now = self._clock.now()
+        async with self._db.transaction() as conn:
+            device = await device_store.update(
+                conn, env, user, device_id, alias=alias or None, make_default=make_default
+            )
+            if device is None:
+                raise DeviceNotFound()
+            changed = [
+                name for name, on in (("alias", bool(alias)), ("default", make_default)) if on
+            ]
+            await audit.record(
+                conn,
+                AuditEventType.DEVICE_UPDATED,
+                env=env,
+                user=user,
+                now=now,
+                context=context,
+                method=device.method,
+                device_id=device.id,
+                fields=",".join(changed),
+            )
+        return device
+
+    async def delete(
+        self,
+        env: EnvironmentId,
+        user: UserId,
+        device_id: UUID,
+        *,
+        action_token: str,
+        context: CallContext,
+    ) -> None:
+        """Remove a factor: needs an ACTION_CREDENTIAL_UNLINK token (DESIGN §2). The last
+        factor takes the recovery codes with it: the user is back to not enrolled."""
+        now = self._clock.now()
+        async with self._db.transaction() as conn:
+            await user_store.ensure(conn, env, user, now=now)
+            owned = await device_store.list_for_user(conn, env, user)
+            device = next((d for d in owned if d.id == device_id), None)
+            if device is None:
+                raise DeviceNotFound()
+            await self._tokens.require_step_up(
+                conn, env, user, Action.CREDENTIAL_UNLINK, action_token, now=now
+            )
+            await device_store.delete(conn, device.id)
+            if len(owned) == 1:
+                await recovery_store.delete_all(conn, env, user)
+            elif device.is_default:
+                await device_store.make_oldest_default(conn, env, user)
+            await audit.record(
+                conn,
+                AuditEventType.DEVICE_DELETED,
+                env=env,
+                user=user,
+                now=now,
+                context=context,
+                method=device.method,
+                device_id=device.id,
+                remaining_devices=str(len(owned) - 1),
+            )
