@@ -1,20 +1,20 @@
 """Action tokens: asymmetric JWTs proving a user passed MFA for specific actions.
 
-RFC 8725 rules hold here, not in pyjwt's defaults: the algorithm is pinned (never taken
-from the header), ``typ`` must be ours, ``iss`` and ``aud`` must match exactly, every
-claim we rely on is required, and time comes from the caller (expiry, issued-at in the
-future). Single use is decided in PostgreSQL, never here.
+The service signs them (ES256 or EdDSA, ``kid``, ``typ`` ``mfa-action+jwt``, exact
+``iss``/``aud``) so other services can check them offline with the JWKS. Online, the
+service accepts only the exact tokens it recorded at issue (their SHA-256), and single
+use is decided in PostgreSQL, never here.
 """
 
 from __future__ import annotations
 
 import base64
 import enum
+import hashlib
 import json
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import jwt
@@ -25,24 +25,11 @@ from mfa_service.domain.model import Action, EnvironmentId, Method, UserId
 
 TOKEN_TYPE = "mfa-action+jwt"
 ALGORITHMS = ("ES256", "EdDSA")
-LEEWAY = timedelta(seconds=30)  # ASVS 9.2.1: at most 30 s of clock skew
-REQUIRED_CLAIMS = ["iss", "aud", "sub", "exp", "iat", "jti", "env", "act", "su"]
 # RFC 8176 authentication method references for the factor that was passed.
 AMR = {Method.TOTP: "otp", Method.PASSKEY: "hwk", Method.RECOVERY_CODE: "rcode"}
 
 PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 PublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
-
-
-class TokenProblem(enum.Enum):
-    """Why a token was refused (mirrors the DENY reasons of ValidateActionToken)."""
-
-    INVALID = "invalid"
-    EXPIRED = "expired"
-    USER_MISMATCH = "user_mismatch"
-    ACTION_MISMATCH = "action_mismatch"
-    SESSION_MISMATCH = "session_mismatch"
-    PAYLOAD_MISMATCH = "payload_mismatch"
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,93 +127,29 @@ def encode(claims: ActionClaims, key: SigningKey, *, issuer: str, audience: str)
     )
 
 
-@dataclass(frozen=True, slots=True)
-class Expectation:
-    """What the action about to run is: the token must match all of it."""
-
-    environment_id: EnvironmentId
-    user_id: UserId
-    action: Action
-    payload_digest: bytes | None
-    session_id: str | None
+def token_hash(token: str) -> bytes:
+    """What identifies an issued token online: the SHA-256 of its exact text."""
+    return hashlib.sha256(token.encode()).digest()
 
 
-def decode(
-    token: str,
-    *,
-    keys: Mapping[str, SigningKey],
-    algorithm: str,
-    issuer: str,
-    audience: str,
-    now: datetime,
-) -> ActionClaims | TokenProblem:
-    """The token's claims if it is one of ours and well formed, else ``INVALID``/``EXPIRED``."""
+def peek(token: str, *, algorithm: str) -> uuid.UUID | None:
+    """The ``jti`` of something shaped like one of our tokens, else None (no crypto).
+
+    Cheap structural checks before the database: three base64url parts, the pinned
+    algorithm and our explicit ``typ`` (RFC 8725 §3.1, §3.11). Whether the token is
+    genuine is decided by matching its SHA-256 against the one recorded at issue.
+    """
+    parts = token.split(".")
+    if len(parts) != 3 or not all(parts):
+        return None
     try:
-        header = jwt.get_unverified_header(token)
-        key = keys.get(header.get("kid", ""))
-        # RFC 8725 §3.1: the algorithm is ours, never the header's; a key of another
-        # algorithm (or an HS* trick keyed with a public key) cannot pass.
-        if key is None or key.algorithm != algorithm or header.get("alg") != algorithm:
-            return TokenProblem.INVALID
-        decoded = jwt.decode_complete(
-            token,
-            key.public_key,
-            algorithms=[algorithm],
-            issuer=issuer,
-            audience=audience,
-            options={
-                "require": REQUIRED_CLAIMS,
-                "verify_exp": False,  # checked below against the injected clock
-                "verify_iat": False,
-                "verify_nbf": False,
-                "strict_aud": True,
-            },
-        )
-    except (jwt.PyJWTError, ValueError, TypeError):
-        return TokenProblem.INVALID
-    if decoded["header"].get("typ") != TOKEN_TYPE:  # RFC 8725 §3.11: explicit typing
-        return TokenProblem.INVALID
-    return _claims(decoded["payload"], now)
-
-
-def _claims(payload: Mapping[str, Any], now: datetime) -> ActionClaims | TokenProblem:
-    try:
-        issued_at = datetime.fromtimestamp(int(payload["iat"]), UTC)
-        expires_at = datetime.fromtimestamp(int(payload["exp"]), UTC)
-        actions = tuple(Action[name] for name in payload["act"])
-        methods = {v: k for k, v in AMR.items()}
-        claims = ActionClaims(
-            jti=uuid.UUID(str(payload["jti"])),
-            environment_id=EnvironmentId(str(payload["env"])),
-            user_id=UserId(str(payload["sub"])),
-            actions=actions,
-            single_use=bool(payload["su"]),
-            issued_at=issued_at,
-            expires_at=expires_at,
-            method=methods[payload.get("amr", ["?"])[0]],
-            payload_digest=_unb64(payload["pd"]) if "pd" in payload else None,
-            session_id=str(payload["sid"]) if "sid" in payload else None,
-        )
-    except (KeyError, ValueError, TypeError, IndexError, OverflowError):
-        return TokenProblem.INVALID
-    if not actions or issued_at > now + LEEWAY or expires_at <= issued_at:
-        return TokenProblem.INVALID
-    if expires_at <= now:  # we issued it: no leeway past its own expiry
-        return TokenProblem.EXPIRED
-    return claims
-
-
-def mismatch(claims: ActionClaims, expected: Expectation) -> TokenProblem | None:
-    """The first way the token does not fit the action about to run (DESIGN §3 order)."""
-    if (claims.environment_id, claims.user_id) != (expected.environment_id, expected.user_id):
-        return TokenProblem.USER_MISMATCH
-    if expected.action not in claims.actions:
-        return TokenProblem.ACTION_MISMATCH
-    if claims.session_id is not None and claims.session_id != expected.session_id:
-        return TokenProblem.SESSION_MISMATCH
-    if claims.payload_digest is not None and claims.payload_digest != expected.payload_digest:
-        return TokenProblem.PAYLOAD_MISMATCH
-    return None
+        header = json.loads(_unb64(parts[0]))
+        payload = json.loads(_unb64(parts[1]))
+        if header.get("alg") != algorithm or header.get("typ") != TOKEN_TYPE:
+            return None
+        return uuid.UUID(str(payload["jti"]))
+    except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError):
+        return None
 
 
 def jwks(keys: list[SigningKey]) -> str:
@@ -253,9 +176,3 @@ class Reason(enum.Enum):
     @property
     def allows(self) -> bool:
         return self in (Reason.MFA_NOT_REQUIRED, Reason.TOKEN_VALID)
-
-    @classmethod
-    def of(cls, problem: TokenProblem) -> Reason:
-        return cls[
-            f"TOKEN_{problem.name}" if problem.name in ("INVALID", "EXPIRED") else problem.name
-        ]

@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from uuid import UUID
 
-import jwt
-
 from mfa_service.clock import Clock
 from mfa_service.domain import policy, tokens
 from mfa_service.domain.audit import AuditEventType, CallContext
@@ -29,7 +27,7 @@ from mfa_service.domain.model import (
     UserId,
 )
 from mfa_service.domain.settings import Settings
-from mfa_service.domain.tokens import ActionClaims, Expectation, Reason
+from mfa_service.domain.tokens import ActionClaims, Reason
 from mfa_service.errors import (
     ActionNotProtected,
     InvalidArgument,
@@ -89,6 +87,10 @@ def _scoped_key(key: str | None, context: CallContext) -> str | None:
     return f"{len(caller)}:{caller}:{key}"
 
 
+def _protected(settings: Settings, action: Action) -> bool:
+    return action in ALWAYS_PROTECTED_ACTIONS or action in settings.protected_actions
+
+
 def allowed_methods(settings: Settings, actions: tuple[Action, ...]) -> frozenset[Method]:
     """Methods that may mint a token for ``actions``.
 
@@ -138,9 +140,7 @@ class ActionTokenService:
         async with self._db.transaction() as conn:
             settings = await load_settings(conn, env)
             for i, action in enumerate(actions):
-                if action not in settings.protected_actions and action not in (
-                    ALWAYS_PROTECTED_ACTIONS
-                ):
+                if not _protected(settings, action):
                     raise ActionNotProtected(
                         f"actions[{i}]: {action.name} is not protected in this environment"
                     )
@@ -170,7 +170,8 @@ class ActionTokenService:
                     payload_digest=payload_digest,
                     session_id=session_id,
                 )
-                await token_store.insert(conn, claims)
+                token = tokens.encode(claims, key, issuer=self._issuer, audience=AUDIENCE)
+                await token_store.insert(conn, claims, token_hash=tokens.token_hash(token))
                 await audit.record(
                     conn,
                     AuditEventType.TOKEN_ISSUED,
@@ -186,153 +187,140 @@ class ActionTokenService:
                 )
         if isinstance(outcome, MfaError):
             raise outcome
-        token = tokens.encode(claims, key, issuer=self._issuer, audience=AUDIENCE)
         return IssuedToken(token=token, claims=claims)
 
     # --- validate ----------------------------------------------------------------
 
     async def validate(self, request: ValidationRequest, context: CallContext) -> Reason:
-        now = self._clock.now()
-        claims = await self._decode(request, now=now)
-        key = _scoped_key(request.idempotency_key, context)
-        async with self._db.transaction() as conn:
-            if key:
-                prior = await self._prior(conn, request, key, claims, now=now)
-                if prior is not None:
-                    return prior
-            reason = await self.redeem(conn, request, claims, now=now)
-            if key and not await token_store.remember_decision(
-                conn,
-                request.environment_id,
-                key,
-                fingerprint=request.fingerprint(),
-                decision="ALLOW" if reason.allows else "DENY",
-                reason=reason.name,
-                now=now,
-            ):
-                # A concurrent call with the same key decided first: answer as it did.
-                prior = await self._prior(conn, request, key, claims, now=now)
-                if prior is not None:
-                    return prior
-            if request.token or not reason.allows:
-                await audit.record(
-                    conn,
-                    AuditEventType.TOKEN_VALIDATED,
-                    env=request.environment_id,
-                    user=request.user_id,
-                    now=now,
-                    context=context,
-                    action=request.action.name,
-                    decision="ALLOW" if reason.allows else "DENY",
-                    reason=reason.name,
-                    jti=str(claims.jti) if isinstance(claims, ActionClaims) else "",
-                )
-        return reason
+        """May this action run now? At most one database round trip when a token is given.
 
-    async def _prior(
+        The token must be byte-identical to one we issued: its row is found by jti and
+        the SHA-256 of the whole token, so a forged or altered token (another algorithm,
+        ``typ``, ``aud``, ``iss``, claims or signature) matches nothing. That makes a
+        signature check on this path redundant; the signature is for offline verifiers
+        (GetJwks).
+        """
+        now = self._clock.now()
+        async with self._db.transaction() as conn:
+            settings = await load_settings(conn, request.environment_id)
+            if not _protected(settings, request.action):
+                return Reason.MFA_NOT_REQUIRED
+            if not request.token:
+                reason = await self._without_token(conn, settings, request)
+            else:
+                reason = await self._with_token(conn, request, context, now=now)
+            if reason is not None and not request.token and not reason.allows:
+                await self._audit_denial(conn, request, reason, context, now=now)
+        return reason or Reason.TOKEN_INVALID
+
+    async def _without_token(
+        self, conn: Connection, settings: Settings, request: ValidationRequest
+    ) -> Reason:
+        devices = await device_store.list_for_user(conn, request.environment_id, request.user_id)
+        methods = policy.enrolled_methods(settings, [d.method for d in devices])
+        if methods:
+            return Reason.MFA_REQUIRED
+        if policy.enrollment_required(settings, methods):
+            return Reason.ENROLLMENT_REQUIRED
+        return Reason.MFA_NOT_REQUIRED
+
+    async def _with_token(
         self,
         conn: Connection,
         request: ValidationRequest,
-        key: str,
-        claims: ActionClaims | tokens.TokenProblem | None,
+        context: CallContext,
         *,
         now: datetime,
+    ) -> Reason:
+        key = _scoped_key(request.idempotency_key, context)
+        jti = tokens.peek(request.token, algorithm=self._keys.algorithm)
+        if jti is None:
+            if key and (prior := await self._remembered(conn, request, key, now=now)):
+                return prior
+            await self._audit_denial(conn, request, Reason.TOKEN_INVALID, context, now=now)
+            return Reason.TOKEN_INVALID
+        decided = await token_store.decide(
+            conn,
+            jti=jti,
+            token_hash=tokens.token_hash(request.token),
+            environment_id=request.environment_id,
+            user_id=request.user_id,
+            action=request.action.name,
+            session_id=request.session_id,
+            payload_digest=request.payload_digest,
+            now=now,
+            idempotency_key=key,
+            fingerprint=request.fingerprint(),
+            remembered_since=now - IDEMPOTENCY_WINDOW,
+            caller=context.caller,
+            request_id=context.request_id,
+        )
+        if decided.prior_reason is not None:
+            return self._replay(
+                request, decided.prior_fingerprint, decided.prior_reason, decided.token_problem
+            )
+        if decided.reason is None:  # pragma: no cover - the statement always decides
+            raise LookupError("no decision")
+        if key and not decided.remembered:
+            # A concurrent call with the same key decided first: answer as it did.
+            prior = await self._remembered(conn, request, key, now=now)
+            if prior is not None:
+                return prior
+        return Reason[decided.reason]
+
+    async def _remembered(
+        self, conn: Connection, request: ValidationRequest, key: str, *, now: datetime
     ) -> Reason | None:
+        prior = await token_store.prior_decision(
+            conn, request.environment_id, key, since=now - IDEMPOTENCY_WINDOW
+        )
+        if prior is None:
+            return None
+        fingerprint, reason = prior
+        return self._replay(request, fingerprint, reason, None)
+
+    @staticmethod
+    def _replay(
+        request: ValidationRequest,
+        fingerprint: bytes | None,
+        reason_name: str,
+        token_problem: str | None,
+    ) -> Reason:
         """The remembered decision for a retry, if it still holds.
 
         A retry repeats the request exactly (else INVALID_ARGUMENT) within a short
         window; and a remembered ALLOW never outlives its token: once the token has
         expired or been revoked, the retry gets that answer instead.
         """
-        prior = await token_store.prior_decision(
-            conn, request.environment_id, key, since=now - IDEMPOTENCY_WINDOW
-        )
-        if prior is None:
-            return None
-        fingerprint, _decision, reason_name = prior
         if fingerprint != request.fingerprint():
             raise InvalidArgument.field(
                 "idempotency_key", "already used for a different validation request"
             )
         reason = Reason[reason_name]
-        if reason is Reason.TOKEN_VALID:
-            if isinstance(claims, tokens.TokenProblem):
-                return Reason.of(claims)
-            if isinstance(claims, ActionClaims):
-                state = await token_store.state(conn, claims.jti)
-                if state is None or state[1] is not None:
-                    return Reason.TOKEN_REVOKED
+        if reason is Reason.TOKEN_VALID and token_problem in ("TOKEN_REVOKED", "TOKEN_EXPIRED"):
+            return Reason[token_problem]
         return reason
 
-    async def _decode(
-        self, request: ValidationRequest, *, now: datetime
-    ) -> ActionClaims | tokens.TokenProblem | None:
-        if not request.token:
-            return None
-        try:
-            kid = jwt.get_unverified_header(request.token).get("kid")
-        except jwt.PyJWTError:
-            return tokens.TokenProblem.INVALID
-        keys = await self._keys.verification_keys(kid if isinstance(kid, str) else None)
-        return tokens.decode(
-            request.token,
-            keys=keys,
-            algorithm=self._keys.algorithm,
-            issuer=self._issuer,
-            audience=AUDIENCE,
-            now=now,
-        )
-
-    async def redeem(
+    async def _audit_denial(
         self,
         conn: Connection,
         request: ValidationRequest,
-        claims: ActionClaims | tokens.TokenProblem | None,
+        reason: Reason,
+        context: CallContext,
         *,
         now: datetime,
-    ) -> Reason:
-        """The decision for ``request``; consumes the token if it is single use and fits."""
-        settings = await load_settings(conn, request.environment_id)
-        protected = request.action in ALWAYS_PROTECTED_ACTIONS or (
-            request.action in settings.protected_actions
+    ) -> None:
+        await audit.record(
+            conn,
+            AuditEventType.TOKEN_VALIDATED,
+            env=request.environment_id,
+            user=request.user_id,
+            now=now,
+            context=context,
+            action=f"ACTION_{request.action.name}",
+            decision="DENY",
+            reason=reason.name,
         )
-        if not protected:
-            return Reason.MFA_NOT_REQUIRED
-        if claims is None:
-            devices = await device_store.list_for_user(
-                conn, request.environment_id, request.user_id
-            )
-            methods = policy.enrolled_methods(settings, [d.method for d in devices])
-            if methods:
-                return Reason.MFA_REQUIRED
-            if policy.enrollment_required(settings, methods):
-                return Reason.ENROLLMENT_REQUIRED
-            return Reason.MFA_NOT_REQUIRED
-        if isinstance(claims, tokens.TokenProblem):
-            return Reason.of(claims)
-        problem = tokens.mismatch(
-            claims,
-            Expectation(
-                environment_id=request.environment_id,
-                user_id=request.user_id,
-                action=request.action,
-                payload_digest=request.payload_digest,
-                session_id=request.session_id,
-            ),
-        )
-        if problem is not None:
-            return Reason.of(problem)
-        if claims.single_use and await token_store.consume(conn, claims.jti, now=now):
-            return Reason.TOKEN_VALID
-        state = await token_store.state(conn, claims.jti)
-        if state is None:
-            return Reason.TOKEN_INVALID  # signed by us but never recorded: refuse
-        consumed_at, revoked_at = state
-        if revoked_at is not None:
-            return Reason.TOKEN_REVOKED
-        if claims.single_use:
-            return Reason.TOKEN_ALREADY_USED if consumed_at else Reason.TOKEN_EXPIRED
-        return Reason.TOKEN_VALID
 
     async def require_step_up(
         self,
@@ -343,13 +331,18 @@ class ActionTokenService:
         token: str,
         *,
         now: datetime,
+        context: CallContext,
     ) -> None:
         """Consume a token for a credential action in the caller's transaction, or refuse.
 
         DESIGN §2: adding or removing a factor needs the factor the user already has.
         """
         request = ValidationRequest(env, user, action, token, None, None, None)
-        reason = await self.redeem(conn, request, await self._decode(request, now=now), now=now)
+        reason = (
+            await self._with_token(conn, request, context, now=now)
+            if token
+            else Reason.MFA_REQUIRED
+        )
         if reason is not Reason.TOKEN_VALID:
             raise StepUpRequired(
                 f"this change needs a valid ACTION_{action.name} action token ({reason.name})"

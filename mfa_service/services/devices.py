@@ -79,7 +79,7 @@ class DeviceService:
             if device is None:
                 raise DeviceNotFound()
             await self._tokens.require_step_up(
-                conn, env, user, Action.CREDENTIAL_UNLINK, action_token, now=now
+                conn, env, user, Action.CREDENTIAL_UNLINK, action_token, now=now, context=context
             )
             await device_store.delete(conn, device.id)
             if len(owned) == 1:

@@ -93,7 +93,14 @@ class EnrollmentService:
         async with self._db.transaction() as conn:
             settings = await load_settings(conn, env)
             await self._start(
-                conn, settings, env, user, method=Method.TOTP, action_token=action_token, now=now
+                conn,
+                settings,
+                env,
+                user,
+                method=Method.TOTP,
+                action_token=action_token,
+                now=now,
+                context=context,
             )
             enrollment_id = uuid.uuid4()
             secret = totp.new_secret()
@@ -199,6 +206,7 @@ class EnrollmentService:
         method: Method,
         action_token: str,
         now: datetime,
+        context: CallContext,
     ) -> None:
         """What every enrollment checks first: method on, step-up, room for a device."""
         require_enabled(settings, method)
@@ -206,7 +214,7 @@ class EnrollmentService:
         if await device_store.list_for_user(conn, env, user):
             # DESIGN §2: a factor next to an existing one needs that factor first.
             await self._tokens.require_step_up(
-                conn, env, user, Action.CREDENTIAL_LINK, action_token, now=now
+                conn, env, user, Action.CREDENTIAL_LINK, action_token, now=now, context=context
             )
         limit = settings.totp.max_devices if method is Method.TOTP else MAX_PASSKEYS
         if await device_store.count(conn, env, user, method) >= limit:
@@ -232,6 +240,7 @@ class EnrollmentService:
                 method=Method.PASSKEY,
                 action_token=action_token,
                 now=now,
+                context=context,
             )
             handle = await user_store.webauthn_user_handle(
                 conn, env, user, new_handle=passkeys.new_user_handle()

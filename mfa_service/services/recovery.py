@@ -54,7 +54,13 @@ class RecoveryService:
                 raise NotEnrolled("recovery codes come with a verified device")
             # DESIGN §2: replacing the codes is always protected.
             await self._tokens.require_step_up(
-                conn, env, user, Action.RECOVERY_CODES_REGENERATE, action_token, now=now
+                conn,
+                env,
+                user,
+                Action.RECOVERY_CODES_REGENERATE,
+                action_token,
+                now=now,
+                context=context,
             )
             return await new_set(conn, env, user, now=now, context=context)
 
