@@ -122,11 +122,13 @@ async def serve(config: Config) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopping.set)
         log.info(
-            "mfa-service serving on %s:%d (%s)",
-            config.listen_host,
-            app.port,
-            "TLS" if config.tls else "plaintext, development only",
+            "mfa-service serving on %s:%d (%s)", config.listen_host, app.port, _transport(config)
         )
+        if config.tls is not None and config.tls.client_ca_file is None:
+            log.warning(
+                "TLS without client certificates: callers are neither authenticated nor "
+                "authorized (set MFA_TLS_CLIENT_CA_FILE and MFA_CALLER_ROLES)"
+            )
         await stopping.wait()
         log.info("shutting down: health NOT_SERVING, letting in-flight calls finish")
         await app.stop(config.shutdown_grace_seconds)
@@ -134,6 +136,14 @@ async def serve(config: Config) -> None:
     finally:
         if embedded is not None:
             embedded.stop()
+
+
+def _transport(config: Config) -> str:
+    if config.tls is None:
+        return "plaintext, development only"
+    if config.tls.client_ca_file is None:
+        return "TLS"
+    return f"mutual TLS, {len(config.tls.caller_roles)} caller identities with roles"
 
 
 async def rotate_signing_key(

@@ -9,13 +9,16 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mfa_service.crypto import KeyRing, KeyRingError
 
 DEFAULT_LISTEN_ADDR = "127.0.0.1:50051"
 DEV_KEY_FILE = "dev-encryption-keys"
+# What a calling service may be granted in MFA_CALLER_ROLES; each role is one mfa.v1
+# service (the table is mfa_service.api.authorization.ROLE_SERVICES).
+CALLER_ROLES = ("mfa", "action_tokens", "admin")
 
 
 class ConfigError(Exception):
@@ -27,9 +30,24 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class TlsConfig:
+    """Server certificate, and for mutual TLS the client CA with the callers' roles.
+
+    ``caller_roles`` maps a client certificate identity (its first URI SAN, else its
+    first DNS SAN) to the roles of ``CALLER_ROLES`` it holds. It is given exactly when
+    ``client_ca_file`` is: authentication without authorization is refused.
+    """
+
     cert_file: Path
     key_file: Path
     client_ca_file: Path | None
+    caller_roles: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if (self.client_ca_file is None) != (not self.caller_roles):
+            raise ValueError("a client CA and caller roles go together (mutual TLS)")
+        for identity, roles in self.caller_roles.items():
+            if not roles or not roles <= set(CALLER_ROLES):
+                raise ValueError(f"bad roles {sorted(roles)} for {identity!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,9 +184,17 @@ def _dev_keys(data_dir: Path) -> str:
 def _tls(env: Mapping[str, str]) -> TlsConfig | None:
     cert, key = env.get("MFA_TLS_CERT_FILE"), env.get("MFA_TLS_KEY_FILE")
     ca = env.get("MFA_TLS_CLIENT_CA_FILE")
+    roles = caller_roles(env.get("MFA_CALLER_ROLES", ""))
     if not cert and not key:
         if ca:
             raise ConfigError("MFA_TLS_CERT_FILE", "required with MFA_TLS_CLIENT_CA_FILE")
+        if roles:
+            raise ConfigError(
+                "MFA_TLS_CLIENT_CA_FILE",
+                "required with MFA_CALLER_ROLES: caller identities come from client "
+                "certificates (mutual TLS), so it also needs MFA_TLS_CERT_FILE and "
+                "MFA_TLS_KEY_FILE",
+            )
         return None
     if not cert:
         raise ConfigError("MFA_TLS_CERT_FILE", "required with MFA_TLS_KEY_FILE")
@@ -181,7 +207,54 @@ def _tls(env: Mapping[str, str]) -> TlsConfig | None:
     ):
         if value and not Path(value).is_file():
             raise ConfigError(variable, f"no readable file at {value}")
-    return TlsConfig(Path(cert), Path(key), Path(ca) if ca else None)
+    if ca and not roles:
+        raise ConfigError(
+            "MFA_CALLER_ROLES",
+            "required with MFA_TLS_CLIENT_CA_FILE: map each calling service's certificate "
+            "identity to its roles, e.g. spiffe://corp/signer=action_tokens "
+            f"(roles: {', '.join(CALLER_ROLES)})",
+        )
+    if roles and not ca:
+        raise ConfigError(
+            "MFA_TLS_CLIENT_CA_FILE",
+            "required with MFA_CALLER_ROLES: caller identities come from client certificates",
+        )
+    return TlsConfig(Path(cert), Path(key), Path(ca) if ca else None, roles)
+
+
+def caller_roles(value: str) -> dict[str, frozenset[str]]:
+    """Parse ``MFA_CALLER_ROLES``: ``IDENTITY=ROLE[+ROLE...]``, comma separated.
+
+    An identity is written exactly as the client certificate carries it: a URI SAN
+    (``spiffe://corp/signer``) or a DNS SAN (``signer.corp.internal``).
+    """
+    variable = "MFA_CALLER_ROLES"
+    roles: dict[str, frozenset[str]] = {}
+    for raw in value.split(","):
+        entry = raw.strip()
+        if not entry:
+            continue
+        identity, sep, names = entry.rpartition("=")
+        identity = identity.strip()
+        if not sep or not identity:
+            raise ConfigError(variable, f"entry {entry!r} must be IDENTITY=ROLE[+ROLE...]")
+        if not identity.isascii() or not identity.isprintable() or " " in identity:
+            raise ConfigError(
+                variable, f"identity {identity!r} must be printable ASCII without spaces"
+            )
+        if identity in roles:
+            raise ConfigError(variable, f"identity {identity!r} is listed twice")
+        if not names.strip():
+            raise ConfigError(variable, f"entry {entry!r} names no role")
+        granted = frozenset(name.strip() for name in names.split("+"))
+        unknown = sorted(granted - set(CALLER_ROLES))
+        if unknown:
+            raise ConfigError(
+                variable,
+                f"unknown role {unknown[0]!r} for {identity!r} (roles: {', '.join(CALLER_ROLES)})",
+            )
+        roles[identity] = granted
+    return roles
 
 
 def _bool(env: Mapping[str, str], variable: str, *, default: bool = False) -> bool:

@@ -24,6 +24,7 @@ from mfa.v1 import (
 )
 from mfa_service.api.action_token import ActionTokenServicer
 from mfa_service.api.admin import AdminServicer
+from mfa_service.api.authorization import Authorizer
 from mfa_service.api.interceptor import CallInterceptor
 from mfa_service.api.mfa import MfaServicer
 from mfa_service.config import TlsConfig
@@ -115,8 +116,11 @@ class Server:
         database_ready: Callable[[], Awaitable[bool]],
         health_interval_seconds: float = 2.0,
     ) -> None:
+        authorizer = None
+        if tls is not None and tls.client_ca_file is not None:
+            authorizer = Authorizer(tls.caller_roles)
         self._server = aio.server(
-            interceptors=[CallInterceptor()],
+            interceptors=[CallInterceptor(authorizer)],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mfa_service.config import DEV_KEY_FILE, ConfigError, load
+from mfa_service.api.authorization import ROLE_SERVICES
+from mfa_service.config import CALLER_ROLES, DEV_KEY_FILE, ConfigError, load
 from mfa_service.crypto import KeyRing
 
 KEY_ENTRY = KeyRing.generate_entry("k1")
@@ -73,22 +74,61 @@ def test_tls_configuration(tls_files: dict[str, str]) -> None:
         "MFA_TLS_CERT_FILE": tls_files["cert"],
         "MFA_TLS_KEY_FILE": tls_files["key"],
         "MFA_TLS_CLIENT_CA_FILE": tls_files["ca"],
+        "MFA_CALLER_ROLES": "spiffe://corp/signer=action_tokens",
     }
     config = load(env)
     assert config.tls is not None
     assert config.tls.cert_file == Path(tls_files["cert"])
     assert config.tls.key_file == Path(tls_files["key"])
     assert config.tls.client_ca_file == Path(tls_files["ca"])
-    del env["MFA_TLS_CLIENT_CA_FILE"]
+    assert config.tls.caller_roles == {"spiffe://corp/signer": {"action_tokens"}}
+    del env["MFA_TLS_CLIENT_CA_FILE"], env["MFA_CALLER_ROLES"]
     tls = load(env).tls
     assert tls is not None
     assert tls.client_ca_file is None
+    assert tls.caller_roles == {}
+
+
+def test_caller_roles(tls_files: dict[str, str]) -> None:
+    roles = (
+        " spiffe://corp/api-backend=mfa, spiffe://corp/signer=action_tokens,"
+        "dashboard.corp.internal=admin,spiffe://corp/ops=mfa+action_tokens+admin,"
+    )
+    tls = load(
+        {
+            **BASE,
+            "MFA_TLS_CERT_FILE": tls_files["cert"],
+            "MFA_TLS_KEY_FILE": tls_files["key"],
+            "MFA_TLS_CLIENT_CA_FILE": tls_files["ca"],
+            "MFA_CALLER_ROLES": roles,
+        }
+    ).tls
+    assert tls is not None
+    assert tls.caller_roles == {
+        "spiffe://corp/api-backend": {"mfa"},
+        "spiffe://corp/signer": {"action_tokens"},
+        "dashboard.corp.internal": {"admin"},
+        "spiffe://corp/ops": {"mfa", "action_tokens", "admin"},
+    }
+
+
+def test_every_role_opens_one_service() -> None:
+    assert set(ROLE_SERVICES) == set(CALLER_ROLES)
+    assert len(set(ROLE_SERVICES.values())) == len(ROLE_SERVICES)
 
 
 def test_plaintext_on_any_host_needs_the_explicit_opt_in() -> None:
     config = load({**BASE, "MFA_LISTEN_ADDR": "0.0.0.0:50051", "MFA_PLAINTEXT_ANY_HOST": "yes"})
     assert config.listen_addr == "0.0.0.0:50051"
 
+
+MTLS_ROLES = {"MFA_CALLER_ROLES": "spiffe://corp/signer=action_tokens"}
+MTLS = {
+    "MFA_TLS_CERT_FILE": "{cert}",
+    "MFA_TLS_KEY_FILE": "{key}",
+    "MFA_TLS_CLIENT_CA_FILE": "{ca}",
+    **MTLS_ROLES,
+}
 
 # (changes to BASE, with None deleting a variable; the variable the error must name).
 # "{cert}", "{key}", "{ca}" and "{missing}" stand for files of the tls_files fixture.
@@ -135,6 +175,37 @@ MALFORMED: list[object] = [
         },
         "MFA_TLS_CLIENT_CA_FILE",
         id="tls-ca-file-missing",
+    ),
+    pytest.param(
+        {
+            "MFA_TLS_CERT_FILE": "{cert}",
+            "MFA_TLS_KEY_FILE": "{key}",
+            "MFA_TLS_CLIENT_CA_FILE": "{ca}",
+        },
+        "MFA_CALLER_ROLES",
+        id="mtls-without-roles",
+    ),
+    pytest.param(
+        {"MFA_TLS_CERT_FILE": "{cert}", "MFA_TLS_KEY_FILE": "{key}", **MTLS_ROLES},
+        "MFA_TLS_CLIENT_CA_FILE",
+        id="roles-without-client-ca",
+    ),
+    pytest.param(MTLS_ROLES, "MFA_TLS_CLIENT_CA_FILE", id="roles-over-plaintext"),
+    *(
+        pytest.param({**MTLS, "MFA_CALLER_ROLES": roles}, "MFA_CALLER_ROLES", id=case)
+        for case, roles in [
+            ("roles-no-equals", "spiffe://corp/signer"),
+            ("roles-no-identity", "=admin"),
+            ("roles-no-role", "spiffe://corp/signer="),
+            ("roles-empty-role", "spiffe://corp/signer=mfa+"),
+            ("roles-unknown-role", "spiffe://corp/signer=signer"),
+            ("roles-service-name", "spiffe://corp/signer=mfa.v1.AdminService"),
+            ("roles-role-case", "spiffe://corp/signer=Admin"),
+            ("roles-space-in-identity", "spiffe://corp/my signer=admin"),
+            ("roles-non-ascii-identity", "spiffe://corp/signér=admin"),
+            ("roles-twice", "a.corp=mfa,b.corp=admin,a.corp=admin"),
+            ("roles-only-commas", " , ,"),
+        ]
     ),
     pytest.param({"MFA_ALLOW_PLAINTEXT": "maybe"}, "MFA_ALLOW_PLAINTEXT", id="plaintext-maybe"),
     pytest.param({"MFA_ALLOW_PLAINTEXT": None}, "MFA_TLS_CERT_FILE", id="no-tls-no-plaintext"),
@@ -262,3 +333,29 @@ def test_serve_stops_with_one_line_naming_the_variable(
     assert KEY_MATERIAL[:12] not in result.stderr
     assert result.stdout == ""
     assert not (tmp_path / DEV_KEY_FILE).exists()
+
+
+def test_serve_refuses_client_ca_without_roles_in_one_line(
+    tls_files: dict[str, str], tmp_path: Path
+) -> None:
+    env = {
+        **BASE,
+        "MFA_TLS_CERT_FILE": tls_files["cert"],
+        "MFA_TLS_KEY_FILE": tls_files["key"],
+        "MFA_TLS_CLIENT_CA_FILE": tls_files["ca"],
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "mfa_service", "serve"],
+        env={"PATH": os.environ.get("PATH", ""), "MFA_DATA_DIR": str(tmp_path), **env},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        "mfa-service: configuration error: MFA_CALLER_ROLES: required with "
+        "MFA_TLS_CLIENT_CA_FILE: map each calling service's certificate identity to its "
+        "roles, e.g. spiffe://corp/signer=action_tokens (roles: mfa, action_tokens, admin)"
+    ]

@@ -1,4 +1,4 @@
-"""Every call gets a request id, a caller identity, error mapping and one log line."""
+"""Every call gets a request id, a caller identity, authorization, error mapping and a log line."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from grpc import aio
 
 from mfa_service import errors
 from mfa_service.api import context as call_context
+from mfa_service.api.authorization import Authorizer, peer_identity
 from mfa_service.api.errors import rich_status, status_of
 from mfa_service.domain.audit import CallContext
 
@@ -34,15 +35,6 @@ def _request_id(metadata: tuple[Any, ...] | None) -> str:
     return uuid.uuid4().hex
 
 
-def caller_identity(context: aio.ServicerContext[Any, Any]) -> str:
-    """The calling service: its certificate's identity over mTLS, else its address."""
-    auth = context.auth_context()
-    for key in ("x509_subject_alternative_name", "x509_common_name"):
-        for name in auth.get(key, ()):
-            return name.decode(errors="replace")
-    return f"unauthenticated@{context.peer()}"
-
-
 if TYPE_CHECKING:
     _Interceptor = aio.ServerInterceptor[Any, Any]
 else:
@@ -50,6 +42,11 @@ else:
 
 
 class CallInterceptor(_Interceptor):
+    """``authorizer`` is None without mutual TLS: then every caller may call everything."""
+
+    def __init__(self, authorizer: Authorizer | None = None) -> None:
+        self._authorizer = authorizer
+
     async def intercept_service(
         self,
         continuation: Callable[
@@ -58,26 +55,44 @@ class CallInterceptor(_Interceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler  # streaming RPCs: health Watch and reflection
         method: str = handler_call_details.method
+        if handler is None or handler.unary_unary is None:
+            # Streaming RPCs: health Watch and reflection, open to every TLS client. No
+            # mfa.v1 RPC streams; should one ever, it is refused (UNIMPLEMENTED) under
+            # mTLS rather than served unauthorized.
+            if self._authorizer is None or Authorizer.is_open(_service(method)):
+                return handler
+            return None  # type: ignore[return-value]  # grpc.aio: no handler, UNIMPLEMENTED
         metadata = handler_call_details.invocation_metadata
         return grpc.unary_unary_rpc_method_handler(
-            _wrap(method, metadata, handler.unary_unary),  # type: ignore[arg-type]
+            _wrap(method, metadata, handler.unary_unary, self._authorizer),  # type: ignore[arg-type]
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
 
 
-def _wrap(method: str, metadata: tuple[Any, ...] | None, behavior: Behavior) -> Behavior:
+def _service(method: str) -> str:
+    """``/mfa.v1.AdminService/GetSettings`` -> ``mfa.v1.AdminService``."""
+    return method[1:].partition("/")[0]
+
+
+def _wrap(
+    method: str,
+    metadata: tuple[Any, ...] | None,
+    behavior: Behavior,
+    authorizer: Authorizer | None,
+) -> Behavior:
     async def serve(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
         started = time.perf_counter()
         request_id = _request_id(metadata)
-        caller = caller_identity(context)
+        identity = peer_identity(context)
+        caller = identity or f"unauthenticated@{context.peer()}"
         token = call_context.set_current(CallContext(caller=caller, request_id=request_id))
         code = grpc.StatusCode.OK
         try:
             context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
+            if authorizer is not None:
+                authorizer.check(_service(method), identity)
             return await behavior(request, context)
         except errors.MfaError as error:
             code, status = status_of(error, request_id)
