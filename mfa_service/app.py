@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass
+from datetime import timedelta
 
 from mfa_service.api.action_token import ActionTokenServicer
 from mfa_service.api.admin import AdminServicer
@@ -21,11 +22,13 @@ from mfa_service.services.audit_log import AuditLogService
 from mfa_service.services.devices import DeviceService
 from mfa_service.services.enrollment import EnrollmentService
 from mfa_service.services.keys import TokenKeys
+from mfa_service.services.purge import Purger
 from mfa_service.services.recovery import RecoveryService
-from mfa_service.services.settings import SettingsService
+from mfa_service.services.settings import SettingsCache, SettingsService
 from mfa_service.services.status import StatusService
 from mfa_service.services.verification import VerificationService, Verifier
 from mfa_service.store.db import Database, create_pool, migrate_url
+from mfa_service.store.notifications import SettingsListener
 
 log = logging.getLogger("mfa_service")
 
@@ -34,6 +37,8 @@ log = logging.getLogger("mfa_service")
 class Application:
     db: Database
     server: Server
+    settings_cache: SettingsCache
+    background: list[asyncio.Task[None]]
 
     @property
     def port(self) -> int:
@@ -41,7 +46,19 @@ class Application:
 
     async def stop(self, grace_seconds: float = 0) -> None:
         await self.server.stop(grace_seconds)
+        for task in self.background:
+            task.cancel()
+        await asyncio.gather(*self.background, return_exceptions=True)
+        if self.settings_cache.listener is not None:
+            await self.settings_cache.listener.close()
         await self.db.close()
+
+
+async def _keep_listening(listener: SettingsListener, interval: float) -> None:
+    """Reconnect the settings listener after a database outage."""
+    while True:
+        await asyncio.sleep(interval)
+        await listener.ensure()
 
 
 async def start(
@@ -55,6 +72,7 @@ async def start(
     health_interval_seconds: float = 2.0,
     token_algorithm: str = "ES256",
     token_issuer: str = "mfa-service",
+    purge_interval: timedelta = timedelta(minutes=5),
 ) -> Application:
     """Migrate, connect and serve; the returned application knows its bound port."""
     clock = clock or SystemClock()
@@ -67,7 +85,12 @@ async def start(
     except BaseException:
         await db.close()
         raise
-    tokens = ActionTokenService(db, clock, verifier, keys, issuer=token_issuer)
+    settings_cache = SettingsCache(db)
+    settings_cache.listener = SettingsListener(database_url, settings_cache.invalidate)
+    await settings_cache.listener.ensure()
+    tokens = ActionTokenService(
+        db, clock, verifier, keys, settings=settings_cache, issuer=token_issuer
+    )
     servicers = Servicers(
         mfa=MfaServicer(
             status=StatusService(db, clock),
@@ -79,7 +102,7 @@ async def start(
         ),
         action_tokens=ActionTokenServicer(tokens),
         admin=AdminServicer(
-            SettingsService(db, clock), AdminService(db, clock), AuditLogService(db)
+            SettingsService(db, clock, settings_cache), AdminService(db, clock), AuditLogService(db)
         ),
     )
     server = Server(
@@ -92,12 +115,18 @@ async def start(
     try:
         port = await server.start()
     except BaseException:
+        await settings_cache.listener.close()
         await db.close()
         raise
     if port == 0:
+        await settings_cache.listener.close()
         await db.close()
         raise OSError(f"could not listen on {listen_addr}")
-    return Application(db=db, server=server)
+    background = [
+        asyncio.create_task(_keep_listening(settings_cache.listener, health_interval_seconds)),
+        asyncio.create_task(Purger(db, clock).run_forever(purge_interval)),
+    ]
+    return Application(db=db, server=server, settings_cache=settings_cache, background=background)
 
 
 async def serve(config: Config) -> None:

@@ -37,6 +37,7 @@ from mfa_service.errors import (
 )
 from mfa_service.services import audit
 from mfa_service.services.keys import TokenKeys
+from mfa_service.services.settings import SettingsCache
 from mfa_service.services.settings import load as load_settings
 from mfa_service.services.verification import Verified, Verifier
 from mfa_service.store import action_tokens as token_store
@@ -112,8 +113,10 @@ class ActionTokenService:
         verifier: Verifier,
         keys: TokenKeys,
         *,
+        settings: SettingsCache,
         issuer: str = DEFAULT_ISSUER,
     ) -> None:
+        self._settings = settings
         self._db = db
         self._clock = clock
         self._verifier = verifier
@@ -201,10 +204,10 @@ class ActionTokenService:
         (GetJwks).
         """
         now = self._clock.now()
-        async with self._db.transaction() as conn:
-            settings = await load_settings(conn, request.environment_id)
-            if not _protected(settings, request.action):
-                return Reason.MFA_NOT_REQUIRED
+        settings = await self._settings.get(request.environment_id)
+        if not _protected(settings, request.action):
+            return Reason.MFA_NOT_REQUIRED
+        async with self._db.connection() as conn:
             if not request.token:
                 reason = await self._without_token(conn, settings, request)
             else:

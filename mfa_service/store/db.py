@@ -93,6 +93,14 @@ class Database:
             ):
                 yield conn
 
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Connection]:
+        """A pooled connection without a transaction: for one atomic statement, where
+        BEGIN and COMMIT would only add round trips."""
+        with unavailable_on_db_failure():
+            async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT_SECONDS) as conn:
+                yield conn
+
     async def ping(self) -> bool:
         try:
             async with asyncio.timeout(ACQUIRE_TIMEOUT_SECONDS):
