@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps run test lint proto proto-check migrate clean
+.PHONY: install system-deps run test bench lint proto proto-check migrate clean
 
 install: $(STAMP)
 
@@ -46,6 +46,11 @@ migrate: $(STAMP)
 
 test: $(STAMP) system-deps proto
 	PYTHONASYNCIODEBUG=$${PYTHONASYNCIODEBUG:-1} $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Throughput, latency and server CPU per call against the empty-RPC ceiling, in one run
+# (tools/bench.py; BENCH_ARGS="--workers 2 --preload-tokens 10000000" for more).
+bench: $(STAMP) proto
+	$(BIN)/python tools/bench.py $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check .

@@ -14,6 +14,8 @@ from mfa_service.config import ConfigError
 from mfa_service.crypto import KeyRing
 from mfa_service.errors import DatabaseUnavailable
 
+MAX_WORKERS = 64
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mfa-service", description=__doc__)
@@ -23,6 +25,14 @@ def _parser() -> argparse.ArgumentParser:
         "--dev",
         action="store_true",
         help="development mode: plaintext on loopback and a generated key ring under .data/",
+    )
+    serve.add_argument(
+        "--workers",
+        type=_worker_count,
+        default=1,
+        metavar="N",
+        help="server processes sharing the port (SO_REUSEPORT), each with its own event "
+        "loop and database pool (default 1)",
     )
     commands.add_parser("migrate", help="apply pending database migrations and exit")
     keys = commands.add_parser("keys", help="key management")
@@ -37,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     rotate.add_argument("--dev", action="store_true", help="use the development key ring")
     return parser
+
+
+def _worker_count(value: str) -> int:
+    if not value.isdecimal() or not 1 <= int(value) <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {MAX_WORKERS}")
+    return int(value)
 
 
 def _configure_logging(level: str) -> None:
@@ -60,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         database = config_module.load_database()
         if args.command == "serve":
             config = config_module.load(dev_mode=args.dev)
+            if args.workers > 1 and config.listen_port == 0:
+                raise ConfigError("MFA_LISTEN_ADDR", "--workers needs a fixed port, not 0")
         elif args.command == "keys":
             key_ring = config_module.load_key_ring(dev_mode=args.dev)
             algorithm = config_module.token_algorithm(os.environ)
@@ -82,17 +100,12 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
 
             return asyncio.run(_with_database(database, rotate))
-        asyncio.run(_serve(config))
+        from mfa_service.app import run
+
+        return run(config, workers=args.workers)
     except DatabaseUnavailable:
         print("mfa-service: the database is unreachable (check DATABASE_URL)", file=sys.stderr)
         return 3
-    return 0
-
-
-async def _serve(config: config_module.Config) -> None:
-    from mfa_service.app import serve
-
-    await serve(config)
 
 
 async def _migrate(url: str) -> int:

@@ -115,7 +115,10 @@ class Server:
         tls: TlsConfig | None,
         database_ready: Callable[[], Awaitable[bool]],
         health_interval_seconds: float = 2.0,
+        reuse_port: bool = False,
     ) -> None:
+        """``reuse_port``: share the port with the other workers of ``serve --workers N``
+        (SO_REUSEPORT); otherwise a port already in use is an error."""
         authorizer = None
         if tls is not None and tls.client_ca_file is not None:
             authorizer = Authorizer(tls.caller_roles)
@@ -124,7 +127,7 @@ class Server:
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", int(reuse_port)),
             ],
         )
         mfa_service_pb2_grpc.add_MfaServiceServicer_to_server(servicers.mfa, self._server)
