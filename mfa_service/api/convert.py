@@ -105,6 +105,18 @@ def duration(value: timedelta) -> duration_pb2.Duration:
     return d
 
 
+# google/protobuf/duration.proto: about +-10,000 years, nanos within a second.
+_MAX_DURATION_SECONDS = 315_576_000_000
+_MAX_DURATION_NANOS = 999_999_999
+
+
+def duration_from_proto(value: duration_pb2.Duration, field: str) -> timedelta:
+    """A valid Duration as a timedelta (int64 seconds can overflow timedelta)."""
+    if abs(value.seconds) > _MAX_DURATION_SECONDS or abs(value.nanos) > _MAX_DURATION_NANOS:
+        raise InvalidArgument.field(field, "not a valid duration")
+    return value.ToTimedelta()
+
+
 # --- settings ------------------------------------------------------------------------
 
 
@@ -155,8 +167,12 @@ _LEAVES: dict[str, Callable[[pb.Settings], Any]] = {
     "protected_actions": lambda m: _each(
         m.protected_actions, _F + "protected_actions", action_from_proto
     ),
-    "single_use_token_ttl": lambda m: m.single_use_token_ttl.ToTimedelta(),
-    "multi_use_token_ttl": lambda m: m.multi_use_token_ttl.ToTimedelta(),
+    "single_use_token_ttl": lambda m: duration_from_proto(
+        m.single_use_token_ttl, _F + "single_use_token_ttl"
+    ),
+    "multi_use_token_ttl": lambda m: duration_from_proto(
+        m.multi_use_token_ttl, _F + "multi_use_token_ttl"
+    ),
     "totp.issuer": lambda m: m.totp.issuer,
     "totp.skew_steps": lambda m: m.totp.skew_steps,
     "totp.max_devices": lambda m: m.totp.max_devices,
@@ -178,7 +194,9 @@ _LEAVES: dict[str, Callable[[pb.Settings], Any]] = {
         _F + "passkey.attestation",
     ),
     "lockout.max_failed_attempts": lambda m: m.lockout.max_failed_attempts,
-    "lockout.lockout_duration": lambda m: m.lockout.lockout_duration.ToTimedelta(),
+    "lockout.lockout_duration": lambda m: duration_from_proto(
+        m.lockout.lockout_duration, _F + "lockout.lockout_duration"
+    ),
 }
 _SECTIONS: dict[str, type[Any]] = {
     "totp": TotpSettings,

@@ -16,6 +16,15 @@ from mfa_service import errors
 
 ERROR_DOMAIN = "mfa.v1"
 
+# A refusal travels in the trailers: its message twice (percent-encoded in grpc-message,
+# and in grpc-status-details-bin with the violations, base64). Clients drop trailers
+# over 8-16 KiB, and the caller would get RESOURCE_EXHAUSTED instead of the refusal; a
+# message may echo request input, and a request may break one rule many times.
+MAX_MESSAGE_BYTES = 512
+MAX_FIELD_BYTES = 128
+MAX_DESCRIPTION_BYTES = 256
+MAX_VIOLATIONS_BYTES = 2048
+
 STATUS_CODES: dict[type[errors.MfaError], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     errors.NotFound: grpc.StatusCode.NOT_FOUND,
@@ -42,9 +51,36 @@ def _packed(message: object) -> any_pb2.Any:
     return packed
 
 
+def bounded(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes (on a character boundary)."""
+    raw = text.encode()
+    if len(raw) <= limit:
+        return text
+    return raw[: limit - 3].decode(errors="ignore") + "..."
+
+
+def _bounded_violations(
+    violations: list[errors.FieldViolation],
+) -> list[error_details_pb2.BadRequest.FieldViolation]:
+    """The first violations, as many as fit the budget (always at least one)."""
+    kept: list[error_details_pb2.BadRequest.FieldViolation] = []
+    used = 0
+    for v in violations:
+        field = bounded(v.field, MAX_FIELD_BYTES)
+        description = bounded(v.description, MAX_DESCRIPTION_BYTES)
+        used += len(field.encode()) + len(description.encode())
+        if kept and used > MAX_VIOLATIONS_BYTES:
+            break
+        kept.append(
+            error_details_pb2.BadRequest.FieldViolation(field=field, description=description)
+        )
+    return kept
+
+
 def rich_status(
     code: grpc.StatusCode, message: str, reason: str, request_id: str
 ) -> status_pb2.Status:
+    message = bounded(message, MAX_MESSAGE_BYTES)
     info = error_details_pb2.ErrorInfo(
         reason=reason,
         domain=ERROR_DOMAIN,
@@ -61,14 +97,7 @@ def status_of(error: errors.MfaError, request_id: str) -> tuple[grpc.StatusCode,
     if isinstance(error, errors.InvalidArgument):
         status.details.append(
             _packed(
-                error_details_pb2.BadRequest(
-                    field_violations=[
-                        error_details_pb2.BadRequest.FieldViolation(
-                            field=v.field, description=v.description
-                        )
-                        for v in error.violations
-                    ]
-                )
+                error_details_pb2.BadRequest(field_violations=_bounded_violations(error.violations))
             )
         )
     if isinstance(error, errors.LockedOut):

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc import aio
 
 from mfa_service import errors
@@ -25,6 +26,30 @@ _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 Behavior = Callable[[Any, aio.ServicerContext[Any, Any]], Awaitable[Any]]
+Deserializer = Callable[[bytes], Any]
+
+
+class _Malformed:
+    """A request body that is not a message of the method's type."""
+
+
+_MALFORMED = _Malformed()
+
+
+def _tolerant(deserialize: Deserializer | None) -> Deserializer | None:
+    """Parse as ``deserialize`` does, but hand a body that does not parse (corrupt wire
+    format, a string that is not UTF-8) to ``serve`` to refuse, rather than to grpcio,
+    which answers UNKNOWN with the exception's class in the message."""
+    if deserialize is None:
+        return None
+
+    def parse(raw: bytes) -> Any:
+        try:
+            return deserialize(raw)
+        except DecodeError:
+            return _MALFORMED
+
+    return parse
 
 
 def _request_id(metadata: tuple[Any, ...] | None) -> str:
@@ -66,7 +91,7 @@ class CallInterceptor(_Interceptor):
         metadata = handler_call_details.invocation_metadata
         return grpc.unary_unary_rpc_method_handler(
             _wrap(method, metadata, handler.unary_unary, self._authorizer),  # type: ignore[arg-type]
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
@@ -93,6 +118,10 @@ def _wrap(
             context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
             if authorizer is not None:
                 authorizer.check(_service(method), identity)
+            if request is _MALFORMED:
+                raise errors.InvalidArgument.field(
+                    "request", "not a valid message (corrupt, or a string that is not UTF-8)"
+                )
             return await behavior(request, context)
         except errors.MfaError as error:
             code, status = status_of(error, request_id)

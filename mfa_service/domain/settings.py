@@ -220,6 +220,8 @@ def _passkey_violations(p: PasskeySettings) -> Iterable[FieldViolation]:
         yield FieldViolation("passkey.rp_id", "must be a domain name such as example.com")
     if len(p.rp_name) > MAX_ISSUER_LENGTH:
         yield FieldViolation("passkey.rp_name", f"at most {MAX_ISSUER_LENGTH} characters")
+    elif not p.rp_name.isprintable():
+        yield FieldViolation("passkey.rp_name", "must not contain control characters")
     if p.rp_id and not p.allowed_origins:
         yield FieldViolation("passkey.allowed_origins", "at least one origin is needed with rp_id")
     if p.allowed_origins and not p.rp_id:
@@ -247,6 +249,8 @@ def origin_problem(origin: str, rp_id: str) -> str | None:
     WebAuthn §13.4.9: the origin must be exactly scheme://host[:port], its host the RP
     ID or a subdomain of it, and https unless the host is localhost.
     """
+    if not origin.isprintable():
+        return "not a valid origin"
     try:
         parts = urlsplit(origin)
         port = parts.port

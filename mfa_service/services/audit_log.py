@@ -37,8 +37,8 @@ def _decode_cursor(token: str) -> int:
     try:
         text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
         version, _, number = text.partition(":")
-        if version != "v1" or not number.isdecimal():
-            raise ValueError(token)
+        if version != "v1" or not number.isdecimal() or not 0 < int(number) < 2**63:
+            raise ValueError(token)  # row ids are bigint
         return int(number)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise InvalidArgument.field("page_token", "not a token from a previous page") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -24,6 +25,10 @@ log = logging.getLogger("mfa_service.store")
 
 # pg_advisory_xact_lock key for migrations: crc32("mfa-service migrations").
 MIGRATION_LOCK_ID = 0x6D666173
+# Every wait on the database is bounded, so that a database that is down, unreachable or
+# hung costs a call a few seconds at most, never a hang: opening a connection, waiting
+# for a pooled one, and each statement.
+CONNECT_TIMEOUT_SECONDS = 5.0
 COMMAND_TIMEOUT_SECONDS = 5.0
 ACQUIRE_TIMEOUT_SECONDS = 5.0
 
@@ -32,20 +37,52 @@ ACQUIRE_TIMEOUT_SECONDS = 5.0
 _UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
 # Serialization failure and deadlock: the transaction was rolled back as a whole.
 _RETRYABLE_SQLSTATES = ("40001", "40P01")
+# InterfaceErrors that are our mistakes or our configuration, not a lost connection.
+_NOT_CONNECTION_ERRORS = (
+    asyncpg.exceptions._base.ClientConfigurationError,
+    asyncpg.exceptions._base.DataError,
+    asyncpg.exceptions._base.UnsupportedClientFeatureError,
+    asyncpg.exceptions._base.UnsupportedServerFeatureError,
+)
 
 
 class MigrationError(Exception):
     pass
 
 
-def _is_unavailable(exc: BaseException) -> bool:
+def _is_connection_failure(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.PostgresError):
         state = exc.sqlstate or ""
         return state.startswith(_UNAVAILABLE_SQLSTATE_CLASSES) or state in _RETRYABLE_SQLSTATES
+    if isinstance(exc, _NOT_CONNECTION_ERRORS):
+        return False
+    # OSError: refused, reset, unreachable (at connect or mid-query); TimeoutError: a
+    # bound above; InterfaceError: "connection is closed", "connection has been released
+    # back to the pool" (the server dropped it mid-call); InternalClientError: "cannot
+    # switch to state 11; another operation (2) is in progress", a pooled connection
+    # whose server sent FATAL (shutdown) while it was idle.
     return isinstance(
         exc,
-        OSError | TimeoutError | asyncpg.InterfaceError | asyncpg.ConnectionDoesNotExistError,
+        OSError
+        | TimeoutError
+        | asyncpg.InterfaceError
+        | asyncpg.exceptions._base.InternalClientError,
     )
+
+
+def _is_unavailable(exc: BaseException) -> bool:
+    """Did ``exc``, or the failure it arose from, come of a lost, refused or timed-out
+    database? asyncpg's cleanup after a lost connection (the ROLLBACK, the pool's reset)
+    can fail again with an error of its own, e.g. ``InternalClientError: cannot switch
+    to state 15; another operation (2) is in progress``: the first failure decides."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if _is_connection_failure(current):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 @contextmanager
@@ -70,6 +107,7 @@ async def create_pool(url: str, *, size: int) -> asyncpg.Pool:
             url,
             min_size=min(2, size),
             max_size=size,
+            timeout=CONNECT_TIMEOUT_SECONDS,
             command_timeout=COMMAND_TIMEOUT_SECONDS,
             init=_init_connection,
         )
@@ -86,29 +124,65 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
-        with unavailable_on_db_failure():
-            async with (
-                self.pool.acquire(timeout=ACQUIRE_TIMEOUT_SECONDS) as conn,
-                conn.transaction(),
-            ):
-                yield conn
+        async with self._pooled() as conn:
+            with unavailable_on_db_failure():
+                transaction = conn.transaction()
+                await transaction.start()
+                try:
+                    yield conn
+                except BaseException as exc:
+                    # A connection lost, timed out or abandoned mid-statement is dropped
+                    # instead, and the server rolls back: a ROLLBACK would first wait for
+                    # asyncpg's cancel request to be answered, by a server that may be
+                    # hung.
+                    if not isinstance(exc, asyncio.CancelledError) and not _is_unavailable(exc):
+                        await transaction.rollback()
+                    raise
+                await transaction.commit()
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Connection]:
         """A pooled connection without a transaction: for one atomic statement, where
         BEGIN and COMMIT would only add round trips."""
-        with unavailable_on_db_failure():
-            async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT_SECONDS) as conn:
+        async with self._pooled() as conn:
+            with unavailable_on_db_failure():
                 yield conn
 
-    async def ping(self) -> bool:
+    @asynccontextmanager
+    async def _pooled(self) -> AsyncIterator[Connection]:
+        """A connection from the pool, given back whatever happens.
+
+        The outcome of the call is decided by then (committed, rolled back, or lost with
+        the connection), so giving back never fails it. A connection that failed with
+        the database, or was abandoned mid-statement (the call was cancelled), is dropped
+        at once: resetting it would wait on a dead or hung server. One the pool cannot
+        reset is dropped by the pool.
+        """
+        with unavailable_on_db_failure():
+            conn = await self.pool.acquire(timeout=ACQUIRE_TIMEOUT_SECONDS)
         try:
-            async with asyncio.timeout(ACQUIRE_TIMEOUT_SECONDS):
-                return bool(await self.pool.fetchval("SELECT 1") == 1)
-        except Exception as exc:
-            if _is_unavailable(exc):
-                return False
+            yield conn
+        except (DatabaseUnavailable, asyncio.CancelledError):
+            # A connection the server closed is already back in the pool (and its
+            # proxy refuses every call with an InterfaceError).
+            with contextlib.suppress(asyncpg.InterfaceError):
+                conn.terminate()
             raise
+        finally:
+            try:
+                await self.pool.release(conn)
+            except Exception as exc:
+                log.warning("dropped a database connection: %s", type(exc).__name__)
+
+    async def ping(self) -> bool:
+        """Is the database usable now? Any failure, or no answer in time, is a no."""
+        try:
+            async with asyncio.timeout(ACQUIRE_TIMEOUT_SECONDS), self.connection() as conn:
+                return bool(await conn.fetchval("SELECT 1") == 1)
+        except Exception as exc:
+            if not isinstance(exc, DatabaseUnavailable | TimeoutError):
+                log.warning("database ping failed: %s", type(exc).__name__)
+            return False
 
     async def close(self) -> None:
         await self.pool.close()
