@@ -101,6 +101,19 @@ async def _init_connection(conn: Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _reset_connection(conn: Connection) -> None:
+    """What a connection needs before its next borrower: no open transaction.
+
+    asyncpg's default reset sends ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;
+    RESET ALL`` on every release, a second round trip per call (about 100 us of server
+    CPU in the validate benchmark). The service never leaves session state behind: its
+    advisory locks are transaction scoped, it sets no parameters, listens only on a
+    dedicated connection and opens no cursors outside a transaction.
+    """
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
 async def create_pool(url: str, *, size: int) -> asyncpg.Pool:
     with unavailable_on_db_failure():
         pool = await asyncpg.create_pool(
@@ -110,6 +123,7 @@ async def create_pool(url: str, *, size: int) -> asyncpg.Pool:
             timeout=CONNECT_TIMEOUT_SECONDS,
             command_timeout=COMMAND_TIMEOUT_SECONDS,
             init=_init_connection,
+            reset=_reset_connection,
         )
     if pool is None:  # only when create_pool is not awaited; keeps the type exact
         raise DatabaseUnavailable()
