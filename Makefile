@@ -4,9 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps run test bench lint proto proto-check migrate clean
+.PHONY: install node-deps system-deps run test bench lint buf-breaking proto proto-check migrate clean
 
-install: $(STAMP)
+install: $(STAMP) $(NODE_STAMP)
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,13 +14,27 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(BIN)/python -m pip install --quiet -e clients/python -e '.[dev]'
 	touch $(STAMP)
 
-proto: $(STAMP)
-	$(BIN)/python tools/gen_proto.py clients/python
+# Node tooling from the lock file (package-lock.json): buf, ts-proto, and the TypeScript
+# client workspace (@grpc/grpc-js, tsc). Install scripts are not needed, so none run.
+NODE_STAMP := node_modules/.installed
+NODE_BIN := node_modules/.bin
 
-proto-check: $(STAMP)
+node-deps: $(NODE_STAMP)
+
+$(NODE_STAMP): package.json package-lock.json clients/typescript/package.json
+	npm ci --ignore-scripts --no-audit --no-fund
+	touch $(NODE_STAMP)
+
+proto: $(STAMP) $(NODE_STAMP)
+	$(BIN)/python tools/gen_proto.py clients/python
+	$(NODE_BIN)/buf generate
+
+proto-check: $(STAMP) $(NODE_STAMP)
 	@rm -rf .proto-check && mkdir -p .proto-check
 	@$(BIN)/python tools/gen_proto.py .proto-check
+	@$(NODE_BIN)/buf generate -o .proto-check
 	@diff -r -x __pycache__ .proto-check/mfa clients/python/mfa \
+		&& diff -r .proto-check/clients/typescript/src/gen clients/typescript/src/gen \
 		|| (echo "generated code is stale: run 'make proto' and commit" && exit 1)
 	@rm -rf .proto-check
 	@echo "generated code is up to date"
@@ -44,7 +58,7 @@ run: $(STAMP) proto
 migrate: $(STAMP)
 	$(BIN)/mfa-service migrate
 
-test: $(STAMP) system-deps proto
+test: $(STAMP) $(NODE_STAMP) system-deps proto
 	PYTHONASYNCIODEBUG=$${PYTHONASYNCIODEBUG:-1} $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # Throughput, latency and server CPU per call against the empty-RPC ceiling, in one run
@@ -52,11 +66,20 @@ test: $(STAMP) system-deps proto
 bench: $(STAMP) proto
 	$(BIN)/python tools/bench.py $(BENCH_ARGS)
 
-lint: $(STAMP)
+lint: $(STAMP) $(NODE_STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy --strict mfa_service clients/python/mfa_client examples
 	$(BIN)/lint-imports
+	$(NODE_BIN)/buf lint
+	$(MAKE) --no-print-directory buf-breaking
+
+# No wire or source break of the API against the main branch (buf.yaml: FILE rules).
+# subdir=protos: the module root, also on main commits from before buf.yaml existed.
+BUF_AGAINST ?= .git\#branch=main,subdir=protos
+
+buf-breaking: $(NODE_STAMP)
+	$(NODE_BIN)/buf breaking --against '$(BUF_AGAINST)'
 
 clean:
-	rm -rf .proto-check .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .proto-check .pytest_cache .mypy_cache .ruff_cache clients/typescript/dist
