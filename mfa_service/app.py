@@ -12,11 +12,16 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, NoReturn, TypeVar
 
+from opentelemetry import trace
+from prometheus_client import start_http_server
+
+from mfa_service import tracing
 from mfa_service.api.action_token import ActionTokenServicer
 from mfa_service.api.admin import AdminServicer
+from mfa_service.api.metrics import Metrics, PoolCollector
 from mfa_service.api.mfa import MfaServicer
 from mfa_service.clock import Clock, SystemClock
-from mfa_service.config import Config, TlsConfig
+from mfa_service.config import Config, TlsConfig, parse_host_port
 from mfa_service.crypto import KeyRing
 from mfa_service.embedded_pg import EmbeddedPostgres
 from mfa_service.errors import DatabaseUnavailable
@@ -46,13 +51,23 @@ class Application:
     server: Server
     settings_cache: SettingsCache
     background: list[asyncio.Task[None]]
+    metrics: Metrics | None = None
+    metrics_server: Any = None  # prometheus-client's WSGIServer, in a daemon thread
 
     @property
     def port(self) -> int:
         return self.server.port
 
+    @property
+    def metrics_port(self) -> int:
+        """The bound port of the metrics endpoint (0: none)."""
+        return int(self.metrics_server.server_port) if self.metrics_server is not None else 0
+
     async def stop(self, grace_seconds: float = 0) -> None:
         await self.server.stop(grace_seconds)
+        if self.metrics_server is not None:
+            await asyncio.to_thread(self.metrics_server.shutdown)
+            self.metrics_server.server_close()
         for task in self.background:
             task.cancel()
         await asyncio.gather(*self.background, return_exceptions=True)
@@ -81,14 +96,25 @@ async def start(
     token_issuer: str = "mfa-service",
     purge_interval: timedelta = timedelta(minutes=5),
     reuse_port: bool = False,
+    metrics_addr: str | None = None,
+    tracer: trace.Tracer | None = None,
 ) -> Application:
     """Migrate, connect and serve; the returned application knows its bound port.
 
     ``reuse_port``: share the listening port with the other workers (``serve --workers``).
+    ``metrics_addr``: HOST:PORT of a Prometheus endpoint (port 0: any free one, see
+    ``Application.metrics_port``); None: no metrics. ``tracer``: trace every call and
+    statement (see ``mfa_service.tracing``); None: no tracing.
     """
     clock = clock or SystemClock()
     await migrate_url(database_url)
-    db = Database(await create_pool(database_url, size=pool_size))
+    query_logger = tracing.query_logger(tracer) if tracer is not None else None
+    db = Database(await create_pool(database_url, size=pool_size, query_logger=query_logger))
+    metrics = None
+    if metrics_addr is not None:
+        metrics = Metrics()
+        pool = db.pool
+        metrics.add_pool(PoolCollector(pool.get_size, pool.get_idle_size, pool_size))
     verifier = Verifier(key_ring)
     keys = TokenKeys(db, clock, key_ring, token_algorithm)
     try:
@@ -123,14 +149,26 @@ async def start(
         database_ready=db.ping,
         health_interval_seconds=health_interval_seconds,
         reuse_port=reuse_port,
+        metrics=metrics,
+        tracer=tracer,
     )
+    metrics_server = None
     try:
+        if metrics is not None and metrics_addr is not None:
+            host, metrics_port = parse_host_port("MFA_METRICS_ADDR", metrics_addr)
+            metrics_server, _ = start_http_server(metrics_port, host, registry=metrics.registry)
         port = await server.start()
     except BaseException:
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
         await settings_cache.listener.close()
         await db.close()
         raise
     if port == 0:
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
         await settings_cache.listener.close()
         await db.close()
         raise OSError(f"could not listen on {listen_addr}")
@@ -138,7 +176,14 @@ async def start(
         asyncio.create_task(_keep_listening(settings_cache.listener, health_interval_seconds)),
         asyncio.create_task(Purger(db, clock).run_forever(purge_interval)),
     ]
-    return Application(db=db, server=server, settings_cache=settings_cache, background=background)
+    return Application(
+        db=db,
+        server=server,
+        settings_cache=settings_cache,
+        background=background,
+        metrics=metrics,
+        metrics_server=metrics_server,
+    )
 
 
 def run(config: Config, *, workers: int = 1) -> int:
@@ -257,6 +302,7 @@ async def serve(
     if database_url is None:
         embedded = EmbeddedPostgres(config.data_dir)
         database_url = embedded.url
+    traces = tracing.start(config.traces_exporter)
     try:
         app = await start(
             database_url=database_url,
@@ -267,6 +313,8 @@ async def serve(
             token_algorithm=config.token_algorithm,
             token_issuer=config.token_issuer,
             reuse_port=reuse_port,
+            metrics_addr=config.metrics_addr,
+            tracer=traces.tracer if traces is not None else None,
         )
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -277,6 +325,8 @@ async def serve(
         log.info(
             "mfa-service serving on %s:%d (%s)", config.listen_host, app.port, _transport(config)
         )
+        if app.metrics_server is not None:
+            log.info("Prometheus metrics on %s (port %d)", config.metrics_addr, app.metrics_port)
         if config.tls is not None and config.tls.client_ca_file is None:
             log.warning(
                 "TLS without client certificates: callers are neither authenticated nor "
@@ -287,6 +337,8 @@ async def serve(
         await app.stop(config.shutdown_grace_seconds)
         log.info("stopped")
     finally:
+        if traces is not None:
+            traces.shutdown()
         if embedded is not None:
             embedded.stop()
 

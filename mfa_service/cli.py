@@ -10,6 +10,7 @@ import sys
 from collections.abc import Awaitable, Callable
 
 from mfa_service import config as config_module
+from mfa_service import logs
 from mfa_service.config import ConfigError
 from mfa_service.crypto import KeyRing
 from mfa_service.errors import DatabaseUnavailable
@@ -55,22 +56,18 @@ def _worker_count(value: str) -> int:
     return int(value)
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
-    # pgserver narrates every pg_ctl call at INFO; its warnings and errors still show.
-    logging.getLogger("pgserver").setLevel(logging.WARNING)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "keys" and args.keys_command == "generate":
         print(KeyRing.generate_entry(args.kid))
         return 0
-    _configure_logging("INFO")
+    try:
+        # JSON lines by default; readable text in development (``serve --dev``, make run).
+        log_format = config_module.log_format(dev_mode=getattr(args, "dev", False))
+    except ConfigError as error:
+        print(f"mfa-service: configuration error: {error}", file=sys.stderr)
+        return 2
+    logs.configure("INFO", log_format)
     try:
         # migrate needs only the database: a migration job gets no keys and no TLS files.
         database = config_module.load_database()
@@ -78,6 +75,13 @@ def main(argv: list[str] | None = None) -> int:
             config = config_module.load(dev_mode=args.dev)
             if args.workers > 1 and config.listen_port == 0:
                 raise ConfigError("MFA_LISTEN_ADDR", "--workers needs a fixed port, not 0")
+            if args.workers > 1 and config.metrics_addr is not None:
+                # Each worker has its own registry and could not bind the one port; run
+                # one worker per container (each with its endpoint) to scrape them all.
+                raise ConfigError(
+                    "MFA_METRICS_ADDR",
+                    "serving metrics needs --workers 1 (scale out with more replicas)",
+                )
         elif args.command == "keys":
             key_ring = config_module.load_key_ring(dev_mode=args.dev)
             algorithm = config_module.token_algorithm(os.environ)

@@ -6,6 +6,7 @@ line turns it into one line on stderr and exit status 2.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from collections.abc import Mapping
@@ -64,6 +65,10 @@ class Config:
     dev_mode: bool
     token_algorithm: str = "ES256"
     token_issuer: str = "mfa-service"
+    # MFA_METRICS_ADDR: where Prometheus scrapes /metrics; None: no metrics endpoint.
+    metrics_addr: str | None = None
+    # OTEL_TRACES_EXPORTER: console or otlp; None: no tracing.
+    traces_exporter: str | None = None
 
     @property
     def listen_addr(self) -> str:
@@ -105,6 +110,8 @@ def load(env: Mapping[str, str] | None = None, *, dev_mode: bool = False) -> Con
         dev_mode=dev_mode,
         token_algorithm=token_algorithm(env),
         token_issuer=_token_issuer(env),
+        metrics_addr=_metrics_addr(env),
+        traces_exporter=traces_exporter(env),
         # Last: in dev mode it writes a key file and logs, only for an otherwise valid config.
         key_ring=_key_ring(env, data_dir, dev_mode=dev_mode),
     )
@@ -135,6 +142,48 @@ def parse_host_port(variable: str, value: str) -> tuple[str, int]:
     if not sep or not host or not port_text.isdecimal() or not 0 <= int(port_text) <= 65535:
         raise ConfigError(variable, f"must be HOST:PORT with a port 0-65535, not {value!r}")
     return host, int(port_text)
+
+
+def _metrics_addr(env: Mapping[str, str]) -> str | None:
+    value = env.get("MFA_METRICS_ADDR") or None
+    if value is not None:
+        parse_host_port("MFA_METRICS_ADDR", value)
+    return value
+
+
+LOG_FORMATS = ("json", "text")
+
+
+def log_format(env: Mapping[str, str] | None = None, *, dev_mode: bool = False) -> str:
+    """``MFA_LOG_FORMAT``: json (one object a line), or text; text by default in dev mode."""
+    env = os.environ if env is None else env
+    value = (env.get("MFA_LOG_FORMAT") or ("text" if dev_mode else "json")).lower()
+    if value not in LOG_FORMATS:
+        raise ConfigError("MFA_LOG_FORMAT", f"must be json or text, not {value!r}")
+    return value
+
+
+OTLP_EXPORTER_MODULE = "opentelemetry.exporter.otlp.proto.grpc.trace_exporter"
+
+
+def traces_exporter(env: Mapping[str, str]) -> str | None:
+    """The standard ``OTEL_TRACES_EXPORTER``: console or otlp; unset or none: off."""
+    value = (env.get("OTEL_TRACES_EXPORTER") or "none").strip().lower()
+    if value == "none":
+        return None
+    if value not in ("console", "otlp"):
+        raise ConfigError("OTEL_TRACES_EXPORTER", f"must be console, otlp or none, not {value!r}")
+    if value == "otlp":
+        try:
+            found = importlib.util.find_spec(OTLP_EXPORTER_MODULE) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            raise ConfigError(
+                "OTEL_TRACES_EXPORTER",
+                "otlp needs the opentelemetry-exporter-otlp-proto-grpc package",
+            )
+    return value
 
 
 def _is_loopback(host: str) -> bool:

@@ -13,6 +13,7 @@ import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry import trace
 
 from mfa.v1 import (
     action_token_service_pb2,
@@ -26,6 +27,7 @@ from mfa_service.api.action_token import ActionTokenServicer
 from mfa_service.api.admin import AdminServicer
 from mfa_service.api.authorization import Authorizer
 from mfa_service.api.interceptor import CallInterceptor
+from mfa_service.api.metrics import Metrics
 from mfa_service.api.mfa import MfaServicer
 from mfa_service.config import TlsConfig
 
@@ -116,14 +118,17 @@ class Server:
         database_ready: Callable[[], Awaitable[bool]],
         health_interval_seconds: float = 2.0,
         reuse_port: bool = False,
+        metrics: Metrics | None = None,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         """``reuse_port``: share the port with the other workers of ``serve --workers N``
-        (SO_REUSEPORT); otherwise a port already in use is an error."""
+        (SO_REUSEPORT); otherwise a port already in use is an error. ``metrics`` and
+        ``tracer``: what the interceptor records each call in (None: nothing)."""
         authorizer = None
         if tls is not None and tls.client_ca_file is not None:
             authorizer = Authorizer(tls.caller_roles)
         self._server = aio.server(
-            interceptors=[CallInterceptor(authorizer)],
+            interceptors=[CallInterceptor(authorizer, metrics=metrics, tracer=tracer)],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

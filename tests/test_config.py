@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mfa_service.api.authorization import ROLE_SERVICES
-from mfa_service.config import CALLER_ROLES, DEV_KEY_FILE, ConfigError, load
+from mfa_service.config import CALLER_ROLES, DEV_KEY_FILE, ConfigError, load, log_format
 from mfa_service.crypto import KeyRing
 
 KEY_ENTRY = KeyRing.generate_entry("k1")
@@ -359,3 +359,59 @@ def test_serve_refuses_client_ca_without_roles_in_one_line(
         "MFA_TLS_CLIENT_CA_FILE: map each calling service's certificate identity to its "
         "roles, e.g. spiffe://corp/signer=action_tokens (roles: mfa, action_tokens, admin)"
     ]
+
+
+# --- observability: metrics endpoint, log format, tracing --------------------------
+
+
+def test_observability_is_off_by_default() -> None:
+    config = load(BASE)
+    assert config.metrics_addr is None
+    assert config.traces_exporter is None
+    assert log_format(BASE) == "json"
+    assert log_format(BASE, dev_mode=True) == "text"
+
+
+def test_observability_settings() -> None:
+    config = load({**BASE, "MFA_METRICS_ADDR": "0.0.0.0:9464", "OTEL_TRACES_EXPORTER": "console"})
+    assert config.metrics_addr == "0.0.0.0:9464"
+    assert config.traces_exporter == "console"
+    assert load({**BASE, "OTEL_TRACES_EXPORTER": "none"}).traces_exporter is None
+    assert log_format({"MFA_LOG_FORMAT": "text"}) == "text"
+    assert log_format({"MFA_LOG_FORMAT": "JSON"}, dev_mode=True) == "json"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("MFA_METRICS_ADDR", "9464"),
+        ("MFA_METRICS_ADDR", "host:99999"),
+        ("MFA_METRICS_ADDR", ":9464"),
+        ("OTEL_TRACES_EXPORTER", "jaeger"),
+    ],
+)
+def test_malformed_observability_settings(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load({**BASE, variable: value})
+    assert error.value.variable == variable
+
+
+def test_malformed_log_format() -> None:
+    with pytest.raises(ConfigError) as error:
+        log_format({"MFA_LOG_FORMAT": "xml"})
+    assert error.value.variable == "MFA_LOG_FORMAT"
+
+
+def test_metrics_need_a_single_worker() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MFA_", "DATABASE_", "OTEL_"))}
+    env.update(BASE, MFA_METRICS_ADDR="127.0.0.1:9464", MFA_LISTEN_ADDR="127.0.0.1:50999")
+    result = subprocess.run(
+        [sys.executable, "-m", "mfa_service", "serve", "--workers", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "MFA_METRICS_ADDR" in result.stderr

@@ -249,7 +249,8 @@ LOG_LINE = re.compile(
 
 
 async def test_one_log_line_per_call_and_no_secret(tmp_path: Path, database_url: str) -> None:
-    env = _external_db_env(database_url)
+    # The text format (JSON, the default outside --dev, is tests/test_observability.py).
+    env = {**_external_db_env(database_url), "MFA_LOG_FORMAT": "text"}
     async with (
         serve(tmp_path, env) as server,
         grpc.aio.insecure_channel(server.target) as channel,

@@ -12,11 +12,14 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.protobuf.message import DecodeError
 from grpc import aio
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 
 from mfa_service import errors
 from mfa_service.api import context as call_context
 from mfa_service.api.authorization import Authorizer, peer_identity
 from mfa_service.api.errors import rich_status, status_of
+from mfa_service.api.metrics import Metrics
 from mfa_service.domain.audit import CallContext
 
 log = logging.getLogger("mfa_service.rpc")
@@ -69,8 +72,17 @@ else:
 class CallInterceptor(_Interceptor):
     """``authorizer`` is None without mutual TLS: then every caller may call everything."""
 
-    def __init__(self, authorizer: Authorizer | None = None) -> None:
+    def __init__(
+        self,
+        authorizer: Authorizer | None = None,
+        *,
+        metrics: Metrics | None = None,
+        tracer: trace.Tracer | None = None,
+    ) -> None:
+        """``metrics`` and ``tracer``: None (the default) records nothing of either."""
         self._authorizer = authorizer
+        self._metrics = metrics
+        self._tracer = tracer
 
     async def intercept_service(
         self,
@@ -90,7 +102,14 @@ class CallInterceptor(_Interceptor):
             return None  # type: ignore[return-value]  # grpc.aio: no handler, UNIMPLEMENTED
         metadata = handler_call_details.invocation_metadata
         return grpc.unary_unary_rpc_method_handler(
-            _wrap(method, metadata, handler.unary_unary, self._authorizer),  # type: ignore[arg-type]
+            _wrap(
+                method,
+                metadata,
+                handler.unary_unary,  # type: ignore[arg-type]
+                self._authorizer,
+                self._metrics,
+                self._tracer,
+            ),
             request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
@@ -106,14 +125,33 @@ def _wrap(
     metadata: tuple[Any, ...] | None,
     behavior: Behavior,
     authorizer: Authorizer | None,
+    metrics: Metrics | None,
+    tracer: trace.Tracer | None,
 ) -> Behavior:
+    method_metrics = metrics.for_method(method) if metrics is not None else None
+
     async def serve(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
         started = time.perf_counter()
         request_id = _request_id(metadata)
         identity = peer_identity(context)
         caller = identity or f"unauthenticated@{context.peer()}"
         token = call_context.set_current(CallContext(caller=caller, request_id=request_id))
+        span = None
+        if tracer is not None:
+            span = tracer.start_span(
+                method[1:],
+                kind=trace.SpanKind.SERVER,
+                attributes={
+                    "rpc.system": "grpc",
+                    "rpc.service": _service(method),
+                    "rpc.method": method.rpartition("/")[2],
+                    "mfa.request_id": request_id,
+                },
+            )
+            span_token = otel_context.attach(trace.set_span_in_context(span))
         code = grpc.StatusCode.OK
+        reason: str | None = None
+        response = None
         try:
             context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
             if authorizer is not None:
@@ -122,8 +160,10 @@ def _wrap(
                 raise errors.InvalidArgument.field(
                     "request", "not a valid message (corrupt, or a string that is not UTF-8)"
                 )
-            return await behavior(request, context)
+            response = await behavior(request, context)
+            return response
         except errors.MfaError as error:
+            reason = error.reason
             code, status = status_of(error, request_id)
             await _abort(context, code, status.message, status.SerializeToString(), request_id)
         except aio.AbortError:
@@ -136,14 +176,30 @@ def _wrap(
             status = rich_status(code, message, "ERROR_REASON_INTERNAL", request_id)
             await _abort(context, code, message, status.SerializeToString(), request_id)
         finally:
+            seconds = time.perf_counter() - started
             log.info(
                 "rpc method=%s caller=%s status=%s duration_ms=%.2f request_id=%s",
                 method,
                 caller,
                 code.name,
-                (time.perf_counter() - started) * 1000,
+                seconds * 1000,
                 request_id,
+                extra={
+                    "request_id": request_id,
+                    "caller": caller,
+                    "method": method,
+                    "status": code.name,
+                    "duration_ms": round(seconds * 1000, 3),
+                },
             )
+            if metrics is not None and method_metrics is not None:
+                metrics.record(method_metrics, seconds, code, reason, request, response)
+            if span is not None:
+                span.set_attribute("rpc.grpc.status_code", code.value[0])
+                if code != grpc.StatusCode.OK:
+                    span.set_status(trace.StatusCode.ERROR, reason or code.name)
+                span.end()
+                otel_context.detach(span_token)
             call_context.reset(token)
 
     return serve

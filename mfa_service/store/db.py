@@ -7,7 +7,7 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -114,7 +114,19 @@ async def _reset_connection(conn: Connection) -> None:
         await conn.execute("ROLLBACK")
 
 
-async def create_pool(url: str, *, size: int) -> asyncpg.Pool:
+async def create_pool(
+    url: str, *, size: int, query_logger: Callable[[Any], None] | None = None
+) -> asyncpg.Pool:
+    """``query_logger``: called with asyncpg's ``LoggedQuery`` after each statement of a
+    pooled connection (tracing); None, the default, costs the statements nothing."""
+    init = _init_connection
+    if query_logger is not None:
+        logger = query_logger
+
+        async def init(conn: Connection) -> None:
+            await _init_connection(conn)
+            conn.add_query_logger(logger)
+
     with unavailable_on_db_failure():
         pool = await asyncpg.create_pool(
             url,
@@ -122,7 +134,7 @@ async def create_pool(url: str, *, size: int) -> asyncpg.Pool:
             max_size=size,
             timeout=CONNECT_TIMEOUT_SECONDS,
             command_timeout=COMMAND_TIMEOUT_SECONDS,
-            init=_init_connection,
+            init=init,
             reset=_reset_connection,
         )
     if pool is None:  # only when create_pool is not awaited; keeps the type exact
