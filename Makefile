@@ -41,8 +41,9 @@ proto-check: $(STAMP) $(NODE_STAMP)
 
 # Tools the tests call that come from Debian rather than PyPI (package = command name):
 # oathtool, an independent RFC 6238 implementation the TOTP interop test checks against,
-# and chromium, the real browser of the passkey tests (never `playwright install`).
-SYSTEM_DEPS := oathtool chromium
+# chromium, the real browser of the passkey tests (never `playwright install`), and jq,
+# which the README's grpcurl cookbook (run by a test) uses.
+SYSTEM_DEPS := oathtool chromium jq
 
 system-deps:
 	@missing=""; for tool in $(SYSTEM_DEPS); do \
