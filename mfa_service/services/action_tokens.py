@@ -253,7 +253,7 @@ class ActionTokenService:
             payload_digest=request.payload_digest,
             now=now,
             idempotency_key=key,
-            fingerprint=request.fingerprint(),
+            fingerprint=request.fingerprint() if key else b"",
             remembered_since=now - IDEMPOTENCY_WINDOW,
             caller=context.caller,
             request_id=context.request_id,

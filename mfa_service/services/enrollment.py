@@ -116,17 +116,7 @@ class EnrollmentService:
                 expires_at=now + ENROLLMENT_TTL,
                 totp_secret_sealed=sealed,
             )
-            await enrollment_store.replace(conn, enrollment)
-            await audit.record(
-                conn,
-                AuditEventType.ENROLLMENT_STARTED,
-                env=env,
-                user=user,
-                now=now,
-                context=context,
-                method=Method.TOTP,
-                device_id=enrollment_id,
-            )
+            await self._save_pending(conn, enrollment, context=context)
         return TotpEnrollmentStarted(
             enrollment_id=enrollment_id,
             secret=secret,
@@ -220,6 +210,23 @@ class EnrollmentService:
         if await device_store.count(conn, env, user, method) >= limit:
             raise DeviceLimitReached()
 
+    @staticmethod
+    async def _save_pending(
+        conn: Connection, enrollment: Enrollment, *, context: CallContext
+    ) -> None:
+        """Store a started enrollment (replacing the user's other pending one) and audit it."""
+        await enrollment_store.replace(conn, enrollment)
+        await audit.record(
+            conn,
+            AuditEventType.ENROLLMENT_STARTED,
+            env=enrollment.environment_id,
+            user=enrollment.user_id,
+            now=enrollment.created_at,
+            context=context,
+            method=enrollment.method,
+            device_id=enrollment.id,
+        )
+
     async def enroll_passkey(
         self,
         env: EnvironmentId,
@@ -255,17 +262,7 @@ class EnrollmentService:
                 expires_at=now + CHALLENGE_TTL,
                 webauthn_challenge=passkeys.new_challenge(),
             )
-            await enrollment_store.replace(conn, enrollment)
-            await audit.record(
-                conn,
-                AuditEventType.ENROLLMENT_STARTED,
-                env=env,
-                user=user,
-                now=now,
-                context=context,
-                method=Method.PASSKEY,
-                device_id=enrollment.id,
-            )
+            await self._save_pending(conn, enrollment, context=context)
         options = passkeys.registration_options(
             settings.passkey,
             rp_name=settings.rp_name,
