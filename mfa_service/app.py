@@ -126,7 +126,13 @@ async def start(
     settings_cache.listener = SettingsListener(database_url, settings_cache.invalidate)
     await settings_cache.listener.ensure()
     tokens = ActionTokenService(
-        db, clock, verifier, keys, settings=settings_cache, issuer=token_issuer
+        db,
+        clock,
+        verifier,
+        keys,
+        settings=settings_cache,
+        issuer=token_issuer,
+        on_validation_batch=metrics.observe_validation_batch if metrics is not None else None,
     )
     servicers = Servicers(
         mfa=MfaServicer(

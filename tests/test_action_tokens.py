@@ -549,6 +549,56 @@ async def test_one_single_use_token_is_allowed_exactly_once_under_load(
     )
 
 
+async def test_concurrent_validations_each_get_their_own_decision(
+    client: Client, clock: FakeClock, alice: TotpDevice
+) -> None:
+    """Validations that arrive together are decided together (one statement per batch):
+    every request still gets the decision for its own token and its own claims."""
+    twice = await issue(client, clock, alice)
+    for_bob = await issue(client, clock, alice)
+    for_sign = await issue(client, clock, alice)
+    digested = await issue(client, clock, alice, payload_digest=DIGEST)
+    forged = await issue(client, clock, alice)
+    multi = await issue(client, clock, alice, single_use=False)
+    keyed = await issue(client, clock, alice)
+    requests = {
+        "twice-1": validate(client, twice.token),
+        "twice-2": validate(client, twice.token),
+        "bob": validate(client, for_bob.token, user="bob"),
+        "export": validate(client, for_sign.token, action=EXPORT),
+        "digest": validate(client, digested.token, payload_digest=OTHER_DIGEST),
+        "forged": validate(
+            client, forged.token[:-2] + ("AA" if forged.token[-2:] != "AA" else "BB")
+        ),
+        "multi-1": validate(client, multi.token),
+        "multi-2": validate(client, multi.token),
+        "keyed-1": validate(client, keyed.token, idempotency_key="k"),
+        "keyed-2": validate(client, keyed.token, idempotency_key="k"),
+    }
+    got = dict(zip(requests, await asyncio.gather(*requests.values()), strict=True))
+    assert sorted([got.pop("twice-1"), got.pop("twice-2")]) == [
+        ("ALLOW", "TOKEN_VALID"),
+        ("DENY", "TOKEN_ALREADY_USED"),
+    ]
+    assert got == {
+        "bob": ("DENY", "USER_MISMATCH"),
+        "export": ("DENY", "ACTION_MISMATCH"),
+        "digest": ("DENY", "PAYLOAD_MISMATCH"),
+        "forged": ("DENY", "TOKEN_INVALID"),
+        "multi-1": ("ALLOW", "TOKEN_VALID"),
+        "multi-2": ("ALLOW", "TOKEN_VALID"),
+        "keyed-1": ("ALLOW", "TOKEN_VALID"),
+        "keyed-2": ("ALLOW", "TOKEN_VALID"),
+    }
+    # The refused tokens were not consumed by their neighbours' success.
+    assert await validate(client, for_bob.token) == ("ALLOW", "TOKEN_VALID")
+    assert await validate(client, digested.token, payload_digest=DIGEST) == (
+        "ALLOW",
+        "TOKEN_VALID",
+    )
+    assert await validate(client, forged.token) == ("ALLOW", "TOKEN_VALID")
+
+
 async def test_idempotent_retry_returns_the_first_decision(
     client: Client, clock: FakeClock, alice: TotpDevice
 ) -> None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import urllib.request
+import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -19,6 +22,7 @@ from mfa.v1 import admin_service_pb2 as admin_pb
 from mfa.v1 import types_pb2 as types
 from mfa_client import Client, MfaServiceError
 from mfa_service import app as app_module
+from mfa_service.domain import tokens
 
 ENV = "env-metrics"
 GET = "/mfa.v1.AdminService/GetSettings"
@@ -137,3 +141,42 @@ async def test_calls_are_counted_and_timed_by_method_and_code(
 async def test_no_metrics_endpoint_unless_asked(app: app_module.Application) -> None:
     assert app.metrics_port == 0
     assert app.metrics_server is None
+
+
+def _unknown_token() -> str:
+    """Shaped like one of ours (algorithm, type, a jti), so only the database says no."""
+
+    def part(value: dict[str, str]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+    header = part({"alg": "ES256", "typ": tokens.TOKEN_TYPE})
+    return f"{header}.{part({'jti': str(uuid.uuid4())})}.{part({'sig': 'none'})}"
+
+
+async def test_concurrent_validations_share_statements(
+    metered: app_module.Application, clock: FakeClock
+) -> None:
+    """Validations arriving together are decided in batches: fewer statements than calls."""
+    async with Client.connect(f"127.0.0.1:{metered.port}", insecure=True) as client:
+        await update_settings(client, ENV, protected_actions=[types.ACTION_WAAS_SIGN])
+        calls = 40
+        replies = await asyncio.gather(
+            *(
+                call(
+                    client.action_tokens_stub.ValidateActionToken(
+                        at_pb.ValidateActionTokenRequest(
+                            environment_id=ENV,
+                            user_id=f"user-{i}",
+                            action=types.ACTION_WAAS_SIGN,
+                            token=_unknown_token(),
+                        )
+                    )
+                )
+                for i in range(calls)
+            )
+        )
+    assert {r.reason for r in replies} == {types.DECISION_REASON_TOKEN_INVALID}
+    samples = _scrape(metered.metrics_port)
+    batches = _value(samples, "mfa_token_validation_batch_size_count")
+    assert _value(samples, "mfa_token_validation_batch_size_sum") == calls
+    assert 1 <= batches < calls

@@ -32,6 +32,7 @@ _PROOF_METHODS = {
 DURATION_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 
 class PoolCollector(Collector):
@@ -92,9 +93,16 @@ class Metrics:
             "mfa_lockouts", "Calls refused because the user is locked out", registry=r
         )
         self._tokens_issued = Counter("mfa_tokens_issued", "Action tokens issued", registry=r)
+        self._validation_batches = Histogram(
+            "mfa_token_validation_batch_size", "Token validations decided together by one "
+            "database statement", buckets=BATCH_BUCKETS, registry=r,
+        )  # fmt: skip
         self._methods: dict[str, _MethodMetrics] = {}
         self._decisions: dict[tuple[int, int], Any] = {}
         self._outcomes: dict[tuple[str, str], Any] = {}
+
+    def observe_validation_batch(self, size: int) -> None:
+        self._validation_batches.observe(size)
 
     def add_pool(self, collector: PoolCollector) -> None:
         self.registry.register(collector)

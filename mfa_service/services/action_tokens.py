@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from uuid import UUID
@@ -30,12 +32,14 @@ from mfa_service.domain.settings import Settings
 from mfa_service.domain.tokens import ActionClaims, Reason
 from mfa_service.errors import (
     ActionNotProtected,
+    DatabaseUnavailable,
     InvalidArgument,
     MethodNotAllowed,
     MfaError,
     StepUpRequired,
 )
 from mfa_service.services import audit
+from mfa_service.services.batching import MicroBatcher
 from mfa_service.services.keys import TokenKeys
 from mfa_service.services.settings import SettingsCache
 from mfa_service.services.settings import load as load_settings
@@ -48,6 +52,10 @@ DEFAULT_ISSUER = "mfa-service"
 # How long a ValidateActionToken decision answers retries with the same idempotency key.
 IDEMPOTENCY_WINDOW = timedelta(minutes=5)
 AUDIENCE = "mfa-action"
+# Validations decided together in one statement, and such statements run at once by one
+# process. Two in flight let one batch fill while the other runs (tools/bench.py).
+CONSUMPTION_BATCH = 64
+CONSUMPTION_STATEMENTS = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,13 +123,26 @@ class ActionTokenService:
         *,
         settings: SettingsCache,
         issuer: str = DEFAULT_ISSUER,
+        on_validation_batch: Callable[[int], None] | None = None,
     ) -> None:
+        """``on_validation_batch``: told how many validations each statement decided."""
         self._settings = settings
         self._db = db
         self._clock = clock
         self._verifier = verifier
         self._keys = keys
         self._issuer = issuer
+        # Idempotency keys are unique per environment in storage; a batch holds one each.
+        self._consumptions = MicroBatcher(
+            self._decide_batch,
+            max_batch=CONSUMPTION_BATCH,
+            max_in_flight=CONSUMPTION_STATEMENTS,
+            conflict_key=lambda c: (
+                (c.environment_id, c.idempotency_key) if c.idempotency_key else None
+            ),
+            fails_all=lambda error: isinstance(error, DatabaseUnavailable),
+            on_batch=on_validation_batch,
+        )
 
     # --- issue -------------------------------------------------------------------
 
@@ -195,7 +216,8 @@ class ActionTokenService:
     # --- validate ----------------------------------------------------------------
 
     async def validate(self, request: ValidationRequest, context: CallContext) -> Reason:
-        """May this action run now? At most one database round trip when a token is given.
+        """May this action run now? At most one database round trip when a token is given,
+        shared with the validations that run concurrently (``MicroBatcher``).
 
         The token must be byte-identical to one we issued: its row is found by jti and
         the SHA-256 of the whole token, so a forged or altered token (another algorithm,
@@ -207,14 +229,13 @@ class ActionTokenService:
         settings = await self._settings.get(request.environment_id)
         if not _protected(settings, request.action):
             return Reason.MFA_NOT_REQUIRED
+        if request.token:
+            return await self._with_token(None, request, context, now=now)
         async with self._db.connection() as conn:
-            if not request.token:
-                reason = await self._without_token(conn, settings, request)
-            else:
-                reason = await self._with_token(conn, request, context, now=now)
-            if reason is not None and not request.token and not reason.allows:
+            reason = await self._without_token(conn, settings, request)
+            if not reason.allows:
                 await self._audit_denial(conn, request, reason, context, now=now)
-        return reason or Reason.TOKEN_INVALID
+        return reason
 
     async def _without_token(
         self, conn: Connection, settings: Settings, request: ValidationRequest
@@ -229,35 +250,41 @@ class ActionTokenService:
 
     async def _with_token(
         self,
-        conn: Connection,
+        conn: Connection | None,
         request: ValidationRequest,
         context: CallContext,
         *,
         now: datetime,
     ) -> Reason:
+        """Decide a validation with a token: in ``conn``'s transaction when given (a
+        step-up inside a credential change), else batched with concurrent validations."""
         key = _scoped_key(request.idempotency_key, context)
         jti = tokens.peek(request.token, algorithm=self._keys.algorithm)
         if jti is None:
-            if key and (prior := await self._remembered(conn, request, key, now=now)):
-                return prior
-            await self._audit_denial(conn, request, Reason.TOKEN_INVALID, context, now=now)
+            async with self._use(conn) as c:
+                if key and (prior := await self._remembered(c, request, key, now=now)):
+                    return prior
+                await self._audit_denial(c, request, Reason.TOKEN_INVALID, context, now=now)
             return Reason.TOKEN_INVALID
-        decided = await token_store.decide(
-            conn,
-            jti=jti,
-            token_hash=tokens.token_hash(request.token),
+        consumption = token_store.Consumption(
             environment_id=request.environment_id,
             user_id=request.user_id,
+            jti=jti,
+            token_hash=tokens.token_hash(request.token),
             action=request.action.name,
             session_id=request.session_id,
             payload_digest=request.payload_digest,
-            now=now,
             idempotency_key=key,
             fingerprint=request.fingerprint() if key else b"",
-            remembered_since=now - IDEMPOTENCY_WINDOW,
             caller=context.caller,
             request_id=context.request_id,
         )
+        if conn is None:
+            decided = await self._consumptions.submit(consumption)
+        else:
+            [decided] = await token_store.decide(
+                conn, [consumption], now=now, remembered_since=now - IDEMPOTENCY_WINDOW
+            )
         if decided.prior_reason is not None:
             return self._replay(
                 request, decided.prior_fingerprint, decided.prior_reason, decided.token_problem
@@ -266,10 +293,24 @@ class ActionTokenService:
             raise LookupError("no decision")
         if key and not decided.remembered:
             # A concurrent call with the same key decided first: answer as it did.
-            prior = await self._remembered(conn, request, key, now=now)
+            async with self._use(conn) as c:
+                prior = await self._remembered(c, request, key, now=now)
             if prior is not None:
                 return prior
         return Reason[decided.reason]
+
+    async def _decide_batch(
+        self, batch: Sequence[token_store.Consumption]
+    ) -> list[token_store.Decided]:
+        now = self._clock.now()
+        async with self._db.connection() as conn:
+            return await token_store.decide(
+                conn, batch, now=now, remembered_since=now - IDEMPOTENCY_WINDOW
+            )
+
+    def _use(self, conn: Connection | None) -> AbstractAsyncContextManager[Connection]:
+        """``conn`` if given, else a pooled connection for one statement."""
+        return nullcontext(conn) if conn is not None else self._db.connection()
 
     async def _remembered(
         self, conn: Connection, request: ValidationRequest, key: str, *, now: datetime

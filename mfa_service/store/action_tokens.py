@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
@@ -33,8 +34,26 @@ async def insert(conn: Connection, claims: ActionClaims, *, token_hash: bytes) -
 
 
 @dataclass(frozen=True, slots=True)
+class Consumption:
+    """One validation to decide: the token (by jti and the SHA-256 of its text) and what
+    the caller asks it to cover, with the caller's idempotency key, if any."""
+
+    environment_id: str
+    user_id: str
+    jti: UUID
+    token_hash: bytes
+    action: str
+    session_id: str | None
+    payload_digest: bytes | None
+    idempotency_key: str | None
+    fingerprint: bytes
+    caller: str
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Decided:
-    """What the one validation statement found.
+    """What the validation statement found for one ``Consumption``.
 
     ``reason`` is the decision for this call (None when a remembered decision exists);
     ``token_problem`` what is wrong with the token now, if anything (for re-checking a
@@ -48,123 +67,140 @@ class Decided:
     remembered: bool
 
 
-# One round trip decides, consumes, remembers and audits (DESIGN §8: exactly-once state
-# is decided by single-statement conditional writes). The token row is found by jti AND
-# the SHA-256 of the exact token, so a token we did not issue matches nothing.
+# One round trip decides, consumes, remembers and audits a whole batch of validations
+# (DESIGN §8: exactly-once state is decided by single-statement conditional writes). A
+# token row is found by jti AND the SHA-256 of the exact token, so a token we did not
+# issue matches nothing. Single-use tokens are consumed by one conditional UPDATE: of two
+# requests for the same token, in this batch or in concurrent statements, exactly one
+# sees ``consumed_at IS NULL`` (a concurrent winner makes PostgreSQL re-check the row and
+# skip it; within one statement a row is updated at most once, for one of the requests).
+# Idempotency keys must be distinct within a batch (ON CONFLICT may touch a row once).
 _DECIDE = """
-WITH prior AS (
-    SELECT fingerprint, reason FROM token_validations
-    WHERE $9::text IS NOT NULL AND environment_id = $1 AND idempotency_key = $9
-      AND created_at > $11
+WITH req AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::bytea[], $5::text[],
+                         $6::text[], $7::bytea[], $8::text[], $9::bytea[], $10::text[],
+                         $11::text[])
+        WITH ORDINALITY AS r(environment_id, user_id, jti, token_hash, action, session_id,
+                             payload_digest, idempotency_key, fingerprint, caller,
+                             request_id, i)
 ),
-tok AS (
-    SELECT * FROM action_tokens WHERE jti = $3 AND token_hash = $4
+prior AS (
+    SELECT r.i, v.fingerprint, v.reason
+    FROM req r JOIN token_validations v
+      ON v.environment_id = r.environment_id AND v.idempotency_key = r.idempotency_key
+     AND v.created_at > $13
 ),
 fits AS (
-    SELECT single_use, CASE
-        WHEN environment_id <> $1 OR user_id <> $2 THEN 'USER_MISMATCH'
-        WHEN NOT ($5 = ANY(actions)) THEN 'ACTION_MISMATCH'
-        WHEN session_id IS NOT NULL AND session_id IS DISTINCT FROM $6 THEN 'SESSION_MISMATCH'
-        WHEN payload_digest IS NOT NULL AND payload_digest IS DISTINCT FROM $7
+    SELECT r.i, t.jti, t.single_use, CASE
+        WHEN t.environment_id <> r.environment_id OR t.user_id <> r.user_id
+            THEN 'USER_MISMATCH'
+        WHEN NOT (r.action = ANY(t.actions)) THEN 'ACTION_MISMATCH'
+        WHEN t.session_id IS NOT NULL AND t.session_id IS DISTINCT FROM r.session_id
+            THEN 'SESSION_MISMATCH'
+        WHEN t.payload_digest IS NOT NULL AND t.payload_digest IS DISTINCT FROM r.payload_digest
             THEN 'PAYLOAD_MISMATCH'
-        WHEN revoked_at IS NOT NULL THEN 'TOKEN_REVOKED'
-        WHEN expires_at <= $8 THEN 'TOKEN_EXPIRED'
+        WHEN t.revoked_at IS NOT NULL THEN 'TOKEN_REVOKED'
+        WHEN t.expires_at <= $12 THEN 'TOKEN_EXPIRED'
     END AS problem
-    FROM tok
+    FROM req r JOIN action_tokens t ON t.jti = r.jti AND t.token_hash = r.token_hash
 ),
 consumed AS (
-    UPDATE action_tokens SET consumed_at = $8
-    WHERE jti = $3 AND token_hash = $4 AND single_use AND consumed_at IS NULL
-      AND revoked_at IS NULL AND expires_at > $8
-      AND EXISTS (SELECT 1 FROM fits WHERE problem IS NULL)
-      AND NOT EXISTS (SELECT 1 FROM prior)
-    RETURNING 1
+    UPDATE action_tokens t SET consumed_at = $12
+    FROM fits f
+    WHERE t.jti = f.jti AND f.problem IS NULL AND t.single_use AND t.consumed_at IS NULL
+      AND t.revoked_at IS NULL AND t.expires_at > $12
+      AND NOT EXISTS (SELECT 1 FROM prior p WHERE p.i = f.i)
+    RETURNING f.i
 ),
 decision AS (
-    SELECT CASE
-        WHEN EXISTS (SELECT 1 FROM prior) THEN NULL
-        WHEN NOT EXISTS (SELECT 1 FROM fits) THEN 'TOKEN_INVALID'
-        WHEN (SELECT problem FROM fits) IS NOT NULL THEN (SELECT problem FROM fits)
-        WHEN NOT (SELECT single_use FROM fits) THEN 'TOKEN_VALID'
-        WHEN EXISTS (SELECT 1 FROM consumed) THEN 'TOKEN_VALID'
-        -- Not consumed although it fit: used before, or by a concurrent call that won.
+    SELECT r.*, CASE
+        WHEN p.i IS NOT NULL THEN NULL
+        WHEN f.i IS NULL THEN 'TOKEN_INVALID'
+        WHEN f.problem IS NOT NULL THEN f.problem
+        WHEN NOT f.single_use THEN 'TOKEN_VALID'
+        WHEN c.i IS NOT NULL THEN 'TOKEN_VALID'
+        -- Not consumed although it fit: used before, or by a concurrent request that won.
         ELSE 'TOKEN_ALREADY_USED'
     END AS reason
+    FROM req r
+    LEFT JOIN prior p ON p.i = r.i
+    LEFT JOIN fits f ON f.i = r.i
+    LEFT JOIN consumed c ON c.i = r.i
 ),
 remembered AS (
     INSERT INTO token_validations (environment_id, idempotency_key, fingerprint, decision,
                                    reason, created_at)
-    SELECT $1, $9, $10, CASE WHEN reason = 'TOKEN_VALID' THEN 'ALLOW' ELSE 'DENY' END,
-           reason, $8
-    FROM decision WHERE $9::text IS NOT NULL AND reason IS NOT NULL
+    SELECT environment_id, idempotency_key, fingerprint,
+           CASE WHEN reason = 'TOKEN_VALID' THEN 'ALLOW' ELSE 'DENY' END, reason, $12
+    FROM decision WHERE idempotency_key IS NOT NULL AND reason IS NOT NULL
     ON CONFLICT (environment_id, idempotency_key) DO UPDATE
         SET fingerprint = EXCLUDED.fingerprint, decision = EXCLUDED.decision,
             reason = EXCLUDED.reason, created_at = EXCLUDED.created_at
-        WHERE token_validations.created_at <= $11
-    RETURNING 1
+        WHERE token_validations.created_at <= $13
+    RETURNING environment_id, idempotency_key
 ),
 audited AS (
     INSERT INTO audit_events (event_id, environment_id, user_id, type, occurred_at,
                               caller, request_id, details)
-    SELECT gen_random_uuid(), $1, $2, 'TOKEN_VALIDATED', $8, $12, $13,
+    SELECT gen_random_uuid(), environment_id, user_id, 'TOKEN_VALIDATED', $12, caller,
+           request_id,
            jsonb_build_object(
-               'action', $14::text,
+               'action', 'ACTION_' || action,
                'decision', CASE WHEN reason = 'TOKEN_VALID' THEN 'ALLOW' ELSE 'DENY' END,
                'reason', reason,
-               'jti', $3::text)
+               'jti', jti::text)
     FROM decision WHERE reason IS NOT NULL
 )
-SELECT (SELECT reason FROM decision) AS reason,
-       (SELECT problem FROM fits) AS token_problem,
-       (SELECT fingerprint FROM prior) AS prior_fingerprint,
-       (SELECT reason FROM prior) AS prior_reason,
-       EXISTS (SELECT 1 FROM remembered) AS remembered
+SELECT d.i, d.reason, f.problem AS token_problem, p.fingerprint AS prior_fingerprint,
+       p.reason AS prior_reason, m.idempotency_key IS NOT NULL AS remembered
+FROM decision d
+LEFT JOIN fits f ON f.i = d.i
+LEFT JOIN prior p ON p.i = d.i
+LEFT JOIN remembered m
+  ON m.environment_id = d.environment_id AND m.idempotency_key = d.idempotency_key
+ORDER BY d.i
 """
 
 
 async def decide(
     conn: Connection,
+    batch: Sequence[Consumption],
     *,
-    jti: UUID,
-    token_hash: bytes,
-    environment_id: str,
-    user_id: str,
-    action: str,
-    session_id: str | None,
-    payload_digest: bytes | None,
     now: datetime,
-    idempotency_key: str | None,
-    fingerprint: bytes,
     remembered_since: datetime,
-    caller: str,
-    request_id: str,
-) -> Decided:
-    row = await conn.fetchrow(
+) -> list[Decided]:
+    """Decide every validation of ``batch`` in one statement, in order."""
+    keys = [(c.environment_id, c.idempotency_key) for c in batch if c.idempotency_key]
+    if len(keys) != len(set(keys)):
+        raise ValueError("idempotency keys must be distinct within a batch")
+    rows = await conn.fetch(
         _DECIDE,
-        environment_id,
-        user_id,
-        jti,
-        token_hash,
-        action,
-        session_id,
-        payload_digest,
+        [c.environment_id for c in batch],
+        [c.user_id for c in batch],
+        [c.jti for c in batch],
+        [c.token_hash for c in batch],
+        [c.action for c in batch],
+        [c.session_id for c in batch],
+        [c.payload_digest for c in batch],
+        [c.idempotency_key for c in batch],
+        [c.fingerprint for c in batch],
+        [c.caller for c in batch],
+        [c.request_id for c in batch],
         now,
-        idempotency_key,
-        fingerprint,
         remembered_since,
-        caller,
-        request_id,
-        f"ACTION_{action}",
     )
-    if row is None:  # a SELECT without FROM always yields one row
-        raise LookupError("token decision returned no row")
-    return Decided(
-        reason=row["reason"],
-        token_problem=row["token_problem"],
-        prior_fingerprint=row["prior_fingerprint"],
-        prior_reason=row["prior_reason"],
-        remembered=row["remembered"],
-    )
+    if len(rows) != len(batch):  # every request row yields one decision row
+        raise LookupError("token decision returned the wrong number of rows")
+    return [
+        Decided(
+            reason=row["reason"],
+            token_problem=row["token_problem"],
+            prior_fingerprint=row["prior_fingerprint"],
+            prior_reason=row["prior_reason"],
+            remembered=row["remembered"],
+        )
+        for row in rows
+    ]
 
 
 async def prior_decision(
