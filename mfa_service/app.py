@@ -136,9 +136,9 @@ async def start(
     )
     servicers = Servicers(
         mfa=MfaServicer(
-            status=StatusService(db, clock),
+            status=StatusService(db, clock, settings_cache),
             enrollment=EnrollmentService(db, clock, key_ring, verifier, tokens),
-            verification=VerificationService(db, clock, verifier),
+            verification=VerificationService(db, clock, verifier, settings_cache),
             tokens=tokens,
             devices=DeviceService(db, clock, tokens),
             recovery=RecoveryService(db, clock, tokens),

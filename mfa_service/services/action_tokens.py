@@ -42,7 +42,6 @@ from mfa_service.services import audit
 from mfa_service.services.batching import MicroBatcher
 from mfa_service.services.keys import TokenKeys
 from mfa_service.services.settings import SettingsCache
-from mfa_service.services.settings import load as load_settings
 from mfa_service.services.verification import Verified, Verifier
 from mfa_service.store import action_tokens as token_store
 from mfa_service.store import devices as device_store
@@ -161,8 +160,8 @@ class ActionTokenService:
     ) -> IssuedToken:
         now = self._clock.now()
         key = await self._keys.signing_key()
+        settings = await self._settings.get(env)
         async with self._db.transaction() as conn:
-            settings = await load_settings(conn, env)
             for i, action in enumerate(actions):
                 if not _protected(settings, action):
                     raise ActionNotProtected(

@@ -48,7 +48,7 @@ class SettingsCache:
         now = time.monotonic()
         if entry is not None and now - entry[0] < self._max_age:
             return entry[1]
-        async with self._db.transaction() as conn:
+        async with self._db.connection() as conn:  # one statement
             settings = await load(conn, environment_id)
         if self.listener is not None and self.listener.connected:
             self._entries[environment_id] = (now, settings)

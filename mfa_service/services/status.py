@@ -8,11 +8,8 @@ from datetime import datetime
 from mfa_service.clock import Clock
 from mfa_service.domain import policy
 from mfa_service.domain.model import Action, EnvironmentId, Method, UserId
-from mfa_service.services.settings import load as load_settings
-from mfa_service.store import devices as device_store
-from mfa_service.store import recovery_codes as recovery_store
-from mfa_service.store import sessions as session_store
-from mfa_service.store import users as user_store
+from mfa_service.services.settings import SettingsCache
+from mfa_service.store import status as status_store
 from mfa_service.store.db import Database
 
 
@@ -28,30 +25,27 @@ class Status:
 
 
 class StatusService:
-    def __init__(self, db: Database, clock: Clock) -> None:
+    def __init__(self, db: Database, clock: Clock, settings: SettingsCache) -> None:
         self._db = db
         self._clock = clock
+        self._settings = settings
 
     async def get(self, env: EnvironmentId, user: UserId, session_id: str) -> Status:
+        """Settings from the cache, the user's state in one statement."""
         now = self._clock.now()
-        async with self._db.transaction() as conn:
-            settings = await load_settings(conn, env)
-            devices = await device_store.list_for_user(conn, env, user)
-            verified_at = (
-                await session_store.verified_at(conn, env, user, session_id) if session_id else None
-            )
-            locked_until = await user_store.locked_until(conn, env, user)
-            pending_ack = await recovery_store.pending_acknowledgement(conn, env, user)
-            remaining = await recovery_store.remaining(conn, env, user)
-        methods = policy.enrolled_methods(settings, [d.method for d in devices])
+        settings = await self._settings.get(env)
+        async with self._db.connection() as conn:
+            found = await status_store.snapshot(conn, env, user, session_id or None)
+        methods = policy.enrolled_methods(settings, list(found.device_methods))
+        locked_until = found.locked_until
         return Status(
             enrollment_required=policy.enrollment_required(settings, methods),
             session_mfa_pending=policy.session_mfa_pending(
-                settings, methods, session_verified_at=verified_at, now=now
+                settings, methods, session_verified_at=found.session_verified_at, now=now
             ),
             enrolled_methods=methods,
             protected_actions=policy.protected_actions(settings, methods),
             locked_until=locked_until if locked_until and locked_until > now else None,
-            recovery_codes_pending_acknowledgement=pending_ack,
-            recovery_codes_remaining=remaining,
+            recovery_codes_pending_acknowledgement=found.recovery_codes_pending_ack,
+            recovery_codes_remaining=found.recovery_codes_remaining,
         )

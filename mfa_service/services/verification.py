@@ -19,6 +19,7 @@ from mfa_service.crypto import KeyRing
 from mfa_service.domain import passkeys, recovery, totp
 from mfa_service.domain.audit import AuditEventType, CallContext
 from mfa_service.domain.devices import CHALLENGE_TTL, Challenge, Device, secret_context
+from mfa_service.domain.lockout import AttemptState
 from mfa_service.domain.model import EnvironmentId, Method, Proof, UserId
 from mfa_service.domain.settings import Settings
 from mfa_service.errors import (
@@ -32,7 +33,7 @@ from mfa_service.errors import (
     VerificationFailed,
 )
 from mfa_service.services import audit
-from mfa_service.services.settings import load as load_settings
+from mfa_service.services.settings import SettingsCache
 from mfa_service.store import challenges as challenge_store
 from mfa_service.store import devices as device_store
 from mfa_service.store import recovery_codes as recovery_store
@@ -89,9 +90,9 @@ class Verifier:
         now: datetime,
         context: CallContext,
     ) -> Verified | MfaError:
-        locked = await self.check_not_locked(conn, env, user, now=now)
-        if locked is not None:
-            return locked
+        attempts = await user_store.lock_for_verification(conn, env, user, now=now)
+        if (retry_after := attempts.retry_after(now)) is not None:
+            return LockedOut(retry_after)
         challenge = await challenge_store.consume(conn, challenge_id, env, user, now=now)
         if challenge is None:
             return ChallengeNotFound()
@@ -99,7 +100,7 @@ class Verifier:
             # The fallback answers a challenge of any method (a user who lost the device
             # finds out at the prompt).
             return await self._verify_recovery_code(
-                conn, settings, user, proof.value, now=now, context=context
+                conn, settings, user, proof.value, attempts, now=now, context=context
             )
         if proof.method is not challenge.method:
             raise InvalidArgument.field(
@@ -120,7 +121,8 @@ class Verifier:
                 conn, settings, user, devices, assertion, challenge, now=now
             )
         if matched is not None:
-            await user_store.record_success(conn, env, user)
+            if attempts.failed_attempts:
+                await user_store.record_success(conn, env, user)
             await audit.record(
                 conn,
                 AuditEventType.VERIFICATION_SUCCEEDED,
@@ -159,6 +161,7 @@ class Verifier:
         settings: Settings,
         user: UserId,
         code: str,
+        attempts: AttemptState,
         *,
         now: datetime,
         context: CallContext,
@@ -170,7 +173,8 @@ class Verifier:
         if await asyncio.to_thread(recovery.matches, secret, stored) and (
             await recovery_store.mark_used(conn, env, user, code_id, now=now)
         ):
-            await user_store.record_success(conn, env, user)
+            if attempts.failed_attempts:
+                await user_store.record_success(conn, env, user)
             left = await recovery_store.remaining(conn, env, user)
             for event in (AuditEventType.RECOVERY_CODE_USED, AuditEventType.VERIFICATION_SUCCEEDED):
                 await audit.record(
@@ -327,18 +331,21 @@ class Verifier:
 
 
 class VerificationService:
-    def __init__(self, db: Database, clock: Clock, verifier: Verifier) -> None:
+    def __init__(
+        self, db: Database, clock: Clock, verifier: Verifier, settings: SettingsCache
+    ) -> None:
         self._db = db
         self._clock = clock
         self._verifier = verifier
+        self._settings = settings
 
     async def challenge(
         self, env: EnvironmentId, user: UserId, method: Method, device_id: UUID | None
     ) -> tuple[Challenge, str]:
         """A new challenge, and for passkeys the WebAuthn request options (JSON)."""
         now = self._clock.now()
+        settings = await self._settings.get(env)
         async with self._db.transaction() as conn:
-            settings = await load_settings(conn, env)
             if method is Method.RECOVERY_CODE and device_id is not None:
                 raise InvalidArgument.field("device_id", "recovery codes are not a device")
             require_enabled(settings, method)
@@ -382,8 +389,8 @@ class VerificationService:
         context: CallContext,
     ) -> Verified:
         now = self._clock.now()
+        settings = await self._settings.get(env)
         async with self._db.transaction() as conn:
-            settings = await load_settings(conn, env)
             outcome = await self._verifier.verify(
                 conn,
                 settings=settings,
