@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 .PHONY: install node-deps system-deps run test bench lint buf-breaking proto proto-check migrate clean \
 	lock audit sbom
 
-install: $(STAMP) $(NODE_STAMP)
+install: $(STAMP) node-deps
 
 # Every download is checked against the hashes of the lock files (requirements/*.txt, made
 # by `make lock`): first the installer and the build backend (build.txt), then the
