@@ -4,15 +4,60 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install node-deps system-deps run test bench lint buf-breaking proto proto-check migrate clean
+.PHONY: install node-deps system-deps run test bench lint buf-breaking proto proto-check migrate clean \
+	lock audit sbom
 
-install: $(STAMP) $(NODE_STAMP)
+install: $(STAMP) node-deps
 
-$(STAMP): pyproject.toml clients/python/pyproject.toml
+# Every download is checked against the hashes of the lock files (requirements/*.txt, made
+# by `make lock`): first the installer and the build backend (build.txt), then the
+# dependencies and dev tools (lock.txt; its one sdist builds with that backend, not in an
+# isolated environment that would fetch one unchecked), then the two local packages,
+# editable, with nothing more.
+LOCK := requirements/lock.txt
+
+$(STAMP): requirements/build.txt $(LOCK) pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e clients/python -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/build.txt
+	$(BIN)/python -m pip install --quiet --require-hashes --no-build-isolation -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e clients/python -e .
 	touch $(STAMP)
+
+# Regenerate the lock files from requirements/*.in and the two pyproject.toml files: one
+# resolution for every platform and Python >= 3.11 (markers kept), hashes of every file
+# of each pinned release, no index or path written. Pins that still fit are kept;
+# LOCK_ARGS=--upgrade moves them all, LOCK_ARGS='--upgrade-package NAME' one.
+# build.txt and runtime.txt are subsets of lock.txt, at its versions.
+UV_COMPILE := $(BIN)/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
+	--no-emit-package mfa-client --no-emit-package mfa-service --custom-compile-command 'make lock'
+
+lock: | $(STAMP)  # uv from .venv, even one installed from older lock files
+	$(UV_COMPILE) $(LOCK_ARGS) -o $(LOCK) requirements/lock.in
+	$(UV_COMPILE) -c $(LOCK) -o requirements/build.txt requirements/build.in
+	$(UV_COMPILE) -c $(LOCK) -o requirements/runtime.txt requirements/runtime.in
+
+# pip-audit over every pinned package of the lock, hashes required, no pip resolution,
+# against PyPI's vulnerability feed (its per-release JSON API). --strict: a package that
+# could not be audited fails the audit as a vulnerability does. Where that API is out of
+# reach, AUDIT_ARGS= still fails on a vulnerability found and lists what was skipped.
+AUDIT_ARGS ?= --strict
+
+audit: $(STAMP)
+	$(BIN)/pip-audit --requirement $(LOCK) --require-hashes --disable-pip \
+		--vulnerability-service pypi --progress-spinner off $(AUDIT_ARGS)
+
+# CycloneDX 1.6 JSON SBOM of what the service runs with: mfa-service (from pyproject.toml)
+# and every package of requirements/runtime.txt with its version, purl and hashes. The
+# output is reproducible (no timestamp, no serial number). A requirements file carries no
+# dependency graph, so the root's missing one is expected: its warning is silenced.
+SBOM ?= .sbom/mfa-service.cdx.json
+
+sbom: $(STAMP)
+	@mkdir -p $(dir $(SBOM))
+	PYTHONWARNINGS=ignore::UserWarning $(BIN)/cyclonedx-py requirements requirements/runtime.txt \
+		--pyproject pyproject.toml --spec-version 1.6 --output-reproducible \
+		--output-format JSON --output-file $(SBOM)
+	@echo "wrote $(SBOM)"
 
 # Node tooling from the lock file (package-lock.json): buf, ts-proto, and the TypeScript
 # client workspace (@grpc/grpc-js, tsc). Install scripts are not needed, so none run.
@@ -83,4 +128,4 @@ buf-breaking: $(NODE_STAMP)
 	$(NODE_BIN)/buf breaking --against '$(BUF_AGAINST)'
 
 clean:
-	rm -rf .proto-check .pytest_cache .mypy_cache .ruff_cache clients/typescript/dist
+	rm -rf .proto-check .sbom .pytest_cache .mypy_cache .ruff_cache clients/typescript/dist

@@ -46,7 +46,7 @@ async def wait_serving(addr: str, process: asyncio.subprocess.Process) -> None:
 
 async def test_every_grpcurl_block_of_the_readme_runs(tmp_path: Path) -> None:
     blocks = grpcurl_blocks()
-    assert len(blocks) >= 2
+    assert len(blocks) >= 6
     addr = f"127.0.0.1:{free_port()}"  # the documented port, moved so tests never collide
     script = "set -euo pipefail\n" + "\n".join(b.replace(DOCUMENTED_ADDR, addr) for b in blocks)
     env = {
@@ -73,6 +73,23 @@ async def test_every_grpcurl_block_of_the_readme_runs(tmp_path: Path) -> None:
         assert '"status": "SERVING"' in output  # health
         assert "DECISION_ALLOW" in output and "DECISION_REASON_TOKEN_VALID" in output
         assert "jwks_json" in output
+        assert '"session_mfa_pending": true' in output  # before VerifySession
+        assert '"method": "METHOD_RECOVERY_CODE"' in output  # a recovery code as a proof
+        assert '"excludeCredentials"' in output  # passkey options
+        assert '"AUDIT_EVENT_TYPE_DEVICE_DELETED"' in output
+        assert '"devices_removed": 1' in output  # ResetUserMfa of alice
     finally:
         server.terminate()
         await asyncio.wait_for(server.wait(), timeout=30)
+
+
+def test_the_configuration_reference_names_every_variable() -> None:
+    """Each variable mfa_service/config.py reads has a row in the README's table."""
+    source = (ROOT / "mfa_service" / "config.py").read_text()
+    read = set(re.findall(r'"((?:MFA|OTEL|DATABASE)_[A-Z_]+)"', source))
+    assert {"DATABASE_URL", "MFA_ENCRYPTION_KEYS", "MFA_TOKEN_ALGORITHM"} <= read
+    readme = (ROOT / "README.md").read_text()
+    reference = readme.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    rows = set(re.findall(r"^\| `([A-Z_]+)`(?:, `([A-Z_]+)`)?", reference, flags=re.MULTILINE))
+    documented = {name for row in rows for name in row if name}
+    assert sorted(read - documented) == []
