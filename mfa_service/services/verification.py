@@ -39,6 +39,7 @@ from mfa_service.store import devices as device_store
 from mfa_service.store import recovery_codes as recovery_store
 from mfa_service.store import sessions as session_store
 from mfa_service.store import users as user_store
+from mfa_service.store import verifications as verification_store
 from mfa_service.store.db import Connection, Database
 
 # Checked when a user has no TOTP device, so an unknown user costs what a known one does
@@ -90,10 +91,10 @@ class Verifier:
         now: datetime,
         context: CallContext,
     ) -> Verified | MfaError:
-        attempts = await user_store.lock_for_verification(conn, env, user, now=now)
+        begun = await verification_store.begin(conn, env, user, challenge_id, now=now)
+        attempts, challenge = begun.attempts, begun.challenge
         if (retry_after := attempts.retry_after(now)) is not None:
-            return LockedOut(retry_after)
-        challenge = await challenge_store.consume(conn, challenge_id, env, user, now=now)
+            return LockedOut(retry_after)  # the challenge is left as it was
         if challenge is None:
             return ChallengeNotFound()
         if proof.method is Method.RECOVERY_CODE:
@@ -108,7 +109,7 @@ class Verifier:
                 f"a {proof.method.name} proof does not answer a {challenge.method.name} challenge",
             )
         require_enabled(settings, challenge.method)
-        devices = await device_store.list_for_user(conn, env, user, methods=[challenge.method])
+        devices = begun.devices
         if challenge.device_id is not None:
             devices = [d for d in devices if d.id == challenge.device_id]
         reused = regressed = None

@@ -11,13 +11,13 @@ from mfa_service.domain.devices import Device, PasskeyCredential
 from mfa_service.domain.model import EnvironmentId, Method, UserId
 from mfa_service.store.db import Connection
 
-_COLUMNS = """id, environment_id, user_id, method, alias, is_default, created_at,
+COLUMNS = """id, environment_id, user_id, method, alias, is_default, created_at,
               last_used_at, totp_secret, totp_last_step, passkey_credential_id,
               passkey_public_key, passkey_sign_count, passkey_transports, passkey_aaguid,
               passkey_backup_eligible, passkey_backed_up"""
 
 
-def _device(row: Any) -> Device:
+def device_from_row(row: Any) -> Device:
     return Device(
         id=row["id"],
         environment_id=EnvironmentId(row["environment_id"]),
@@ -52,7 +52,7 @@ async def list_for_user(
 ) -> list[Device]:
     rows = await conn.fetch(
         f"""
-        SELECT {_COLUMNS} FROM devices
+        SELECT {COLUMNS} FROM devices
         WHERE environment_id = $1 AND user_id = $2
           AND ($3::text[] IS NULL OR method = ANY($3::text[]))
         ORDER BY created_at, id
@@ -61,7 +61,7 @@ async def list_for_user(
         user,
         None if methods is None else [m.name for m in methods],
     )
-    return [_device(r) for r in rows]
+    return [device_from_row(r) for r in rows]
 
 
 async def count(conn: Connection, env: EnvironmentId, user: UserId, method: Method) -> int:
@@ -96,7 +96,7 @@ async def insert_totp(
         VALUES ($1, $2, $3, 'TOTP', $4,
                 NOT EXISTS (SELECT 1 FROM devices WHERE environment_id = $2 AND user_id = $3),
                 $5, $5, $6, $7)
-        RETURNING {_COLUMNS}
+        RETURNING {COLUMNS}
         """,  # noqa: S608 (a constant column list)
         device_id,
         env,
@@ -106,7 +106,7 @@ async def insert_totp(
         sealed_secret,
         accepted_step,
     )
-    return _device(row)
+    return device_from_row(row)
 
 
 async def accept_totp_step(conn: Connection, device_id: UUID, step: int, *, now: datetime) -> bool:
@@ -157,7 +157,7 @@ async def insert_passkey(
                 NOT EXISTS (SELECT 1 FROM devices WHERE environment_id = $2 AND user_id = $3),
                 $5, $6, $7, $8, $9, $10, $11, $12)
         ON CONFLICT (passkey_credential_id) WHERE passkey_credential_id IS NOT NULL DO NOTHING
-        RETURNING {_COLUMNS}
+        RETURNING {COLUMNS}
         """,  # noqa: S608 (a constant column list)
         device_id,
         env,
@@ -172,7 +172,7 @@ async def insert_passkey(
         credential.backup_eligible,
         credential.backed_up,
     )
-    return None if row is None else _device(row)
+    return None if row is None else device_from_row(row)
 
 
 async def advance_sign_count(
@@ -225,14 +225,14 @@ async def update(
         f"""
         UPDATE devices SET alias = COALESCE($4, alias)
         WHERE id = $3 AND environment_id = $1 AND user_id = $2
-        RETURNING {_COLUMNS}
+        RETURNING {COLUMNS}
         """,  # noqa: S608 (a constant column list)
         env,
         user,
         device_id,
         alias,
     )
-    return None if row is None else _device(row)
+    return None if row is None else device_from_row(row)
 
 
 async def delete(conn: Connection, device_id: UUID) -> None:
