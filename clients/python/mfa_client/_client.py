@@ -34,6 +34,11 @@ _RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EX
 _jitter = random.SystemRandom()
 _Response = TypeVar("_Response")
 
+# Calls are balanced over every address the target resolves to (gRPC's round_robin):
+# "dns:///mfa.internal:50051" for a name with one address a replica, or a list such as
+# "ipv4:10.0.0.1:50051,10.0.0.2:50051". Each call goes to the next ready replica, over
+# a TLS connection of this client's own, so mutual TLS stays end to end.
+#
 # Reads change nothing, so gRPC itself sends one again when it fails with UNAVAILABLE:
 # the replica was unreachable or restarting, or could not reach its database (during a
 # PostgreSQL failover). A retry policy in the channel's service config (gRFC A6), so it
@@ -49,6 +54,7 @@ READ_METHODS: tuple[tuple[str, str], ...] = (
 READ_ATTEMPTS = 4
 SERVICE_CONFIG = json.dumps(
     {
+        "loadBalancingConfig": [{"round_robin": {}}],
         "methodConfig": [
             {
                 "name": [
@@ -62,7 +68,7 @@ SERVICE_CONFIG = json.dumps(
                     "retryableStatusCodes": ["UNAVAILABLE"],
                 },
             }
-        ]
+        ],
     }
 )
 # What Client.connect gives its channel; pass them to a channel made by hand.
@@ -218,7 +224,8 @@ class Client:
     ) -> Client:
         """A client over TLS (with a client certificate for mTLS), or plaintext if ``insecure``.
 
-        Reads (``READ_METHODS``) that fail with ``UNAVAILABLE`` are retried by the channel.
+        ``target`` may resolve to several replicas: calls are balanced over them
+        (round_robin). Reads (``READ_METHODS``) failing with ``UNAVAILABLE`` are retried.
         """
         options = list(CHANNEL_OPTIONS)
         if insecure:

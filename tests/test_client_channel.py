@@ -1,4 +1,8 @@
-"""The typed client retries what is safe to retry, and nothing else.
+"""The typed client's channel: calls balanced over replicas, and retried where safe.
+
+``Client.connect`` balances calls over every address of its target (round_robin): the
+load balancing of a deployment with several replicas (docs/operations.md). And it
+retries what is safe to retry, and nothing else.
 
 Reads (``mfa_client.READ_METHODS``) are sent again by the channel's retry policy when
 they fail with UNAVAILABLE, as they do while a replica cannot reach PostgreSQL during a
@@ -127,3 +131,20 @@ async def test_writes_are_not_retried(app: Application) -> None:
             by_hand = Client(channel)
             assert (await by_hand.admin.get_settings(ENV)).environment_id == ENV
     assert proxy.calls["/mfa.v1.AdminService/GetSettings"] == 2
+
+
+async def test_calls_are_balanced_over_every_address_of_the_target(app: Application) -> None:
+    async with (
+        FailingProxy(f"127.0.0.1:{app.port}", fail=0) as first,
+        FailingProxy(f"127.0.0.1:{app.port}", fail=0) as second,
+        Client.connect(
+            f"ipv4:127.0.0.1:{first.port},127.0.0.1:{second.port}", insecure=True
+        ) as client,
+    ):
+        await client.admin.get_settings(ENV)
+        for _ in range(40):
+            await client.admin.get_settings(ENV)
+    calls = [proxy.calls["/mfa.v1.AdminService/GetSettings"] for proxy in (first, second)]
+    assert sum(calls) == 41
+    # Round robin once both connections are up: at most a few calls before that.
+    assert min(calls) >= 15, calls
