@@ -598,6 +598,7 @@ async def test_primary_killed_under_load(
             return await enroll(client, env_id, f"signer-{i}")
 
     users = list(await asyncio.gather(*(enroll_one(i) for i in range(TOKEN_USERS))))
+    replicas = {pid: psutil.Process(pid).create_time() for pid in cluster.replica_pids()}
     served_before = cluster.requests_served()
     old_leader = cluster.leader()
     assert old_leader is not None
@@ -626,6 +627,8 @@ async def test_primary_killed_under_load(
         load.stopping = True
         await asyncio.gather(*workers)
     served = [a - b for a, b in zip(cluster.requests_served(), served_before, strict=True)]
+    # The same replica processes all along: none was restarted to reconnect.
+    assert {pid: psutil.Process(pid).create_time() for pid in replicas} == replicas
     rejoined = await wait_until(
         "the old primary back as a standby", cluster.replicated, REJOIN_SECONDS
     )
