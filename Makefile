@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: install node-deps system-deps run test bench lint buf-breaking proto proto-check migrate clean \
-	lock audit sbom
+	lock audit sbom cluster-deps cluster-up cluster-down cluster-status test-failover
 
 install: $(STAMP) node-deps
 
@@ -115,7 +115,7 @@ bench: $(STAMP) proto
 lint: $(STAMP) $(NODE_STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/mypy --strict mfa_service clients/python/mfa_client examples
+	$(BIN)/mypy --strict mfa_service clients/python/mfa_client examples deploy
 	$(BIN)/lint-imports
 	$(NODE_BIN)/buf lint
 	$(MAKE) --no-print-directory buf-breaking
@@ -126,6 +126,37 @@ BUF_AGAINST ?= .git\#branch=main,subdir=protos
 
 buf-breaking: $(NODE_STAMP)
 	$(NODE_BIN)/buf breaking --against '$(BUF_AGAINST)'
+
+# The local HA cluster (deploy/cluster, docs/operations.md): etcd, Patroni with two
+# PostgreSQL nodes in synchronous replication, haproxy to the primary, pgbouncer, and
+# three mfa-service replicas, as background processes under .cluster/. Needs root (the
+# database processes run as the postgres user). Debian packages: program = package, but
+# PostgreSQL's server is looked for under /usr/lib/postgresql.
+CLUSTER_DEPS := etcd:etcd-server patroni:patroni haproxy:haproxy pgbouncer:pgbouncer setpriv:util-linux
+
+cluster-deps:
+	@missing=""; for dep in $(CLUSTER_DEPS); do \
+		command -v $${dep%%:*} >/dev/null || missing="$$missing $${dep#*:}"; done; \
+	ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	[ -z "$$missing" ] || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+		else echo "please install$$missing (Debian/Ubuntu: apt-get install$$missing)"; exit 1; fi; }
+
+cluster-up: $(STAMP) cluster-deps
+	$(BIN)/python deploy/cluster/cluster.py up
+
+cluster-down:
+	@if [ -x $(BIN)/python ]; then $(BIN)/python deploy/cluster/cluster.py down; \
+	else $(PYTHON) deploy/cluster/cluster.py down; fi
+
+cluster-status: $(STAMP)
+	$(BIN)/python deploy/cluster/cluster.py status
+
+# Throughput over one and three replicas, the cost of pgbouncer's setting, and the
+# primary killed under load (tests/cluster); needs `make cluster-up` first.
+test-failover: $(STAMP) proto
+	$(BIN)/python -m pytest -q -s -m cluster tests/cluster $(PYTEST_ARGS)
 
 clean:
 	rm -rf .proto-check .sbom .pytest_cache .mypy_cache .ruff_cache clients/typescript/dist

@@ -37,7 +37,12 @@ from mfa_service.services.recovery import RecoveryService
 from mfa_service.services.settings import SettingsCache, SettingsService
 from mfa_service.services.status import StatusService
 from mfa_service.services.verification import VerificationService, Verifier
-from mfa_service.store.db import Database, create_pool, migrate_url
+from mfa_service.store.db import (
+    DEFAULT_STATEMENT_CACHE_SIZE,
+    Database,
+    create_pool,
+    migrate_url,
+)
 from mfa_service.store.notifications import SettingsListener
 
 log = logging.getLogger("mfa_service")
@@ -98,18 +103,29 @@ async def start(
     reuse_port: bool = False,
     metrics_addr: str | None = None,
     tracer: trace.Tracer | None = None,
+    statement_cache_size: int = DEFAULT_STATEMENT_CACHE_SIZE,
+    listen_url: str | None = None,
 ) -> Application:
     """Migrate, connect and serve; the returned application knows its bound port.
 
     ``reuse_port``: share the listening port with the other workers (``serve --workers``).
     ``metrics_addr``: HOST:PORT of a Prometheus endpoint (port 0: any free one, see
     ``Application.metrics_port``); None: no metrics. ``tracer``: trace every call and
-    statement (see ``mfa_service.tracing``); None: no tracing.
+    statement (see ``mfa_service.tracing``); None: no tracing. ``statement_cache_size``:
+    0 behind pgbouncer in transaction mode. ``listen_url``: where the settings listener
+    connects (a session of its own); None: ``database_url``.
     """
     clock = clock or SystemClock()
-    await migrate_url(database_url)
+    await migrate_url(database_url, statement_cache_size=statement_cache_size)
     query_logger = tracing.query_logger(tracer) if tracer is not None else None
-    db = Database(await create_pool(database_url, size=pool_size, query_logger=query_logger))
+    db = Database(
+        await create_pool(
+            database_url,
+            size=pool_size,
+            query_logger=query_logger,
+            statement_cache_size=statement_cache_size,
+        )
+    )
     metrics = None
     if metrics_addr is not None:
         metrics = Metrics()
@@ -123,7 +139,9 @@ async def start(
         await db.close()
         raise
     settings_cache = SettingsCache(db)
-    settings_cache.listener = SettingsListener(database_url, settings_cache.invalidate)
+    settings_cache.listener = SettingsListener(
+        listen_url or database_url, settings_cache.invalidate
+    )
     await settings_cache.listener.ensure()
     tokens = ActionTokenService(
         db,
@@ -206,7 +224,14 @@ def run(config: Config, *, workers: int = 1) -> int:
     embedded = EmbeddedPostgres(config.data_dir) if config.database_url is None else None
     database_url = embedded.url if embedded is not None else config.database_url or ""
     try:
-        asyncio.run(prepare(database_url, config.key_ring, config.token_algorithm))
+        asyncio.run(
+            prepare(
+                database_url,
+                config.key_ring,
+                config.token_algorithm,
+                statement_cache_size=config.db_statement_cache_size,
+            )
+        )
         return _supervise(config, database_url, workers)
     finally:
         if embedded is not None:
@@ -227,11 +252,19 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-async def prepare(database_url: str, key_ring: KeyRing, algorithm: str) -> None:
+async def prepare(
+    database_url: str,
+    key_ring: KeyRing,
+    algorithm: str,
+    *,
+    statement_cache_size: int = DEFAULT_STATEMENT_CACHE_SIZE,
+) -> None:
     """What every server does at start, done once before the workers fork: migrate and
     make sure a signing key exists (each worker checks again, finding nothing to do)."""
-    await migrate_url(database_url)
-    db = Database(await create_pool(database_url, size=1))
+    await migrate_url(database_url, statement_cache_size=statement_cache_size)
+    db = Database(
+        await create_pool(database_url, size=1, statement_cache_size=statement_cache_size)
+    )
     try:
         await TokenKeys(db, SystemClock(), key_ring, algorithm).ensure()
     finally:
@@ -321,6 +354,8 @@ async def serve(
             reuse_port=reuse_port,
             metrics_addr=config.metrics_addr,
             tracer=traces.tracer if traces is not None else None,
+            statement_cache_size=config.db_statement_cache_size,
+            listen_url=config.db_listen_url,
         )
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -358,11 +393,18 @@ def _transport(config: Config) -> str:
 
 
 async def rotate_signing_key(
-    *, database_url: str, key_ring: KeyRing, algorithm: str, clock: Clock | None = None
+    *,
+    database_url: str,
+    key_ring: KeyRing,
+    algorithm: str,
+    clock: Clock | None = None,
+    statement_cache_size: int = DEFAULT_STATEMENT_CACHE_SIZE,
 ) -> str:
     """``mfa-service keys rotate``: a new signing key; returns its kid."""
-    await migrate_url(database_url)
-    db = Database(await create_pool(database_url, size=1))
+    await migrate_url(database_url, statement_cache_size=statement_cache_size)
+    db = Database(
+        await create_pool(database_url, size=1, statement_cache_size=statement_cache_size)
+    )
     try:
         keys = TokenKeys(db, clock or SystemClock(), key_ring, algorithm)
         return (await keys.rotate()).kid

@@ -91,14 +91,21 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger().setLevel(database.log_level)
     try:
         if args.command == "migrate":
-            return asyncio.run(_with_database(database, _migrate))
+
+            async def migrate(url: str) -> int:
+                return await _migrate(url, database.db_statement_cache_size)
+
+            return asyncio.run(_with_database(database, migrate))
         if args.command == "keys":
 
             async def rotate(url: str) -> int:
                 from mfa_service.app import rotate_signing_key
 
                 kid = await rotate_signing_key(
-                    database_url=url, key_ring=key_ring, algorithm=algorithm
+                    database_url=url,
+                    key_ring=key_ring,
+                    algorithm=algorithm,
+                    statement_cache_size=database.db_statement_cache_size,
                 )
                 print(f"new signing key {kid} ({algorithm}); the previous key keeps verifying")
                 return 0
@@ -112,10 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         return 3
 
 
-async def _migrate(url: str) -> int:
+async def _migrate(url: str, statement_cache_size: int) -> int:
     from mfa_service.store.db import migrate_url
 
-    applied = await migrate_url(url)
+    applied = await migrate_url(url, statement_cache_size=statement_cache_size)
     print(f"applied {len(applied)} migration(s)" if applied else "database is up to date")
     return 0
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mfa_service.crypto import KeyRing, KeyRingError
+from mfa_service.store.db import DEFAULT_STATEMENT_CACHE_SIZE
 
 DEFAULT_LISTEN_ADDR = "127.0.0.1:50051"
 DEV_KEY_FILE = "dev-encryption-keys"
@@ -69,6 +70,12 @@ class Config:
     metrics_addr: str | None = None
     # OTEL_TRACES_EXPORTER: console or otlp; None: no tracing.
     traces_exporter: str | None = None
+    # MFA_DB_STATEMENT_CACHE: asyncpg's prepared statements per connection; 0 behind
+    # pgbouncer in transaction mode.
+    db_statement_cache_size: int = DEFAULT_STATEMENT_CACHE_SIZE
+    # MFA_DB_LISTEN_URL: where the settings listener LISTENs (a session of its own, which
+    # a transaction-mode pooler cannot give); None: DATABASE_URL.
+    db_listen_url: str | None = None
 
     @property
     def listen_addr(self) -> str:
@@ -112,6 +119,8 @@ def load(env: Mapping[str, str] | None = None, *, dev_mode: bool = False) -> Con
         token_issuer=_token_issuer(env),
         metrics_addr=_metrics_addr(env),
         traces_exporter=traces_exporter(env),
+        db_statement_cache_size=_statement_cache_size(env),
+        db_listen_url=_database_url(env, "MFA_DB_LISTEN_URL"),
         # Last: in dev mode it writes a key file and logs, only for an otherwise valid config.
         key_ring=_key_ring(env, data_dir, dev_mode=dev_mode),
     )
@@ -124,6 +133,7 @@ class DatabaseConfig:
     database_url: str | None
     data_dir: Path
     log_level: str
+    db_statement_cache_size: int = DEFAULT_STATEMENT_CACHE_SIZE
 
 
 def load_database(env: Mapping[str, str] | None = None) -> DatabaseConfig:
@@ -133,6 +143,7 @@ def load_database(env: Mapping[str, str] | None = None) -> DatabaseConfig:
         database_url=_database_url(env),
         data_dir=Path(env.get("MFA_DATA_DIR") or ".data"),
         log_level=_log_level(env),
+        db_statement_cache_size=_statement_cache_size(env),
     )
 
 
@@ -190,11 +201,17 @@ def _is_loopback(host: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
-def _database_url(env: Mapping[str, str]) -> str | None:
-    url = env.get("DATABASE_URL") or None
+def _database_url(env: Mapping[str, str], variable: str = "DATABASE_URL") -> str | None:
+    url = env.get(variable) or None
     if url is not None and not url.startswith(("postgresql://", "postgres://")):
-        raise ConfigError("DATABASE_URL", "must be a postgresql:// URL")
+        raise ConfigError(variable, "must be a postgresql:// URL")
     return url
+
+
+def _statement_cache_size(env: Mapping[str, str]) -> int:
+    return _int(
+        env, "MFA_DB_STATEMENT_CACHE", default=DEFAULT_STATEMENT_CACHE_SIZE, low=0, high=10000
+    )
 
 
 def _key_ring(env: Mapping[str, str], data_dir: Path, *, dev_mode: bool) -> KeyRing:

@@ -44,6 +44,8 @@ def test_defaults() -> None:
     assert config.shutdown_grace_seconds == 10.0
     assert config.log_level == "INFO"
     assert config.dev_mode is False
+    assert config.db_statement_cache_size == 100  # asyncpg's default
+    assert config.db_listen_url is None  # the listener uses DATABASE_URL
 
 
 def test_every_variable_is_read() -> None:
@@ -56,6 +58,8 @@ def test_every_variable_is_read() -> None:
             "MFA_SHUTDOWN_GRACE_SECONDS": "0",
             "MFA_LOG_LEVEL": "debug",
             "MFA_DATA_DIR": "/var/lib/mfa",
+            "MFA_DB_STATEMENT_CACHE": "0",
+            "MFA_DB_LISTEN_URL": "postgresql://mfa@db-direct.internal:5432/mfa",
         }
     )
     assert config.database_url == "postgresql://mfa@db.internal:5432/mfa"
@@ -65,6 +69,8 @@ def test_every_variable_is_read() -> None:
     assert config.shutdown_grace_seconds == 0.0
     assert config.log_level == "DEBUG"
     assert config.data_dir == Path("/var/lib/mfa")
+    assert config.db_statement_cache_size == 0
+    assert config.db_listen_url == "postgresql://mfa@db-direct.internal:5432/mfa"
 
 
 def test_tls_configuration(tls_files: dict[str, str]) -> None:
@@ -231,6 +237,9 @@ MALFORMED: list[object] = [
         {"MFA_SHUTDOWN_GRACE_SECONDS": "601"}, "MFA_SHUTDOWN_GRACE_SECONDS", id="grace-601"
     ),
     pytest.param({"MFA_LOG_LEVEL": "LOUD"}, "MFA_LOG_LEVEL", id="log-level-loud"),
+    pytest.param({"MFA_DB_STATEMENT_CACHE": "-1"}, "MFA_DB_STATEMENT_CACHE", id="cache-neg"),
+    pytest.param({"MFA_DB_STATEMENT_CACHE": "off"}, "MFA_DB_STATEMENT_CACHE", id="cache-word"),
+    pytest.param({"MFA_DB_LISTEN_URL": "mysql://db/mfa"}, "MFA_DB_LISTEN_URL", id="listen-url"),
 ]
 
 

@@ -31,12 +31,19 @@ MIGRATION_LOCK_ID = 0x6D666173
 CONNECT_TIMEOUT_SECONDS = 5.0
 COMMAND_TIMEOUT_SECONDS = 5.0
 ACQUIRE_TIMEOUT_SECONDS = 5.0
+# asyncpg's cache of named prepared statements per connection (its default size). A
+# pooler in transaction mode (pgbouncer) hands each transaction a different server
+# connection, where those names do not exist: there it must be 0 (MFA_DB_STATEMENT_CACHE).
+DEFAULT_STATEMENT_CACHE_SIZE = 100
 
 # SQLSTATE classes that mean "the database is not usable now": connection exception,
 # insufficient resources, operator intervention (shutdown, cannot connect now).
 _UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
-# Serialization failure and deadlock: the transaction was rolled back as a whole.
-_RETRYABLE_SQLSTATES = ("40001", "40P01")
+# Serialization failure and deadlock: the transaction was rolled back as a whole. And
+# read_only_sql_transaction: the service never opens a read-only transaction, so a write
+# refused as read-only reached a standby, i.e. a node that is not (or no longer) the
+# primary, during a failover.
+_RETRYABLE_SQLSTATES = ("40001", "40P01", "25006")
 # InterfaceErrors that are our mistakes or our configuration, not a lost connection.
 _NOT_CONNECTION_ERRORS = (
     asyncpg.exceptions._base.ClientConfigurationError,
@@ -115,10 +122,16 @@ async def _reset_connection(conn: Connection) -> None:
 
 
 async def create_pool(
-    url: str, *, size: int, query_logger: Callable[[Any], None] | None = None
+    url: str,
+    *,
+    size: int,
+    query_logger: Callable[[Any], None] | None = None,
+    statement_cache_size: int = DEFAULT_STATEMENT_CACHE_SIZE,
 ) -> asyncpg.Pool:
     """``query_logger``: called with asyncpg's ``LoggedQuery`` after each statement of a
-    pooled connection (tracing); None, the default, costs the statements nothing."""
+    pooled connection (tracing); None, the default, costs the statements nothing.
+    ``statement_cache_size`` 0: no named prepared statements (behind pgbouncer in
+    transaction mode); each statement is then parsed again on every execution."""
     init = _init_connection
     if query_logger is not None:
         logger = query_logger
@@ -136,6 +149,7 @@ async def create_pool(
             command_timeout=COMMAND_TIMEOUT_SECONDS,
             init=init,
             reset=_reset_connection,
+            statement_cache_size=statement_cache_size,
         )
     if pool is None:  # only when create_pool is not awaited; keeps the type exact
         raise DatabaseUnavailable()
@@ -284,9 +298,13 @@ async def migrate(conn: Connection) -> list[int]:
     return applied_now
 
 
-async def migrate_url(url: str) -> list[int]:
+async def migrate_url(
+    url: str, *, statement_cache_size: int = DEFAULT_STATEMENT_CACHE_SIZE
+) -> list[int]:
     with unavailable_on_db_failure():
-        conn = await asyncpg.connect(url, timeout=ACQUIRE_TIMEOUT_SECONDS)
+        conn = await asyncpg.connect(
+            url, timeout=ACQUIRE_TIMEOUT_SECONDS, statement_cache_size=statement_cache_size
+        )
     try:
         return await migrate(conn)
     finally:

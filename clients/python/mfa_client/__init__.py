@@ -6,14 +6,25 @@
             environment_id="env-1", user_id="alice", action=ACTION_WAAS_SIGN, token=token
         )
 
-Every failed call raises ``MfaServiceError`` carrying the status code, the
-``mfa.v1.ErrorReason``, the request id, field violations and any retry delay.
+Reads that fail with ``UNAVAILABLE`` are sent again by the channel (``READ_METHODS``);
+``ValidateActionToken`` is retried under one idempotency key. Every failed call raises
+``MfaServiceError`` carrying the status code, the ``mfa.v1.ErrorReason``, the request
+id, field violations and any retry delay.
 """
 
-from mfa_client._client import ActionTokenClient, AdminClient, Client, Validation
+from mfa_client._client import (
+    CHANNEL_OPTIONS,
+    READ_METHODS,
+    ActionTokenClient,
+    AdminClient,
+    Client,
+    Validation,
+)
 from mfa_client._errors import FieldViolation, MfaServiceError
 
 __all__ = [
+    "CHANNEL_OPTIONS",
+    "READ_METHODS",
     "ActionTokenClient",
     "AdminClient",
     "Client",

@@ -34,6 +34,49 @@ _RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EX
 _jitter = random.SystemRandom()
 _Response = TypeVar("_Response")
 
+# Calls are balanced over every address the target resolves to (gRPC's round_robin):
+# "dns:///mfa.internal:50051" for a name with one address a replica, or a list such as
+# "ipv4:10.0.0.1:50051,10.0.0.2:50051". Each call goes to the next ready replica, over
+# a TLS connection of this client's own, so mutual TLS stays end to end.
+#
+# Reads change nothing, so gRPC itself sends one again when it fails with UNAVAILABLE:
+# the replica was unreachable or restarting, or could not reach its database (during a
+# PostgreSQL failover). A retry policy in the channel's service config (gRFC A6), so it
+# holds for the generated stubs' reads too. Writes are never resent blindly: only
+# ValidateActionToken is, by ActionTokenClient.validate, under one idempotency key.
+READ_METHODS: tuple[tuple[str, str], ...] = (
+    ("mfa.v1.MfaService", "GetStatus"),
+    ("mfa.v1.MfaService", "ListDevices"),
+    ("mfa.v1.AdminService", "GetSettings"),
+    ("mfa.v1.AdminService", "ListAuditEvents"),
+    ("mfa.v1.ActionTokenService", "GetJwks"),
+)
+READ_ATTEMPTS = 4
+SERVICE_CONFIG = json.dumps(
+    {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "methodConfig": [
+            {
+                "name": [
+                    {"service": service, "method": method} for service, method in READ_METHODS
+                ],
+                "retryPolicy": {
+                    "maxAttempts": READ_ATTEMPTS,
+                    "initialBackoff": "0.1s",
+                    "maxBackoff": "1s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ],
+    }
+)
+# What Client.connect gives its channel; pass them to a channel made by hand.
+CHANNEL_OPTIONS: tuple[tuple[str, str | int], ...] = (
+    ("grpc.enable_retries", 1),
+    ("grpc.service_config", SERVICE_CONFIG),
+)
+
 
 async def _call(call: Callable[[], Awaitable[_Response]]) -> _Response:
     try:
@@ -179,16 +222,21 @@ class Client:
         insecure: bool = False,
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
     ) -> Client:
-        """A client over TLS (with a client certificate for mTLS), or plaintext if ``insecure``."""
+        """A client over TLS (with a client certificate for mTLS), or plaintext if ``insecure``.
+
+        ``target`` may resolve to several replicas: calls are balanced over them
+        (round_robin). Reads (``READ_METHODS``) failing with ``UNAVAILABLE`` are retried.
+        """
+        options = list(CHANNEL_OPTIONS)
         if insecure:
-            channel = grpc.aio.insecure_channel(target)
+            channel = grpc.aio.insecure_channel(target, options=options)
         else:
             credentials = grpc.ssl_channel_credentials(
                 root_certificates=root_certificates,
                 private_key=private_key,
                 certificate_chain=certificate_chain,
             )
-            channel = grpc.aio.secure_channel(target, credentials)
+            channel = grpc.aio.secure_channel(target, credentials, options=options)
         return cls(channel, timeout=timeout)
 
     async def close(self) -> None:
