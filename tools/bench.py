@@ -19,7 +19,10 @@ PostgreSQL its CPU per call is reported too. The results go to .bench/results.js
 of N consumed tokens and N/10 users with TOTP devices (generated in SQL) and measures
 again, to show whether the cost stays flat as the data grows.
 
-Usage: python tools/bench.py [--duration S] [--concurrency C] [--workers N] ...
+Each scenario runs in ``--rounds`` interleaved rounds (default 3) and each figure is the
+median over them, the ratios taken within a round: a shared machine's speed drifts.
+
+Usage: python tools/bench.py [--duration S] [--rounds R] [--concurrency C] [--workers N] ...
 """
 
 from __future__ import annotations
@@ -34,10 +37,12 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 import warnings
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -152,6 +157,10 @@ class ServerUnderTest:
             MFA_LISTEN_ADDR=self.target,
             MFA_LOG_LEVEL=log_level,
         )
+        # The metrics endpoint (one worker only) tells how many validations shared a statement.
+        self.metrics_port = _free_port() if workers == 1 else 0
+        if self.metrics_port:
+            env["MFA_METRICS_ADDR"] = f"127.0.0.1:{self.metrics_port}"
         self.log_path = out / "server.log"
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
@@ -189,6 +198,21 @@ class ServerUnderTest:
 
     def cpu_seconds(self) -> float:
         return cpu_seconds(process_tree(self.process.pid))
+
+    def validation_batches(self) -> tuple[float, float]:
+        """(validations, statements) so far, from the batch-size histogram; (0, 0) without
+        the metrics endpoint."""
+        if not self.metrics_port:
+            return 0.0, 0.0
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        found = {"sum": 0.0, "count": 0.0}
+        for line in text.splitlines():
+            for part in found:
+                if line.startswith(f"mfa_token_validation_batch_size_{part} "):
+                    found[part] = float(line.split()[1])
+        return found["sum"], found["count"]
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -588,6 +612,7 @@ class LoadShape:
     concurrency: int
     warmup: float
     duration: float
+    rounds: int = 1
 
 
 def run_scenario(
@@ -623,8 +648,11 @@ def run_scenario(
     postmaster = postgres.postmaster_pid()
     server_cpu = server.cpu_seconds()
     db_cpu = cpu_seconds(process_tree(postmaster)) if postmaster else 0.0
+    validations, statements = server.validation_batches()
     _sleep_until(started + shape.warmup + shape.duration)
     server_cpu = server.cpu_seconds() - server_cpu
+    after = server.validation_batches()
+    validations, statements = after[0] - validations, after[1] - statements
     db_cpu = (cpu_seconds(process_tree(postmaster)) if postmaster else 0.0) - db_cpu
     tallies: list[Tally] = [results.get(timeout=START_TIMEOUT_SECONDS) for _ in processes]
     for process in processes:
@@ -638,6 +666,8 @@ def run_scenario(
         "errors": sum(t.errors for t in tallies),
         "server_cpu_us_per_call": round(server_cpu / calls * 1e6, 1) if calls else 0.0,
     }
+    if statements:
+        result["validations_per_statement"] = round(validations / statements, 1)
     if postmaster:
         result["db_cpu_us_per_call"] = round(db_cpu / calls * 1e6, 1) if calls else 0.0
     client_cpu = sum(t.cpu_seconds for t in tallies)
@@ -668,8 +698,14 @@ def run_round(
     postgres: Postgres,
     key_ring: KeyRing,
 ) -> dict[str, dict[str, Any]]:
-    """Seed this round's data, then every scenario in turn."""
-    seconds = shape.warmup + shape.duration
+    """Seed this round's data, then every scenario in turn, ``shape.rounds`` times over.
+
+    The scenarios are interleaved (baseline, validate, issue, status, baseline, ...) and
+    each figure is the median over the rounds; a ratio to the baseline is taken within a
+    round and then the median. The speed of a shared machine drifts by tens of percent
+    over a minute; interleaving lets that drift cancel out of the ratios.
+    """
+    seconds = (shape.warmup + shape.duration) * shape.rounds
     n_tokens = int(TOKENS_PER_SECOND * seconds)
     n_users = int(TOTP_USERS_PER_SECOND * seconds)
     began = time.monotonic()
@@ -687,16 +723,41 @@ def run_round(
         "issue_action_token_totp": seeded.totp_users,
         "get_status": [user for user, _, _ in seeded.totp_users[:1000]],
     }
-    scenarios: dict[str, dict[str, Any]] = {}
-    for name in names:
-        time.sleep(1)  # let the previous scenario's tail settle
-        scenarios[name] = run_scenario(name, items[name], shape, server, postgres)
-        print(f"  {name}: {scenarios[name]['rps']:.0f} calls/s", flush=True)
-    if "baseline_health_check" in scenarios:
-        baseline = scenarios["baseline_health_check"]["rps"] or 1.0
-        for result in scenarios.values():
-            result["ratio_to_baseline"] = round(result["rps"] / baseline, 3)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for round_index in range(shape.rounds):
+        for name in names:
+            time.sleep(1)  # let the previous scenario's tail settle
+            share = items[name]
+            if name in SINGLE_USE:  # each round its own unused part
+                share = share[round_index :: shape.rounds]
+            result = run_scenario(name, share, shape, server, postgres)
+            runs[name].append(result)
+            print(f"  round {round_index + 1} {name}: {result['rps']:.0f} calls/s", flush=True)
+    scenarios = {name: _median_of(results) for name, results in runs.items()}
+    if "baseline_health_check" in runs:
+        baselines = [r["rps"] or 1.0 for r in runs["baseline_health_check"]]
+        for name, results in runs.items():
+            ratios = [r["rps"] / b for r, b in zip(results, baselines, strict=True)]
+            scenarios[name]["ratio_to_baseline"] = round(statistics.median(ratios), 3)
+            scenarios[name]["ratio_to_baseline_by_round"] = [round(x, 3) for x in ratios]
     return scenarios
+
+
+def _median_of(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """A scenario's rounds in one: the median of each figure, errors summed, rounds kept."""
+    merged: dict[str, Any] = {}
+    for key, value in results[0].items():
+        values = [r[key] for r in results if key in r]
+        if key == "errors":
+            merged[key] = sum(values)
+        elif key == "error_samples":
+            merged[key] = [s for v in values for s in v][:5]
+        elif isinstance(value, bool):
+            merged[key] = any(values)
+        elif isinstance(value, int | float):
+            merged[key] = round(statistics.median(values), 3)
+    merged["rps_by_round"] = [r["rps"] for r in results]
+    return merged
 
 
 # --- output ----------------------------------------------------------------------------
@@ -724,6 +785,8 @@ def table(scenarios: dict[str, dict[str, Any]], compare: dict[str, dict[str, Any
         if compare is not None:
             before = compare[name]["rps"] or 1.0  # the same scenario on the empty database
             line += f"{r['rps'] / before:>9.0%} "
+        if "validations_per_statement" in r:
+            line += f"  ({r['validations_per_statement']:g} validations a statement)"
         if r.get("ran_out_of_seeded_data"):
             line += "  (ran out of seeded data: raise TOKENS_PER_SECOND)"
         lines.append(line)
@@ -732,8 +795,13 @@ def table(scenarios: dict[str, dict[str, Any]], compare: dict[str, dict[str, Any
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")
-    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
+    parser.add_argument(
+        "--duration", type=float, default=5.0, help="measured seconds per scenario and round"
+    )
+    parser.add_argument("--warmup", type=float, default=1.5, help="unmeasured seconds first")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved rounds of every scenario (median)"
+    )
     parser.add_argument("--concurrency", type=int, default=16, help="calls in flight in all")
     parser.add_argument("--workers", type=int, default=1, help="server processes")
     parser.add_argument("--processes", type=int, default=2, help="load-generator processes")
@@ -763,6 +831,7 @@ def main(argv: list[str] | None = None) -> int:
         concurrency=args.concurrency,
         warmup=args.warmup,
         duration=args.duration,
+        rounds=args.rounds,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "server.log").unlink(missing_ok=True)
@@ -775,13 +844,15 @@ def main(argv: list[str] | None = None) -> int:
         "concurrency": args.concurrency,
         "warmup_s": args.warmup,
         "duration_s": args.duration,
+        "rounds": args.rounds,
         "cpus": os.cpu_count(),
         "server_log_level": args.log_level,
     }
     print(
         f"mfa-service bench: {args.workers} server worker(s), {args.processes} load processes "
         f"x {args.channels} channels, {args.concurrency} calls in flight, "
-        f"{args.warmup:g} s warm-up + {args.duration:g} s per scenario, {os.cpu_count()} CPUs",
+        f"{args.warmup:g} s warm-up + {args.duration:g} s per scenario, {args.rounds} "
+        f"interleaved round(s), {os.cpu_count()} CPUs",
         flush=True,
     )
     postgres = Postgres(os.environ.get("BENCH_DATABASE_URL") or os.environ.get("DATABASE_URL"))

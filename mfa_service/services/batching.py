@@ -51,6 +51,7 @@ class MicroBatcher(Generic[T, R]):
         self._on_batch = on_batch
         self._waiting: deque[tuple[T, asyncio.Future[R]]] = deque()
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._starting = False  # a batch task was created and has not taken its items yet
 
     async def submit(self, item: T) -> R:
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
@@ -59,18 +60,28 @@ class MicroBatcher(Generic[T, R]):
         return await future
 
     def _start_batches(self) -> None:
-        while self._waiting and len(self._in_flight) < self._max_in_flight:
-            batch = self._take()
-            if not batch:
-                return
-            if self._on_batch is not None:
-                self._on_batch(len(batch))
-            # A fresh context: the batch belongs to no one request's log or trace context.
-            task = asyncio.get_running_loop().create_task(
-                self._run_batch(batch), context=contextvars.Context()
-            )
-            self._in_flight.add(task)
-            task.add_done_callback(self._finished)
+        """Start a batch if one may start and none is about to (it will take these too)."""
+        if self._starting or not self._waiting or len(self._in_flight) >= self._max_in_flight:
+            return
+        self._starting = True
+        # A fresh context: the batch belongs to no one request's log or trace context.
+        task = asyncio.get_running_loop().create_task(
+            self._run_next(), context=contextvars.Context()
+        )
+        self._in_flight.add(task)
+        task.add_done_callback(self._finished)
+
+    async def _run_next(self) -> None:
+        """Take the batch when the task first runs, one turn of the event loop after it
+        was started: the requests that reached the server in that turn go along."""
+        self._starting = False
+        batch = self._take()
+        self._start_batches()  # more waiting than one batch holds, and room for another
+        if not batch:
+            return
+        if self._on_batch is not None:
+            self._on_batch(len(batch))
+        await self._run_batch(batch)
 
     def _take(self) -> list[tuple[T, asyncio.Future[R]]]:
         batch: list[tuple[T, asyncio.Future[R]]] = []
