@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from datetime import timedelta
 from typing import Any
 
 import asyncpg
 import grpc
+import jwt
 import pyotp
 import pytest
 
@@ -596,3 +598,47 @@ async def test_audit_list_input_errors(
 ) -> None:
     error = await refused(list_events(client, **request_fields))
     assert [v.field for v in error.field_violations] == [field]
+
+
+async def test_audit_rows_of_token_issues_and_recovery_proofs(
+    client: Client, clock: FakeClock, db: asyncpg.Connection
+) -> None:
+    """The verification's events and the issue's are written with the token, in order."""
+    await update_settings(client, ENV, protected_actions=[types.ACTION_WAAS_SIGN])
+    device, codes = await enroll_with_codes(client, clock, "auditor")
+    await token_for(client, clock, device, "auditor", types.ACTION_WAAS_SIGN)
+    by_code = await call(
+        client.mfa_stub.IssueActionToken(
+            pb.IssueActionTokenRequest(
+                environment_id=ENV,
+                user_id="auditor",
+                challenge_id=await challenge(client, ENV, "auditor", types.METHOD_RECOVERY_CODE),
+                proof=types.Proof(recovery_code=codes[0]),
+                actions=[types.ACTION_WAAS_SIGN],
+                single_use=True,
+            )
+        )
+    )
+    await verify_with_code(client, "auditor", codes[1])
+    rows = await db.fetch(
+        "SELECT type, method, device_id, details FROM audit_events "
+        "WHERE user_id = 'auditor' AND type NOT LIKE 'ENROLLMENT_%' "
+        "AND type <> 'RECOVERY_CODES_GENERATED' ORDER BY id"
+    )
+    assert [(r["type"], r["method"]) for r in rows] == [
+        ("VERIFICATION_SUCCEEDED", "TOTP"),
+        ("TOKEN_ISSUED", "TOTP"),
+        ("RECOVERY_CODE_USED", "RECOVERY_CODE"),
+        ("VERIFICATION_SUCCEEDED", "RECOVERY_CODE"),
+        ("TOKEN_ISSUED", "RECOVERY_CODE"),
+        ("RECOVERY_CODE_USED", "RECOVERY_CODE"),
+        ("VERIFICATION_SUCCEEDED", "RECOVERY_CODE"),
+    ]
+    assert rows[0]["device_id"] == rows[1]["device_id"] == device.device_id
+    details = [json.loads(r["details"]) for r in rows]
+    assert details[1]["actions"] == "WAAS_SIGN"
+    assert (
+        details[4]["jti"] == jwt.decode(by_code.token, options={"verify_signature": False})["jti"]
+    )
+    assert [d.get("remaining") for d in details[2:4]] == ["9", "9"]
+    assert [d.get("remaining") for d in details[5:]] == ["8", "8"]

@@ -196,9 +196,7 @@ class ActionTokenService:
                     session_id=session_id,
                 )
                 token = tokens.encode(claims, key, issuer=self._issuer, audience=AUDIENCE)
-                await token_store.insert(conn, claims, token_hash=tokens.token_hash(token))
-                await audit.record(
-                    conn,
+                issued = audit.event(
                     AuditEventType.TOKEN_ISSUED,
                     env=env,
                     user=user,
@@ -209,6 +207,13 @@ class ActionTokenService:
                     actions=",".join(a.name for a in actions),
                     single_use=str(single_use).lower(),
                     jti=str(claims.jti),
+                )
+                # The token and the audit events of its issue: one statement.
+                await token_store.insert(
+                    conn,
+                    claims,
+                    token_hash=tokens.token_hash(token),
+                    events=(*outcome.events, issued),
                 )
         if isinstance(outcome, MfaError):
             raise outcome

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from uuid import UUID
 
@@ -9,6 +10,30 @@ from mfa_service.domain.audit import AuditEvent, AuditEventType, CallContext
 from mfa_service.domain.model import EnvironmentId, Method, UserId
 from mfa_service.store import audit as audit_store
 from mfa_service.store.db import Connection
+
+
+def event(
+    event_type: AuditEventType,
+    *,
+    env: EnvironmentId,
+    user: UserId,
+    now: datetime,
+    context: CallContext,
+    method: Method | None = None,
+    device_id: UUID | None = None,
+    **details: str,
+) -> AuditEvent:
+    """An event to write later, with other writes of the same transaction."""
+    return AuditEvent(
+        type=event_type,
+        environment_id=env,
+        user_id=user,
+        occurred_at=now,
+        context=context,
+        method=method,
+        device_id=str(device_id) if device_id else "",
+        details=details,
+    )
 
 
 async def record(
@@ -25,14 +50,19 @@ async def record(
 ) -> None:
     await audit_store.append(
         conn,
-        AuditEvent(
-            type=event_type,
-            environment_id=env,
-            user_id=user,
-            occurred_at=now,
+        event(
+            event_type,
+            env=env,
+            user=user,
+            now=now,
             context=context,
             method=method,
-            device_id=str(device_id) if device_id else "",
-            details=details,
+            device_id=device_id,
+            **details,
         ),
     )
+
+
+async def write(conn: Connection, events: Sequence[AuditEvent]) -> None:
+    """Events built with ``event``, in one statement."""
+    await audit_store.append_many(conn, events)

@@ -17,7 +17,7 @@ from uuid import UUID
 from mfa_service.clock import Clock
 from mfa_service.crypto import KeyRing
 from mfa_service.domain import passkeys, recovery, totp
-from mfa_service.domain.audit import AuditEventType, CallContext
+from mfa_service.domain.audit import AuditEvent, AuditEventType, CallContext
 from mfa_service.domain.devices import CHALLENGE_TTL, Challenge, Device, secret_context
 from mfa_service.domain.lockout import AttemptState
 from mfa_service.domain.model import EnvironmentId, Method, Proof, UserId
@@ -49,9 +49,13 @@ _DECOY_SECRET = totp.new_secret()
 
 @dataclass(frozen=True, slots=True)
 class Verified:
+    """A proof that held. ``events``: its audit events, not yet written: the caller
+    writes them with its own changes (one statement for both, on the hot paths)."""
+
     method: Method
     device_id: UUID | None
     at: datetime
+    events: tuple[AuditEvent, ...]
 
 
 def require_enabled(settings: Settings, method: Method) -> None:
@@ -124,8 +128,7 @@ class Verifier:
         if matched is not None:
             if attempts.failed_attempts:
                 await user_store.record_success(conn, env, user)
-            await audit.record(
-                conn,
+            succeeded = audit.event(
                 AuditEventType.VERIFICATION_SUCCEEDED,
                 env=env,
                 user=user,
@@ -134,7 +137,7 @@ class Verifier:
                 method=challenge.method,
                 device_id=matched.id,
             )
-            return Verified(method=challenge.method, device_id=matched.id, at=now)
+            return Verified(challenge.method, matched.id, now, (succeeded,))
         if regressed is not None:
             await audit.record(
                 conn,
@@ -177,9 +180,8 @@ class Verifier:
             if attempts.failed_attempts:
                 await user_store.record_success(conn, env, user)
             left = await recovery_store.remaining(conn, env, user)
-            for event in (AuditEventType.RECOVERY_CODE_USED, AuditEventType.VERIFICATION_SUCCEEDED):
-                await audit.record(
-                    conn,
+            events = tuple(
+                audit.event(
                     event,
                     env=env,
                     user=user,
@@ -188,7 +190,12 @@ class Verifier:
                     method=Method.RECOVERY_CODE,
                     remaining=str(left),
                 )
-            return Verified(method=Method.RECOVERY_CODE, device_id=None, at=now)
+                for event in (
+                    AuditEventType.RECOVERY_CODE_USED,
+                    AuditEventType.VERIFICATION_SUCCEEDED,
+                )
+            )
+            return Verified(Method.RECOVERY_CODE, None, now, events)
         return await self.record_failure(
             conn,
             settings=settings,
@@ -403,6 +410,7 @@ class VerificationService:
                 context=context,
             )
             if isinstance(outcome, Verified):
+                await audit.write(conn, outcome.events)
                 await session_store.mark_verified(
                     conn,
                     env,

@@ -7,18 +7,28 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
+from mfa_service.domain.audit import AuditEvent
 from mfa_service.domain.tokens import ActionClaims
+from mfa_service.store import audit as audit_store
 from mfa_service.store.db import Connection
 
+_INSERT = """
+    INSERT INTO action_tokens (jti, environment_id, user_id, actions, single_use,
+                               session_id, payload_digest, method, issued_at, expires_at,
+                               token_hash)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+"""
 
-async def insert(conn: Connection, claims: ActionClaims, *, token_hash: bytes) -> None:
-    await conn.execute(
-        """
-        INSERT INTO action_tokens (jti, environment_id, user_id, actions, single_use,
-                                   session_id, payload_digest, method, issued_at, expires_at,
-                                   token_hash)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-        """,
+
+async def insert(
+    conn: Connection,
+    claims: ActionClaims,
+    *,
+    token_hash: bytes,
+    events: Sequence[AuditEvent] = (),
+) -> None:
+    """Record an issued token, and ``events`` in the audit log, in one statement."""
+    args = [
         claims.jti,
         claims.environment_id,
         claims.user_id,
@@ -30,6 +40,14 @@ async def insert(conn: Connection, claims: ActionClaims, *, token_hash: bytes) -
         claims.issued_at,
         claims.expires_at,
         token_hash,
+    ]
+    if not events:
+        await conn.execute(_INSERT, *args)
+        return
+    await conn.execute(
+        f"WITH token AS ({_INSERT}) {audit_store.insert_many_sql(len(args) + 1)}",
+        *args,
+        *audit_store.many_args(events),
     )
 
 
