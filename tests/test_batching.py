@@ -128,6 +128,19 @@ async def test_a_cancelled_caller_is_left_out_of_the_next_batch() -> None:
     assert run.batches == [["a"], ["c"]]
 
 
+async def test_a_batch_cancelled_before_it_ran_does_not_stall_the_next() -> None:
+    run = Recorder()
+    run.release.set()
+    batcher = MicroBatcher(run, max_in_flight=1)
+    waiting = asyncio.create_task(batcher.submit("a"))
+    await asyncio.sleep(0)  # submitted; its batch task exists but has not run
+    for task in list(batcher._in_flight):
+        task.cancel()
+    # "a" was never taken: the next batch takes it, without another submission.
+    assert await asyncio.wait_for(waiting, timeout=1) == "A"
+    assert run.batches == [["a"]]
+
+
 def test_limits_must_be_positive() -> None:
     with pytest.raises(ValueError):
         MicroBatcher(Recorder(), max_batch=0)

@@ -125,4 +125,6 @@ class MicroBatcher(Generic[T, R]):
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
+        if task.cancelled():
+            self._starting = False  # it may have been cancelled before it took its batch
         self._start_batches()
