@@ -244,18 +244,19 @@ class Verifier:
         # §7.2 step 19: the backup eligibility of a credential never changes.
         if result is None or result.backup_eligible != device.passkey.backup_eligible:
             return None, None
-        stored = device.passkey.sign_count
-        if not passkeys.sign_count_ok(stored, result.new_sign_count):
-            return None, device  # a possible cloned authenticator: audited
-        if not await device_store.advance_sign_count(
+        # A counter that does not move forward (a possible cloned authenticator) is
+        # refused and audited. The devices were read before this user's row lock was
+        # granted, so the database decides on the counter as it is now.
+        if not passkeys.sign_count_ok(
+            device.passkey.sign_count, result.new_sign_count
+        ) or not await device_store.advance_sign_count(
             conn,
             device.id,
-            expected=stored,
             new=result.new_sign_count,
             backed_up=result.backed_up,
             now=now,
         ):
-            return None, None
+            return None, device
         return device, None
 
     async def record_failure(

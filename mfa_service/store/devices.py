@@ -179,21 +179,20 @@ async def advance_sign_count(
     conn: Connection,
     device_id: UUID,
     *,
-    expected: int,
     new: int,
     backed_up: bool,
     now: datetime,
 ) -> bool:
-    """Compare-and-set of the signature counter (WebAuthn §7.2 step 22): of two
-    assertions that read the same counter, only one moves it."""
+    """Move the signature counter forward (WebAuthn §7.2 step 22), decided on the row as
+    it is now, not as the caller read it: of two assertions with the same counter only
+    one moves it, and none moves it back. Both zero (synced passkeys) always passes."""
     updated = await conn.fetchval(
         """
-        UPDATE devices SET passkey_sign_count = $3, passkey_backed_up = $4, last_used_at = $5
-        WHERE id = $1 AND passkey_sign_count = $2
+        UPDATE devices SET passkey_sign_count = $2, passkey_backed_up = $3, last_used_at = $4
+        WHERE id = $1 AND (passkey_sign_count < $2 OR (passkey_sign_count = 0 AND $2 = 0))
         RETURNING true
         """,
         device_id,
-        expected,
         new,
         backed_up,
         now,

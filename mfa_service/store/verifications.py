@@ -25,9 +25,11 @@ class Begun:
 # ``u`` locks the user's row for the transaction (so one user's verifications run one at
 # a time, and the failure count is exact) and starts a fresh count after an expired
 # lockout. ``c`` takes the challenge out, so it is used at most once, but not while the
-# user is locked out. The devices are read in the statement's snapshot: a concurrent
-# verification may since have accepted a TOTP step, which the conditional write of the
-# step (devices.accept_totp_step) re-checks.
+# user is locked out. The devices are read in the statement's snapshot, taken before the
+# lock was granted: a concurrent verification may since have accepted a TOTP step or
+# moved a passkey's counter. The writes that matter re-check the row as it is then
+# (devices.accept_totp_step, devices.advance_sign_count), so a stale read can only make
+# them refuse, never accept twice.
 _BEGIN = f"""
 WITH u AS (
     INSERT INTO mfa_users (environment_id, user_id, created_at) VALUES ($1, $2, $4)
