@@ -199,7 +199,9 @@ class LockedOut(ResourceExhausted):
 
 class DatabaseUnavailable(Unavailable):
     reason = "ERROR_REASON_DATABASE_UNAVAILABLE"
-    default_message = "the database is unavailable; nothing was changed, retry later"
+    # Neutral: a statement outside a transaction may have taken effect before its answer
+    # was lost. store.db says more where it knows more (nothing changed; outcome unknown).
+    default_message = "the database is unavailable; retry later"
 
 
 class NotImplementedYet(Unimplemented):

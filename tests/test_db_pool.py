@@ -19,7 +19,7 @@ from conftest import TEST_KEY_RING
 
 from mfa_service import app as app_module
 from mfa_service.errors import DatabaseUnavailable
-from mfa_service.store.db import Database, create_pool
+from mfa_service.store.db import NOTHING_CHANGED, OUTCOME_UNKNOWN, Database, create_pool
 
 
 async def test_a_write_refused_as_read_only_is_unavailable_and_drops_the_connection(
@@ -82,3 +82,45 @@ async def test_the_settings_listener_connects_to_its_own_url(database_url: str) 
             await conn.close()
     finally:
         await application.stop()
+
+
+async def _kill_backend(database_url: str, pid: int) -> None:
+    """End one server process, as a crash or a failover does, and wait until it is gone."""
+    admin = await asyncpg.connect(database_url)
+    try:
+        assert await admin.fetchval("SELECT pg_terminate_backend($1, 5000)", pid)
+    finally:
+        await admin.close()
+
+
+async def test_a_connection_lost_before_commit_says_nothing_was_changed(
+    database_url: str,
+) -> None:
+    db = Database(await create_pool(database_url, size=1))
+    try:
+        with pytest.raises(DatabaseUnavailable) as lost:
+            async with db.transaction() as conn:
+                await conn.execute("CREATE TEMP TABLE doomed (x int)")
+                await _kill_backend(database_url, await conn.fetchval("SELECT pg_backend_pid()"))
+                await conn.execute("INSERT INTO doomed VALUES (1)")
+        assert lost.value.message == NOTHING_CHANGED
+    finally:
+        await db.close()
+
+
+async def test_a_connection_lost_at_commit_says_the_outcome_is_unknown(
+    database_url: str,
+) -> None:
+    db = Database(await create_pool(database_url, size=1))
+    try:
+        with pytest.raises(DatabaseUnavailable) as lost:
+            async with db.transaction() as conn:
+                await conn.execute("SELECT 1")
+                await _kill_backend(database_url, await conn.fetchval("SELECT pg_backend_pid()"))
+        assert lost.value.message == OUTCOME_UNKNOWN
+        assert "nothing was changed" not in lost.value.message
+        # And the service goes on, on a new connection.
+        async with db.transaction() as conn:
+            assert await conn.fetchval("SELECT 1") == 1
+    finally:
+        await db.close()

@@ -92,15 +92,28 @@ def _is_unavailable(exc: BaseException) -> bool:
     return False
 
 
+# What a caller may assume when the database failed: nothing, unless it failed before
+# a change could be committed. A COMMIT (or a statement outside a transaction) whose
+# answer was lost may have taken effect.
+NOTHING_CHANGED = "the database is unavailable; nothing was changed, retry later"
+OUTCOME_UNKNOWN = (
+    "the database became unavailable while committing: the change may have been made; "
+    "read the state before retrying, or retry with the same idempotency key"
+)
+
+
 @contextmanager
-def unavailable_on_db_failure() -> Iterator[None]:
-    """Turn a lost, refused or timed-out database into ``DatabaseUnavailable``."""
+def unavailable_on_db_failure(message: str | None = None) -> Iterator[None]:
+    """Turn a lost, refused or timed-out database into ``DatabaseUnavailable`` (with
+    ``message``, or its neutral default)."""
     try:
         yield
+    except DatabaseUnavailable:
+        raise  # already classified, by an inner phase that knew more
     except Exception as exc:
         if _is_unavailable(exc):
             log.warning("database unavailable: %s", type(exc).__name__)
-            raise DatabaseUnavailable() from exc
+            raise DatabaseUnavailable(message) from exc
         raise
 
 
@@ -165,7 +178,8 @@ class Database:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
         async with self._pooled() as conn:
-            with unavailable_on_db_failure():
+            # Until COMMIT is sent, a lost connection rolls the transaction back.
+            with unavailable_on_db_failure(NOTHING_CHANGED):
                 transaction = conn.transaction()
                 await transaction.start()
                 try:
@@ -178,6 +192,7 @@ class Database:
                     if not isinstance(exc, asyncio.CancelledError) and not _is_unavailable(exc):
                         await transaction.rollback()
                     raise
+            with unavailable_on_db_failure(OUTCOME_UNKNOWN):
                 await transaction.commit()
 
     @asynccontextmanager
@@ -198,7 +213,7 @@ class Database:
         at once: resetting it would wait on a dead or hung server. One the pool cannot
         reset is dropped by the pool.
         """
-        with unavailable_on_db_failure():
+        with unavailable_on_db_failure(NOTHING_CHANGED):  # nothing was sent yet
             conn = await self.pool.acquire(timeout=ACQUIRE_TIMEOUT_SECONDS)
         try:
             yield conn
