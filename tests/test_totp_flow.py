@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import uuid
 from datetime import datetime, timedelta
 
 import asyncpg
@@ -13,6 +14,7 @@ import pyotp
 import pytest
 
 from flows import (
+    TotpDevice,
     call,
     challenge,
     enroll_totp,
@@ -391,15 +393,21 @@ async def test_verify_input_errors_name_the_field(
 # --- lockout -----------------------------------------------------------------------
 
 
-async def test_lockout_refuses_even_a_correct_code_until_it_ends(
-    client: Client, clock: FakeClock, db: asyncpg.Connection
-) -> None:
-    device = await enroll_totp(client, clock, ENV, "uma")
+async def lock_out(client: Client, clock: FakeClock, user: str) -> TotpDevice:
+    """Enroll ``user``, then fail five times (the default limit): locked out now."""
+    device = await enroll_totp(client, clock, ENV, user)
     clock.advance(timedelta(minutes=1))
     wrong = f"{(int(device.code(clock.now())) + 5) % 10**6:06d}"
     for _ in range(5):
-        error = await refused(verify_session(client, ENV, "uma", "s", wrong))
+        error = await refused(verify_session(client, ENV, user, "s", wrong))
         assert error.reason == "ERROR_REASON_VERIFICATION_FAILED"
+    return device
+
+
+async def test_lockout_refuses_even_a_correct_code_until_it_ends(
+    client: Client, clock: FakeClock, db: asyncpg.Connection
+) -> None:
+    device = await lock_out(client, clock, "uma")
     locked = await refused(verify_session(client, ENV, "uma", "s", device.code(clock.now())))
     assert (locked.code, locked.reason) == (
         grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -421,6 +429,21 @@ async def test_lockout_refuses_even_a_correct_code_until_it_ends(
         r["type"] for r in await db.fetch("SELECT type FROM audit_events WHERE user_id='uma'")
     }
     assert {"LOCKED_OUT", "VERIFICATION_FAILED", "VERIFICATION_SUCCEEDED"} <= types_seen
+
+
+async def test_a_locked_out_attempt_leaves_its_challenge_untouched(
+    client: Client, clock: FakeClock, db: asyncpg.Connection
+) -> None:
+    """While locked out nothing is verified and nothing is used up, the challenge included."""
+    device = await lock_out(client, clock, "ula")
+    pending = await challenge(client, ENV, "ula")
+    locked = await refused(
+        verify_session(client, ENV, "ula", "s", device.code(clock.now()), pending)
+    )
+    assert locked.reason == "ERROR_REASON_LOCKED_OUT"
+    assert await db.fetchval("SELECT count(*) FROM challenges WHERE id = $1", uuid.UUID(pending))
+    failures = await db.fetchval("SELECT failed_attempts FROM mfa_users WHERE user_id = 'ula'")
+    assert failures == 5  # the refused attempt was not counted either
 
 
 async def test_the_failure_count_resets_only_on_success(client: Client, clock: FakeClock) -> None:

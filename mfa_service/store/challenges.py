@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from uuid import UUID
+from typing import Any
 
 from mfa_service.domain.devices import Challenge
 from mfa_service.domain.model import EnvironmentId, Method, UserId
@@ -28,33 +27,21 @@ async def insert(conn: Connection, challenge: Challenge) -> None:
     )
 
 
-async def consume(
-    conn: Connection, challenge_id: UUID, env: EnvironmentId, user: UserId, *, now: datetime
-) -> Challenge | None:
-    """Take the challenge out: one statement, so it is used at most once.
+# What a verification takes out of a challenge row (verifications.begin).
+TAKEN_COLUMNS = "id, method, device_id, created_at, expires_at, webauthn_challenge"
 
-    Another user's, an expired or an already used challenge yields None.
-    """
-    row = await conn.fetchrow(
-        """
-        DELETE FROM challenges
-        WHERE id = $1 AND environment_id = $2 AND user_id = $3 AND expires_at > $4
-        RETURNING id, method, device_id, created_at, expires_at, webauthn_challenge
-        """,
-        challenge_id,
-        env,
-        user,
-        now,
-    )
-    if row is None:
-        return None
+
+def challenge_from_row(
+    row: Any, env: EnvironmentId, user: UserId, *, prefix: str = ""
+) -> Challenge:
+    """``row`` holds ``TAKEN_COLUMNS``, each named with ``prefix``."""
     return Challenge(
-        id=row["id"],
+        id=row[f"{prefix}id"],
         environment_id=env,
         user_id=user,
-        method=Method[row["method"]],
-        device_id=row["device_id"],
-        created_at=row["created_at"],
-        expires_at=row["expires_at"],
-        webauthn_challenge=row["webauthn_challenge"],
+        method=Method[row[f"{prefix}method"]],
+        device_id=row[f"{prefix}device_id"],
+        created_at=row[f"{prefix}created_at"],
+        expires_at=row[f"{prefix}expires_at"],
+        webauthn_challenge=row[f"{prefix}webauthn_challenge"],
     )

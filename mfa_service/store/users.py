@@ -22,6 +22,18 @@ async def ensure(conn: Connection, env: EnvironmentId, user: UserId, *, now: dat
     )
 
 
+# $1 environment, $2 user, $3 now. Also the first part of verifications.begin.
+LOCK_FOR_VERIFICATION = """
+    INSERT INTO mfa_users (environment_id, user_id, created_at) VALUES ($1, $2, $3)
+    ON CONFLICT (environment_id, user_id) DO UPDATE SET
+        failed_attempts = CASE WHEN mfa_users.locked_until <= $3 THEN 0
+                               ELSE mfa_users.failed_attempts END,
+        locked_until = CASE WHEN mfa_users.locked_until <= $3 THEN NULL
+                            ELSE mfa_users.locked_until END
+    RETURNING failed_attempts, locked_until
+"""
+
+
 async def lock_for_verification(
     conn: Connection, env: EnvironmentId, user: UserId, *, now: datetime
 ) -> AttemptState:
@@ -31,20 +43,7 @@ async def lock_for_verification(
     the replay checks they make are exact under any concurrency. An expired lockout
     starts a fresh count here.
     """
-    row = await conn.fetchrow(
-        """
-        INSERT INTO mfa_users (environment_id, user_id, created_at) VALUES ($1, $2, $3)
-        ON CONFLICT (environment_id, user_id) DO UPDATE SET
-            failed_attempts = CASE WHEN mfa_users.locked_until <= $3 THEN 0
-                                   ELSE mfa_users.failed_attempts END,
-            locked_until = CASE WHEN mfa_users.locked_until <= $3 THEN NULL
-                                ELSE mfa_users.locked_until END
-        RETURNING failed_attempts, locked_until
-        """,
-        env,
-        user,
-        now,
-    )
+    row = await conn.fetchrow(LOCK_FOR_VERIFICATION, env, user, now)
     if row is None:  # INSERT ... ON CONFLICT DO UPDATE always returns the row
         raise LookupError("mfa_users upsert returned no row")
     return AttemptState(row["failed_attempts"], row["locked_until"])

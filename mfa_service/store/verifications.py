@@ -9,10 +9,12 @@ from uuid import UUID
 
 from mfa_service.domain.devices import Challenge, Device
 from mfa_service.domain.lockout import AttemptState
-from mfa_service.domain.model import EnvironmentId, Method, UserId
+from mfa_service.domain.model import EnvironmentId, UserId
+from mfa_service.store.challenges import TAKEN_COLUMNS, challenge_from_row
 from mfa_service.store.db import Connection
 from mfa_service.store.devices import COLUMNS as DEVICE_COLUMNS
 from mfa_service.store.devices import device_from_row
+from mfa_service.store.users import LOCK_FOR_VERIFICATION
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,25 +33,18 @@ class Begun:
 # (devices.accept_totp_step, devices.advance_sign_count), so a stale read can only make
 # them refuse, never accept twice.
 _BEGIN = f"""
-WITH u AS (
-    INSERT INTO mfa_users (environment_id, user_id, created_at) VALUES ($1, $2, $4)
-    ON CONFLICT (environment_id, user_id) DO UPDATE SET
-        failed_attempts = CASE WHEN mfa_users.locked_until <= $4 THEN 0
-                               ELSE mfa_users.failed_attempts END,
-        locked_until = CASE WHEN mfa_users.locked_until <= $4 THEN NULL
-                            ELSE mfa_users.locked_until END
-    RETURNING failed_attempts, locked_until
-),
+WITH u AS ({LOCK_FOR_VERIFICATION}),
 c AS (
     DELETE FROM challenges
-    WHERE id = $3 AND environment_id = $1 AND user_id = $2 AND expires_at > $4
-      AND NOT EXISTS (SELECT 1 FROM u WHERE locked_until > $4)
-    RETURNING id, method, device_id, created_at, expires_at, webauthn_challenge
+    WHERE id = $4 AND environment_id = $1 AND user_id = $2 AND expires_at > $3
+      AND NOT EXISTS (SELECT 1 FROM u WHERE locked_until > $3)
+    RETURNING {TAKEN_COLUMNS}
 )
 SELECT u.failed_attempts AS attempts_failed, u.locked_until AS attempts_locked_until,
        c.id AS challenge_id, c.method AS challenge_method,
        c.device_id AS challenge_device_id, c.created_at AS challenge_created_at,
-       c.expires_at AS challenge_expires_at, c.webauthn_challenge AS challenge_webauthn,
+       c.expires_at AS challenge_expires_at,
+       c.webauthn_challenge AS challenge_webauthn_challenge,
        d.*
 FROM u
 LEFT JOIN c ON true
@@ -58,28 +53,19 @@ LEFT JOIN LATERAL (
     WHERE environment_id = $1 AND user_id = $2 AND method = c.method
     ORDER BY created_at, id
 ) d ON true
-"""  # noqa: S608 (a constant column list)
+"""  # noqa: S608 (constant SQL fragments)
 
 
 async def begin(
     conn: Connection, env: EnvironmentId, user: UserId, challenge_id: UUID, *, now: datetime
 ) -> Begun:
-    rows = await conn.fetch(_BEGIN, env, user, challenge_id, now)
+    rows = await conn.fetch(_BEGIN, env, user, now, challenge_id)
     if not rows:  # INSERT ... ON CONFLICT DO UPDATE always returns the row
         raise LookupError("mfa_users upsert returned no row")
     first = rows[0]
     attempts = AttemptState(first["attempts_failed"], first["attempts_locked_until"])
     if first["challenge_id"] is None:
         return Begun(attempts, None, [])
-    challenge = Challenge(
-        id=first["challenge_id"],
-        environment_id=env,
-        user_id=user,
-        method=Method[first["challenge_method"]],
-        device_id=first["challenge_device_id"],
-        created_at=first["challenge_created_at"],
-        expires_at=first["challenge_expires_at"],
-        webauthn_challenge=first["challenge_webauthn"],
-    )
+    challenge = challenge_from_row(first, env, user, prefix="challenge_")
     devices = [device_from_row(r) for r in rows if r["id"] is not None]
     return Begun(attempts, challenge, devices)
