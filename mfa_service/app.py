@@ -131,7 +131,7 @@ async def start(
         metrics = Metrics()
         pool = db.pool
         metrics.add_pool(PoolCollector(pool.get_size, pool.get_idle_size, pool_size))
-    verifier = Verifier(key_ring)
+    verifier = Verifier(db, key_ring)
     keys = TokenKeys(db, clock, key_ring, token_algorithm)
     try:
         await keys.ensure()

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import UTC, datetime, timedelta
+import uuid
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -20,7 +21,7 @@ from mfa.v1 import mfa_service_pb2 as pb
 from mfa.v1 import types_pb2 as types
 from mfa_client import Client, MfaServiceError
 from mfa_service.app import Application
-from mfa_service.store import devices as device_store
+from mfa_service.store import verifications as verification_store
 
 ENV = "env-passkeys"
 ORIGIN = "https://app.example.com"
@@ -491,27 +492,41 @@ async def test_a_sign_count_regression_is_refused_and_audited(
 
 
 async def test_the_counter_write_decides_on_the_stored_counter_not_on_what_was_read(
-    client: Client, configured: None, db: asyncpg.Connection
+    client: Client, clock: FakeClock, configured: None, db: asyncpg.Connection
 ) -> None:
-    """Verification reads the devices before the user's lock is granted, so what it read
-    may be stale: the write itself refuses a counter that does not move forward."""
+    """Verification reads the devices without a lock, so what it read may be stale: the
+    deciding statement itself refuses a counter that does not move forward (and then
+    counts a failure)."""
     await enroll(client, "rex", SoftAuthenticator(origin=ORIGIN, rp_id=RP_ID, sign_count=10))
     device_id = await db.fetchval("SELECT id FROM devices WHERE user_id = 'rex'")
-    now = datetime.now(UTC)
 
-    async def advance(new: int) -> bool:
-        return await device_store.advance_sign_count(
-            db, device_id, new=new, backed_up=False, now=now
+    async def advance(new: int) -> verification_store.Outcome:
+        challenge = await passkey_challenge(client, "rex")
+        concluded = await verification_store.conclude(
+            db,
+            ENV,
+            "rex",
+            uuid.UUID(challenge.challenge_id),
+            now=clock.now(),
+            device_id=device_id,
+            advance=verification_store.SignCount(new, backed_up=False),
+            max_failed_attempts=100,
+            lockout_duration=timedelta(minutes=15),
+            success=None,
+            events=[],
         )
+        return concluded.outcome
 
     stored = await db.fetchval("SELECT passkey_sign_count FROM devices WHERE id = $1", device_id)
-    assert not await advance(stored)  # equal: a clone, or a concurrent twin
-    assert await advance(stored + 2)
-    assert not await advance(stored + 1)  # read stale, would move the counter back
+    failed, succeeded = verification_store.Outcome.FAILED, verification_store.Outcome.SUCCEEDED
+    assert await advance(stored) is failed  # equal: a clone, or a concurrent twin
+    assert await advance(stored + 2) is succeeded
+    assert await advance(stored + 1) is failed  # read stale, would move the counter back
     assert (
         await db.fetchval("SELECT passkey_sign_count FROM devices WHERE id = $1", device_id)
         == stored + 2
     )
+    assert await db.fetchval("SELECT failed_attempts FROM mfa_users WHERE user_id = 'rex'") == 1
 
 
 async def test_synced_passkeys_with_zero_counters_keep_working(

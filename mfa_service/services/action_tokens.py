@@ -42,7 +42,7 @@ from mfa_service.services import audit
 from mfa_service.services.batching import MicroBatcher
 from mfa_service.services.keys import TokenKeys
 from mfa_service.services.settings import SettingsCache
-from mfa_service.services.verification import Verified, Verifier
+from mfa_service.services.verification import Success, Verified, Verifier
 from mfa_service.store import action_tokens as token_store
 from mfa_service.store import devices as device_store
 from mfa_service.store.db import Connection, Database
@@ -163,61 +163,58 @@ class ActionTokenService:
         now = self._clock.now()
         key = await self._keys.signing_key()
         settings = await self._settings.get(env)
-        async with self._db.transaction() as conn:
-            for i, action in enumerate(actions):
-                if not _protected(settings, action):
-                    raise ActionNotProtected(
-                        f"actions[{i}]: {action.name} is not protected in this environment"
-                    )
-            if proof.method not in allowed_methods(settings, actions):
-                raise MethodNotAllowed()
-            outcome: Verified | MfaError = await self._verifier.verify(
-                conn,
-                settings=settings,
+        for i, action in enumerate(actions):
+            if not _protected(settings, action):
+                raise ActionNotProtected(
+                    f"actions[{i}]: {action.name} is not protected in this environment"
+                )
+        if proof.method not in allowed_methods(settings, actions):
+            raise MethodNotAllowed()
+
+        def mint(verified: Verified) -> Success[IssuedToken]:
+            """The token this verification earns, recorded only if it holds."""
+            ttl = settings.single_use_token_ttl if single_use else settings.multi_use_token_ttl
+            claims = ActionClaims(
+                jti=uuid.uuid4(),
+                environment_id=env,
+                user_id=user,
+                actions=actions,
+                single_use=single_use,
+                issued_at=now,
+                expires_at=now + ttl,
+                method=verified.method,
+                payload_digest=payload_digest,
+                session_id=session_id,
+            )
+            token = tokens.encode(claims, key, issuer=self._issuer, audience=AUDIENCE)
+            issued = audit.event(
+                AuditEventType.TOKEN_ISSUED,
                 env=env,
                 user=user,
-                challenge_id=challenge_id,
-                proof=proof,
                 now=now,
                 context=context,
+                method=verified.method,
+                device_id=verified.device_id,
+                actions=",".join(a.name for a in actions),
+                single_use=str(single_use).lower(),
+                jti=str(claims.jti),
             )
-            if isinstance(outcome, Verified):
-                ttl = settings.single_use_token_ttl if single_use else settings.multi_use_token_ttl
-                claims = ActionClaims(
-                    jti=uuid.uuid4(),
-                    environment_id=env,
-                    user_id=user,
-                    actions=actions,
-                    single_use=single_use,
-                    issued_at=now,
-                    expires_at=now + ttl,
-                    method=outcome.method,
-                    payload_digest=payload_digest,
-                    session_id=session_id,
-                )
-                token = tokens.encode(claims, key, issuer=self._issuer, audience=AUDIENCE)
-                issued = audit.event(
-                    AuditEventType.TOKEN_ISSUED,
-                    env=env,
-                    user=user,
-                    now=now,
-                    context=context,
-                    method=outcome.method,
-                    device_id=outcome.device_id,
-                    actions=",".join(a.name for a in actions),
-                    single_use=str(single_use).lower(),
-                    jti=str(claims.jti),
-                )
-                # The token and the audit events of its issue: one statement.
-                await token_store.insert(
-                    conn,
-                    claims,
-                    token_hash=tokens.token_hash(token),
-                    events=(*outcome.events, issued),
-                )
+            write = token_store.insert_on_success(claims, token_hash=tokens.token_hash(token))
+            return Success(write, (issued,), IssuedToken(token=token, claims=claims))
+
+        outcome = await self._verifier.verify(
+            settings=settings,
+            env=env,
+            user=user,
+            challenge_id=challenge_id,
+            proof=proof,
+            now=now,
+            context=context,
+            on_success=mint,
+        )
         if isinstance(outcome, MfaError):
             raise outcome
-        return IssuedToken(token=token, claims=claims)
+        return outcome
 
     # --- validate ----------------------------------------------------------------
 

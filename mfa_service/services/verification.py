@@ -1,17 +1,23 @@
 """Challenge and VerifySession, and the one verification path every proof goes through.
 
-Each verification runs in one transaction that first locks the user's row: attempts
-of one user are serialized, so the lockout count and the replay checks are exact. A
-failed verification still commits (the failure is counted, the challenge is used up),
-so failures are returned as values inside the transaction and raised after it.
+A device factor (TOTP, passkey) is verified in two round trips without a transaction:
+read the challenge and the user's devices, check the proof in memory, then one
+statement (``store.verifications.conclude``) decides under the user's row lock: it uses
+up the challenge, moves the device's replay state forward, counts a failure or resets
+the count, writes the audit events and, on success, the caller's own write (the action
+token, the verified session). Nothing it decides rests on the first read: a stale read
+can only make it refuse. A recovery code is checked in a transaction that locks the user
+first; its scrypt check costs far more than round trips.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Generic, TypeVar
 from uuid import UUID
 
 from mfa_service.clock import Clock
@@ -19,7 +25,6 @@ from mfa_service.crypto import KeyRing
 from mfa_service.domain import passkeys, recovery, totp
 from mfa_service.domain.audit import AuditEvent, AuditEventType, CallContext
 from mfa_service.domain.devices import CHALLENGE_TTL, Challenge, Device, secret_context
-from mfa_service.domain.lockout import AttemptState
 from mfa_service.domain.model import EnvironmentId, Method, Proof, UserId
 from mfa_service.domain.settings import Settings
 from mfa_service.errors import (
@@ -49,13 +54,42 @@ _DECOY_SECRET = totp.new_secret()
 
 @dataclass(frozen=True, slots=True)
 class Verified:
-    """A proof that held. ``events``: its audit events, not yet written: the caller
-    writes them with its own changes (one statement for both, on the hot paths)."""
+    """A proof that held: the method and device that verified, and when."""
 
     method: Method
     device_id: UUID | None
     at: datetime
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Success(Generic[T]):
+    """What the caller writes when a verification succeeds, made in the same statement
+    (or transaction), and what ``Verifier.verify`` then returns."""
+
+    write: verification_store.SuccessWrite
     events: tuple[AuditEvent, ...]
+    result: T
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """What checking a proof in memory found.
+
+    ``device``: the device whose secret answered; ``advance``: how its replay state must
+    move for the proof to hold (None: it may not hold, e.g. a code at or before the
+    device's last step); ``failures``: the audit events of a failure, each with the
+    device it names.
+    """
+
+    device: Device | None
+    advance: verification_store.Advance | None
+    failures: tuple[tuple[AuditEventType, Device | None], ...]
+
+
+_NO_ANSWER = _Answer(None, None, ((AuditEventType.VERIFICATION_FAILED, None),))
 
 
 def require_enabled(settings: Settings, method: Method) -> None:
@@ -70,9 +104,10 @@ def require_enabled(settings: Settings, method: Method) -> None:
 
 
 class Verifier:
-    """Checks a proof against a consumed challenge, counting failures (all verify paths)."""
+    """Checks a proof against a challenge, counting failures (all verify paths)."""
 
-    def __init__(self, key_ring: KeyRing) -> None:
+    def __init__(self, db: Database, key_ring: KeyRing) -> None:
+        self._db = db
         self._key_ring = key_ring
 
     async def check_not_locked(
@@ -85,7 +120,6 @@ class Verifier:
 
     async def verify(
         self,
-        conn: Connection,
         *,
         settings: Settings,
         env: EnvironmentId,
@@ -94,93 +128,126 @@ class Verifier:
         proof: Proof,
         now: datetime,
         context: CallContext,
-    ) -> Verified | MfaError:
-        begun = await verification_store.begin(conn, env, user, challenge_id, now=now)
-        attempts, challenge = begun.attempts, begun.challenge
-        if (retry_after := attempts.retry_after(now)) is not None:
-            return LockedOut(retry_after)  # the challenge is left as it was
-        if challenge is None:
-            return ChallengeNotFound()
+        on_success: Callable[[Verified], Success[T]],
+    ) -> T | MfaError:
+        """Verify ``proof`` and write the outcome. ``on_success`` builds the caller's
+        write for the success it is given; it is made only if the proof holds."""
         if proof.method is Method.RECOVERY_CODE:
-            # The fallback answers a challenge of any method (a user who lost the device
-            # finds out at the prompt).
             return await self._verify_recovery_code(
-                conn, settings, user, proof.value, attempts, now=now, context=context
+                settings, user, challenge_id, proof.value, on_success, now=now, context=context
             )
-        if proof.method is not challenge.method:
-            raise InvalidArgument.field(
-                "proof",
-                f"a {proof.method.name} proof does not answer a {challenge.method.name} challenge",
-            )
-        require_enabled(settings, challenge.method)
-        devices = begun.devices
-        if challenge.device_id is not None:
-            devices = [d for d in devices if d.id == challenge.device_id]
-        reused = regressed = None
-        if challenge.method is Method.TOTP:
-            code = totp.check_code_format(proof.value, "proof.totp_code")
-            matched, reused = await self._match_totp(conn, settings, devices, code, now=now)
-        else:
-            assertion = passkeys.parse_assertion(proof.value, "proof.passkey_assertion_json")
-            matched, regressed = await self._match_passkey(
-                conn, settings, user, devices, assertion, challenge, now=now
-            )
-        if matched is not None:
-            if attempts.failed_attempts:
-                await user_store.record_success(conn, env, user)
-            succeeded = audit.event(
-                AuditEventType.VERIFICATION_SUCCEEDED,
-                env=env,
-                user=user,
-                now=now,
-                context=context,
-                method=challenge.method,
-                device_id=matched.id,
-            )
-            return Verified(challenge.method, matched.id, now, (succeeded,))
-        if regressed is not None:
-            await audit.record(
+        async with self._db.connection() as conn:
+            found = await verification_store.read(conn, env, user, challenge_id, now=now)
+            if (retry_after := found.attempts.retry_after(now)) is not None:
+                return LockedOut(retry_after)  # the challenge is left as it was
+            challenge = found.challenge
+            if challenge is None:
+                return ChallengeNotFound()
+            if proof.method is not challenge.method:
+                raise InvalidArgument.field(
+                    "proof",
+                    f"a {proof.method.name} proof does not answer a "
+                    f"{challenge.method.name} challenge",
+                )
+            require_enabled(settings, challenge.method)
+            devices = found.devices
+            if challenge.device_id is not None:
+                devices = [d for d in devices if d.id == challenge.device_id]
+            if challenge.method is Method.TOTP:
+                code = totp.check_code_format(proof.value, "proof.totp_code")
+                answer = self._match_totp(settings, devices, code, now=now)
+            else:
+                assertion = passkeys.parse_assertion(proof.value, "proof.passkey_assertion_json")
+                answer = self._match_passkey(settings, found, devices, assertion, challenge)
+            success = None
+            if answer.device is not None and answer.advance is not None:
+                success = on_success(Verified(challenge.method, answer.device.id, now))
+
+            def event(event_type: AuditEventType, device: Device | None = None) -> AuditEvent:
+                return audit.event(
+                    event_type,
+                    env=env,
+                    user=user,
+                    now=now,
+                    context=context,
+                    method=challenge.method,
+                    device_id=device.id if device else None,
+                )
+
+            events = [
+                (verification_store.EVENT_ON_FAILURE, event(event_type, device))
+                for event_type, device in answer.failures
+            ]
+            if success is not None:
+                succeeded = event(AuditEventType.VERIFICATION_SUCCEEDED, answer.device)
+                events += [
+                    (verification_store.EVENT_ON_SUCCESS, e) for e in (succeeded, *success.events)
+                ]
+            events.append((verification_store.EVENT_ON_LOCKOUT, event(AuditEventType.LOCKED_OUT)))
+            concluded = await verification_store.conclude(
                 conn,
-                AuditEventType.SIGN_COUNT_REGRESSION,
-                env=env,
-                user=user,
+                env,
+                user,
+                challenge.id,
                 now=now,
-                context=context,
-                method=Method.PASSKEY,
-                device_id=regressed.id,
+                device_id=answer.device.id if success and answer.device else None,
+                advance=answer.advance if success else None,
+                max_failed_attempts=settings.lockout.max_failed_attempts,
+                lockout_duration=settings.lockout.lockout_duration,
+                success=success.write if success else None,
+                events=events,
             )
-        return await self.record_failure(
-            conn,
-            settings=settings,
-            user=user,
-            method=challenge.method,
-            reused_device=reused,
-            now=now,
-            context=context,
-        )
+        match concluded.outcome:
+            case verification_store.Outcome.SUCCEEDED if success is not None:
+                return success.result
+            case verification_store.Outcome.LOCKED_OUT:
+                return LockedOut(concluded.attempts.retry_after(now) or timedelta(0))
+            case verification_store.Outcome.NO_CHALLENGE:
+                return ChallengeNotFound()
+        # RFC 6238 §5.2, keycloak#13867: a reused code fails exactly like a wrong one.
+        return VerificationFailed()
 
     async def _verify_recovery_code(
         self,
-        conn: Connection,
         settings: Settings,
         user: UserId,
+        challenge_id: UUID,
         code: str,
-        attempts: AttemptState,
+        on_success: Callable[[Verified], Success[T]],
         *,
         now: datetime,
         context: CallContext,
-    ) -> Verified | MfaError:
+    ) -> T | MfaError:
+        """The fallback answers a challenge of any method (a user who lost the device
+        finds out at the prompt). One transaction, the user's row locked first."""
         env = settings.environment_id
         code_id, secret = recovery.split(code, "proof.recovery_code")
-        stored = await recovery_store.find_unused(conn, env, user, code_id)
-        # scrypt runs off the event loop; one call per attempt, whatever is stored.
-        if await asyncio.to_thread(recovery.matches, secret, stored) and (
-            await recovery_store.mark_used(conn, env, user, code_id, now=now)
-        ):
-            if attempts.failed_attempts:
+        async with self._db.transaction() as conn:
+            begun = await verification_store.begin(conn, env, user, challenge_id, now=now)
+            if (retry_after := begun.attempts.retry_after(now)) is not None:
+                return LockedOut(retry_after)  # the challenge is left as it was
+            if begun.challenge is None:
+                return ChallengeNotFound()
+            stored = await recovery_store.find_unused(conn, env, user, code_id)
+            # scrypt runs off the event loop; one call per attempt, whatever is stored.
+            if not (
+                await asyncio.to_thread(recovery.matches, secret, stored)
+                and await recovery_store.mark_used(conn, env, user, code_id, now=now)
+            ):
+                return await self.record_failure(
+                    conn,
+                    settings=settings,
+                    user=user,
+                    method=Method.RECOVERY_CODE,
+                    now=now,
+                    context=context,
+                )
+            if begun.attempts.failed_attempts:
                 await user_store.record_success(conn, env, user)
             left = await recovery_store.remaining(conn, env, user)
-            events = tuple(
+            success = on_success(Verified(Method.RECOVERY_CODE, None, now))
+            await conn.execute(success.write.render(1, "true"), *success.write.args)
+            used = tuple(
                 audit.event(
                     event,
                     env=env,
@@ -195,28 +262,17 @@ class Verifier:
                     AuditEventType.VERIFICATION_SUCCEEDED,
                 )
             )
-            return Verified(Method.RECOVERY_CODE, None, now, events)
-        return await self.record_failure(
-            conn,
-            settings=settings,
-            user=user,
-            method=Method.RECOVERY_CODE,
-            now=now,
-            context=context,
-        )
+            await audit.write(conn, used + success.events)
+        return success.result
 
-    async def _match_passkey(
+    def _match_passkey(
         self,
-        conn: Connection,
         settings: Settings,
-        user: UserId,
+        found: verification_store.Found,
         devices: list[Device],
         assertion: passkeys.Assertion,
         challenge: Challenge,
-        *,
-        now: datetime,
-    ) -> tuple[Device | None, Device | None]:
-        """(the device that verified, a device whose counter went backwards)."""
+    ) -> _Answer:
         # WebAuthn §7.2 steps 5-6: the credential must be one of this user's (and in
         # allowCredentials when the challenge named a device), and a userHandle, when
         # sent, must be this user's.
@@ -229,12 +285,10 @@ class Verifier:
             None,
         )
         if device is None or device.passkey is None or challenge.webauthn_challenge is None:
-            return None, None
+            return _NO_ANSWER
         handle = assertion.user_handle
-        if handle is not None and handle != await user_store.get_webauthn_user_handle(
-            conn, settings.environment_id, user
-        ):
-            return None, None
+        if handle is not None and handle != found.webauthn_user_handle:
+            return _NO_ANSWER
         result = passkeys.verify_assertion(
             settings.passkey,
             assertion,
@@ -243,21 +297,18 @@ class Verifier:
         )
         # §7.2 step 19: the backup eligibility of a credential never changes.
         if result is None or result.backup_eligible != device.passkey.backup_eligible:
-            return None, None
+            return _NO_ANSWER
         # A counter that does not move forward (a possible cloned authenticator) is
-        # refused and audited. The devices were read before this user's row lock was
-        # granted, so the database decides on the counter as it is now.
-        if not passkeys.sign_count_ok(
-            device.passkey.sign_count, result.new_sign_count
-        ) or not await device_store.advance_sign_count(
-            conn,
-            device.id,
-            new=result.new_sign_count,
-            backed_up=result.backed_up,
-            now=now,
-        ):
-            return None, device
-        return device, None
+        # refused and audited. The device was read without a lock, so the deciding
+        # statement checks the counter again as it is then.
+        regressed = (
+            (AuditEventType.SIGN_COUNT_REGRESSION, device),
+            (AuditEventType.VERIFICATION_FAILED, None),
+        )
+        if not passkeys.sign_count_ok(device.passkey.sign_count, result.new_sign_count):
+            return _Answer(device, None, regressed)
+        advance = verification_store.SignCount(result.new_sign_count, result.backed_up)
+        return _Answer(device, advance, regressed)
 
     async def record_failure(
         self,
@@ -268,19 +319,18 @@ class Verifier:
         method: Method,
         now: datetime,
         context: CallContext,
-        reused_device: Device | None = None,
     ) -> MfaError:
-        """Count a failed verification (a reused code is one too), audit it, maybe lock."""
+        """Count a failed verification in a transaction that holds the user's row lock
+        (enrollment, recovery codes), audit it, maybe lock the user out."""
         env = settings.environment_id
         await audit.record(
             conn,
-            AuditEventType.CODE_REUSED if reused_device else AuditEventType.VERIFICATION_FAILED,
+            AuditEventType.VERIFICATION_FAILED,
             env=env,
             user=user,
             now=now,
             context=context,
             method=method,
-            device_id=reused_device.id if reused_device else None,
         )
         state = await user_store.record_failure(
             conn,
@@ -302,7 +352,6 @@ class Verifier:
                 method=method,
                 failed_attempts=str(state.failed_attempts),
             )
-        # RFC 6238 §5.2, keycloak#13867: a reused code fails exactly like a wrong one.
         return VerificationFailed()
 
     def totp_secret(self, device: Device) -> str:
@@ -313,16 +362,10 @@ class Verifier:
             context=secret_context("totp", device.environment_id, device.user_id, device.id),
         ).decode()
 
-    async def _match_totp(
-        self,
-        conn: Connection,
-        settings: Settings,
-        devices: list[Device],
-        code: str,
-        *,
-        now: datetime,
-    ) -> tuple[Device | None, Device | None]:
-        """(the device that accepted the code, a device whose code was replayed)."""
+    def _match_totp(
+        self, settings: Settings, devices: list[Device], code: str, *, now: datetime
+    ) -> _Answer:
+        """The device whose code this is, preferring one that has not accepted its step."""
         skew = settings.totp.skew_steps
         if not devices:
             totp.matching_step(secret=_DECOY_SECRET, code=code, at=now, skew_steps=skew)
@@ -333,10 +376,12 @@ class Verifier:
             )
             if step is None:
                 continue
-            if await device_store.accept_totp_step(conn, device.id, step, now=now):
-                return device, None
-            reused = device
-        return None, reused
+            replayed = ((AuditEventType.CODE_REUSED, device),)
+            # Decided again by the deciding statement, on the row as it is then.
+            if device.totp_last_step is None or device.totp_last_step < step:
+                return _Answer(device, verification_store.TotpStep(step), replayed)
+            reused = _Answer(device, None, replayed)
+        return reused or _NO_ANSWER
 
 
 class VerificationService:
@@ -399,28 +444,28 @@ class VerificationService:
     ) -> Verified:
         now = self._clock.now()
         settings = await self._settings.get(env)
-        async with self._db.transaction() as conn:
-            outcome = await self._verifier.verify(
-                conn,
-                settings=settings,
-                env=env,
-                user=user,
-                challenge_id=challenge_id,
-                proof=proof,
+
+        def mark_session(verified: Verified) -> Success[Verified]:
+            write = session_store.mark_verified_on_success(
+                env,
+                user,
+                session_id,
+                method=verified.method,
+                device_id=verified.device_id,
                 now=now,
-                context=context,
             )
-            if isinstance(outcome, Verified):
-                await audit.write(conn, outcome.events)
-                await session_store.mark_verified(
-                    conn,
-                    env,
-                    user,
-                    session_id,
-                    method=outcome.method,
-                    device_id=outcome.device_id,
-                    now=now,
-                )
+            return Success(write, (), verified)
+
+        outcome = await self._verifier.verify(
+            settings=settings,
+            env=env,
+            user=user,
+            challenge_id=challenge_id,
+            proof=proof,
+            now=now,
+            context=context,
+            on_success=mark_session,
+        )
         if isinstance(outcome, MfaError):
             raise outcome
         return outcome

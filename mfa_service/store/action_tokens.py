@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 from mfa_service.domain.audit import AuditEvent
 from mfa_service.domain.tokens import ActionClaims
 from mfa_service.store import audit as audit_store
 from mfa_service.store.db import Connection
+from mfa_service.store.verifications import SuccessWrite
 
 _INSERT = """
     INSERT INTO action_tokens (jti, environment_id, user_id, actions, single_use,
@@ -20,15 +22,22 @@ _INSERT = """
 """
 
 
-async def insert(
-    conn: Connection,
-    claims: ActionClaims,
-    *,
-    token_hash: bytes,
-    events: Sequence[AuditEvent] = (),
-) -> None:
-    """Record an issued token, and ``events`` in the audit log, in one statement."""
-    args = [
+def _insert_if_sql(first: int, condition: str) -> str:
+    """``_INSERT`` made only if ``condition`` holds, parameters numbered from ``first``."""
+    n = [f"${first + i}" for i in range(11)]
+    return f"""
+        INSERT INTO action_tokens (jti, environment_id, user_id, actions, single_use,
+                                   session_id, payload_digest, method, issued_at,
+                                   expires_at, token_hash)
+        SELECT {n[0]}::uuid, {n[1]}::text, {n[2]}::text, {n[3]}::text[], {n[4]}::boolean,
+               {n[5]}::text, {n[6]}::bytea, {n[7]}::text, {n[8]}::timestamptz,
+               {n[9]}::timestamptz, {n[10]}::bytea
+        WHERE {condition}
+    """
+
+
+def _args(claims: ActionClaims, token_hash: bytes) -> tuple[Any, ...]:
+    return (
         claims.jti,
         claims.environment_id,
         claims.user_id,
@@ -40,7 +49,23 @@ async def insert(
         claims.issued_at,
         claims.expires_at,
         token_hash,
-    ]
+    )
+
+
+def insert_on_success(claims: ActionClaims, *, token_hash: bytes) -> SuccessWrite:
+    """Record an issued token in the statement that decides its verification."""
+    return SuccessWrite(_insert_if_sql, _args(claims, token_hash))
+
+
+async def insert(
+    conn: Connection,
+    claims: ActionClaims,
+    *,
+    token_hash: bytes,
+    events: Sequence[AuditEvent] = (),
+) -> None:
+    """Record an issued token, and ``events`` in the audit log, in one statement."""
+    args = _args(claims, token_hash)
     if not events:
         await conn.execute(_INSERT, *args)
         return

@@ -33,20 +33,28 @@ async def append(conn: Connection, event: AuditEvent) -> None:
 
 # Several events in one INSERT (the details as JSON text, cast per row). ``$N`` numbering
 # starts at ``first`` so that another statement can carry it (action_tokens.insert).
-def insert_many_sql(first: int) -> str:
-    n = [f"${first + i}" for i in range(10)]
+# ``where`` and ``details`` may refer to the row as ``e`` (a conditional insert, see
+# verifications.conclude); ``extra`` names more parallel arrays, numbered after the ten.
+def insert_many_sql(
+    first: int, *, where: str = "true", details: str = "e.details::jsonb", extra: str = ""
+) -> str:
+    n = [f"${first + i}" for i in range(11)]
+    extra_arrays = f", {n[10]}::text[]" if extra else ""
+    extra_names = f", {extra}" if extra else ""
     return f"""
         INSERT INTO audit_events (event_id, environment_id, user_id, type, occurred_at,
                                   method, device_id, caller, request_id, details)
-        SELECT event_id, environment_id, user_id, type, occurred_at, method, device_id,
-               caller, request_id, details::jsonb
+        SELECT e.event_id, e.environment_id, e.user_id, e.type, e.occurred_at, e.method,
+               e.device_id, e.caller, e.request_id, {details}
         FROM unnest({n[0]}::uuid[], {n[1]}::text[], {n[2]}::text[], {n[3]}::text[],
                     {n[4]}::timestamptz[], {n[5]}::text[], {n[6]}::text[], {n[7]}::text[],
-                    {n[8]}::text[], {n[9]}::text[])
+                    {n[8]}::text[], {n[9]}::text[]{extra_arrays})
             WITH ORDINALITY AS e(event_id, environment_id, user_id, type, occurred_at,
-                                 method, device_id, caller, request_id, details, position)
+                                 method, device_id, caller, request_id, details{extra_names},
+                                 position)
+        WHERE {where}
         ORDER BY position
-    """  # noqa: S608 (parameter numbers only)
+    """  # noqa: S608 (parameter numbers and constant fragments only)
 
 
 def many_args(events: Sequence[AuditEvent]) -> list[list[Any]]:

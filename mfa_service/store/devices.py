@@ -109,25 +109,6 @@ async def insert_totp(
     return device_from_row(row)
 
 
-async def accept_totp_step(conn: Connection, device_id: UUID, step: int, *, now: datetime) -> bool:
-    """Record ``step`` as used, unless it is at or before the last accepted step.
-
-    RFC 6238 §5.2 and 800-63B §3.1.4.2: one conditional UPDATE decides, so of any
-    number of concurrent uses of a code exactly one wins.
-    """
-    accepted = await conn.fetchval(
-        """
-        UPDATE devices SET totp_last_step = $2, last_used_at = $3
-        WHERE id = $1 AND (totp_last_step IS NULL OR totp_last_step < $2)
-        RETURNING true
-        """,
-        device_id,
-        step,
-        now,
-    )
-    return bool(accepted)
-
-
 async def passkey_credential_taken(conn: Connection, credential_id: bytes) -> bool:
     taken = await conn.fetchval(
         "SELECT true FROM devices WHERE passkey_credential_id = $1", credential_id
@@ -173,31 +154,6 @@ async def insert_passkey(
         credential.backed_up,
     )
     return None if row is None else device_from_row(row)
-
-
-async def advance_sign_count(
-    conn: Connection,
-    device_id: UUID,
-    *,
-    new: int,
-    backed_up: bool,
-    now: datetime,
-) -> bool:
-    """Move the signature counter forward (WebAuthn §7.2 step 22), decided on the row as
-    it is now, not as the caller read it: of two assertions with the same counter only
-    one moves it, and none moves it back. Both zero (synced passkeys) always passes."""
-    updated = await conn.fetchval(
-        """
-        UPDATE devices SET passkey_sign_count = $2, passkey_backed_up = $3, last_used_at = $4
-        WHERE id = $1 AND (passkey_sign_count < $2 OR (passkey_sign_count = 0 AND $2 = 0))
-        RETURNING true
-        """,
-        device_id,
-        new,
-        backed_up,
-        now,
-    )
-    return bool(updated)
 
 
 async def update(

@@ -113,14 +113,3 @@ async def webauthn_user_handle(
         new_handle,
     )
     return handle
-
-
-async def get_webauthn_user_handle(
-    conn: Connection, env: EnvironmentId, user: UserId
-) -> bytes | None:
-    handle: bytes | None = await conn.fetchval(
-        "SELECT webauthn_user_handle FROM mfa_users WHERE environment_id = $1 AND user_id = $2",
-        env,
-        user,
-    )
-    return handle

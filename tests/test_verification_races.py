@@ -1,0 +1,199 @@
+"""Attacks on the deciding statement of a device-factor verification.
+
+A TOTP or passkey verification reads without a lock, checks the proof in memory, and
+then one statement decides under the user's row lock (store.verifications.conclude).
+These tests race that statement against itself: replays, a lockout starting while a
+correct code is in flight, and the writes that must happen only with success.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+
+from flows import TotpDevice, call, challenge, enroll_totp, update_settings, verify_session
+from helpers import FakeClock
+from mfa.v1 import mfa_service_pb2 as pb
+from mfa.v1 import types_pb2 as types
+from mfa_client import Client, MfaServiceError
+from mfa_service.app import Application
+
+ENV = "env-races"
+SIGN = types.ACTION_WAAS_SIGN
+
+
+def wrong(device: TotpDevice, clock: FakeClock, offset: int = 1) -> str:
+    return f"{(int(device.code(clock.now())) + offset) % 10**6:06d}"
+
+
+async def issue(client: Client, user: str, code: str, challenge_id: str) -> str:
+    response = await call(
+        client.mfa_stub.IssueActionToken(
+            pb.IssueActionTokenRequest(
+                environment_id=ENV,
+                user_id=user,
+                challenge_id=challenge_id,
+                proof=types.Proof(totp_code=code),
+                actions=[SIGN],
+                single_use=True,
+            )
+        )
+    )
+    return str(response.token)
+
+
+async def audit_types(db: asyncpg.Connection, user: str) -> list[str]:
+    rows = await db.fetch(
+        "SELECT type FROM audit_events WHERE environment_id = $1 AND user_id = $2",
+        ENV,
+        user,
+    )
+    return sorted(r["type"] for r in rows)
+
+
+def reasons(results: list[Any]) -> list[str]:
+    return sorted(r.reason for r in results if isinstance(r, MfaServiceError))
+
+
+@pytest.fixture
+async def clients(app: Application) -> Any:
+    """Several connections, so the calls really run at once on the server."""
+    opened = [Client.connect(f"127.0.0.1:{app.port}", insecure=True) for _ in range(4)]
+    yield opened
+    for c in opened:
+        await c.close()
+
+
+async def test_one_code_issued_concurrently_mints_one_token_and_nothing_else(
+    client: Client, clients: list[Client], clock: FakeClock, db: asyncpg.Connection
+) -> None:
+    await update_settings(client, ENV, protected_actions=[SIGN], lockout__max_failed_attempts=100)
+    device = await enroll_totp(client, clock, ENV, "ada")
+    clock.advance(timedelta(seconds=30))
+    code = device.code(clock.now())
+    challenges = [await challenge(client, ENV, "ada") for _ in range(12)]
+    results = await asyncio.gather(
+        *(issue(clients[i % 4], "ada", code, c) for i, c in enumerate(challenges)),
+        return_exceptions=True,
+    )
+    tokens = [r for r in results if isinstance(r, str)]
+    assert len(tokens) == 1
+    assert reasons(results) == ["ERROR_REASON_VERIFICATION_FAILED"] * 11
+    # Only the winner's write happened; every loser was counted and audited as a reuse.
+    assert await db.fetchval("SELECT count(*) FROM action_tokens WHERE user_id = 'ada'") == 1
+    assert await db.fetchval("SELECT count(*) FROM challenges WHERE user_id = 'ada'") == 0
+    assert await db.fetchval("SELECT failed_attempts FROM mfa_users WHERE user_id = 'ada'") == 11
+    seen = await audit_types(db, "ada")
+    assert seen.count("TOKEN_ISSUED") == 1
+    assert seen.count("VERIFICATION_SUCCEEDED") == 1
+    assert seen.count("CODE_REUSED") == 11
+    assert "VERIFICATION_FAILED" not in seen
+
+
+async def test_a_correct_code_cannot_slip_past_a_lockout_started_concurrently(
+    client: Client, clients: list[Client], clock: FakeClock, db: asyncpg.Connection
+) -> None:
+    """One failure short of the limit, a correct code races three wrong ones. Whatever
+    order the server picks, the outcome must be one a serial order could give: the
+    correct code first (it succeeds, resets the count, the three wrong ones count 1..3),
+    or a wrong one first (it starts the lockout, everything after is refused)."""
+    for round_ in range(16):
+        user = f"bo{round_}"
+        device = await enroll_totp(client, clock, ENV, user)
+        clock.advance(timedelta(seconds=30))
+        for i in range(4):  # the limit is 5
+            with pytest.raises(MfaServiceError):
+                await verify_session(client, ENV, user, "s", wrong(device, clock, i + 1))
+        attempts = [(device.code(clock.now()), await challenge(client, ENV, user))]
+        for i in range(3):
+            attempts.append((wrong(device, clock, 10 + i), await challenge(client, ENV, user)))
+        results = await asyncio.gather(
+            *(
+                verify_session(clients[i], ENV, user, "s", code, challenge_id)
+                for i, (code, challenge_id) in enumerate(attempts)
+            ),
+            return_exceptions=True,
+        )
+        state = await db.fetchrow(
+            "SELECT failed_attempts, locked_until FROM mfa_users WHERE user_id = $1", user
+        )
+        sessions = await db.fetchval(
+            "SELECT count(*) FROM verified_sessions WHERE user_id = $1", user
+        )
+        lockouts = (await audit_types(db, user)).count("LOCKED_OUT")
+        if isinstance(results[0], pb.VerifySessionResponse):  # the correct code first
+            assert reasons(results[1:]) == ["ERROR_REASON_VERIFICATION_FAILED"] * 3
+            assert (state["failed_attempts"], state["locked_until"]) == (3, None)
+            assert (sessions, lockouts) == (1, 0)
+        else:  # a wrong code first: it started the lockout
+            assert isinstance(results[0], MfaServiceError)
+            assert results[0].reason == "ERROR_REASON_LOCKED_OUT"
+            assert reasons(results[1:]) == [
+                "ERROR_REASON_LOCKED_OUT",
+                "ERROR_REASON_LOCKED_OUT",
+                "ERROR_REASON_VERIFICATION_FAILED",
+            ]
+            assert state["failed_attempts"] == 5
+            assert state["locked_until"] is not None
+            assert (sessions, lockouts) == (0, 1)
+
+
+async def test_the_lockout_event_records_the_count_that_started_it(
+    client: Client, clock: FakeClock, db: asyncpg.Connection
+) -> None:
+    device = await enroll_totp(client, clock, ENV, "cy")
+    await update_settings(client, ENV, lockout__max_failed_attempts=3)
+    clock.advance(timedelta(seconds=30))
+    for i in range(3):
+        with pytest.raises(MfaServiceError):
+            await verify_session(client, ENV, "cy", "s", wrong(device, clock, i + 1))
+    rows = await db.fetch(
+        "SELECT method, details FROM audit_events WHERE user_id = 'cy' AND type = 'LOCKED_OUT'"
+    )
+    assert len(rows) == 1
+    assert rows[0]["method"] == "TOTP"
+    assert json.loads(rows[0]["details"]) == {"failed_attempts": "3"}
+
+
+async def test_a_failure_after_an_ended_lockout_starts_a_fresh_count(
+    client: Client, clock: FakeClock, db: asyncpg.Connection
+) -> None:
+    device = await enroll_totp(client, clock, ENV, "di")
+    clock.advance(timedelta(seconds=30))
+    for i in range(5):
+        with pytest.raises(MfaServiceError):
+            await verify_session(client, ENV, "di", "s", wrong(device, clock, i + 1))
+    clock.advance(timedelta(minutes=15))
+    with pytest.raises(MfaServiceError) as caught:
+        await verify_session(client, ENV, "di", "s", wrong(device, clock))
+    assert caught.value.reason == "ERROR_REASON_VERIFICATION_FAILED"
+    state = await db.fetchrow(
+        "SELECT failed_attempts, locked_until FROM mfa_users WHERE user_id = 'di'"
+    )
+    assert (state["failed_attempts"], state["locked_until"]) == (1, None)
+
+
+async def test_a_failed_verification_writes_neither_token_nor_session(
+    client: Client, clock: FakeClock, db: asyncpg.Connection
+) -> None:
+    await update_settings(client, ENV, protected_actions=[SIGN])
+    device = await enroll_totp(client, clock, ENV, "ed")
+    clock.advance(timedelta(seconds=30))
+    with pytest.raises(MfaServiceError):
+        await issue(client, "ed", wrong(device, clock), await challenge(client, ENV, "ed"))
+    with pytest.raises(MfaServiceError):
+        await verify_session(client, ENV, "ed", "s", wrong(device, clock, 2))
+    assert await db.fetchval("SELECT count(*) FROM action_tokens WHERE user_id = 'ed'") == 0
+    assert await db.fetchval("SELECT count(*) FROM verified_sessions WHERE user_id = 'ed'") == 0
+    assert await audit_types(db, "ed") == [
+        "ENROLLMENT_COMPLETED",
+        "ENROLLMENT_STARTED",
+        "RECOVERY_CODES_GENERATED",
+        "VERIFICATION_FAILED",
+        "VERIFICATION_FAILED",
+    ]
