@@ -61,13 +61,14 @@ def time_step(at: datetime, params: TotpParameters = DEFAULT) -> int:
     return int(at.timestamp()) // params.period_seconds
 
 
-def code_at_step(secret: str, step: int, params: TotpParameters = DEFAULT) -> str:
+def _generator(secret: str, params: TotpParameters) -> pyotp.TOTP:
     return pyotp.TOTP(
-        secret,
-        digits=params.digits,
-        digest=params.digest,
-        interval=params.period_seconds,
-    ).generate_otp(step)
+        secret, digits=params.digits, digest=params.digest, interval=params.period_seconds
+    )
+
+
+def code_at_step(secret: str, step: int, params: TotpParameters = DEFAULT) -> str:
+    return _generator(secret, params).generate_otp(step)
 
 
 def check_code_format(code: str, field: str, params: TotpParameters = DEFAULT) -> str:
@@ -91,8 +92,10 @@ def matching_step(
     replay check against it is the strictest.
     """
     now_step = time_step(at, params)
+    generator = _generator(secret, params)  # one secret decoded for the whole window
+    given = code.encode()
     matched = None
     for step in range(now_step - skew_steps, now_step + skew_steps + 1):
-        if hmac.compare_digest(code_at_step(secret, step, params).encode(), code.encode()):
+        if hmac.compare_digest(generator.generate_otp(step).encode(), given):
             matched = step
     return matched
