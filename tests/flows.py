@@ -114,3 +114,32 @@ async def status(client: Client, env: str, user: str, session: str = "") -> pb.G
             pb.GetStatusRequest(environment_id=env, user_id=user, session_id=session)
         )
     )
+
+
+async def issue_action_token(
+    client: Client,
+    env: str,
+    user: str,
+    code: str,
+    challenge_id: str,
+    *,
+    actions: tuple[int, ...] = (types.ACTION_WAAS_SIGN,),
+    single_use: bool = True,
+    payload_digest: bytes = b"",
+    session_id: str = "",
+) -> pb.IssueActionTokenResponse:
+    """IssueActionToken with a TOTP code answering ``challenge_id``."""
+    return await call(
+        client.mfa_stub.IssueActionToken(
+            pb.IssueActionTokenRequest(
+                environment_id=env,
+                user_id=user,
+                challenge_id=challenge_id,
+                proof=types.Proof(totp_code=code),
+                actions=list(actions),
+                single_use=single_use,
+                payload_digest=payload_digest,
+                session_id=session_id,
+            )
+        )
+    )

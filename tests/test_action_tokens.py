@@ -20,7 +20,7 @@ import pytest
 from conftest import TEST_KEY_RING
 from cryptography.hazmat.primitives import serialization
 
-from flows import TotpDevice, call, challenge, enroll_totp, update_settings
+from flows import TotpDevice, call, challenge, enroll_totp, issue_action_token, update_settings
 from helpers import FakeClock
 from mfa.v1 import action_token_service_pb2 as at_pb
 from mfa.v1 import admin_service_pb2 as admin_pb
@@ -55,20 +55,16 @@ async def issue(
     session_id: str = "",
 ) -> pb.IssueActionTokenResponse:
     clock.advance(timedelta(seconds=30))  # a fresh time step: codes are never reused
-    challenge_id = await challenge(client, env, user)
-    return await call(
-        client.mfa_stub.IssueActionToken(
-            pb.IssueActionTokenRequest(
-                environment_id=env,
-                user_id=user,
-                challenge_id=challenge_id,
-                proof=types.Proof(totp_code=device.code(clock.now())),
-                actions=list(actions),
-                single_use=single_use,
-                payload_digest=payload_digest,
-                session_id=session_id,
-            )
-        )
+    return await issue_action_token(
+        client,
+        env,
+        user,
+        device.code(clock.now()),
+        await challenge(client, env, user),
+        actions=actions,
+        single_use=single_use,
+        payload_digest=payload_digest,
+        session_id=session_id,
     )
 
 

@@ -16,9 +16,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from examples.signer import Signer, SigningRefused
-from flows import TotpDevice, call, challenge, enroll_totp, update_settings
+from flows import TotpDevice, challenge, enroll_totp, issue_action_token, update_settings
 from helpers import FakeClock
-from mfa.v1 import mfa_service_pb2 as pb
 from mfa.v1 import types_pb2 as types
 from mfa_client import ActionTokenClient, Client, MfaServiceError
 from mfa_service.app import Application
@@ -34,19 +33,13 @@ async def issue_token(
 ) -> str:
     """A single-use ACTION_WAAS_SIGN token bound to sha256(message), from a fresh TOTP code."""
     clock.advance(timedelta(seconds=30))  # a TOTP step is accepted once per device
-    challenge_id = await challenge(client, ENV, user)
-    response = await call(
-        client.mfa_stub.IssueActionToken(
-            pb.IssueActionTokenRequest(
-                environment_id=ENV,
-                user_id=user,
-                challenge_id=challenge_id,
-                proof=types.Proof(totp_code=device.code(clock.now())),
-                actions=[types.ACTION_WAAS_SIGN],
-                single_use=True,
-                payload_digest=hashlib.sha256(message).digest(),
-            )
-        )
+    response = await issue_action_token(
+        client,
+        ENV,
+        user,
+        device.code(clock.now()),
+        await challenge(client, ENV, user),
+        payload_digest=hashlib.sha256(message).digest(),
     )
     return str(response.token)
 

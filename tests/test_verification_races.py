@@ -16,7 +16,14 @@ from typing import Any
 import asyncpg
 import pytest
 
-from flows import TotpDevice, call, challenge, enroll_totp, update_settings, verify_session
+from flows import (
+    TotpDevice,
+    challenge,
+    enroll_totp,
+    issue_action_token,
+    update_settings,
+    verify_session,
+)
 from helpers import FakeClock
 from mfa.v1 import mfa_service_pb2 as pb
 from mfa.v1 import types_pb2 as types
@@ -32,19 +39,7 @@ def wrong(device: TotpDevice, clock: FakeClock, offset: int = 1) -> str:
 
 
 async def issue(client: Client, user: str, code: str, challenge_id: str) -> str:
-    response = await call(
-        client.mfa_stub.IssueActionToken(
-            pb.IssueActionTokenRequest(
-                environment_id=ENV,
-                user_id=user,
-                challenge_id=challenge_id,
-                proof=types.Proof(totp_code=code),
-                actions=[SIGN],
-                single_use=True,
-            )
-        )
-    )
-    return str(response.token)
+    return str((await issue_action_token(client, ENV, user, code, challenge_id)).token)
 
 
 async def audit_types(db: asyncpg.Connection, user: str) -> list[str]:

@@ -32,7 +32,7 @@ async def append(conn: Connection, event: AuditEvent) -> None:
 
 
 # Several events in one INSERT (the details as JSON text, cast per row). ``$N`` numbering
-# starts at ``first`` so that another statement can carry it (action_tokens.insert).
+# starts at ``first`` so that another statement can carry it (verifications.conclude).
 # ``where`` and ``details`` may refer to the row as ``e`` (a conditional insert, see
 # verifications.conclude); ``extra`` names more parallel arrays, numbered after the ten.
 def insert_many_sql(
