@@ -315,6 +315,12 @@ def test_dev_mode_writes_no_key_file_when_another_variable_is_bad(tmp_path: Path
             id="bad-keys",
         ),
         pytest.param(
+            ["serve"],
+            {"MFA_ALLOW_PLAINTEXT": "true"},
+            "MFA_ENCRYPTION_KEYS",
+            id="no-keys-outside-dev",
+        ),
+        pytest.param(
             ["serve", "--dev"], {"MFA_LOG_LEVEL": "LOUD"}, "MFA_LOG_LEVEL", id="dev-bad-log-level"
         ),
         pytest.param(

@@ -430,6 +430,13 @@ REFUSALS: list[Any] = [
         "settings.lockout.lockout_duration",
         id="lockout-duration-30s",
     ),
+    pytest.param(
+        # Past google.protobuf.Duration's range and past what a timedelta holds.
+        _set(lockout=pb.LockoutSettings(lockout_duration=duration_pb2.Duration(seconds=10**15))),
+        ["lockout.lockout_duration"],
+        "settings.lockout.lockout_duration",
+        id="lockout-duration-beyond-any-duration",
+    ),
 ]
 
 

@@ -291,6 +291,7 @@ REFUSED: list[Any] = [
         id="rp-id-without-origins",
     ),
     pytest.param(passkey(rp_name="x" * 65), ["passkey.rp_name"], id="rp-name-too-long"),
+    pytest.param(passkey(rp_name="Acme\tWallet"), ["passkey.rp_name"], id="rp-name-control-char"),
     pytest.param(
         passkey(allowed_origins=tuple(f"https://a{i}.example.com" for i in range(21))),
         ["passkey.allowed_origins"],
