@@ -36,7 +36,9 @@ class TlsConfig:
 
     ``caller_roles`` maps a client certificate identity (its first URI SAN, else its
     first DNS SAN) to the roles of ``CALLER_ROLES`` it holds. It is given exactly when
-    ``client_ca_file`` is: authentication without authorization is refused.
+    ``client_ca_file`` is: authentication without authorization is refused. Without a
+    client CA nothing is authorized; ``load`` allows that only with
+    ``MFA_ALLOW_TLS_WITHOUT_CLIENT_AUTH=true``.
     """
 
     cert_file: Path
@@ -284,6 +286,16 @@ def _tls(env: Mapping[str, str]) -> TlsConfig | None:
         raise ConfigError(
             "MFA_TLS_CLIENT_CA_FILE",
             "required with MFA_CALLER_ROLES: caller identities come from client certificates",
+        )
+    if not ca and not _bool(env, "MFA_ALLOW_TLS_WITHOUT_CLIENT_AUTH"):
+        # Server-only TLS authenticates no caller, so nothing could be authorized: every
+        # service would be open to anyone who reaches the port.
+        raise ConfigError(
+            "MFA_TLS_CLIENT_CA_FILE",
+            "required with MFA_TLS_CERT_FILE: without client certificates no caller is "
+            "authenticated or authorized; set it and MFA_CALLER_ROLES (mutual TLS), or "
+            "MFA_ALLOW_TLS_WITHOUT_CLIENT_AUTH=true to open every service to anyone who "
+            "reaches the port",
         )
     return TlsConfig(Path(cert), Path(key), Path(ca) if ca else None, roles)
 

@@ -88,8 +88,25 @@ def test_tls_configuration(tls_files: dict[str, str]) -> None:
     assert config.tls.key_file == Path(tls_files["key"])
     assert config.tls.client_ca_file == Path(tls_files["ca"])
     assert config.tls.caller_roles == {"spiffe://corp/signer": {"action_tokens"}}
-    del env["MFA_TLS_CLIENT_CA_FILE"], env["MFA_CALLER_ROLES"]
-    tls = load(env).tls
+
+
+def test_tls_without_client_certificates_needs_the_explicit_opt_in(
+    tls_files: dict[str, str],
+) -> None:
+    env = {
+        "MFA_ENCRYPTION_KEYS": KEY_ENTRY,
+        "MFA_LISTEN_ADDR": "0.0.0.0:443",
+        "MFA_TLS_CERT_FILE": tls_files["cert"],
+        "MFA_TLS_KEY_FILE": tls_files["key"],
+    }
+    with pytest.raises(ConfigError) as refused:
+        load(env)
+    assert refused.value.variable == "MFA_TLS_CLIENT_CA_FILE"
+    assert "MFA_ALLOW_TLS_WITHOUT_CLIENT_AUTH=true" in refused.value.problem
+    with pytest.raises(ConfigError):
+        load({**env, "MFA_ALLOW_TLS_WITHOUT_CLIENT_AUTH": "false"})
+
+    tls = load({**env, "MFA_ALLOW_TLS_WITHOUT_CLIENT_AUTH": "true"}).tls
     assert tls is not None
     assert tls.client_ca_file is None
     assert tls.caller_roles == {}
@@ -197,6 +214,20 @@ MALFORMED: list[object] = [
         id="roles-without-client-ca",
     ),
     pytest.param(MTLS_ROLES, "MFA_TLS_CLIENT_CA_FILE", id="roles-over-plaintext"),
+    pytest.param(
+        {"MFA_TLS_CERT_FILE": "{cert}", "MFA_TLS_KEY_FILE": "{key}"},
+        "MFA_TLS_CLIENT_CA_FILE",
+        id="tls-without-client-ca",
+    ),
+    pytest.param(
+        {
+            "MFA_TLS_CERT_FILE": "{cert}",
+            "MFA_TLS_KEY_FILE": "{key}",
+            "MFA_ALLOW_TLS_WITHOUT_CLIENT_AUTH": "perhaps",
+        },
+        "MFA_ALLOW_TLS_WITHOUT_CLIENT_AUTH",
+        id="tls-without-client-auth-malformed",
+    ),
     *(
         pytest.param({**MTLS, "MFA_CALLER_ROLES": roles}, "MFA_CALLER_ROLES", id=case)
         for case, roles in [
@@ -374,6 +405,35 @@ def test_serve_refuses_client_ca_without_roles_in_one_line(
         "MFA_TLS_CLIENT_CA_FILE: map each calling service's certificate identity to its "
         "roles, e.g. spiffe://corp/signer=action_tokens (roles: mfa, action_tokens, admin)"
     ]
+
+
+def test_serve_refuses_tls_without_client_certificates_in_one_line(
+    tls_files: dict[str, str], tmp_path: Path
+) -> None:
+    env = {
+        "MFA_ENCRYPTION_KEYS": KEY_ENTRY,
+        "MFA_LISTEN_ADDR": "0.0.0.0:443",
+        "MFA_TLS_CERT_FILE": tls_files["cert"],
+        "MFA_TLS_KEY_FILE": tls_files["key"],
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "mfa_service", "serve"],
+        env={"PATH": os.environ.get("PATH", ""), "MFA_DATA_DIR": str(tmp_path), **env},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        "mfa-service: configuration error: MFA_TLS_CLIENT_CA_FILE: required with "
+        "MFA_TLS_CERT_FILE: without client certificates no caller is authenticated or "
+        "authorized; set it and MFA_CALLER_ROLES (mutual TLS), or "
+        "MFA_ALLOW_TLS_WITHOUT_CLIENT_AUTH=true to open every service to anyone who "
+        "reaches the port"
+    ]
+    assert result.stdout == ""
 
 
 # --- observability: metrics endpoint, log format, tracing --------------------------

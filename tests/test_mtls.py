@@ -571,3 +571,55 @@ async def test_serve_process_with_mutual_tls_from_the_environment(
     assert f"method=/mfa.v1.MfaService/GetStatus caller={API_BACKEND} status=OK" in log
     assert f"caller={SIGNER} status=PERMISSION_DENIED" in log
     assert "Traceback" not in log
+
+
+async def test_serve_process_with_server_only_tls_needs_the_opt_in_and_warns(
+    tmp_path: Path,
+    database_url: str,
+    pki: Pki,
+    started_processes: list[asyncio.subprocess.Process],
+) -> None:
+    """TLS without a client CA opens every service to anyone: refused unless asked for."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MFA_", "DATABASE_"))}
+    env.update(
+        DATABASE_URL=database_url,
+        MFA_ENCRYPTION_KEYS=KeyRing.generate_entry("k1"),
+        MFA_LISTEN_ADDR=f"127.0.0.1:{port}",
+        MFA_TLS_CERT_FILE=str(pki.server.cert_file),
+        MFA_TLS_KEY_FILE=str(pki.server.key_file),
+    )
+    refused = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mfa_service", "serve",
+        env=env, cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    started_processes.append(refused)
+    stdout, stderr = await asyncio.wait_for(refused.communicate(), 30)
+    assert refused.returncode == 2
+    assert stdout == b""
+    [line] = stderr.decode().splitlines()
+    assert line.startswith("mfa-service: configuration error: MFA_TLS_CLIENT_CA_FILE: ")
+
+    env["MFA_ALLOW_TLS_WITHOUT_CLIENT_AUTH"] = "true"
+    stderr_path = tmp_path / "server.stderr"
+    with stderr_path.open("wb") as stderr_file:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "mfa_service", "serve",
+            env=env, cwd=tmp_path,
+            stdout=asyncio.subprocess.DEVNULL, stderr=stderr_file,
+        )  # fmt: skip
+    started_processes.append(process)
+    async with _connect(pki, f"127.0.0.1:{port}", None) as anyone:
+        await _wait_serving(process, anyone, stderr_path)
+        assert (await anyone.admin.get_settings(ENV)).environment_id == ENV
+    process.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(process.wait(), 15) == 0
+
+    log = _text(stderr_path)
+    assert "(TLS)" in log
+    assert (
+        "TLS without client certificates: callers are neither authenticated nor authorized" in log
+    )
+    warnings = [line for line in log.splitlines() if "TLS without client certificates" in line]
+    assert len(warnings) == 1 and '"level": "WARNING"' in warnings[0], warnings
