@@ -20,6 +20,7 @@ import psutil
 import pytest
 from google.protobuf import field_mask_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from mfa.v1 import admin_service_pb2, admin_service_pb2_grpc, types_pb2
 from mfa_client import Client, MfaServiceError
@@ -156,7 +157,8 @@ async def _wait_for_lock_waiter(conn: asyncpg.Connection, within: float = 10) ->
 
 async def test_sigterm_drains_in_flight_calls_then_exits(tmp_path: Path, database_url: str) -> None:
     env_id = "env-graceful"
-    async with serve(tmp_path, _external_db_env(database_url)) as server:
+    env = {**_external_db_env(database_url), "MFA_LOG_FORMAT": "text"}
+    async with serve(tmp_path, env) as server:
         holder = await asyncpg.connect(database_url)
         observer = await asyncpg.connect(database_url)
         try:
@@ -219,6 +221,14 @@ async def test_sigterm_drains_in_flight_calls_then_exits(tmp_path: Path, databas
     assert stored["session_mfa_enabled"] is True
     assert "shutting down" in server.stderr
     assert "stopped" in server.stderr
+    # The held call's log line measures the wait: it was held for at least the 0.3 s above.
+    (held,) = [
+        match
+        for match in map(LOG_LINE.search, server.stderr.splitlines())
+        if match and match["method"] == "/mfa.v1.AdminService/UpdateSettings"
+    ]
+    assert held["status"] == "OK"
+    assert float(held["duration"]) >= 300
 
 
 async def _stored_document(database_url: str, env_id: str) -> dict[str, object] | None:
@@ -248,6 +258,15 @@ LOG_LINE = re.compile(
 )
 
 
+async def _wait_for_log_line(server: ServerProcess, request_id: str) -> None:
+    """A cancelled stream's line is written once the server has seen the cancel."""
+    for _ in range(100):
+        if f"request_id={request_id}" in server.stderr:
+            return
+        await asyncio.sleep(0.05)
+    pytest.fail(f"no log line for {request_id}:\n{server.stderr}")
+
+
 async def test_one_log_line_per_call_and_no_secret(tmp_path: Path, database_url: str) -> None:
     # The text format (JSON, the default outside --dev, is tests/test_observability.py).
     env = {**_external_db_env(database_url), "MFA_LOG_FORMAT": "text"}
@@ -271,6 +290,25 @@ async def test_one_log_line_per_call_and_no_secret(tmp_path: Path, database_url:
                 timeout=5,
             )
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+        # Streaming calls are calls too: reflection (an async generator) ...
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+            metadata=(("x-request-id", "req-log-reflect"),),
+            timeout=5,
+        )
+        listed = [response async for response in reflection]
+        assert "mfa.v1.AdminService" in {s.name for s in listed[0].list_services_response.service}
+        assert ("x-request-id", "req-log-reflect") in tuple(await reflection.trailing_metadata())
+        # ... and a health Watch (a coroutine that writes), which the caller ends.
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=""),
+            metadata=(("x-request-id", "req-log-watch"),),
+        )
+        assert (await asyncio.wait_for(watch.read(), 5)).status == SERVING
+        watch.cancel()
+        await _wait_for_log_line(server, "req-log-watch")
+
         server.signal(signal.SIGTERM)
         assert await server.wait() == 0
 
@@ -290,6 +328,11 @@ async def test_one_log_line_per_call_and_no_secret(tmp_path: Path, database_url:
         assert float(match["duration"]) >= 0
     # The health polls of the test are calls too, each with its own request id.
     assert any(m["method"] == "/grpc.health.v1.Health/Check" for m in lines.values())
+    reflect, watched = lines["req-log-reflect"], lines["req-log-watch"]
+    assert reflect["method"] == "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+    assert reflect["status"] == "OK"
+    assert watched["method"] == "/grpc.health.v1.Health/Watch"
+    assert watched["status"] == "CANCELLED"
 
     secret = env["MFA_ENCRYPTION_KEYS"]
     key_material = secret.split(":", 1)[1]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import re
 import time
@@ -93,14 +95,16 @@ class CallInterceptor(_Interceptor):
     ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(handler_call_details)
         method: str = handler_call_details.method
-        if handler is None or handler.unary_unary is None:
+        metadata = handler_call_details.invocation_metadata
+        if handler is None:
+            return handler
+        if handler.unary_unary is None:
             # Streaming RPCs: health Watch and reflection, open to every TLS client. No
             # mfa.v1 RPC streams; should one ever, it is refused (UNIMPLEMENTED) under
             # mTLS rather than served unauthorized.
             if self._authorizer is None or Authorizer.is_open(_service(method)):
-                return handler
+                return _streaming(method, metadata, handler)
             return None  # type: ignore[return-value]  # grpc.aio: no handler, UNIMPLEMENTED
-        metadata = handler_call_details.invocation_metadata
         return grpc.unary_unary_rpc_method_handler(
             _wrap(
                 method,
@@ -177,21 +181,7 @@ def _wrap(
             await _abort(context, code, message, status.SerializeToString(), request_id)
         finally:
             seconds = time.perf_counter() - started
-            log.info(
-                "rpc method=%s caller=%s status=%s duration_ms=%.2f request_id=%s",
-                method,
-                caller,
-                code.name,
-                seconds * 1000,
-                request_id,
-                extra={
-                    "request_id": request_id,
-                    "caller": caller,
-                    "method": method,
-                    "status": code.name,
-                    "duration_ms": round(seconds * 1000, 3),
-                },
-            )
+            _log_call(method, caller, code, seconds, request_id)
             if metrics is not None and method_metrics is not None:
                 metrics.record(method_metrics, seconds, code, reason, request, response)
             if span is not None:
@@ -203,6 +193,107 @@ def _wrap(
             call_context.reset(token)
 
     return serve
+
+
+def _log_call(
+    method: str, caller: str, code: grpc.StatusCode, seconds: float, request_id: str
+) -> None:
+    """The one line every call leaves, unary or streaming."""
+    log.info(
+        "rpc method=%s caller=%s status=%s duration_ms=%.2f request_id=%s",
+        method,
+        caller,
+        code.name,
+        seconds * 1000,
+        request_id,
+        extra={
+            "request_id": request_id,
+            "caller": caller,
+            "method": method,
+            "status": code.name,
+            "duration_ms": round(seconds * 1000, 3),
+        },
+    )
+
+
+def _streaming(
+    method: str, metadata: tuple[Any, ...] | None, handler: grpc.RpcMethodHandler[Any, Any]
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """A streaming handler (health Watch, reflection) with a request id and its log line,
+    written when the stream ends. grpc.aio serves a coroutine handler (it writes with
+    ``context.write``) and an async generator differently, so the wrapper keeps the shape
+    of the handler it wraps."""
+    behavior: Any = handler.unary_stream or handler.stream_stream or handler.stream_unary
+
+    def begin(context: aio.ServicerContext[Any, Any]) -> tuple[float, str, str]:
+        request_id = _request_id(metadata)
+        context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
+        caller = peer_identity(context) or f"unauthenticated@{context.peer()}"
+        return time.perf_counter(), request_id, caller
+
+    def outcome(error: BaseException, context: aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
+        if isinstance(error, asyncio.CancelledError | GeneratorExit):
+            return grpc.StatusCode.CANCELLED
+        if isinstance(error, aio.AbortError):
+            return context.code() or grpc.StatusCode.UNKNOWN
+        return grpc.StatusCode.INTERNAL
+
+    async def fail(
+        error: Exception, context: aio.ServicerContext[Any, Any], request_id: str
+    ) -> None:
+        if isinstance(error, aio.AbortError):
+            raise error
+        log.exception("unexpected error in %s request_id=%s", method, request_id)
+        message = f"internal error; request id {request_id}"
+        status = rich_status(grpc.StatusCode.INTERNAL, message, "ERROR_REASON_INTERNAL", request_id)
+        await _abort(
+            context, grpc.StatusCode.INTERNAL, message, status.SerializeToString(), request_id
+        )
+
+    serve: Any
+    if inspect.iscoroutinefunction(behavior):
+
+        async def serve(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+            started, request_id, caller = begin(context)
+            code = grpc.StatusCode.OK
+            try:
+                result = await behavior(request, context)
+                code = context.code() or grpc.StatusCode.OK
+                return result
+            except BaseException as error:
+                code = outcome(error, context)
+                if not isinstance(error, Exception):
+                    raise
+                await fail(error, context, request_id)
+            finally:
+                _log_call(method, caller, code, time.perf_counter() - started, request_id)
+
+    else:
+
+        async def serve(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+            started, request_id, caller = begin(context)
+            code = grpc.StatusCode.OK
+            try:
+                async for response in behavior(request, context):
+                    yield response
+                code = context.code() or grpc.StatusCode.OK
+            except BaseException as error:
+                code = outcome(error, context)
+                if not isinstance(error, Exception):
+                    raise
+                await fail(error, context, request_id)
+            finally:
+                _log_call(method, caller, code, time.perf_counter() - started, request_id)
+
+    options = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(serve, **options)
+    if handler.stream_stream is not None:
+        return grpc.stream_stream_rpc_method_handler(serve, **options)
+    return grpc.stream_unary_rpc_method_handler(serve, **options)
 
 
 async def _abort(
