@@ -93,3 +93,13 @@ def test_the_configuration_reference_names_every_variable() -> None:
     rows = set(re.findall(r"^\| `([A-Z_]+)`(?:, `([A-Z_]+)`)?", reference, flags=re.MULTILINE))
     documented = {name for row in rows for name in row if name}
     assert sorted(read - documented) == []
+
+
+def test_the_opening_names_every_system_package_make_test_installs() -> None:
+    """A newcomer reads what a fresh machine needs before the first command fails."""
+    makefile = (ROOT / "Makefile").read_text()
+    (tools,) = re.findall(r"^SYSTEM_DEPS := (.+)$", makefile, flags=re.MULTILINE)
+    opening = (ROOT / "README.md").read_text().split("\n## ", 1)[0]
+    assert tools.split()
+    assert [tool for tool in tools.split() if f"`{tool}`" not in opening] == []
+    assert "npm" in opening
