@@ -122,7 +122,9 @@ lint: $(STAMP) $(NODE_STAMP)
 
 # No wire or source break of the API against the main branch (buf.yaml: FILE rules).
 # subdir=protos: the module root, also on main commits from before buf.yaml existed.
-BUF_AGAINST ?= .git\#branch=main,subdir=protos
+# A clone without a local main branch compares against its own HEAD instead.
+HASH := \#
+BUF_AGAINST ?= .git$(HASH)$(if $(shell git rev-parse -q --verify refs/heads/main),branch=main,ref=HEAD),subdir=protos
 
 buf-breaking: $(NODE_STAMP)
 	$(NODE_BIN)/buf breaking --against '$(BUF_AGAINST)'
