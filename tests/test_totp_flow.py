@@ -6,7 +6,7 @@ import asyncio
 import base64
 import logging
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import grpc
@@ -18,6 +18,7 @@ from flows import (
     call,
     challenge,
     enroll_totp,
+    issue_action_token,
     start_totp,
     status,
     update_settings,
@@ -69,7 +70,9 @@ async def refused(coro) -> MfaServiceError:  # type: ignore[no-untyped-def]
 # --- enrollment --------------------------------------------------------------------
 
 
-async def test_enroll_gives_a_160_bit_secret_and_an_authenticator_uri(client: Client) -> None:
+async def test_enroll_gives_a_160_bit_secret_and_an_authenticator_uri(
+    client: Client, clock: FakeClock
+) -> None:
     await update_settings(client, ENV, totp__issuer="Acme Wallet")
     started = await start_totp(client, ENV, "alice")
     assert len(base64.b32decode(started.totp.secret)) == 20
@@ -78,7 +81,7 @@ async def test_enroll_gives_a_160_bit_secret_and_an_authenticator_uri(client: Cl
     assert parsed.issuer == "Acme Wallet"
     assert parsed.name == "alice"
     assert started.totp.otpauth_uri.startswith("otpauth://totp/Acme%20Wallet:alice?")
-    assert started.expires_at.ToDatetime() > started.expires_at.ToDatetime() - timedelta(minutes=10)
+    assert started.expires_at.ToDatetime(tzinfo=UTC) == clock.now() + timedelta(minutes=10)
 
 
 async def test_oathtool_codes_are_accepted(client: Client, clock: FakeClock) -> None:
@@ -148,10 +151,13 @@ async def test_a_pending_enrollment_expires_and_is_not_a_factor(
 ) -> None:
     await update_settings(client, ENV, require_at_onboarding=True)
     started = await start_totp(client, ENV, "erin")
+    twin = await start_totp(client, ENV, "ezra")  # started at the same instant
     now = await status(client, ENV, "erin")
     assert now.enrollment_required
     assert list(now.enrolled_methods) == []
-    clock.advance(timedelta(minutes=10, seconds=1))
+    clock.advance(timedelta(minutes=9, seconds=59))
+    await complete(client, "ezra", twin.enrollment_id, pyotp.TOTP(twin.totp.secret).at(clock.now()))
+    clock.advance(timedelta(seconds=2))  # 10 min 1 s after the start
     error = await refused(
         complete(
             client, "erin", started.enrollment_id, pyotp.TOTP(started.totp.secret).at(clock.now())
@@ -185,6 +191,90 @@ async def test_totp_disabled_refuses_enrollment_and_challenges(
         )
     assert list((await status(client, ENV, "gina")).enrolled_methods) == []
     assert device.device_id
+
+
+async def test_totp_disabled_after_enrollment_started_refuses_completion(
+    client: Client, clock: FakeClock, db: asyncpg.Connection
+) -> None:
+    started = await start_totp(client, ENV, "gwen")
+    await update_settings(client, ENV, totp_enabled=False, action_methods=[types.METHOD_PASSKEY])
+    code = pyotp.TOTP(started.totp.secret).at(clock.now())
+    error = await refused(complete(client, "gwen", started.enrollment_id, code))
+    assert (error.code, error.reason) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "ERROR_REASON_METHOD_DISABLED",
+    )
+    assert await db.fetchval("SELECT count(*) FROM devices WHERE user_id = 'gwen'") == 0
+
+
+async def test_totp_disabled_after_a_challenge_refuses_verification(
+    client: Client, clock: FakeClock, db: asyncpg.Connection
+) -> None:
+    device = await enroll_totp(client, clock, ENV, "gus")
+    taken = await challenge(client, ENV, "gus")
+    await update_settings(client, ENV, totp_enabled=False, action_methods=[types.METHOD_PASSKEY])
+    clock.advance(timedelta(seconds=30))
+    error = await refused(verify_session(client, ENV, "gus", "s", device.code(clock.now()), taken))
+    assert (error.code, error.reason) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "ERROR_REASON_METHOD_DISABLED",
+    )
+    assert await db.fetchval("SELECT count(*) FROM verified_sessions WHERE user_id = 'gus'") == 0
+
+
+async def link_token(client: Client, clock: FakeClock, device: TotpDevice, user: str) -> str:
+    """A CREDENTIAL_LINK action token from the user's TOTP device (a step past enrollment)."""
+    clock.advance(timedelta(seconds=30))
+    issued = await issue_action_token(
+        client,
+        ENV,
+        user,
+        device.code(clock.now()),
+        await challenge(client, ENV, user),
+        actions=(types.ACTION_CREDENTIAL_LINK,),
+    )
+    return str(issued.token)
+
+
+async def start_linked_totp(client: Client, user: str, link: str) -> pb.EnrollResponse:
+    return await call(
+        client.mfa_stub.Enroll(
+            pb.EnrollRequest(
+                environment_id=ENV, user_id=user, method=types.METHOD_TOTP, action_token=link
+            )
+        )
+    )
+
+
+async def test_enroll_refuses_a_totp_device_beyond_the_limit(
+    client: Client, clock: FakeClock
+) -> None:
+    """max_totp_devices defaults to 1: with step-up passed, the limit still refuses."""
+    device = await enroll_totp(client, clock, ENV, "hugo")
+    link = await link_token(client, clock, device, "hugo")
+    error = await refused(start_linked_totp(client, "hugo", link))
+    assert (error.code, error.reason) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "ERROR_REASON_DEVICE_LIMIT_REACHED",
+    )
+
+
+async def test_completion_checks_the_totp_device_limit_again(
+    client: Client, clock: FakeClock, db: asyncpg.Connection
+) -> None:
+    """The limit lowered while an enrollment is pending: completing it is refused."""
+    await update_settings(client, ENV, totp__max_devices=2)
+    device = await enroll_totp(client, clock, ENV, "hilda")
+    link = await link_token(client, clock, device, "hilda")
+    started = await start_linked_totp(client, "hilda", link)
+    await update_settings(client, ENV, totp__max_devices=1)
+    code = pyotp.TOTP(started.totp.secret).at(clock.now())
+    error = await refused(complete(client, "hilda", started.enrollment_id, code))
+    assert (error.code, error.reason) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "ERROR_REASON_DEVICE_LIMIT_REACHED",
+    )
+    assert await db.fetchval("SELECT count(*) FROM devices WHERE user_id = 'hilda'") == 1
 
 
 async def test_a_second_device_needs_step_up(client: Client, clock: FakeClock) -> None:
