@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import base64
+import uuid
 
 import pytest
 
 from mfa_service.crypto import KEY_BYTES, DecryptionError, KeyRing, KeyRingError
+from mfa_service.domain.devices import secret_context
+from mfa_service.domain.model import EnvironmentId, UserId
 
 KEY_A = base64.b64encode(b"A" * KEY_BYTES).decode()
 KEY_B = base64.b64encode(b"B" * KEY_BYTES).decode()
@@ -86,6 +89,30 @@ def test_a_blob_under_another_context_does_not_decrypt(other_context: bytes) -> 
     blob = ring.encrypt(SECRET, context=CONTEXT)
     with pytest.raises(DecryptionError):
         ring.decrypt(blob, context=other_context)
+
+
+DEVICE = uuid.UUID("6f1c2b1e-4a53-4f0e-9c77-1d2e3f405162")
+ROW = ("totp", EnvironmentId("env-1"), UserId("user-1"), DEVICE)
+
+
+@pytest.mark.parametrize(
+    "moved",
+    [
+        pytest.param(("passkey", *ROW[1:]), id="kind"),
+        pytest.param((ROW[0], EnvironmentId("env-2"), *ROW[2:]), id="environment"),
+        pytest.param((*ROW[:2], UserId("user-2"), ROW[3]), id="user"),
+        pytest.param((*ROW[:3], uuid.UUID(int=DEVICE.int ^ 1)), id="device"),
+    ],
+)
+def test_a_secret_sealed_for_one_device_opens_only_in_its_own_context(
+    moved: tuple[str, EnvironmentId, UserId, uuid.UUID],
+) -> None:
+    """secret_context binds kind, environment, user and device (AES-GCM associated data)."""
+    ring = KeyRing.parse(f"k1:{KEY_A}")
+    blob = ring.encrypt(SECRET, context=secret_context(*ROW))
+    assert ring.decrypt(blob, context=secret_context(*ROW)) == SECRET
+    with pytest.raises(DecryptionError):
+        ring.decrypt(blob, context=secret_context(*moved))
 
 
 def test_every_tampered_byte_is_detected() -> None:

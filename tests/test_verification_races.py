@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -29,6 +30,7 @@ from mfa.v1 import mfa_service_pb2 as pb
 from mfa.v1 import types_pb2 as types
 from mfa_client import Client, MfaServiceError
 from mfa_service.app import Application
+from mfa_service.store import verifications as verification_store
 
 ENV = "env-races"
 SIGN = types.ACTION_WAAS_SIGN
@@ -171,6 +173,45 @@ async def test_a_failure_after_an_ended_lockout_starts_a_fresh_count(
         "SELECT failed_attempts, locked_until FROM mfa_users WHERE user_id = 'di'"
     )
     assert (state["failed_attempts"], state["locked_until"]) == (1, None)
+
+
+async def test_the_totp_step_write_decides_on_the_stored_step_not_on_what_was_read(
+    client: Client, clock: FakeClock, db: asyncpg.Connection
+) -> None:
+    """Verification reads the devices without a lock, so the last step it read may be
+    stale: the deciding statement itself refuses a step at or before the stored one (and
+    then counts a failure)."""
+    await enroll_totp(client, clock, ENV, "fay")
+    device_id = await db.fetchval("SELECT id FROM devices WHERE user_id = 'fay'")
+
+    async def advance(step: int) -> verification_store.Outcome:
+        concluded = await verification_store.conclude(
+            db,
+            ENV,
+            "fay",
+            uuid.UUID(await challenge(client, ENV, "fay")),
+            now=clock.now(),
+            device_id=device_id,
+            advance=verification_store.TotpStep(step),
+            max_failed_attempts=100,
+            lockout_duration=timedelta(minutes=15),
+            success=None,
+            events=[],
+        )
+        return concluded.outcome
+
+    stored = await db.fetchval("SELECT totp_last_step FROM devices WHERE id = $1", device_id)
+    assert stored is not None  # the enrollment code's step
+    failed, succeeded = verification_store.Outcome.FAILED, verification_store.Outcome.SUCCEEDED
+    assert await advance(stored) is failed  # the step already accepted: a replay
+    assert await advance(stored + 1) is succeeded
+    assert await advance(stored + 1) is failed  # the same step again
+    assert await advance(stored) is failed  # read stale, would move the step back
+    assert (
+        await db.fetchval("SELECT totp_last_step FROM devices WHERE id = $1", device_id)
+        == stored + 1
+    )
+    assert await db.fetchval("SELECT failed_attempts FROM mfa_users WHERE user_id = 'fay'") == 2
 
 
 async def test_a_failed_verification_writes_neither_token_nor_session(
