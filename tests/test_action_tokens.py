@@ -26,7 +26,7 @@ from mfa.v1 import action_token_service_pb2 as at_pb
 from mfa.v1 import admin_service_pb2 as admin_pb
 from mfa.v1 import mfa_service_pb2 as pb
 from mfa.v1 import types_pb2 as types
-from mfa_client import Client, MfaServiceError
+from mfa_client import CHANNEL_OPTIONS, Client, MfaServiceError
 from mfa_service.app import Application, rotate_signing_key
 from mfa_service.domain import tokens
 
@@ -313,7 +313,9 @@ def unsigned(good: str, **changes: Any) -> str:
         "aud_list",
         "wrong_iss",
         "iss_prefix",
+        "iss_superstring",
         "unknown_kid",
+        "unknown_kid_real_key",
         "missing_jti",
         "missing_exp",
         "missing_act",
@@ -344,7 +346,10 @@ async def test_forged_tokens_are_refused(
         "aud_list": lambda: forged(good, private, aud=["other", "mfa-action"]),
         "wrong_iss": lambda: forged(good, private, iss="evil-service"),
         "iss_prefix": lambda: forged(good, private, iss="mfa-servic"),
+        "iss_superstring": lambda: forged(good, private, iss="mfa-service-x"),
         "unknown_kid": lambda: forged(good, other.private_key, h_kid="not-a-key"),
+        # Signed by the right key, but naming no key: a verifier must not fall back.
+        "unknown_kid_real_key": lambda: forged(good, private, h_kid="not-a-key"),
         "missing_jti": lambda: forged(good, private, drop=("jti",)),
         "missing_exp": lambda: forged(good, private, drop=("exp",)),
         "missing_act": lambda: forged(good, private, drop=("act",)),
@@ -530,7 +535,13 @@ async def test_one_single_use_token_is_allowed_exactly_once_under_load(
     app: Application, client: Client, clock: FakeClock, alice: TotpDevice, db: asyncpg.Connection
 ) -> None:
     issued = await issue(client, clock, alice)
-    clients = [Client.connect(f"127.0.0.1:{app.port}", insecure=True) for _ in range(5)]
+    # Channels with equal options share one connection unless each has its own
+    # subchannel pool: five connections, each its own HTTP/2 session at the server.
+    options = [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
+    clients = [
+        Client(grpc.aio.insecure_channel(f"127.0.0.1:{app.port}", options=options))
+        for _ in range(5)
+    ]
     try:
         results = await asyncio.gather(
             *(validate(clients[i % 5], issued.token) for i in range(100))
@@ -543,6 +554,11 @@ async def test_one_single_use_token_is_allowed_exactly_once_under_load(
     assert (
         await db.fetchval("SELECT count(*) FROM action_tokens WHERE consumed_at IS NOT NULL") == 1
     )
+    # The calls came over five connections (the audit's caller is the peer address).
+    peers = await db.fetchval(
+        "SELECT count(DISTINCT caller) FROM audit_events WHERE type = 'TOKEN_VALIDATED'"
+    )
+    assert peers == 5
 
 
 async def test_concurrent_validations_each_get_their_own_decision(
