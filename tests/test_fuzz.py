@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+import asyncpg
 import cbor2
 import grpc
 import pytest
@@ -1215,3 +1216,51 @@ async def test_a_message_over_the_receive_limit_is_refused(
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         check_refusal(caught.value, request)
         await assert_still_serving(app, client)
+
+
+async def test_a_full_page_of_the_largest_audit_events_fits_the_send_limit(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    """500 events with every field at its longest: a page may hold fewer than page_size
+    (AIP-158), never more bytes than the server may send; the pages hold each event once."""
+    env, user = "e" * 128, "u" * 256
+    await db.execute(
+        """
+        INSERT INTO audit_events (event_id, environment_id, user_id, type, occurred_at,
+                                  device_id, caller, request_id, details)
+        SELECT gen_random_uuid(), $1, $2, 'USER_RESET', now(), gen_random_uuid()::text,
+               $3, $4, jsonb_build_object('reason', $5::text, 'devices_removed', '10',
+                                          'tokens_revoked', '100000')
+        FROM generate_series(1, 500)
+        """,
+        env,
+        user,
+        "spiffe://" + "c" * 247,  # a caller identity of 256 characters
+        "r" * 64,  # the longest request id a caller may choose
+        "\U0001f600" * 256,  # the longest reason, 4 bytes a character
+    )
+    stored = {str(r["event_id"]) for r in await db.fetch("SELECT event_id FROM audit_events")}
+    assert len(stored) == 500
+
+    seen: list[str] = []
+    sizes: list[int] = []
+    token = ""
+    while True:
+        page = await call(
+            client.admin.stub.ListAuditEvents(
+                admin_pb.ListAuditEventsRequest(
+                    environment_id=env, user_id=user, page_size=500, page_token=token
+                ),
+                timeout=CALL_TIMEOUT,
+            )
+        )
+        assert page.events
+        assert page.ByteSize() < MAX_MESSAGE_BYTES
+        seen += [event.event_id for event in page.events]
+        sizes.append(len(page.events))
+        token = page.next_page_token
+        if not token:
+            break
+    assert len(sizes) > 1  # 500 such events do not fit one response
+    assert len(seen) == len(set(seen)) == 500
+    assert set(seen) == stored

@@ -25,6 +25,13 @@ from mfa_service.services.settings import SettingsService
 Context = aio.ServicerContext[Any, Any]
 
 MAX_REASON = 256
+# A ListAuditEvents page stops before page_size events rather than pass this many encoded
+# bytes (AIP-158: a page may hold fewer, next_page_token continues). Half the server's
+# send limit (mfa_service.server.MAX_MESSAGE_BYTES, 256 KiB); the largest event is a few
+# KiB (ids, caller and request id at their caps, a 256-character reason).
+MAX_PAGE_BYTES = 128 * 1024
+# Each event is a length-delimited field of the response: a tag byte and its length.
+_EVENT_FRAMING_BYTES = 1 + 5
 
 
 class AdminServicer(pb_grpc.AdminServiceServicer):
@@ -81,7 +88,14 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
                 audit_event_type_from_proto(t, f"types[{i}]") for i, t in enumerate(request.types)
             ],
         )
-        return pb.ListAuditEventsResponse(
-            events=[audit_event_to_proto(e.event_id, e.event) for e in page.events],
-            next_page_token=page.next_page_token,
-        )
+        events: list[pb.AuditEvent] = []
+        next_page_token = page.next_page_token
+        size = 0
+        for i, stored in enumerate(page.events):
+            event = audit_event_to_proto(stored.event_id, stored.event)
+            size += event.ByteSize() + _EVENT_FRAMING_BYTES
+            if events and size > MAX_PAGE_BYTES:
+                next_page_token = page.events[i - 1].page_token_after
+                break
+            events.append(event)
+        return pb.ListAuditEventsResponse(events=events, next_page_token=next_page_token)

@@ -21,6 +21,9 @@ MAX_PAGE_SIZE = 500
 class StoredEvent:
     event_id: str
     event: AuditEvent
+    # The page token of the events after this one: a caller that stops a page early
+    # (to keep a response under its size limit) continues from here.
+    page_token_after: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +88,8 @@ class AuditLogService:
                     device_id=row["device_id"],
                     details={str(k): str(v) for k, v in (row["details"] or {}).items()},
                 ),
+                page_token_after=_encode_cursor(row["id"]),
             )
             for row in rows
         ]
-        return EventPage(events, _encode_cursor(rows[-1]["id"]) if more and rows else "")
+        return EventPage(events, events[-1].page_token_after if more and events else "")
