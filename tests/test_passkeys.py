@@ -109,6 +109,29 @@ async def verify(
     )
 
 
+async def link_token(client: Client, user: str, authenticator: SoftAuthenticator) -> str:
+    """A CREDENTIAL_LINK action token proven with ``authenticator``: the step-up an Enroll
+    next to an existing passkey needs."""
+    challenge = await passkey_challenge(client, user)
+    issued = await call(
+        client.mfa_stub.IssueActionToken(
+            pb.IssueActionTokenRequest(
+                environment_id=ENV,
+                user_id=user,
+                challenge_id=challenge.challenge_id,
+                proof=types.Proof(
+                    passkey_assertion_json=authenticator.assertion(
+                        challenge.passkey_request_options_json
+                    )
+                ),
+                actions=[types.ACTION_CREDENTIAL_LINK],
+                single_use=True,
+            )
+        )
+    )
+    return str(issued.token)
+
+
 async def assert_refused(client: Client, user: str, make: Any) -> MfaServiceError:
     """A fresh challenge answered by ``make(options_json)``: must be refused."""
     challenge = await passkey_challenge(client, user)
@@ -312,22 +335,7 @@ async def test_second_passkey_needs_step_up_and_excludes_the_first(
 ) -> None:
     first = await enroll(client, "hal")
     assert (await refused(start(client, "hal"))).reason == "ERROR_REASON_STEP_UP_REQUIRED"
-    challenge = await passkey_challenge(client, "hal")
-    link = await call(
-        client.mfa_stub.IssueActionToken(
-            pb.IssueActionTokenRequest(
-                environment_id=ENV,
-                user_id="hal",
-                challenge_id=challenge.challenge_id,
-                proof=types.Proof(
-                    passkey_assertion_json=first.assertion(challenge.passkey_request_options_json)
-                ),
-                actions=[types.ACTION_CREDENTIAL_LINK],
-                single_use=True,
-            )
-        )
-    )
-    started = await start(client, "hal", link.token)
+    started = await start(client, "hal", await link_token(client, "hal", first))
     options = json.loads(started.passkey.creation_options_json)
     assert [c["id"] for c in options["excludeCredentials"]] == [b64url(first.credential_id)]
     second = SoftAuthenticator(origin=ORIGIN, rp_id=RP_ID)
@@ -345,6 +353,107 @@ async def test_second_passkey_needs_step_up_and_excludes_the_first(
         second.assertion(challenge.passkey_request_options_json),
         challenge.challenge_id,
     )
+
+
+async def test_rp_name_comes_from_the_settings(client: Client, configured: None) -> None:
+    await update_settings(client, ENV, passkey__rp_name="Acme Wallet")
+    options = json.loads((await start(client, "alice")).passkey.creation_options_json)
+    assert options["rp"] == {"id": RP_ID, "name": "Acme Wallet"}
+
+
+async def test_user_verification_and_attestation_come_from_the_settings(
+    client: Client, configured: None
+) -> None:
+    await update_settings(
+        client,
+        ENV,
+        passkey__user_verification=types.USER_VERIFICATION_PREFERRED,
+        passkey__attestation=types.ATTESTATION_DIRECT,
+    )
+    started = await start(client, "abe")
+    options = json.loads(started.passkey.creation_options_json)
+    assert options["authenticatorSelection"]["userVerification"] == "preferred"
+    assert options["attestation"] == "direct"
+    authenticator = SoftAuthenticator(origin=ORIGIN, rp_id=RP_ID)
+    await finish(
+        client,
+        "abe",
+        started.enrollment_id,
+        authenticator.register(started.passkey.creation_options_json),
+    )
+    challenge = await passkey_challenge(client, "abe")
+    assert json.loads(challenge.passkey_request_options_json)["userVerification"] == "preferred"
+
+
+async def test_registration_stores_the_aaguid_and_the_counter(
+    client: Client, configured: None, db: asyncpg.Connection
+) -> None:
+    aaguid = uuid.UUID("adce0002-35bc-c60a-648b-0b25f1f05503")
+    authenticator = await enroll(
+        client,
+        "ada",
+        SoftAuthenticator(origin=ORIGIN, rp_id=RP_ID, aaguid=aaguid.bytes, sign_count=10),
+    )
+    query = "SELECT passkey_aaguid, passkey_sign_count FROM devices WHERE user_id = 'ada'"
+    row = await db.fetchrow(query)
+    assert (row["passkey_aaguid"], row["passkey_sign_count"]) == (str(aaguid), 10)
+    # The counter the registration reported is the one the first assertion must pass.
+    error = await assert_refused(
+        client, "ada", lambda options: authenticator.assertion(options, sign_count=5)
+    )
+    assert error.reason == "ERROR_REASON_VERIFICATION_FAILED"
+    assert (await db.fetchrow(query))["passkey_sign_count"] == 10
+
+
+async def test_the_backup_state_follows_the_assertions(
+    client: Client, configured: None, db: asyncpg.Connection
+) -> None:
+    authenticator = await enroll(
+        client, "bo", SoftAuthenticator(origin=ORIGIN, rp_id=RP_ID, backup_eligible=True)
+    )
+    query = "SELECT passkey_backed_up, passkey_sign_count FROM devices WHERE user_id = 'bo'"
+    assert tuple(await db.fetchrow(query)) == (False, 0)
+    for backed_up, count in ((True, 1), (False, 2)):
+        challenge = await passkey_challenge(client, "bo")
+        await verify(
+            client,
+            "bo",
+            authenticator.assertion(challenge.passkey_request_options_json, bs=backed_up),
+            challenge.challenge_id,
+        )
+        assert tuple(await db.fetchrow(query)) == (backed_up, count)
+
+
+async def test_failed_registrations_count_toward_lockout(client: Client, configured: None) -> None:
+    await update_settings(client, ENV, lockout__max_failed_attempts=2)
+    authenticator = SoftAuthenticator(origin=ORIGIN, rp_id=RP_ID)
+    for _ in range(2):
+        started = await start(client, "zed")
+        error = await refused(
+            finish(
+                client,
+                "zed",
+                started.enrollment_id,
+                authenticator.register(
+                    started.passkey.creation_options_json, origin="https://evil.example.net"
+                ),
+            )
+        )
+        assert error.reason == "ERROR_REASON_VERIFICATION_FAILED"
+    started = await start(client, "zed")
+    error = await refused(
+        finish(
+            client,
+            "zed",
+            started.enrollment_id,
+            authenticator.register(started.passkey.creation_options_json),
+        )
+    )
+    assert (error.code, error.reason) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "ERROR_REASON_LOCKED_OUT",
+    )
+    assert list((await status(client, ENV, "zed")).enrolled_methods) == []
 
 
 # --- verification refusals ---------------------------------------------------------------
@@ -641,3 +750,124 @@ async def test_malformed_assertions_name_the_field(
     error = await refused(verify(client, "yan", bad, challenge.challenge_id))
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT
     assert [v.field for v in error.field_violations] == ["proof.passkey_assertion_json"]
+
+
+# --- a challenge answers only its own ceremony --------------------------------------------
+
+
+async def both_ceremonies(
+    client: Client, user: str
+) -> tuple[SoftAuthenticator, pb.EnrollResponse, pb.ChallengeResponse]:
+    """A user with a passkey, a pending registration (stepped up) and a pending
+    authentication, both live at once."""
+    authenticator = await enroll(client, user)
+    enrollment = await start(client, user, await link_token(client, user, authenticator))
+    challenge = await passkey_challenge(client, user)
+    return authenticator, enrollment, challenge
+
+
+def challenge_bytes(options_json: str) -> bytes:
+    return unb64url(json.loads(options_json)["challenge"])
+
+
+async def test_an_authentication_challenge_does_not_complete_an_enrollment(
+    client: Client, configured: None
+) -> None:
+    _, enrollment, challenge = await both_ceremonies(client, "abby")
+    newcomer = SoftAuthenticator(origin=ORIGIN, rp_id=RP_ID)
+    registration = newcomer.register(
+        enrollment.passkey.creation_options_json,
+        challenge=challenge_bytes(challenge.passkey_request_options_json),
+    )
+    error = await refused(finish(client, "abby", challenge.challenge_id, registration))
+    assert (error.code, error.reason) == (
+        grpc.StatusCode.NOT_FOUND,
+        "ERROR_REASON_ENROLLMENT_NOT_FOUND",
+    )
+    assert len((await status(client, ENV, "abby")).enrolled_methods) == 1
+
+
+async def test_a_registration_challenge_does_not_answer_a_verification(
+    client: Client, configured: None
+) -> None:
+    authenticator, enrollment, challenge = await both_ceremonies(client, "bea")
+    creation_options = enrollment.passkey.creation_options_json
+    # Named by the enrollment's id: there is no such authentication challenge.
+    error = await refused(
+        verify(client, "bea", authenticator.assertion(creation_options), enrollment.enrollment_id)
+    )
+    assert (error.code, error.reason) == (
+        grpc.StatusCode.NOT_FOUND,
+        "ERROR_REASON_CHALLENGE_NOT_FOUND",
+    )
+    # Signed over the registration's challenge, named by a live authentication challenge.
+    error = await refused(
+        verify(client, "bea", authenticator.assertion(creation_options), challenge.challenge_id)
+    )
+    assert (error.code, error.reason) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "ERROR_REASON_VERIFICATION_FAILED",
+    )
+    assert (await status(client, ENV, "bea", "s1")).session_mfa_pending
+
+
+async def test_an_authentication_challenge_does_not_answer_a_registration(
+    client: Client, configured: None
+) -> None:
+    _, enrollment, challenge = await both_ceremonies(client, "cody")
+    newcomer = SoftAuthenticator(origin=ORIGIN, rp_id=RP_ID)
+    registration = newcomer.register(
+        enrollment.passkey.creation_options_json,
+        challenge=challenge_bytes(challenge.passkey_request_options_json),
+    )
+    error = await refused(finish(client, "cody", enrollment.enrollment_id, registration))
+    assert (error.code, error.reason) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "ERROR_REASON_VERIFICATION_FAILED",
+    )
+    assert len((await status(client, ENV, "cody")).enrolled_methods) == 1
+
+
+async def test_a_challenge_for_one_device_takes_only_that_passkey(
+    client: Client, configured: None
+) -> None:
+    first, second = (SoftAuthenticator(origin=ORIGIN, rp_id=RP_ID) for _ in range(2))
+    started = await start(client, "dot")
+    first_device = await finish(
+        client, "dot", started.enrollment_id, first.register(started.passkey.creation_options_json)
+    )
+    started = await start(client, "dot", await link_token(client, "dot", first))
+    second_device = await finish(
+        client, "dot", started.enrollment_id, second.register(started.passkey.creation_options_json)
+    )
+
+    async def challenge_for(device: pb.Device) -> pb.ChallengeResponse:
+        return await call(
+            client.mfa_stub.Challenge(
+                pb.ChallengeRequest(
+                    environment_id=ENV,
+                    user_id="dot",
+                    method=types.METHOD_PASSKEY,
+                    device_id=device.device_id,
+                )
+            )
+        )
+
+    challenge = await challenge_for(first_device)
+    options = challenge.passkey_request_options_json
+    assert [c["id"] for c in json.loads(options)["allowCredentials"]] == [
+        b64url(first.credential_id)
+    ]
+    error = await refused(verify(client, "dot", second.assertion(options), challenge.challenge_id))
+    assert (error.code, error.reason) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "ERROR_REASON_VERIFICATION_FAILED",
+    )
+    challenge = await challenge_for(second_device)
+    verified = await verify(
+        client,
+        "dot",
+        second.assertion(challenge.passkey_request_options_json),
+        challenge.challenge_id,
+    )
+    assert verified.device_id == second_device.device_id
