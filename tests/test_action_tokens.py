@@ -194,6 +194,53 @@ async def test_a_reset_revokes_outstanding_tokens(
     assert await validate(client, "") == ("ALLOW", "MFA_NOT_REQUIRED")  # no factor left
 
 
+async def test_the_checks_come_in_order(
+    client: Client, clock: FakeClock, alice: TotpDevice
+) -> None:
+    """Not issued, expired, revoked, environment and user, action, session, payload
+    digest, then consumption: a token wrong in two ways gets the earlier reason."""
+    bound = await issue(client, clock, alice, payload_digest=DIGEST, session_id="s-1")
+    assert await validate(client, bound.token, user="bob", action=EXPORT) == (
+        "DENY",
+        "USER_MISMATCH",
+    )
+    assert await validate(client, bound.token, action=EXPORT, session_id="s-2") == (
+        "DENY",
+        "ACTION_MISMATCH",
+    )
+    assert await validate(client, bound.token, session_id="s-2", payload_digest=OTHER_DIGEST) == (
+        "DENY",
+        "SESSION_MISMATCH",
+    )
+    assert await validate(client, bound.token, session_id="s-1", payload_digest=OTHER_DIGEST) == (
+        "DENY",
+        "PAYLOAD_MISMATCH",
+    )
+    rightful = {"session_id": "s-1", "payload_digest": DIGEST}
+    assert await validate(client, bound.token, **rightful) == ("ALLOW", "TOKEN_VALID")
+    # Used, and asked for another action: the mismatch, not the consumption.
+    assert await validate(client, bound.token, action=EXPORT, **rightful) == (
+        "DENY",
+        "ACTION_MISMATCH",
+    )
+    assert await validate(client, bound.token, **rightful) == ("DENY", "TOKEN_ALREADY_USED")
+
+    old = await issue(client, clock, alice)
+    clock.advance(timedelta(minutes=3))
+    young = await issue(client, clock, alice)
+    clock.advance(timedelta(minutes=2))  # old has expired, young has not
+    await call(
+        client.admin.stub.ResetUserMfa(
+            admin_pb.ResetUserMfaRequest(environment_id=ENV, user_id="alice")
+        )
+    )
+    for wrong in ({"action": EXPORT}, {"user": "bob"}):
+        assert await validate(client, old.token, **wrong) == ("DENY", "TOKEN_EXPIRED")
+        assert await validate(client, young.token, **wrong) == ("DENY", "TOKEN_REVOKED")
+    clock.advance(timedelta(minutes=3))  # young is now revoked and expired
+    assert await validate(client, young.token) == ("DENY", "TOKEN_EXPIRED")
+
+
 async def test_every_decision_reason_is_reachable(
     client: Client, clock: FakeClock, alice: TotpDevice
 ) -> None:

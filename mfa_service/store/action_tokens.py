@@ -95,6 +95,9 @@ class Decided:
 # requests for the same token, in this batch or in concurrent statements, exactly one
 # sees ``consumed_at IS NULL`` (a concurrent winner makes PostgreSQL re-check the row and
 # skip it; within one statement a row is updated at most once, for one of the requests).
+# The checks come in the order the README gives: a token we did not issue (no row),
+# expired, revoked, then what it is bound to (environment and user, action, session,
+# payload digest), and consumption last, so a refusal never consumes.
 # Idempotency keys must be distinct within a batch (ON CONFLICT may touch a row once).
 _DECIDE = """
 WITH req AS (
@@ -113,6 +116,8 @@ prior AS (
 ),
 fits AS (
     SELECT r.i, t.jti, t.single_use, CASE
+        WHEN t.expires_at <= $12 THEN 'TOKEN_EXPIRED'
+        WHEN t.revoked_at IS NOT NULL THEN 'TOKEN_REVOKED'
         WHEN t.environment_id <> r.environment_id OR t.user_id <> r.user_id
             THEN 'USER_MISMATCH'
         WHEN NOT (r.action = ANY(t.actions)) THEN 'ACTION_MISMATCH'
@@ -120,8 +125,6 @@ fits AS (
             THEN 'SESSION_MISMATCH'
         WHEN t.payload_digest IS NOT NULL AND t.payload_digest IS DISTINCT FROM r.payload_digest
             THEN 'PAYLOAD_MISMATCH'
-        WHEN t.revoked_at IS NOT NULL THEN 'TOKEN_REVOKED'
-        WHEN t.expires_at <= $12 THEN 'TOKEN_EXPIRED'
     END AS problem
     FROM req r JOIN action_tokens t ON t.jti = r.jti AND t.token_hash = r.token_hash
 ),
