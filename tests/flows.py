@@ -7,6 +7,7 @@ from datetime import datetime
 
 import grpc
 import pyotp
+from authenticator import SoftAuthenticator
 from google.protobuf import field_mask_pb2
 
 from helpers import FakeClock
@@ -140,6 +141,34 @@ async def issue_action_token(
                 single_use=single_use,
                 payload_digest=payload_digest,
                 session_id=session_id,
+            )
+        )
+    )
+
+
+async def enroll_passkey(
+    client: Client, env: str, user: str, authenticator: SoftAuthenticator, action_token: str = ""
+) -> pb.CompleteEnrollmentResponse:
+    """Enroll and register ``authenticator`` (the environment's passkey settings must fit it)."""
+    started = await call(
+        client.mfa_stub.Enroll(
+            pb.EnrollRequest(
+                environment_id=env,
+                user_id=user,
+                method=types.METHOD_PASSKEY,
+                action_token=action_token,
+            )
+        )
+    )
+    return await call(
+        client.mfa_stub.CompleteEnrollment(
+            pb.CompleteEnrollmentRequest(
+                environment_id=env,
+                user_id=user,
+                enrollment_id=started.enrollment_id,
+                passkey_registration_json=authenticator.register(
+                    started.passkey.creation_options_json
+                ),
             )
         )
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -13,8 +13,19 @@ import grpc
 import jwt
 import pyotp
 import pytest
+from authenticator import SoftAuthenticator
 
-from flows import TotpDevice, call, challenge, enroll_totp, start_totp, status, update_settings
+from flows import (
+    TotpDevice,
+    call,
+    challenge,
+    enroll_passkey,
+    enroll_totp,
+    start_totp,
+    status,
+    update_settings,
+    verify_session,
+)
 from helpers import FakeClock
 from mfa.v1 import action_token_service_pb2 as at_pb
 from mfa.v1 import admin_service_pb2 as admin_pb
@@ -22,6 +33,7 @@ from mfa.v1 import mfa_service_pb2 as pb
 from mfa.v1 import types_pb2 as types
 from mfa_client import Client, MfaServiceError
 from mfa_service.app import Application
+from mfa_service.domain import recovery
 
 ENV = "env-recovery"
 CODE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{5}(-[0-9A-HJKMNP-TV-Z]{5}){3}$")
@@ -144,6 +156,31 @@ async def test_a_code_works_once_and_is_forgiving_to_type(client: Client, clock:
     assert (await status(client, ENV, "carol")).recovery_codes_remaining == 9
 
 
+async def test_one_hash_per_attempt_whatever_is_stored(
+    client: Client, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The code id finds the one row: a check costs one KDF call, never one per code."""
+    _, codes = await enroll_with_codes(client, clock, "quinn")
+    hashed: list[str] = []
+    real_kdf = recovery._kdf
+
+    def counting_kdf(secret: str, salt: bytes) -> bytes:
+        hashed.append(secret)
+        return real_kdf(secret, salt)
+
+    monkeypatch.setattr(recovery, "_kdf", counting_kdf)
+    right_id_wrong_secret = f"{codes[0][:5]}-ZZZZZ-ZZZZZ-ZZZZZ"
+    unknown_id = next(i for i in ("ZZZZZ", "YYYYY") if i not in {c[:5] for c in codes})
+    for attempt, code in enumerate(
+        (right_id_wrong_secret, f"{unknown_id}-{codes[0][6:]}"), start=1
+    ):
+        failed = await refused(verify_with_code(client, "quinn", code))
+        assert failed.reason == "ERROR_REASON_VERIFICATION_FAILED"
+        assert len(hashed) == attempt, code
+    await verify_with_code(client, "quinn", codes[0])
+    assert len(hashed) == 3
+
+
 async def test_thirty_concurrent_uses_of_one_code_succeed_once(
     app: Application, client: Client, clock: FakeClock
 ) -> None:
@@ -212,6 +249,35 @@ async def test_a_recovery_code_answers_any_challenge_and_mints_action_tokens(
     assert validation.decision == types.DECISION_ALLOW
 
 
+async def test_a_code_spent_on_a_token_is_spent_everywhere(
+    client: Client, clock: FakeClock
+) -> None:
+    await update_settings(client, ENV, protected_actions=[types.ACTION_WAAS_SIGN])
+    _, codes = await enroll_with_codes(client, clock, "rosa")
+
+    async def issue(code: str) -> pb.IssueActionTokenResponse:
+        return await call(
+            client.mfa_stub.IssueActionToken(
+                pb.IssueActionTokenRequest(
+                    environment_id=ENV,
+                    user_id="rosa",
+                    challenge_id=await challenge(client, ENV, "rosa", types.METHOD_RECOVERY_CODE),
+                    proof=types.Proof(recovery_code=code),
+                    actions=[types.ACTION_WAAS_SIGN],
+                    single_use=True,
+                )
+            )
+        )
+
+    issued = await issue(codes[0])
+    assert jwt.decode(issued.token, options={"verify_signature": False})["amr"] == ["rcode"]
+    assert (await refused(issue(codes[0]))).reason == "ERROR_REASON_VERIFICATION_FAILED"
+    assert (
+        await refused(verify_with_code(client, "rosa", codes[0]))
+    ).reason == "ERROR_REASON_VERIFICATION_FAILED"
+    assert (await status(client, ENV, "rosa")).recovery_codes_remaining == 9
+
+
 async def test_recovery_failures_count_toward_lockout(client: Client, clock: FakeClock) -> None:
     await update_settings(client, ENV, lockout__max_failed_attempts=2)
     _, codes = await enroll_with_codes(client, clock, "fred")
@@ -277,6 +343,17 @@ async def test_acknowledgement_flow(client: Client, clock: FakeClock) -> None:
         )
     )
     assert (await status(client, ENV, "ivy")).recovery_codes_pending_acknowledgement
+
+
+async def test_a_passkey_as_the_first_device_brings_ten_codes(client: Client) -> None:
+    origin, rp_id = "https://app.example.com", "example.com"
+    await update_settings(client, ENV, passkey__rp_id=rp_id, passkey__allowed_origins=[origin])
+    done = await enroll_passkey(client, ENV, "sven", SoftAuthenticator(origin=origin, rp_id=rp_id))
+    assert done.device.method == types.METHOD_PASSKEY
+    codes = list(done.recovery_codes)
+    assert len(set(codes)) == 10 and all(CODE.match(c) for c in codes)
+    assert (await status(client, ENV, "sven")).recovery_codes_pending_acknowledgement
+    await verify_with_code(client, "sven", codes[0])
 
 
 # --- devices -----------------------------------------------------------------------
@@ -348,6 +425,21 @@ async def test_list_and_update_devices(client: Client, clock: FakeClock) -> None
     assert [d.alias for d in await list_devices(client, "jack")] == ["Authenticator app", "Spare"]
 
 
+async def test_a_verification_moves_last_used(client: Client, clock: FakeClock) -> None:
+    device, _ = await enroll_with_codes(client, clock, "tara")
+
+    async def last_used() -> datetime:
+        [listed] = await list_devices(client, "tara")
+        return listed.last_used_at.ToDatetime(tzinfo=UTC)
+
+    before = await last_used()
+    clock.advance(timedelta(minutes=7))
+    await verify_session(client, ENV, "tara", "s", device.code(clock.now()))
+    after = await last_used()
+    assert after == clock.now()
+    assert after - before == timedelta(minutes=7)
+
+
 async def test_delete_needs_an_unlink_token_and_the_last_device_unenrolls(
     client: Client, clock: FakeClock, db: asyncpg.Connection
 ) -> None:
@@ -399,30 +491,100 @@ async def test_deleting_an_unknown_device_is_not_found(client: Client, clock: Fa
 async def test_reset_removes_devices_codes_and_sessions(
     client: Client, clock: FakeClock, db: asyncpg.Connection
 ) -> None:
-    await update_settings(client, ENV, session_mfa_enabled=True)
+    await update_settings(client, ENV, session_mfa_enabled=True, totp__max_devices=2)
     device, codes = await enroll_with_codes(client, clock, "mike")
     clock.advance(timedelta(seconds=30))
-    await call(
-        client.mfa_stub.VerifySession(
-            pb.VerifySessionRequest(
-                environment_id=ENV,
-                user_id="mike",
-                session_id="s1",
-                challenge_id=await challenge(client, ENV, "mike"),
-                proof=types.Proof(totp_code=device.code(clock.now())),
+    await verify_session(client, ENV, "mike", "s1", device.code(clock.now()))
+    link = await token_for(client, clock, device, "mike", types.ACTION_CREDENTIAL_LINK)
+    pending = await call(
+        client.mfa_stub.Enroll(
+            pb.EnrollRequest(
+                environment_id=ENV, user_id="mike", method=types.METHOD_TOTP, action_token=link
             )
         )
     )
+    unused_challenge = await challenge(client, ENV, "mike")
+    tables = ("devices", "recovery_codes", "verified_sessions", "enrollments", "challenges")
+
+    async def rows_of_mike() -> dict[str, int]:
+        return {
+            t: await db.fetchval(f"SELECT count(*) FROM {t} WHERE user_id = 'mike'")  # noqa: S608
+            for t in tables
+        }
+
+    assert await rows_of_mike() == dict(zip(tables, (1, 10, 1, 1, 1), strict=True))
     await call(
         client.admin.stub.ResetUserMfa(
             admin_pb.ResetUserMfaRequest(environment_id=ENV, user_id="mike", reason="lost phone")
         )
     )
-    for table in ("devices", "recovery_codes", "verified_sessions", "enrollments", "challenges"):
-        assert await db.fetchval(f"SELECT count(*) FROM {table} WHERE user_id = 'mike'") == 0, table  # noqa: S608
+    assert await rows_of_mike() == dict.fromkeys(tables, 0)
     assert (
         await refused(verify_with_code(client, "mike", codes[0]))
     ).reason == "ERROR_REASON_VERIFICATION_FAILED"
+    completed = await refused(
+        call(
+            client.mfa_stub.CompleteEnrollment(
+                pb.CompleteEnrollmentRequest(
+                    environment_id=ENV,
+                    user_id="mike",
+                    enrollment_id=pending.enrollment_id,
+                    totp_code=pyotp.TOTP(pending.totp.secret).at(clock.now()),
+                )
+            )
+        )
+    )
+    assert completed.reason == "ERROR_REASON_ENROLLMENT_NOT_FOUND"
+    answered = await refused(
+        verify_session(client, ENV, "mike", "s2", device.code(clock.now()), unused_challenge)
+    )
+    assert answered.reason == "ERROR_REASON_CHALLENGE_NOT_FOUND"
+
+
+async def test_a_reset_that_fails_midway_changes_nothing(
+    client: Client, clock: FakeClock, db: asyncpg.Connection
+) -> None:
+    """SECURITY #39: one transaction. The reset's last write (revoking the tokens) fails,
+    so its earlier deletes must not stay."""
+    await update_settings(client, ENV, session_mfa_enabled=True)
+    device, codes = await enroll_with_codes(client, clock, "nico")
+    clock.advance(timedelta(seconds=30))
+    await verify_session(client, ENV, "nico", "s1", device.code(clock.now()))
+    await token_for(client, clock, device, "nico", types.ACTION_CREDENTIAL_UNLINK)
+    await db.execute(
+        "CREATE FUNCTION test_fail_reset() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'reset interrupted by the test'; END $$"
+    )
+    await db.execute(
+        "CREATE TRIGGER test_fail_reset BEFORE UPDATE ON action_tokens "
+        "FOR EACH STATEMENT EXECUTE FUNCTION test_fail_reset()"
+    )
+    try:
+        failed = await refused(
+            call(
+                client.admin.stub.ResetUserMfa(
+                    admin_pb.ResetUserMfaRequest(environment_id=ENV, user_id="nico")
+                )
+            )
+        )
+    finally:
+        await db.execute("DROP TRIGGER test_fail_reset ON action_tokens")
+        await db.execute("DROP FUNCTION test_fail_reset()")
+    assert failed.code == grpc.StatusCode.INTERNAL
+    assert "reset interrupted" not in str(failed)
+    kept = {
+        t: await db.fetchval(f"SELECT count(*) FROM {t} WHERE user_id = 'nico'")  # noqa: S608
+        for t in ("mfa_users", "devices", "recovery_codes", "verified_sessions")
+    }
+    assert kept == {"mfa_users": 1, "devices": 1, "recovery_codes": 10, "verified_sessions": 1}
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM action_tokens WHERE user_id = 'nico' AND revoked_at IS NULL"
+        )
+        == 1
+    )
+    assert await db.fetchval("SELECT count(*) FROM audit_events WHERE type = 'USER_RESET'") == 0
+    await verify_with_code(client, "nico", codes[0])
 
 
 # --- the audit log -------------------------------------------------------------------
@@ -436,12 +598,22 @@ async def list_events(client: Client, **fields: Any) -> admin_pb.ListAuditEvents
     )
 
 
+def written_forms(code: str) -> list[str]:
+    """A recovery code as shown, without dashes, and its secret part (after the id)."""
+    compact = code.replace("-", "")
+    return [code, compact, compact[5:]]
+
+
 async def test_every_event_type_is_recorded_and_holds_no_secret(
     client: Client, clock: FakeClock
 ) -> None:
     secrets: list[str] = []
     await update_settings(
-        client, ENV, protected_actions=[types.ACTION_WAAS_SIGN], lockout__max_failed_attempts=2
+        client,
+        ENV,
+        protected_actions=[types.ACTION_WAAS_SIGN],
+        lockout__max_failed_attempts=2,
+        totp__max_devices=2,
     )
     started = await start_totp(client, ENV, "nora")
     secrets.append(started.totp.secret)
@@ -456,7 +628,7 @@ async def test_every_event_type_is_recorded_and_holds_no_secret(
             )
         )
     )
-    secrets += [*done.recovery_codes, first_code]
+    secrets += [f for c in done.recovery_codes for f in written_forms(c)] + [first_code]
     device = TotpDevice(done.device.device_id, started.totp.secret)
     await call(
         client.mfa_stub.AcknowledgeRecoveryCodes(
@@ -488,7 +660,16 @@ async def test_every_event_type_is_recorded_and_holds_no_secret(
             )
         )
     )
-    secrets += [regen, *new_codes.recovery_codes]
+    secrets += [regen] + [f for c in new_codes.recovery_codes for f in written_forms(c)]
+    link = await token_for(client, clock, device, "nora", types.ACTION_CREDENTIAL_LINK)
+    second = await call(
+        client.mfa_stub.Enroll(
+            pb.EnrollRequest(
+                environment_id=ENV, user_id="nora", method=types.METHOD_TOTP, action_token=link
+            )
+        )
+    )
+    secrets += [link, second.totp.secret]
     clock.advance(timedelta(seconds=30))
     reused = device.code(clock.now())
     secrets.append(reused)
