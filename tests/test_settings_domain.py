@@ -321,6 +321,8 @@ REFUSED: list[Any] = [
             ("other-scheme", "ftp://app.example.com"),
             ("no-scheme", "app.example.com"),
             ("no-host", "https://"),
+            # origin_problem checks no label length: the length cap refuses it.
+            ("too-long", "https://" + "a" * 300 + ".example.com"),
         ]
     ),
     pytest.param(
@@ -360,6 +362,8 @@ def test_validate_names_every_violation_at_once() -> None:
     ]
 
 
+# A domain name of 253 characters, the longest there is.
+LONGEST_RP_ID = ".".join(["a" * 63] * 3 + ["b" * 61])
 ACCEPTED: list[Any] = [
     pytest.param(with_(**NO_METHOD), id="everything-off"),
     pytest.param(with_(totp_enabled=False, action_methods=(Method.PASSKEY,)), id="passkey-only"),
@@ -381,6 +385,10 @@ ACCEPTED: list[Any] = [
     pytest.param(
         passkey(rp_id="localhost", allowed_origins=("http://localhost:5173", "https://localhost")),
         id="passkey-localhost",
+    ),
+    pytest.param(
+        passkey(rp_id=LONGEST_RP_ID, allowed_origins=(f"https://{LONGEST_RP_ID}:65535",)),
+        id="passkey-longest-origin",
     ),
     pytest.param(lockout(max_failed_attempts=1), id="lockout-attempts-1"),
     pytest.param(lockout(max_failed_attempts=100), id="lockout-attempts-100"),

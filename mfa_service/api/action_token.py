@@ -11,12 +11,10 @@ from mfa.v1 import action_token_service_pb2_grpc as pb_grpc
 from mfa.v1 import types_pb2
 from mfa_service.api import context as call_context
 from mfa_service.api import convert
-from mfa_service.errors import InvalidArgument
 from mfa_service.services.action_tokens import ActionTokenService, ValidationRequest
 
 Context = aio.ServicerContext[Any, Any]
 
-MAX_TOKEN = 4096
 MAX_IDEMPOTENCY_KEY = 128
 
 
@@ -27,14 +25,13 @@ class ActionTokenServicer(pb_grpc.ActionTokenServiceServicer):
     async def ValidateActionToken(
         self, request: pb.ValidateActionTokenRequest, context: Context
     ) -> pb.ValidateActionTokenResponse:
-        if len(request.token) > MAX_TOKEN:
-            raise InvalidArgument.field("token", f"at most {MAX_TOKEN} characters")
+        token = convert.action_token(request.token, "token")
         reason = await self._tokens.validate(
             ValidationRequest(
                 environment_id=convert.environment_id(request.environment_id),
                 user_id=convert.user_id(request.user_id),
                 action=convert.action_from_proto(request.action, "action"),
-                token=request.token,
+                token=token,
                 payload_digest=convert.payload_digest(request.payload_digest),
                 session_id=convert.session_id(request.session_id) if request.session_id else None,
                 idempotency_key=convert.identifier(

@@ -25,6 +25,7 @@ from mfa_service.services.settings import SettingsService
 Context = aio.ServicerContext[Any, Any]
 
 MAX_REASON = 256
+MAX_PAGE_TOKEN = 64  # the service's page tokens have about 30 characters
 # A ListAuditEvents page stops before page_size events rather than pass this many encoded
 # bytes (AIP-158: a page may hold fewer, next_page_token continues). Half the server's
 # send limit (mfa_service.server.MAX_MESSAGE_BYTES, 256 KiB); the largest event is a few
@@ -79,8 +80,11 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     async def ListAuditEvents(
         self, request: pb.ListAuditEventsRequest, context: Context
     ) -> pb.ListAuditEventsResponse:
+        env = environment_id(request.environment_id)
+        if len(request.page_token) > MAX_PAGE_TOKEN:
+            raise InvalidArgument.field("page_token", f"at most {MAX_PAGE_TOKEN} characters")
         page = await self._audit_log.list(
-            environment_id(request.environment_id),
+            env,
             page_size=request.page_size,
             page_token=request.page_token,
             user_id=user_id(request.user_id) if request.user_id else "",

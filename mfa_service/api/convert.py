@@ -204,6 +204,9 @@ _SECTIONS: dict[str, type[Any]] = {
     "lockout": LockoutSettings,
 }
 _READ_ONLY_PATHS = ("environment_id", "update_time", "revision", "totp.digits", "totp.period")
+# More than a mask needs: every updatable path once is 21 (UPDATABLE_PATHS).
+MAX_MASK_PATHS = 64
+MAX_MASK_PATH = 64  # the longest path, "lockout.max_failed_attempts", has 27 characters
 
 
 def settings_changes(message: pb.Settings, paths: Sequence[str]) -> dict[str, Any]:
@@ -215,8 +218,14 @@ def settings_changes(message: pb.Settings, paths: Sequence[str]) -> dict[str, An
     """
     if not paths:
         raise InvalidArgument.field("update_mask", 'required: name the fields to change, or "*"')
+    if len(paths) > MAX_MASK_PATHS:
+        raise InvalidArgument.field("update_mask.paths", f"at most {MAX_MASK_PATHS} paths")
     selected: list[str] = []
     for i, raw in enumerate(paths):
+        if len(raw) > MAX_MASK_PATH:
+            raise InvalidArgument.field(
+                f"update_mask.paths[{i}]", f"at most {MAX_MASK_PATH} characters"
+            )
         path = raw.strip()
         if path == "*":
             selected.extend(p for p in UPDATABLE_PATHS if "." not in p)
@@ -249,6 +258,7 @@ def settings_changes(message: pb.Settings, paths: Sequence[str]) -> dict[str, An
 MAX_SESSION_ID = 256
 MAX_ALIAS = 64
 MAX_PROOF = 64 * 1024  # passkey assertions are a few KiB
+MAX_ACTION_TOKEN = 4096  # an action token is about 600 characters
 
 
 def uuid_field(value: str, field: str) -> UUID:
@@ -266,6 +276,13 @@ def optional_uuid(value: str, field: str) -> UUID | None:
 
 def session_id(value: str, field: str = "session_id") -> str:
     return identifier(value, field, MAX_SESSION_ID)
+
+
+def action_token(value: str, field: str = "action_token") -> str:
+    """An action token as given (empty: none), refused when too long to be one."""
+    if len(value) > MAX_ACTION_TOKEN:
+        raise InvalidArgument.field(field, f"at most {MAX_ACTION_TOKEN} characters")
+    return value
 
 
 def alias(value: str, field: str = "alias") -> str:

@@ -62,6 +62,7 @@ class MfaServicer(pb_grpc.MfaServiceServicer):
         env = convert.environment_id(request.environment_id)
         user = convert.user_id(request.user_id)
         method = convert.method_from_proto(request.method, "method")
+        action_token = convert.action_token(request.action_token)
         if method is Method.RECOVERY_CODE:
             raise InvalidArgument.field("method", "recovery codes come with the first device")
         account_field = "account_name" if request.account_name else "user_id"
@@ -71,7 +72,7 @@ class MfaServicer(pb_grpc.MfaServiceServicer):
                 env,
                 user,
                 account_name=account_name,
-                action_token=request.action_token,
+                action_token=action_token,
                 context=call_context.current(),
             )
             return pb.EnrollResponse(
@@ -83,7 +84,7 @@ class MfaServicer(pb_grpc.MfaServiceServicer):
             env,
             user,
             account_name=account_name,
-            action_token=request.action_token,
+            action_token=action_token,
             context=call_context.current(),
         )
         return pb.EnrollResponse(
@@ -221,7 +222,7 @@ class MfaServicer(pb_grpc.MfaServiceServicer):
             convert.environment_id(request.environment_id),
             convert.user_id(request.user_id),
             convert.uuid_field(request.device_id, "device_id"),
-            action_token=request.action_token,
+            action_token=convert.action_token(request.action_token),
             context=call_context.current(),
         )
         return pb.DeleteDeviceResponse()
@@ -232,7 +233,7 @@ class MfaServicer(pb_grpc.MfaServiceServicer):
         codes = await self._recovery.regenerate(
             convert.environment_id(request.environment_id),
             convert.user_id(request.user_id),
-            action_token=request.action_token,
+            action_token=convert.action_token(request.action_token),
             context=call_context.current(),
         )
         return pb.RegenerateRecoveryCodesResponse(recovery_codes=list(codes))

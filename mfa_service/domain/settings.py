@@ -25,6 +25,8 @@ MAX_FAILED_ATTEMPTS_RANGE = (1, 100)  # NIST 800-63B §3.2.2 caps it at 100
 MAX_TOTP_DEVICES_RANGE = (1, 10)
 MAX_ISSUER_LENGTH = 64
 MAX_ORIGINS = 20
+# "https://", the longest DNS name (253) and ":65535".
+MAX_ORIGIN_LENGTH = len("https://") + 253 + len(":65535")
 
 _HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
@@ -230,6 +232,11 @@ def _passkey_violations(p: PasskeySettings) -> Iterable[FieldViolation]:
         yield FieldViolation("passkey.allowed_origins", f"at most {MAX_ORIGINS} origins")
     yield from _distinct("passkey.allowed_origins", p.allowed_origins)
     for i, origin in enumerate(p.allowed_origins):
+        if len(origin) > MAX_ORIGIN_LENGTH:
+            yield FieldViolation(
+                f"passkey.allowed_origins[{i}]", f"at most {MAX_ORIGIN_LENGTH} characters"
+            )
+            continue
         problem = origin_problem(origin, p.rp_id)
         if problem:
             yield FieldViolation(f"passkey.allowed_origins[{i}]", problem)
