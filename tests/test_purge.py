@@ -13,7 +13,8 @@ from mfa.v1 import mfa_service_pb2 as pb
 from mfa.v1 import types_pb2 as types
 from mfa_client import Client
 from mfa_service.app import Application
-from mfa_service.services.purge import Purger
+from mfa_service.services.purge import MARGINS, Purger
+from mfa_service.store import purge as purge_store
 
 ENV = "env-purge"
 
@@ -84,3 +85,16 @@ async def test_purge_deletes_dead_rows_in_batches_and_keeps_live_ones(
     assert after == {t: (1 if t == "challenges" else 0) for t in before}
     assert str(await db.fetchval("SELECT id FROM challenges")) == fresh
     assert await db.fetchval("SELECT count(*) FROM devices") == 1  # factors are never purged
+
+
+async def test_one_batch_deletes_at_most_its_limit(
+    client: Client, clock: FakeClock, db: asyncpg.Connection
+) -> None:
+    for _ in range(5):
+        await challenge(client, ENV, "bob")
+    clock.advance(timedelta(hours=2))
+    before = clock.now() - MARGINS["challenges"]
+    assert await db.fetchval("SELECT count(*) FROM challenges WHERE expires_at < $1", before) == 5
+    for expected, remaining in [(2, 3), (2, 1), (1, 0)]:
+        assert await purge_store.delete_dead(db, "challenges", before=before, limit=2) == expected
+        assert await db.fetchval("SELECT count(*) FROM challenges") == remaining
