@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
 from datetime import timedelta
 
 import asyncpg
+import pytest
 
 from flows import call, challenge, enroll_totp, start_totp, update_settings, verify_session
 from helpers import FakeClock
@@ -98,3 +103,57 @@ async def test_one_batch_deletes_at_most_its_limit(
     for expected, remaining in [(2, 3), (2, 1), (1, 0)]:
         assert await purge_store.delete_dead(db, "challenges", before=before, limit=2) == expected
         assert await db.fetchval("SELECT count(*) FROM challenges") == remaining
+
+
+async def test_the_purge_loop_survives_a_failing_run(
+    app: Application,
+    client: Client,
+    clock: FakeClock,
+    db: asyncpg.Connection,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A run that fails for another reason than an outage is logged, and the loop goes on."""
+    for _ in range(3):
+        await challenge(client, ENV, "carol")
+    clock.advance(timedelta(hours=2))
+    await db.execute(
+        """
+        CREATE FUNCTION refuse_delete() RETURNS trigger LANGUAGE plpgsql AS
+            $$ BEGIN RAISE EXCEPTION 'deletes refused by the test'; END $$;
+        CREATE TRIGGER refuse_delete BEFORE DELETE ON challenges
+            FOR EACH STATEMENT EXECUTE FUNCTION refuse_delete();
+        """
+    )
+    loop = asyncio.create_task(Purger(app.db, clock).run_forever(timedelta(seconds=0.05)))
+    try:
+        with caplog.at_level(logging.ERROR, logger="mfa_service.purge"):
+            await wait_for(lambda: any("purge failed" in r.getMessage() for r in caplog.records))
+            failures = len(caplog.records)
+            await wait_for(lambda: len(caplog.records) > failures)  # it tried again
+        assert not loop.done()
+        assert await db.fetchval("SELECT count(*) FROM challenges") == 3
+        assert caplog.records[0].exc_info is not None  # the exception, for the operator
+
+        await db.execute("DROP TRIGGER refuse_delete ON challenges; DROP FUNCTION refuse_delete")
+        await wait_for_rows(db, "challenges", 0)
+        assert not loop.done()
+    finally:
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop
+
+
+async def wait_for(condition: Callable[[], bool], seconds: float = 10) -> None:
+    for _ in range(int(seconds / 0.02)):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("not within 10 s")
+
+
+async def wait_for_rows(db: asyncpg.Connection, table: str, count: int) -> None:
+    for _ in range(500):
+        if await db.fetchval(f"SELECT count(*) FROM {table}") == count:  # noqa: S608
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{table} still does not have {count} rows after 10 s")

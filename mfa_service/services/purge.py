@@ -58,4 +58,9 @@ class Purger:
                     log.info("purged %s", ", ".join(f"{t}={n}" for t, n in deleted.items() if n))
             except DatabaseUnavailable:
                 log.warning("purge skipped: database unavailable")
+            except Exception:
+                # Anything else (a lock timeout, a dropped table, a bug) must not end the
+                # loop for the life of the process. The purge handles no secret: its
+                # statements carry a table name, a time and a batch size.
+                log.exception("purge failed; next try in %s", interval)
             await asyncio.sleep(interval.total_seconds())
