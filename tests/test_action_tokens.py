@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import os
 import sys
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, timedelta
 from typing import Any
 
@@ -27,6 +29,7 @@ from mfa.v1 import admin_service_pb2 as admin_pb
 from mfa.v1 import mfa_service_pb2 as pb
 from mfa.v1 import types_pb2 as types
 from mfa_client import CHANNEL_OPTIONS, Client, MfaServiceError
+from mfa_service import app as app_module
 from mfa_service.app import Application, rotate_signing_key
 from mfa_service.domain import tokens
 
@@ -102,6 +105,47 @@ async def refused(coro: Any) -> MfaServiceError:
     with pytest.raises(MfaServiceError) as caught:
         await coro
     return caught.value
+
+
+async def get_jwks(client: Client) -> dict[str, Any]:
+    response = await call(client.action_tokens_stub.GetJwks(at_pb.GetJwksRequest()))
+    jwks: dict[str, Any] = json.loads(response.jwks_json)
+    return jwks
+
+
+def verified_offline(token: str, jwks: dict[str, Any], clock: FakeClock) -> dict[str, Any]:
+    """The claims of ``token`` checked the way another service would, with plain pyjwt
+    and the JWKS: key by ``kid``, the key's algorithm only, exact ``aud`` and ``iss``
+    (``exp`` against the test's clock, which pyjwt does not know)."""
+    kid = jwt.get_unverified_header(token)["kid"]
+    [jwk] = [k for k in jwks["keys"] if k["kid"] == kid]
+    claims: dict[str, Any] = jwt.decode(
+        token,
+        jwt.PyJWK(jwk).key,
+        algorithms=[jwk["alg"]],
+        audience="mfa-action",
+        issuer="mfa-service",
+        options={"verify_exp": False, "verify_iat": False},
+    )
+    assert claims["iat"] <= clock.now().timestamp() < claims["exp"]
+    return claims
+
+
+@contextlib.asynccontextmanager
+async def serving(database_url: str, clock: FakeClock, algorithm: str) -> AsyncIterator[Client]:
+    """A server of its own on the test's database, signing with ``algorithm``."""
+    application = await app_module.start(
+        database_url=database_url,
+        key_ring=TEST_KEY_RING,
+        clock=clock,
+        pool_size=4,
+        token_algorithm=algorithm,
+    )
+    try:
+        async with Client.connect(f"127.0.0.1:{application.port}", insecure=True) as client:
+            yield client
+    finally:
+        await application.stop()
 
 
 # --- every decision reason ------------------------------------------------------------
@@ -767,6 +811,68 @@ async def test_keys_rotate_command(
         (await call(client.action_tokens_stub.GetJwks(at_pb.GetJwksRequest()))).jwks_json
     )
     assert len(jwks["keys"]) == 2
+
+
+async def test_eddsa_tokens(database_url: str, clock: FakeClock) -> None:
+    async with serving(database_url, clock, "EdDSA") as client:
+        await update_settings(client, ENV, protected_actions=[SIGN])
+        device = await enroll_totp(client, clock, ENV, "alice")
+        issued = await issue(client, clock, device, payload_digest=DIGEST)
+        header = jwt.get_unverified_header(issued.token)
+        assert (header["alg"], header["typ"]) == ("EdDSA", "mfa-action+jwt")
+        jwks = await get_jwks(client)
+        [jwk] = jwks["keys"]
+        assert (jwk["kid"], jwk["alg"], jwk["kty"], jwk["crv"], jwk["use"]) == (
+            header["kid"],
+            "EdDSA",
+            "OKP",
+            "Ed25519",
+            "sig",
+        )
+        assert "d" not in jwk
+        claims = verified_offline(issued.token, jwks, clock)
+        assert (claims["sub"], claims["act"]) == ("alice", ["WAAS_SIGN"])
+        # An ES256 token (here signed by an outsider) names an algorithm no key has.
+        es = tokens.generate_key("ES256", now=clock.now())
+        assert await validate(
+            client, forged(issued.token, es.private_key), payload_digest=DIGEST
+        ) == ("DENY", "TOKEN_INVALID")
+        assert await validate(client, issued.token, payload_digest=DIGEST) == (
+            "ALLOW",
+            "TOKEN_VALID",
+        )
+        assert await validate(client, issued.token, payload_digest=DIGEST) == (
+            "DENY",
+            "TOKEN_ALREADY_USED",
+        )
+
+
+async def test_changing_the_algorithm_keeps_live_tokens_valid(
+    database_url: str, clock: FakeClock
+) -> None:
+    """A restart with MFA_TOKEN_ALGORITHM changed: the tokens signed before still pass,
+    and the old key stays in the JWKS next to the new one."""
+    async with serving(database_url, clock, "ES256") as client:
+        await update_settings(client, ENV, protected_actions=[SIGN])
+        device = await enroll_totp(client, clock, ENV, "alice")
+        single = await issue(client, clock, device)
+        multi = await issue(client, clock, device, single_use=False)
+    es_kid = jwt.get_unverified_header(single.token)["kid"]
+
+    async with serving(database_url, clock, "EdDSA") as client:
+        assert await validate(client, single.token) == ("ALLOW", "TOKEN_VALID")
+        assert await validate(client, multi.token) == ("ALLOW", "TOKEN_VALID")
+        new = await issue(client, clock, device)
+        header = jwt.get_unverified_header(new.token)
+        assert header["alg"] == "EdDSA"
+        jwks = await get_jwks(client)
+        assert {(k["kid"], k["alg"]) for k in jwks["keys"]} == {
+            (es_kid, "ES256"),
+            (header["kid"], "EdDSA"),
+        }
+        for token in (multi.token, new.token):
+            assert verified_offline(token, jwks, clock)["sub"] == "alice"
+        assert await validate(client, new.token) == ("ALLOW", "TOKEN_VALID")
 
 
 async def test_signing_keys_are_sealed_at_rest(db: asyncpg.Connection, app: Application) -> None:

@@ -13,6 +13,7 @@ import enum
 import hashlib
 import json
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -132,11 +133,12 @@ def token_hash(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
-def peek(token: str, *, algorithm: str) -> uuid.UUID | None:
+def peek(token: str, *, algorithms: Collection[str]) -> uuid.UUID | None:
     """The ``jti`` of something shaped like one of our tokens, else None (no crypto).
 
-    Cheap structural checks before the database: three base64url parts, the pinned
-    algorithm and our explicit ``typ`` (RFC 8725 §3.1, §3.11). Whether the token is
+    Cheap structural checks before the database: three base64url parts, an algorithm of
+    ``algorithms`` (those of the keys that may verify: never ``none`` or HS*, whatever
+    is passed) and our explicit ``typ`` (RFC 8725 §3.1, §3.11). Whether the token is
     genuine is decided by matching its SHA-256 against the one recorded at issue.
     """
     parts = token.split(".")
@@ -145,7 +147,8 @@ def peek(token: str, *, algorithm: str) -> uuid.UUID | None:
     try:
         header = json.loads(_unb64(parts[0]))
         payload = json.loads(_unb64(parts[1]))
-        if header.get("alg") != algorithm or header.get("typ") != TOKEN_TYPE:
+        alg = header.get("alg")
+        if alg not in ALGORITHMS or alg not in algorithms or header.get("typ") != TOKEN_TYPE:
             return None
         return uuid.UUID(str(payload["jti"]))
     except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError):

@@ -262,7 +262,7 @@ class ActionTokenService:
         """Decide a validation with a token: in ``conn``'s transaction when given (a
         step-up inside a credential change), else batched with concurrent validations."""
         key = _scoped_key(request.idempotency_key, context)
-        jti = tokens.peek(request.token, algorithm=self._keys.algorithm)
+        jti = tokens.peek(request.token, algorithms=await self._keys.algorithms())
         if jti is None:
             async with self._use(conn) as c:
                 if key and (prior := await self._remembered(c, request, key, now=now)):

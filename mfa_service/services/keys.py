@@ -29,14 +29,24 @@ def _context(kid: str) -> bytes:
 
 
 class TokenKeys:
-    """An in-memory copy of the usable keys, refreshed from PostgreSQL now and then."""
+    """An in-memory copy of the usable keys, refreshed from PostgreSQL now and then.
+
+    ``algorithm`` is the configured one: the algorithm of the keys this replica makes (at
+    start if the active key has another, and on rotation). Tokens are signed with the
+    active key whatever its algorithm, so replicas configured differently during a
+    rolling change do not take turns making keys; and tokens of every algorithm of the
+    kept keys stay valid until they expire.
+    """
 
     def __init__(self, db: Database, clock: Clock, key_ring: KeyRing, algorithm: str) -> None:
+        if algorithm not in tokens.ALGORITHMS:
+            raise ValueError(f"unsupported token algorithm {algorithm!r}")
         self._db = db
         self._clock = clock
         self._key_ring = key_ring
         self.algorithm = algorithm
         self._keys: dict[str, SigningKey] = {}
+        self._algorithms: frozenset[str] = frozenset()
         self._signing: SigningKey | None = None
         self._loaded_at: datetime | None = None
         self._lock = asyncio.Lock()
@@ -88,6 +98,7 @@ class TokenKeys:
                 retired_at=row["retired_at"],
             )
         self._keys = keys
+        self._algorithms = frozenset(k.algorithm for k in keys.values()) & set(tokens.ALGORITHMS)
         self._signing = next((k for k in keys.values() if k.retired_at is None), None)
         self._loaded_at = now
 
@@ -100,7 +111,7 @@ class TokenKeys:
 
     async def signing_key(self) -> SigningKey:
         await self._fresh(max_age=REFRESH_INTERVAL)
-        if self._signing is None or self._signing.algorithm != self.algorithm:
+        if self._signing is None:  # nobody made one yet, or it was removed by hand
             await self.ensure()
         if self._signing is None:
             raise LookupError("no token signing key")
@@ -113,6 +124,11 @@ class TokenKeys:
         if kid is not None and kid not in self._keys:
             await self._fresh(max_age=UNKNOWN_KID_REFRESH)
         return self._keys
+
+    async def algorithms(self) -> frozenset[str]:
+        """The algorithms of ``verification_keys``: the only ones a token may name."""
+        await self._fresh(max_age=REFRESH_INTERVAL)
+        return self._algorithms
 
     async def jwks(self) -> str:
         keys = await self.verification_keys()
