@@ -44,6 +44,7 @@ from mfa_service.store.db import (
     migrate_url,
 )
 from mfa_service.store.notifications import SettingsListener
+from mfa_service.store.signing_keys import KEYS_CHANNEL
 
 log = logging.getLogger("mfa_service")
 T = TypeVar("T")
@@ -112,8 +113,8 @@ async def start(
     ``metrics_addr``: HOST:PORT of a Prometheus endpoint (port 0: any free one, see
     ``Application.metrics_port``); None: no metrics. ``tracer``: trace every call and
     statement (see ``mfa_service.tracing``); None: no tracing. ``statement_cache_size``:
-    0 behind pgbouncer in transaction mode. ``listen_url``: where the settings listener
-    connects (a session of its own); None: ``database_url``.
+    0 behind pgbouncer in transaction mode. ``listen_url``: where the listener of settings
+    changes and new signing keys connects (a session of its own); None: ``database_url``.
     """
     clock = clock or SystemClock()
     await migrate_url(database_url, statement_cache_size=statement_cache_size)
@@ -139,8 +140,12 @@ async def start(
         await db.close()
         raise
     settings_cache = SettingsCache(db)
+    # One listening session for both: settings changes, and new signing keys (a rotation
+    # by ``mfa-service keys rotate`` or another replica reaches this one at once).
     settings_cache.listener = SettingsListener(
-        listen_url or database_url, settings_cache.invalidate
+        listen_url or database_url,
+        settings_cache.invalidate,
+        other_channels={KEYS_CHANNEL: keys.invalidate},
     )
     await settings_cache.listener.ensure()
     tokens = ActionTokenService(

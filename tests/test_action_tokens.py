@@ -32,6 +32,8 @@ from mfa_client import CHANNEL_OPTIONS, Client, MfaServiceError
 from mfa_service import app as app_module
 from mfa_service.app import Application, rotate_signing_key
 from mfa_service.domain import tokens
+from mfa_service.domain.settings import MULTI_USE_TTL_RANGE, SINGLE_USE_TTL_RANGE
+from mfa_service.services.keys import RETIRED_KEY_KEPT
 
 ENV = "env-tokens"
 SIGN, EXPORT, REFRESH = types.ACTION_WAAS_SIGN, types.ACTION_WAAS_EXPORT, types.ACTION_WAAS_REFRESH
@@ -813,6 +815,51 @@ async def test_keys_rotate_command(
     assert len(jwks["keys"]) == 2
 
 
+async def test_a_retired_key_verifies_until_the_longest_lived_token_expires(
+    client: Client, clock: FakeClock, alice: TotpDevice, database_url: str
+) -> None:
+    """The old key stays in the JWKS for as long as the settings let a token live."""
+    longest = max(SINGLE_USE_TTL_RANGE[1], MULTI_USE_TTL_RANGE[1])
+    settings = types.Settings(environment_id=ENV)
+    settings.multi_use_token_ttl.FromTimedelta(longest)
+    await client.admin.update_settings(settings, ["multi_use_token_ttl"])
+    issued = await issue(client, clock, alice, single_use=False)
+    old_kid = jwt.get_unverified_header(issued.token)["kid"]
+    new_kid = await rotate_signing_key(
+        database_url=database_url, key_ring=TEST_KEY_RING, algorithm="ES256", clock=clock
+    )
+
+    clock.advance(longest - timedelta(seconds=1))  # the token's last second
+    jwks = await get_jwks(client)
+    assert {k["kid"] for k in jwks["keys"]} == {old_kid, new_kid}
+    assert verified_offline(issued.token, jwks, clock)["sub"] == "alice"
+    assert await validate(client, issued.token) == ("ALLOW", "TOKEN_VALID")
+
+    clock.advance(timedelta(seconds=1))
+    assert await validate(client, issued.token) == ("DENY", "TOKEN_EXPIRED")
+    clock.advance(RETIRED_KEY_KEPT - longest)  # and the margin
+    assert {k["kid"] for k in (await get_jwks(client))["keys"]} == {new_kid}
+
+
+async def test_a_rotation_reaches_a_running_server_at_once(
+    client: Client, clock: FakeClock, alice: TotpDevice, database_url: str
+) -> None:
+    """``keys rotate`` tells the replicas (NOTIFY): no waiting for their refresh."""
+    old_kids = {k["kid"] for k in (await get_jwks(client))["keys"]}
+    new_kid = await rotate_signing_key(  # what `mfa-service keys rotate` runs
+        database_url=database_url, key_ring=TEST_KEY_RING, algorithm="ES256", clock=clock
+    )
+    kids = old_kids
+    for _ in range(50):  # the clock stands still: only the notification can do it
+        kids = {k["kid"] for k in (await get_jwks(client))["keys"]}
+        if new_kid in kids:
+            break
+        await asyncio.sleep(0.1)
+    assert kids == old_kids | {new_kid}
+    issued = await issue(client, clock, alice)  # 30 s later, within the refresh interval
+    assert jwt.get_unverified_header(issued.token)["kid"] == new_kid
+
+
 async def test_eddsa_tokens(database_url: str, clock: FakeClock) -> None:
     async with serving(database_url, clock, "EdDSA") as client:
         await update_settings(client, ENV, protected_actions=[SIGN])
@@ -873,6 +920,27 @@ async def test_changing_the_algorithm_keeps_live_tokens_valid(
         for token in (multi.token, new.token):
             assert verified_offline(token, jwks, clock)["sub"] == "alice"
         assert await validate(client, new.token) == ("ALLOW", "TOKEN_VALID")
+
+
+async def test_servers_configured_with_two_algorithms_share_the_active_key(
+    database_url: str, clock: FakeClock, db: asyncpg.Connection
+) -> None:
+    """During a rolling change of algorithm, old and new servers sign with the key the
+    last one to start made; they do not take turns making keys."""
+    async with contextlib.AsyncExitStack() as stack:
+        old = await stack.enter_async_context(serving(database_url, clock, "ES256"))
+        await update_settings(old, ENV, protected_actions=[SIGN])
+        device = await enroll_totp(old, clock, ENV, "alice")
+        new = await stack.enter_async_context(serving(database_url, clock, "EdDSA"))
+        for _ in range(50):  # the old server learns of the new key (NOTIFY)
+            if len((await get_jwks(old))["keys"]) == 2:
+                break
+            await asyncio.sleep(0.1)
+        issued = [await issue(server, clock, device) for server in (old, new, old, new)]
+        assert {jwt.get_unverified_header(t.token)["alg"] for t in issued} == {"EdDSA"}
+        assert await db.fetchval("SELECT count(*) FROM signing_keys") == 2
+        for t, server in zip(issued, (new, old, new, old), strict=True):
+            assert await validate(server, t.token) == ("ALLOW", "TOKEN_VALID")
 
 
 async def test_signing_keys_are_sealed_at_rest(db: asyncpg.Connection, app: Application) -> None:

@@ -10,18 +10,22 @@ from datetime import datetime, timedelta
 from mfa_service.clock import Clock
 from mfa_service.crypto import KeyRing
 from mfa_service.domain import tokens
-from mfa_service.domain.settings import MULTI_USE_TTL_RANGE
+from mfa_service.domain.settings import MULTI_USE_TTL_RANGE, SINGLE_USE_TTL_RANGE
 from mfa_service.domain.tokens import SigningKey
 from mfa_service.store import signing_keys as key_store
 from mfa_service.store.db import Connection, Database
 
 log = logging.getLogger("mfa_service.keys")
 
-# A retired key verifies until every token it signed has expired (the longest lifetime
-# a token can have), plus a margin for clocks.
-RETIRED_KEY_KEPT = MULTI_USE_TTL_RANGE[1] + timedelta(minutes=5)
+# How old the in-memory keys may get when no notification says they changed (the
+# listener is down, or a notification was lost).
 REFRESH_INTERVAL = timedelta(seconds=60)
-UNKNOWN_KID_REFRESH = timedelta(seconds=5)
+# The longest lifetime the settings allow a token.
+MAX_TOKEN_LIFETIME = max(SINGLE_USE_TTL_RANGE[1], MULTI_USE_TTL_RANGE[1])
+# A retired key verifies until every token it signed has expired: the longest lifetime,
+# plus a margin for a replica that signs with it until it learns of the rotation (at
+# most REFRESH_INTERVAL) and for clocks.
+RETIRED_KEY_KEPT = MAX_TOKEN_LIFETIME + timedelta(minutes=5)
 
 
 def _context(kid: str) -> bytes:
@@ -29,7 +33,9 @@ def _context(kid: str) -> bytes:
 
 
 class TokenKeys:
-    """An in-memory copy of the usable keys, refreshed from PostgreSQL now and then.
+    """An in-memory copy of the usable keys: reloaded from PostgreSQL when a replica
+    announces a new key (``invalidate``, by LISTEN/NOTIFY), and every REFRESH_INTERVAL
+    in case an announcement was missed.
 
     ``algorithm`` is the configured one: the algorithm of the keys this replica makes (at
     start if the active key has another, and on rotation). Tokens are signed with the
@@ -49,6 +55,7 @@ class TokenKeys:
         self._algorithms: frozenset[str] = frozenset()
         self._signing: SigningKey | None = None
         self._loaded_at: datetime | None = None
+        self._generation = 0  # bumped by every invalidation
         self._lock = asyncio.Lock()
 
     async def ensure(self) -> None:
@@ -80,7 +87,13 @@ class TokenKeys:
         log.info("new token signing key %s (%s)", key.kid, key.algorithm)
         return key
 
+    def invalidate(self, _kid: str | None = None) -> None:
+        """Keys changed somewhere (or may have): the next use reloads them."""
+        self._generation += 1
+        self._loaded_at = None
+
     async def reload(self) -> None:
+        generation = self._generation
         now = self._clock.now()
         async with self._db.transaction() as conn:
             rows = await key_store.list_usable(conn, retired_after=now - RETIRED_KEY_KEPT)
@@ -100,34 +113,36 @@ class TokenKeys:
         self._keys = keys
         self._algorithms = frozenset(k.algorithm for k in keys.values()) & set(tokens.ALGORITHMS)
         self._signing = next((k for k in keys.values() if k.retired_at is None), None)
-        self._loaded_at = now
+        # Invalidated while this read ran: it may have missed the change, read again.
+        self._loaded_at = now if generation == self._generation else None
 
-    async def _fresh(self, *, max_age: timedelta) -> None:
-        now = self._clock.now()
-        if self._loaded_at is None or now - self._loaded_at >= max_age or now < self._loaded_at:
+    async def _fresh(self) -> None:
+        if self._stale():
             async with self._lock:
-                if self._loaded_at is None or self._clock.now() - self._loaded_at >= max_age:
+                if self._stale():
                     await self.reload()
 
+    def _stale(self) -> bool:
+        now = self._clock.now()
+        loaded = self._loaded_at
+        return loaded is None or now - loaded >= REFRESH_INTERVAL or now < loaded
+
     async def signing_key(self) -> SigningKey:
-        await self._fresh(max_age=REFRESH_INTERVAL)
+        await self._fresh()
         if self._signing is None:  # nobody made one yet, or it was removed by hand
             await self.ensure()
         if self._signing is None:
             raise LookupError("no token signing key")
         return self._signing
 
-    async def verification_keys(self, kid: str | None = None) -> Mapping[str, SigningKey]:
-        """The keys that may verify; an unknown ``kid`` triggers an early reload
-        (a replica that has not seen a rotation yet), at most every few seconds."""
-        await self._fresh(max_age=REFRESH_INTERVAL)
-        if kid is not None and kid not in self._keys:
-            await self._fresh(max_age=UNKNOWN_KID_REFRESH)
+    async def verification_keys(self) -> Mapping[str, SigningKey]:
+        """The active key and the retired ones whose tokens may not have expired yet."""
+        await self._fresh()
         return self._keys
 
     async def algorithms(self) -> frozenset[str]:
         """The algorithms of ``verification_keys``: the only ones a token may name."""
-        await self._fresh(max_age=REFRESH_INTERVAL)
+        await self._fresh()
         return self._algorithms
 
     async def jwks(self) -> str:

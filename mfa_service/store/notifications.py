@@ -1,9 +1,10 @@
-"""PostgreSQL LISTEN/NOTIFY: how replicas tell each other that settings changed."""
+"""PostgreSQL LISTEN/NOTIFY: how replicas tell each other that settings (or, on channels
+passed in, anything else such as the signing keys) changed."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import asyncpg
@@ -20,20 +21,35 @@ async def notify_settings_changed(conn: Connection, environment_id: str) -> None
 
 
 class SettingsListener:
-    """A dedicated connection listening for settings changes of any replica."""
+    """A dedicated connection listening for settings changes of any replica, and on the
+    ``other_channels`` for whatever else they announce.
 
-    def __init__(self, url: str, on_change: Callable[[str | None], None]) -> None:
+    Each callback gets the notification's payload, or None when notifications may have
+    been missed (connected anew, or the connection was lost).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        on_change: Callable[[str | None], None],
+        *,
+        other_channels: Mapping[str, Callable[[str | None], None]] | None = None,
+    ) -> None:
         self._url = url
-        self._on_change = on_change
+        self._callbacks = {SETTINGS_CHANNEL: on_change, **(other_channels or {})}
         self._conn: asyncpg.Connection[Any] | None = None
 
-    def _notified(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
-        self._on_change(str(payload))
+    def _notified(self, _conn: Any, _pid: int, channel: str, payload: object) -> None:
+        self._callbacks[channel](str(payload))
+
+    def _missed(self) -> None:
+        for callback in self._callbacks.values():
+            callback(None)
 
     def _lost(self, _conn: Any) -> None:
         # Notifications may have been missed while disconnected: forget everything.
         self._conn = None
-        self._on_change(None)
+        self._missed()
 
     @property
     def connected(self) -> bool:
@@ -45,13 +61,14 @@ class SettingsListener:
             return
         try:
             conn = await asyncpg.connect(self._url, timeout=5)
-            await conn.add_listener(SETTINGS_CHANNEL, self._notified)
+            for channel in self._callbacks:
+                await conn.add_listener(channel, self._notified)
             conn.add_termination_listener(self._lost)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             log.warning("settings listener not connected: %s", type(exc).__name__)
             return
         self._conn = conn
-        self._on_change(None)  # anything cached before this point may be stale
+        self._missed()  # anything cached before this point may be stale
 
     async def close(self) -> None:
         if self._conn is not None:

@@ -9,6 +9,8 @@ from mfa_service.store.db import Connection
 
 # Serializes "create the first key" and rotations across replicas.
 SIGNING_KEY_LOCK_ID = 0x6D666B79
+# Every replica LISTENs on it (store.notifications) and reloads its keys when told.
+KEYS_CHANNEL = "mfa_signing_keys_changed"
 
 
 async def lock(conn: Connection) -> None:
@@ -32,7 +34,8 @@ async def list_usable(conn: Connection, *, retired_after: datetime) -> list[Any]
 async def insert_active(
     conn: Connection, *, kid: str, algorithm: str, sealed_private_key: bytes, now: datetime
 ) -> None:
-    """Retire the signing key, if any, and make ``kid`` the one that signs."""
+    """Retire the signing key, if any, and make ``kid`` the one that signs; the replicas
+    are told when the surrounding transaction commits."""
     await conn.execute("UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL", now)
     await conn.execute(
         "INSERT INTO signing_keys (kid, algorithm, private_key, created_at) "
@@ -42,3 +45,4 @@ async def insert_active(
         sealed_private_key,
         now,
     )
+    await conn.execute("SELECT pg_notify($1, $2)", KEYS_CHANNEL, kid)
