@@ -770,15 +770,22 @@ def challenge_bytes(options_json: str) -> bytes:
     return unb64url(json.loads(options_json)["challenge"])
 
 
+def registration_over_the_challenge(
+    enrollment: pb.EnrollResponse, challenge: pb.ChallengeResponse
+) -> str:
+    """A new authenticator's answer to the enrollment, signed over the challenge's bytes."""
+    newcomer = SoftAuthenticator(origin=ORIGIN, rp_id=RP_ID)
+    return newcomer.register(
+        enrollment.passkey.creation_options_json,
+        challenge=challenge_bytes(challenge.passkey_request_options_json),
+    )
+
+
 async def test_an_authentication_challenge_does_not_complete_an_enrollment(
     client: Client, configured: None
 ) -> None:
     _, enrollment, challenge = await both_ceremonies(client, "abby")
-    newcomer = SoftAuthenticator(origin=ORIGIN, rp_id=RP_ID)
-    registration = newcomer.register(
-        enrollment.passkey.creation_options_json,
-        challenge=challenge_bytes(challenge.passkey_request_options_json),
-    )
+    registration = registration_over_the_challenge(enrollment, challenge)
     error = await refused(finish(client, "abby", challenge.challenge_id, registration))
     assert (error.code, error.reason) == (
         grpc.StatusCode.NOT_FOUND,
@@ -815,11 +822,7 @@ async def test_an_authentication_challenge_does_not_answer_a_registration(
     client: Client, configured: None
 ) -> None:
     _, enrollment, challenge = await both_ceremonies(client, "cody")
-    newcomer = SoftAuthenticator(origin=ORIGIN, rp_id=RP_ID)
-    registration = newcomer.register(
-        enrollment.passkey.creation_options_json,
-        challenge=challenge_bytes(challenge.passkey_request_options_json),
-    )
+    registration = registration_over_the_challenge(enrollment, challenge)
     error = await refused(finish(client, "cody", enrollment.enrollment_id, registration))
     assert (error.code, error.reason) == (
         grpc.StatusCode.PERMISSION_DENIED,
