@@ -752,6 +752,21 @@ async def test_malformed_assertions_name_the_field(
     assert [v.field for v in error.field_violations] == ["proof.passkey_assertion_json"]
 
 
+async def test_an_unparsable_assertion_neither_spends_the_challenge_nor_counts(
+    client: Client, configured: None, db: asyncpg.Connection
+) -> None:
+    """It carries no guess: the challenge stays for the real answer, and no failure is
+    counted (a wrong but well-formed assertion does both: the tests above)."""
+    authenticator = await enroll(client, "yul")
+    challenge = await passkey_challenge(client, "yul")
+    error = await refused(verify(client, "yul", "{", challenge.challenge_id))
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert await db.fetchval("SELECT failed_attempts FROM mfa_users WHERE user_id = 'yul'") == 0
+    answer = authenticator.assertion(challenge.passkey_request_options_json)
+    await verify(client, "yul", answer, challenge.challenge_id)
+    assert not (await status(client, ENV, "yul", "s1")).session_mfa_pending
+
+
 # --- a challenge answers only its own ceremony --------------------------------------------
 
 
