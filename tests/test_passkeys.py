@@ -796,19 +796,6 @@ def registration_over_the_challenge(
     )
 
 
-async def test_an_authentication_challenge_does_not_complete_an_enrollment(
-    client: Client, configured: None
-) -> None:
-    _, enrollment, challenge = await both_ceremonies(client, "abby")
-    registration = registration_over_the_challenge(enrollment, challenge)
-    error = await refused(finish(client, "abby", challenge.challenge_id, registration))
-    assert (error.code, error.reason) == (
-        grpc.StatusCode.NOT_FOUND,
-        "ERROR_REASON_ENROLLMENT_NOT_FOUND",
-    )
-    assert len((await status(client, ENV, "abby")).enrolled_methods) == 1
-
-
 async def test_a_registration_challenge_does_not_answer_a_verification(
     client: Client, configured: None
 ) -> None:
@@ -833,16 +820,23 @@ async def test_a_registration_challenge_does_not_answer_a_verification(
     assert (await status(client, ENV, "bea", "s1")).session_mfa_pending
 
 
+@pytest.mark.parametrize(
+    ("named_by", "code", "reason"),
+    [
+        # CompleteEnrollment with the challenge's id: no such enrollment.
+        ("challenge", grpc.StatusCode.NOT_FOUND, "ERROR_REASON_ENROLLMENT_NOT_FOUND"),
+        # With the enrollment's id, but signed over the challenge's bytes.
+        ("enrollment", grpc.StatusCode.PERMISSION_DENIED, "ERROR_REASON_VERIFICATION_FAILED"),
+    ],
+)
 async def test_an_authentication_challenge_does_not_answer_a_registration(
-    client: Client, configured: None
+    client: Client, configured: None, named_by: str, code: grpc.StatusCode, reason: str
 ) -> None:
     _, enrollment, challenge = await both_ceremonies(client, "cody")
     registration = registration_over_the_challenge(enrollment, challenge)
-    error = await refused(finish(client, "cody", enrollment.enrollment_id, registration))
-    assert (error.code, error.reason) == (
-        grpc.StatusCode.PERMISSION_DENIED,
-        "ERROR_REASON_VERIFICATION_FAILED",
-    )
+    named = challenge.challenge_id if named_by == "challenge" else enrollment.enrollment_id
+    error = await refused(finish(client, "cody", named, registration))
+    assert (error.code, error.reason) == (code, reason)
     assert len((await status(client, ENV, "cody")).enrolled_methods) == 1
 
 
