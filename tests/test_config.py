@@ -330,6 +330,21 @@ def test_dev_mode_writes_no_key_file_when_another_variable_is_bad(tmp_path: Path
 # --- the command line: one line on stderr, exit status 2 ---------------------------
 
 
+def run_command(
+    args: list[str], env: dict[str, str], tmp_path: Path
+) -> subprocess.CompletedProcess[str]:
+    """``mfa-service ARGS`` in a process of its own, with only ``env`` (and PATH) set."""
+    return subprocess.run(
+        [sys.executable, "-m", "mfa_service", *args],
+        env={"PATH": os.environ.get("PATH", ""), "MFA_DATA_DIR": str(tmp_path), **env},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
 @pytest.mark.parametrize(
     ("args", "env", "variable"),
     [
@@ -362,15 +377,7 @@ def test_dev_mode_writes_no_key_file_when_another_variable_is_bad(tmp_path: Path
 def test_serve_stops_with_one_line_naming_the_variable(
     args: list[str], env: dict[str, str], variable: str, tmp_path: Path
 ) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "mfa_service", *args],
-        env={"PATH": os.environ.get("PATH", ""), "MFA_DATA_DIR": str(tmp_path), **env},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = run_command(args, env, tmp_path)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
@@ -390,15 +397,7 @@ def test_serve_refuses_client_ca_without_roles_in_one_line(
         "MFA_TLS_KEY_FILE": tls_files["key"],
         "MFA_TLS_CLIENT_CA_FILE": tls_files["ca"],
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "mfa_service", "serve"],
-        env={"PATH": os.environ.get("PATH", ""), "MFA_DATA_DIR": str(tmp_path), **env},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = run_command(["serve"], env, tmp_path)
     assert result.returncode == 2, result.stderr
     assert result.stderr.splitlines() == [
         "mfa-service: configuration error: MFA_CALLER_ROLES: required with "
@@ -416,15 +415,7 @@ def test_serve_refuses_tls_without_client_certificates_in_one_line(
         "MFA_TLS_CERT_FILE": tls_files["cert"],
         "MFA_TLS_KEY_FILE": tls_files["key"],
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "mfa_service", "serve"],
-        env={"PATH": os.environ.get("PATH", ""), "MFA_DATA_DIR": str(tmp_path), **env},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = run_command(["serve"], env, tmp_path)
     assert result.returncode == 2, result.stderr
     assert result.stderr.splitlines() == [
         "mfa-service: configuration error: MFA_TLS_CLIENT_CA_FILE: required with "
