@@ -522,6 +522,30 @@ async def started_processes() -> AsyncIterator[list[asyncio.subprocess.Process]]
             await process.wait()
 
 
+def _serve_env(database_url: str, port: int, **extra: str) -> dict[str, str]:
+    """This process's environment without its MFA settings, plus a server's own."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MFA_", "DATABASE_"))}
+    env.update(
+        DATABASE_URL=database_url,
+        MFA_ENCRYPTION_KEYS=KeyRing.generate_entry("k1"),
+        MFA_LISTEN_ADDR=f"127.0.0.1:{port}",
+        **extra,
+    )
+    return env
+
+
+async def _serve(env: dict[str, str], tmp_path: Path) -> tuple[asyncio.subprocess.Process, Path]:
+    """``mfa-service serve`` started, its stderr going to the returned file."""
+    stderr_path = tmp_path / "server.stderr"
+    with stderr_path.open("wb") as stderr:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "mfa_service", "serve",
+            env=env, cwd=tmp_path,
+            stdout=asyncio.subprocess.DEVNULL, stderr=stderr,
+        )  # fmt: skip
+    return process, stderr_path
+
+
 async def test_serve_process_with_mutual_tls_from_the_environment(
     tmp_path: Path,
     database_url: str,
@@ -529,25 +553,8 @@ async def test_serve_process_with_mutual_tls_from_the_environment(
     started_processes: list[asyncio.subprocess.Process],
 ) -> None:
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MFA_", "DATABASE_"))}
-    env.update(
-        pki.env(),
-        DATABASE_URL=database_url,
-        MFA_ENCRYPTION_KEYS=KeyRing.generate_entry("k1"),
-        MFA_LISTEN_ADDR=f"127.0.0.1:{port}",
-    )
-    stderr_path = tmp_path / "server.stderr"
-    with stderr_path.open("wb") as stderr:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "mfa_service",
-            "serve",
-            env=env,
-            cwd=tmp_path,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=stderr,
-        )
+    env = _serve_env(database_url, port, **pki.env())
+    process, stderr_path = await _serve(env, tmp_path)
     started_processes.append(process)
     target = f"127.0.0.1:{port}"
     async with (
@@ -581,11 +588,9 @@ async def test_serve_process_with_server_only_tls_needs_the_opt_in_and_warns(
 ) -> None:
     """TLS without a client CA opens every service to anyone: refused unless asked for."""
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MFA_", "DATABASE_"))}
-    env.update(
-        DATABASE_URL=database_url,
-        MFA_ENCRYPTION_KEYS=KeyRing.generate_entry("k1"),
-        MFA_LISTEN_ADDR=f"127.0.0.1:{port}",
+    env = _serve_env(
+        database_url,
+        port,
         MFA_TLS_CERT_FILE=str(pki.server.cert_file),
         MFA_TLS_KEY_FILE=str(pki.server.key_file),
     )
@@ -602,13 +607,7 @@ async def test_serve_process_with_server_only_tls_needs_the_opt_in_and_warns(
     assert line.startswith("mfa-service: configuration error: MFA_TLS_CLIENT_CA_FILE: ")
 
     env["MFA_ALLOW_TLS_WITHOUT_CLIENT_AUTH"] = "true"
-    stderr_path = tmp_path / "server.stderr"
-    with stderr_path.open("wb") as stderr_file:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "mfa_service", "serve",
-            env=env, cwd=tmp_path,
-            stdout=asyncio.subprocess.DEVNULL, stderr=stderr_file,
-        )  # fmt: skip
+    process, stderr_path = await _serve(env, tmp_path)
     started_processes.append(process)
     async with _connect(pki, f"127.0.0.1:{port}", None) as anyone:
         await _wait_serving(process, anyone, stderr_path)
