@@ -6,6 +6,7 @@ that fail on purpose; no service code is mocked.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -86,6 +87,12 @@ async def test_unexpected_exception_is_internal_with_request_id_and_no_text(
 ) -> None:
     with caplog.at_level(logging.INFO, logger="mfa_service.rpc"):
         error = await _call(channel, "Explode", sent_request_id)
+        # The call's log line is written as its handler ends, which may be just after
+        # the caller has its answer: wait for it.
+        for _ in range(100):
+            if any("status=INTERNAL" in r.getMessage() for r in caplog.records):
+                break
+            await asyncio.sleep(0.01)
 
     assert error.code() == grpc.StatusCode.INTERNAL
     request_id = _trailer(error, REQUEST_ID_HEADER)
