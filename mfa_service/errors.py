@@ -11,16 +11,19 @@ contain a secret, a code or a token.
     ├── NotFound                   NOT_FOUND
     │   ├── EnrollmentNotFound
     │   ├── ChallengeNotFound
-    │   └── DeviceNotFound
+    │   ├── DeviceNotFound
+    │   └── EnvironmentNotFound
     ├── AlreadyExists              ALREADY_EXISTS
-    │   └── CredentialAlreadyRegistered
+    │   ├── CredentialAlreadyRegistered
+    │   └── EnvironmentAlreadyExists
     ├── FailedPrecondition         FAILED_PRECONDITION
     │   ├── MethodDisabled
     │   ├── DeviceLimitReached
     │   ├── ActionNotProtected
     │   ├── MethodNotAllowed
     │   ├── NotEnrolled
-    │   └── PasskeyNotConfigured
+    │   ├── PasskeyNotConfigured
+    │   └── RecoveryRequired
     ├── PermissionDenied           PERMISSION_DENIED
     │   ├── VerificationFailed
     │   ├── StepUpRequired
@@ -28,7 +31,8 @@ contain a secret, a code or a token.
     ├── Unauthenticated            UNAUTHENTICATED      (the calling service, never a user)
     │   └── CallerUnauthenticated
     ├── ResourceExhausted          RESOURCE_EXHAUSTED
-    │   └── LockedOut                                   (retry delay attached)
+    │   ├── LockedOut                                   (retry delay attached)
+    │   └── TooManyChallenges                           (retry delay attached)
     ├── Unavailable                UNAVAILABLE
     │   └── DatabaseUnavailable
     └── Unimplemented              UNIMPLEMENTED
@@ -133,9 +137,19 @@ class DeviceNotFound(NotFound):
     default_message = "no such device for this user"
 
 
+class EnvironmentNotFound(NotFound):
+    reason = "ERROR_REASON_ENVIRONMENT_NOT_FOUND"
+    default_message = "no such environment: create it with AdminService.CreateEnvironment"
+
+
 class CredentialAlreadyRegistered(AlreadyExists):
     reason = "ERROR_REASON_CREDENTIAL_ALREADY_REGISTERED"
     default_message = "this passkey is already registered"
+
+
+class EnvironmentAlreadyExists(AlreadyExists):
+    reason = "ERROR_REASON_ENVIRONMENT_ALREADY_EXISTS"
+    default_message = "an environment with this id exists already"
 
 
 class MethodDisabled(FailedPrecondition):
@@ -168,6 +182,14 @@ class PasskeyNotConfigured(FailedPrecondition):
     default_message = "passkeys need passkey.rp_id and passkey.allowed_origins in the settings"
 
 
+class RecoveryRequired(FailedPrecondition):
+    reason = "ERROR_REASON_RECOVERY_REQUIRED"
+    default_message = (
+        "too many consecutive failed attempts: the authenticator app and passkeys stay "
+        "locked until a recovery code succeeds or an administrator resets the user"
+    )
+
+
 class VerificationFailed(PermissionDenied):
     reason = "ERROR_REASON_VERIFICATION_FAILED"
     default_message = "verification failed"
@@ -191,6 +213,15 @@ class CallerUnauthenticated(Unauthenticated):
 class LockedOut(ResourceExhausted):
     reason = "ERROR_REASON_LOCKED_OUT"
     default_message = "too many failed attempts; try again later"
+
+    def __init__(self, retry_after: timedelta) -> None:
+        self.retry_after = retry_after
+        super().__init__()
+
+
+class TooManyChallenges(ResourceExhausted):
+    reason = "ERROR_REASON_TOO_MANY_CHALLENGES"
+    default_message = "too many open challenges for this user; retry when the oldest expires"
 
     def __init__(self, retry_after: timedelta) -> None:
         self.retry_after = retry_after

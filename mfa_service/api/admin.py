@@ -17,7 +17,7 @@ from mfa_service.api.convert import (
     settings_to_proto,
     user_id,
 )
-from mfa_service.errors import InvalidArgument
+from mfa_service.errors import InvalidArgument, NotImplementedYet
 from mfa_service.services.admin import AdminService
 from mfa_service.services.audit_log import AuditLogService
 from mfa_service.services.settings import SettingsService
@@ -42,6 +42,16 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         self._settings = settings
         self._admin = admin
         self._audit_log = audit_log
+
+    async def CreateEnvironment(
+        self, request: pb.CreateEnvironmentRequest, context: Context
+    ) -> pb.CreateEnvironmentResponse:
+        raise NotImplementedYet("CreateEnvironment")
+
+    async def ListEnvironments(
+        self, request: pb.ListEnvironmentsRequest, context: Context
+    ) -> pb.ListEnvironmentsResponse:
+        raise NotImplementedYet("ListEnvironments")
 
     async def GetSettings(
         self, request: pb.GetSettingsRequest, context: Context

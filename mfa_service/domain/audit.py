@@ -37,6 +37,7 @@ class AuditEventType(enum.Enum):
     SETTINGS_CHANGED = "settings_changed"
     USER_RESET = "user_reset"
     SIGN_COUNT_REGRESSION = "sign_count_regression"
+    ENVIRONMENT_CREATED = "environment_created"
 
 
 @dataclass(frozen=True, slots=True)

@@ -175,6 +175,7 @@ class Reason(enum.Enum):
     PAYLOAD_MISMATCH = "payload_mismatch"
     SESSION_MISMATCH = "session_mismatch"
     TOKEN_REVOKED = "token_revoked"
+    ENVIRONMENT_UNKNOWN = "environment_unknown"
 
     @property
     def allows(self) -> bool:

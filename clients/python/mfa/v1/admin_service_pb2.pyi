@@ -47,6 +47,7 @@ class _AuditEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AuditE
     AUDIT_EVENT_TYPE_SETTINGS_CHANGED: _AuditEventType.ValueType  # 14
     AUDIT_EVENT_TYPE_USER_RESET: _AuditEventType.ValueType  # 15
     AUDIT_EVENT_TYPE_SIGN_COUNT_REGRESSION: _AuditEventType.ValueType  # 16
+    AUDIT_EVENT_TYPE_ENVIRONMENT_CREATED: _AuditEventType.ValueType  # 17
 
 class AuditEventType(_AuditEventType, metaclass=_AuditEventTypeEnumTypeWrapper):
     """A kind of security event."""
@@ -68,7 +69,100 @@ AUDIT_EVENT_TYPE_RECOVERY_CODES_ACKNOWLEDGED: AuditEventType.ValueType  # 13
 AUDIT_EVENT_TYPE_SETTINGS_CHANGED: AuditEventType.ValueType  # 14
 AUDIT_EVENT_TYPE_USER_RESET: AuditEventType.ValueType  # 15
 AUDIT_EVENT_TYPE_SIGN_COUNT_REGRESSION: AuditEventType.ValueType  # 16
+AUDIT_EVENT_TYPE_ENVIRONMENT_CREATED: AuditEventType.ValueType  # 17
 Global___AuditEventType: _TypeAlias = AuditEventType  # noqa: Y015
+
+@_typing.final
+class CreateEnvironmentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def settings(self) -> _types_pb2.Settings:
+        """settings.environment_id names the new environment; the other fields are its
+        initial settings (unset ones take the defaults), validated as a whole.
+        """
+
+    def __init__(
+        self,
+        *,
+        settings: _types_pb2.Settings | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateEnvironmentRequest: _TypeAlias = CreateEnvironmentRequest  # noqa: Y015
+
+@_typing.final
+class CreateEnvironmentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def settings(self) -> _types_pb2.Settings: ...
+    def __init__(
+        self,
+        *,
+        settings: _types_pb2.Settings | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateEnvironmentResponse: _TypeAlias = CreateEnvironmentResponse  # noqa: Y015
+
+@_typing.final
+class ListEnvironmentsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """1..500; 0 means 50."""
+    page_token: _builtins.str
+    """From a previous response's next_page_token."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEnvironmentsRequest: _TypeAlias = ListEnvironmentsRequest  # noqa: Y015
+
+@_typing.final
+class ListEnvironmentsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENVIRONMENTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    @_builtins.property
+    def environments(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Settings]: ...
+    def __init__(
+        self,
+        *,
+        environments: _abc.Iterable[_types_pb2.Settings] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["environments", b"environments", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEnvironmentsResponse: _TypeAlias = ListEnvironmentsResponse  # noqa: Y015
 
 @_typing.final
 class GetSettingsRequest(_message.Message):

@@ -34,6 +34,16 @@ class AdminServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.CreateEnvironment = channel.unary_unary(
+                '/mfa.v1.AdminService/CreateEnvironment',
+                request_serializer=mfa_dot_v1_dot_admin__service__pb2.CreateEnvironmentRequest.SerializeToString,
+                response_deserializer=mfa_dot_v1_dot_admin__service__pb2.CreateEnvironmentResponse.FromString,
+                _registered_method=True)
+        self.ListEnvironments = channel.unary_unary(
+                '/mfa.v1.AdminService/ListEnvironments',
+                request_serializer=mfa_dot_v1_dot_admin__service__pb2.ListEnvironmentsRequest.SerializeToString,
+                response_deserializer=mfa_dot_v1_dot_admin__service__pb2.ListEnvironmentsResponse.FromString,
+                _registered_method=True)
         self.GetSettings = channel.unary_unary(
                 '/mfa.v1.AdminService/GetSettings',
                 request_serializer=mfa_dot_v1_dot_admin__service__pb2.GetSettingsRequest.SerializeToString,
@@ -59,8 +69,23 @@ class AdminServiceStub:
 class AdminServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
+    def CreateEnvironment(self, request, context):
+        """Create an environment with these settings (unset fields take the defaults).
+        ALREADY_EXISTS if it exists. Every other RPC refuses an environment never created.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEnvironments(self, request, context):
+        """The environments, ordered by id, paginated.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetSettings(self, request, context):
-        """The environment's settings; defaults for an environment never configured.
+        """The environment's settings.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -90,6 +115,16 @@ class AdminServiceServicer:
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'CreateEnvironment': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateEnvironment,
+                    request_deserializer=mfa_dot_v1_dot_admin__service__pb2.CreateEnvironmentRequest.FromString,
+                    response_serializer=mfa_dot_v1_dot_admin__service__pb2.CreateEnvironmentResponse.SerializeToString,
+            ),
+            'ListEnvironments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEnvironments,
+                    request_deserializer=mfa_dot_v1_dot_admin__service__pb2.ListEnvironmentsRequest.FromString,
+                    response_serializer=mfa_dot_v1_dot_admin__service__pb2.ListEnvironmentsResponse.SerializeToString,
+            ),
             'GetSettings': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSettings,
                     request_deserializer=mfa_dot_v1_dot_admin__service__pb2.GetSettingsRequest.FromString,
@@ -120,6 +155,60 @@ def add_AdminServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class AdminService:
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def CreateEnvironment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mfa.v1.AdminService/CreateEnvironment',
+            mfa_dot_v1_dot_admin__service__pb2.CreateEnvironmentRequest.SerializeToString,
+            mfa_dot_v1_dot_admin__service__pb2.CreateEnvironmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEnvironments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mfa.v1.AdminService/ListEnvironments',
+            mfa_dot_v1_dot_admin__service__pb2.ListEnvironmentsRequest.SerializeToString,
+            mfa_dot_v1_dot_admin__service__pb2.ListEnvironmentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def GetSettings(request,

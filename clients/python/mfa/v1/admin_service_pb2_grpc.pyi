@@ -33,8 +33,14 @@ class AdminServiceStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AdminServiceAsyncStub: ...
+    CreateEnvironment: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.CreateEnvironmentRequest, _admin_service_pb2.CreateEnvironmentResponse]
+    """Create an environment with these settings (unset fields take the defaults).
+    ALREADY_EXISTS if it exists. Every other RPC refuses an environment never created.
+    """
+    ListEnvironments: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListEnvironmentsRequest, _admin_service_pb2.ListEnvironmentsResponse]
+    """The environments, ordered by id, paginated."""
     GetSettings: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.GetSettingsRequest, _admin_service_pb2.GetSettingsResponse]
-    """The environment's settings; defaults for an environment never configured."""
+    """The environment's settings."""
     UpdateSettings: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.UpdateSettingsRequest, _admin_service_pb2.UpdateSettingsResponse]
     """Change the fields named by update_mask ("*" replaces everything), validated as a whole."""
     ResetUserMfa: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ResetUserMfaRequest, _admin_service_pb2.ResetUserMfaResponse]
@@ -45,8 +51,14 @@ class AdminServiceStub:
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
+    CreateEnvironment: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.CreateEnvironmentRequest, _admin_service_pb2.CreateEnvironmentResponse]  # type: ignore[assignment]
+    """Create an environment with these settings (unset fields take the defaults).
+    ALREADY_EXISTS if it exists. Every other RPC refuses an environment never created.
+    """
+    ListEnvironments: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListEnvironmentsRequest, _admin_service_pb2.ListEnvironmentsResponse]  # type: ignore[assignment]
+    """The environments, ordered by id, paginated."""
     GetSettings: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.GetSettingsRequest, _admin_service_pb2.GetSettingsResponse]  # type: ignore[assignment]
-    """The environment's settings; defaults for an environment never configured."""
+    """The environment's settings."""
     UpdateSettings: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.UpdateSettingsRequest, _admin_service_pb2.UpdateSettingsResponse]  # type: ignore[assignment]
     """Change the fields named by update_mask ("*" replaces everything), validated as a whole."""
     ResetUserMfa: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ResetUserMfaRequest, _admin_service_pb2.ResetUserMfaResponse]  # type: ignore[assignment]
@@ -56,12 +68,30 @@ class AdminServiceAsyncStub(AdminServiceStub):
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
+    def CreateEnvironment(
+        self,
+        request: _admin_service_pb2.CreateEnvironmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.CreateEnvironmentResponse, _abc.Awaitable[_admin_service_pb2.CreateEnvironmentResponse]]:
+        """Create an environment with these settings (unset fields take the defaults).
+        ALREADY_EXISTS if it exists. Every other RPC refuses an environment never created.
+        """
+
+    @_abc_1.abstractmethod
+    def ListEnvironments(
+        self,
+        request: _admin_service_pb2.ListEnvironmentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.ListEnvironmentsResponse, _abc.Awaitable[_admin_service_pb2.ListEnvironmentsResponse]]:
+        """The environments, ordered by id, paginated."""
+
+    @_abc_1.abstractmethod
     def GetSettings(
         self,
         request: _admin_service_pb2.GetSettingsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.GetSettingsResponse, _abc.Awaitable[_admin_service_pb2.GetSettingsResponse]]:
-        """The environment's settings; defaults for an environment never configured."""
+        """The environment's settings."""
 
     @_abc_1.abstractmethod
     def UpdateSettings(

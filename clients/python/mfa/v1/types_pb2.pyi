@@ -140,6 +140,8 @@ class _DecisionReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Decisi
     """DENY: the token is bound to another session."""
     DECISION_REASON_TOKEN_REVOKED: _DecisionReason.ValueType  # 12
     """DENY: the token was revoked (user reset, session ended)."""
+    DECISION_REASON_ENVIRONMENT_UNKNOWN: _DecisionReason.ValueType  # 13
+    """DENY: no environment with this id was created (a typo never allows anything)."""
 
 class DecisionReason(_DecisionReason, metaclass=_DecisionReasonEnumTypeWrapper):
     """Why a decision was taken."""
@@ -169,6 +171,8 @@ DECISION_REASON_SESSION_MISMATCH: DecisionReason.ValueType  # 11
 """DENY: the token is bound to another session."""
 DECISION_REASON_TOKEN_REVOKED: DecisionReason.ValueType  # 12
 """DENY: the token was revoked (user reset, session ended)."""
+DECISION_REASON_ENVIRONMENT_UNKNOWN: DecisionReason.ValueType  # 13
+"""DENY: no environment with this id was created (a typo never allows anything)."""
 Global___DecisionReason: _TypeAlias = DecisionReason  # noqa: Y015
 
 class _ErrorReason:
@@ -216,6 +220,18 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The RPC is part of the contract but not available in this build."""
     ERROR_REASON_INTERNAL: _ErrorReason.ValueType  # 19
     """An unexpected failure; ErrorInfo.metadata["request_id"] finds it in the logs."""
+    ERROR_REASON_ENVIRONMENT_NOT_FOUND: _ErrorReason.ValueType  # 20
+    """No environment with this id was created (AdminService.CreateEnvironment)."""
+    ERROR_REASON_ENVIRONMENT_ALREADY_EXISTS: _ErrorReason.ValueType  # 21
+    """CreateEnvironment: an environment with this id exists already."""
+    ERROR_REASON_RECOVERY_REQUIRED: _ErrorReason.ValueType  # 22
+    """The user's authenticator app and passkeys stopped verifying after too many
+    consecutive failures: a recovery code, or AdminService.ResetUserMfa, opens them.
+    """
+    ERROR_REASON_TOO_MANY_CHALLENGES: _ErrorReason.ValueType  # 23
+    """The user has as many open challenges as allowed; google.rpc.RetryInfo says when
+    the oldest expires.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Machine-readable reason of an error, sent as google.rpc.ErrorInfo.reason
@@ -261,6 +277,18 @@ ERROR_REASON_NOT_IMPLEMENTED: ErrorReason.ValueType  # 18
 """The RPC is part of the contract but not available in this build."""
 ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 19
 """An unexpected failure; ErrorInfo.metadata["request_id"] finds it in the logs."""
+ERROR_REASON_ENVIRONMENT_NOT_FOUND: ErrorReason.ValueType  # 20
+"""No environment with this id was created (AdminService.CreateEnvironment)."""
+ERROR_REASON_ENVIRONMENT_ALREADY_EXISTS: ErrorReason.ValueType  # 21
+"""CreateEnvironment: an environment with this id exists already."""
+ERROR_REASON_RECOVERY_REQUIRED: ErrorReason.ValueType  # 22
+"""The user's authenticator app and passkeys stopped verifying after too many
+consecutive failures: a recovery code, or AdminService.ResetUserMfa, opens them.
+"""
+ERROR_REASON_TOO_MANY_CHALLENGES: ErrorReason.ValueType  # 23
+"""The user has as many open challenges as allowed; google.rpc.RetryInfo says when
+the oldest expires.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 class _UserVerification:

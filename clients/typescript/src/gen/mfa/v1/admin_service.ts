@@ -50,6 +50,7 @@ export enum AuditEventType {
   AUDIT_EVENT_TYPE_SETTINGS_CHANGED = 14,
   AUDIT_EVENT_TYPE_USER_RESET = 15,
   AUDIT_EVENT_TYPE_SIGN_COUNT_REGRESSION = 16,
+  AUDIT_EVENT_TYPE_ENVIRONMENT_CREATED = 17,
   UNRECOGNIZED = -1,
 }
 
@@ -106,6 +107,9 @@ export function auditEventTypeFromJSON(object: any): AuditEventType {
     case 16:
     case "AUDIT_EVENT_TYPE_SIGN_COUNT_REGRESSION":
       return AuditEventType.AUDIT_EVENT_TYPE_SIGN_COUNT_REGRESSION;
+    case 17:
+    case "AUDIT_EVENT_TYPE_ENVIRONMENT_CREATED":
+      return AuditEventType.AUDIT_EVENT_TYPE_ENVIRONMENT_CREATED;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -149,10 +153,37 @@ export function auditEventTypeToJSON(object: AuditEventType): string {
       return "AUDIT_EVENT_TYPE_USER_RESET";
     case AuditEventType.AUDIT_EVENT_TYPE_SIGN_COUNT_REGRESSION:
       return "AUDIT_EVENT_TYPE_SIGN_COUNT_REGRESSION";
+    case AuditEventType.AUDIT_EVENT_TYPE_ENVIRONMENT_CREATED:
+      return "AUDIT_EVENT_TYPE_ENVIRONMENT_CREATED";
     case AuditEventType.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
   }
+}
+
+export interface CreateEnvironmentRequest {
+  /**
+   * settings.environment_id names the new environment; the other fields are its
+   * initial settings (unset ones take the defaults), validated as a whole.
+   */
+  settings: Settings | undefined;
+}
+
+export interface CreateEnvironmentResponse {
+  settings: Settings | undefined;
+}
+
+export interface ListEnvironmentsRequest {
+  /** 1..500; 0 means 50. */
+  pageSize: number;
+  /** From a previous response's next_page_token. */
+  pageToken: string;
+}
+
+export interface ListEnvironmentsResponse {
+  environments: Settings[];
+  /** Empty on the last page. */
+  nextPageToken: string;
 }
 
 export interface GetSettingsRequest {
@@ -229,6 +260,328 @@ export interface ListAuditEventsResponse {
   /** Empty on the last page. */
   nextPageToken: string;
 }
+
+function createBaseCreateEnvironmentRequest(): CreateEnvironmentRequest {
+  return { settings: undefined };
+}
+
+export const CreateEnvironmentRequest: MessageFns<CreateEnvironmentRequest> = {
+  encode(message: CreateEnvironmentRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.settings !== undefined) {
+      Settings.encode(message.settings, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CreateEnvironmentRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCreateEnvironmentRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.settings = Settings.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CreateEnvironmentRequest {
+    return { settings: isSet(object.settings) ? Settings.fromJSON(object.settings) : undefined };
+  },
+
+  toJSON(message: CreateEnvironmentRequest): unknown {
+    const obj: any = {};
+    if (message.settings !== undefined) {
+      obj.settings = Settings.toJSON(message.settings);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CreateEnvironmentRequest>, I>>(base?: I): CreateEnvironmentRequest {
+    return CreateEnvironmentRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CreateEnvironmentRequest>, I>>(object: I): CreateEnvironmentRequest {
+    const message = createBaseCreateEnvironmentRequest();
+    message.settings = (object.settings !== undefined && object.settings !== null)
+      ? Settings.fromPartial(object.settings)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseCreateEnvironmentResponse(): CreateEnvironmentResponse {
+  return { settings: undefined };
+}
+
+export const CreateEnvironmentResponse: MessageFns<CreateEnvironmentResponse> = {
+  encode(message: CreateEnvironmentResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.settings !== undefined) {
+      Settings.encode(message.settings, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CreateEnvironmentResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCreateEnvironmentResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.settings = Settings.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CreateEnvironmentResponse {
+    return { settings: isSet(object.settings) ? Settings.fromJSON(object.settings) : undefined };
+  },
+
+  toJSON(message: CreateEnvironmentResponse): unknown {
+    const obj: any = {};
+    if (message.settings !== undefined) {
+      obj.settings = Settings.toJSON(message.settings);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CreateEnvironmentResponse>, I>>(base?: I): CreateEnvironmentResponse {
+    return CreateEnvironmentResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CreateEnvironmentResponse>, I>>(object: I): CreateEnvironmentResponse {
+    const message = createBaseCreateEnvironmentResponse();
+    message.settings = (object.settings !== undefined && object.settings !== null)
+      ? Settings.fromPartial(object.settings)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseListEnvironmentsRequest(): ListEnvironmentsRequest {
+  return { pageSize: 0, pageToken: "" };
+}
+
+export const ListEnvironmentsRequest: MessageFns<ListEnvironmentsRequest> = {
+  encode(message: ListEnvironmentsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.pageSize !== 0) {
+      writer.uint32(8).int32(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(18).string(message.pageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListEnvironmentsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListEnvironmentsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.pageSize = reader.int32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListEnvironmentsRequest {
+    return {
+      pageSize: isSet(object.pageSize)
+        ? globalThis.Number(object.pageSize)
+        : isSet(object.page_size)
+        ? globalThis.Number(object.page_size)
+        : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ListEnvironmentsRequest): unknown {
+    const obj: any = {};
+    if (message.pageSize !== 0) {
+      obj.pageSize = Math.round(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListEnvironmentsRequest>, I>>(base?: I): ListEnvironmentsRequest {
+    return ListEnvironmentsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListEnvironmentsRequest>, I>>(object: I): ListEnvironmentsRequest {
+    const message = createBaseListEnvironmentsRequest();
+    message.pageSize = object.pageSize ?? 0;
+    message.pageToken = object.pageToken ?? "";
+    return message;
+  },
+};
+
+function createBaseListEnvironmentsResponse(): ListEnvironmentsResponse {
+  return { environments: [], nextPageToken: "" };
+}
+
+export const ListEnvironmentsResponse: MessageFns<ListEnvironmentsResponse> = {
+  encode(message: ListEnvironmentsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.environments) {
+      Settings.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(18).string(message.nextPageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListEnvironmentsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListEnvironmentsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.environments.push(Settings.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListEnvironmentsResponse {
+    return {
+      environments: globalThis.Array.isArray(object?.environments)
+        ? object.environments.map((e: any) => Settings.fromJSON(e))
+        : [],
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ListEnvironmentsResponse): unknown {
+    const obj: any = {};
+    if (message.environments?.length) {
+      obj.environments = message.environments.map((e) => Settings.toJSON(e));
+    }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListEnvironmentsResponse>, I>>(base?: I): ListEnvironmentsResponse {
+    return ListEnvironmentsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListEnvironmentsResponse>, I>>(object: I): ListEnvironmentsResponse {
+    const message = createBaseListEnvironmentsResponse();
+    message.environments = object.environments?.map((e) => Settings.fromPartial(e)) || [];
+    message.nextPageToken = object.nextPageToken ?? "";
+    return message;
+  },
+};
 
 function createBaseGetSettingsRequest(): GetSettingsRequest {
   return { environmentId: "" };
@@ -1353,7 +1706,34 @@ export const ListAuditEventsResponse: MessageFns<ListAuditEventsResponse> = {
 
 export type AdminServiceService = typeof AdminServiceService;
 export const AdminServiceService = {
-  /** The environment's settings; defaults for an environment never configured. */
+  /**
+   * Create an environment with these settings (unset fields take the defaults).
+   * ALREADY_EXISTS if it exists. Every other RPC refuses an environment never created.
+   */
+  createEnvironment: {
+    path: "/mfa.v1.AdminService/CreateEnvironment" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CreateEnvironmentRequest): Buffer =>
+      Buffer.from(CreateEnvironmentRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CreateEnvironmentRequest => CreateEnvironmentRequest.decode(value),
+    responseSerialize: (value: CreateEnvironmentResponse): Buffer =>
+      Buffer.from(CreateEnvironmentResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CreateEnvironmentResponse => CreateEnvironmentResponse.decode(value),
+  },
+  /** The environments, ordered by id, paginated. */
+  listEnvironments: {
+    path: "/mfa.v1.AdminService/ListEnvironments" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListEnvironmentsRequest): Buffer =>
+      Buffer.from(ListEnvironmentsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListEnvironmentsRequest => ListEnvironmentsRequest.decode(value),
+    responseSerialize: (value: ListEnvironmentsResponse): Buffer =>
+      Buffer.from(ListEnvironmentsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListEnvironmentsResponse => ListEnvironmentsResponse.decode(value),
+  },
+  /** The environment's settings. */
   getSettings: {
     path: "/mfa.v1.AdminService/GetSettings" as const,
     requestStream: false as const,
@@ -1401,7 +1781,14 @@ export const AdminServiceService = {
 } as const;
 
 export interface AdminServiceServer extends UntypedServiceImplementation {
-  /** The environment's settings; defaults for an environment never configured. */
+  /**
+   * Create an environment with these settings (unset fields take the defaults).
+   * ALREADY_EXISTS if it exists. Every other RPC refuses an environment never created.
+   */
+  createEnvironment: handleUnaryCall<CreateEnvironmentRequest, CreateEnvironmentResponse>;
+  /** The environments, ordered by id, paginated. */
+  listEnvironments: handleUnaryCall<ListEnvironmentsRequest, ListEnvironmentsResponse>;
+  /** The environment's settings. */
   getSettings: handleUnaryCall<GetSettingsRequest, GetSettingsResponse>;
   /** Change the fields named by update_mask ("*" replaces everything), validated as a whole. */
   updateSettings: handleUnaryCall<UpdateSettingsRequest, UpdateSettingsResponse>;
@@ -1412,7 +1799,42 @@ export interface AdminServiceServer extends UntypedServiceImplementation {
 }
 
 export interface AdminServiceClient extends Client {
-  /** The environment's settings; defaults for an environment never configured. */
+  /**
+   * Create an environment with these settings (unset fields take the defaults).
+   * ALREADY_EXISTS if it exists. Every other RPC refuses an environment never created.
+   */
+  createEnvironment(
+    request: CreateEnvironmentRequest,
+    callback: (error: ServiceError | null, response: CreateEnvironmentResponse) => void,
+  ): ClientUnaryCall;
+  createEnvironment(
+    request: CreateEnvironmentRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CreateEnvironmentResponse) => void,
+  ): ClientUnaryCall;
+  createEnvironment(
+    request: CreateEnvironmentRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CreateEnvironmentResponse) => void,
+  ): ClientUnaryCall;
+  /** The environments, ordered by id, paginated. */
+  listEnvironments(
+    request: ListEnvironmentsRequest,
+    callback: (error: ServiceError | null, response: ListEnvironmentsResponse) => void,
+  ): ClientUnaryCall;
+  listEnvironments(
+    request: ListEnvironmentsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListEnvironmentsResponse) => void,
+  ): ClientUnaryCall;
+  listEnvironments(
+    request: ListEnvironmentsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListEnvironmentsResponse) => void,
+  ): ClientUnaryCall;
+  /** The environment's settings. */
   getSettings(
     request: GetSettingsRequest,
     callback: (error: ServiceError | null, response: GetSettingsResponse) => void,

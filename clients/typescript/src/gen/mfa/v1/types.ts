@@ -211,6 +211,8 @@ export enum DecisionReason {
   DECISION_REASON_SESSION_MISMATCH = 11,
   /** DECISION_REASON_TOKEN_REVOKED - DENY: the token was revoked (user reset, session ended). */
   DECISION_REASON_TOKEN_REVOKED = 12,
+  /** DECISION_REASON_ENVIRONMENT_UNKNOWN - DENY: no environment with this id was created (a typo never allows anything). */
+  DECISION_REASON_ENVIRONMENT_UNKNOWN = 13,
   UNRECOGNIZED = -1,
 }
 
@@ -255,6 +257,9 @@ export function decisionReasonFromJSON(object: any): DecisionReason {
     case 12:
     case "DECISION_REASON_TOKEN_REVOKED":
       return DecisionReason.DECISION_REASON_TOKEN_REVOKED;
+    case 13:
+    case "DECISION_REASON_ENVIRONMENT_UNKNOWN":
+      return DecisionReason.DECISION_REASON_ENVIRONMENT_UNKNOWN;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -290,6 +295,8 @@ export function decisionReasonToJSON(object: DecisionReason): string {
       return "DECISION_REASON_SESSION_MISMATCH";
     case DecisionReason.DECISION_REASON_TOKEN_REVOKED:
       return "DECISION_REASON_TOKEN_REVOKED";
+    case DecisionReason.DECISION_REASON_ENVIRONMENT_UNKNOWN:
+      return "DECISION_REASON_ENVIRONMENT_UNKNOWN";
     case DecisionReason.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
@@ -340,6 +347,20 @@ export enum ErrorReason {
   ERROR_REASON_NOT_IMPLEMENTED = 18,
   /** ERROR_REASON_INTERNAL - An unexpected failure; ErrorInfo.metadata["request_id"] finds it in the logs. */
   ERROR_REASON_INTERNAL = 19,
+  /** ERROR_REASON_ENVIRONMENT_NOT_FOUND - No environment with this id was created (AdminService.CreateEnvironment). */
+  ERROR_REASON_ENVIRONMENT_NOT_FOUND = 20,
+  /** ERROR_REASON_ENVIRONMENT_ALREADY_EXISTS - CreateEnvironment: an environment with this id exists already. */
+  ERROR_REASON_ENVIRONMENT_ALREADY_EXISTS = 21,
+  /**
+   * ERROR_REASON_RECOVERY_REQUIRED - The user's authenticator app and passkeys stopped verifying after too many
+   * consecutive failures: a recovery code, or AdminService.ResetUserMfa, opens them.
+   */
+  ERROR_REASON_RECOVERY_REQUIRED = 22,
+  /**
+   * ERROR_REASON_TOO_MANY_CHALLENGES - The user has as many open challenges as allowed; google.rpc.RetryInfo says when
+   * the oldest expires.
+   */
+  ERROR_REASON_TOO_MANY_CHALLENGES = 23,
   UNRECOGNIZED = -1,
 }
 
@@ -405,6 +426,18 @@ export function errorReasonFromJSON(object: any): ErrorReason {
     case 19:
     case "ERROR_REASON_INTERNAL":
       return ErrorReason.ERROR_REASON_INTERNAL;
+    case 20:
+    case "ERROR_REASON_ENVIRONMENT_NOT_FOUND":
+      return ErrorReason.ERROR_REASON_ENVIRONMENT_NOT_FOUND;
+    case 21:
+    case "ERROR_REASON_ENVIRONMENT_ALREADY_EXISTS":
+      return ErrorReason.ERROR_REASON_ENVIRONMENT_ALREADY_EXISTS;
+    case 22:
+    case "ERROR_REASON_RECOVERY_REQUIRED":
+      return ErrorReason.ERROR_REASON_RECOVERY_REQUIRED;
+    case 23:
+    case "ERROR_REASON_TOO_MANY_CHALLENGES":
+      return ErrorReason.ERROR_REASON_TOO_MANY_CHALLENGES;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -454,6 +487,14 @@ export function errorReasonToJSON(object: ErrorReason): string {
       return "ERROR_REASON_NOT_IMPLEMENTED";
     case ErrorReason.ERROR_REASON_INTERNAL:
       return "ERROR_REASON_INTERNAL";
+    case ErrorReason.ERROR_REASON_ENVIRONMENT_NOT_FOUND:
+      return "ERROR_REASON_ENVIRONMENT_NOT_FOUND";
+    case ErrorReason.ERROR_REASON_ENVIRONMENT_ALREADY_EXISTS:
+      return "ERROR_REASON_ENVIRONMENT_ALREADY_EXISTS";
+    case ErrorReason.ERROR_REASON_RECOVERY_REQUIRED:
+      return "ERROR_REASON_RECOVERY_REQUIRED";
+    case ErrorReason.ERROR_REASON_TOO_MANY_CHALLENGES:
+      return "ERROR_REASON_TOO_MANY_CHALLENGES";
     case ErrorReason.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
