@@ -514,7 +514,13 @@ async def test_issuing_for_an_unprotected_action_is_refused(
 async def test_the_method_must_be_allowed_for_action_mfa(
     client: Client, clock: FakeClock, alice: TotpDevice
 ) -> None:
-    await update_settings(client, ENV, action_methods=[types.METHOD_PASSKEY])
+    await update_settings(
+        client,
+        ENV,
+        action_methods=[types.METHOD_PASSKEY],
+        passkey__rp_id="example.com",
+        passkey__allowed_origins=["https://app.example.com"],
+    )
     error = await refused(issue(client, clock, alice))
     assert error.reason == "ERROR_REASON_METHOD_NOT_ALLOWED"
     # Credential actions guard the factors themselves: any enabled method will do.

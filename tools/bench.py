@@ -358,7 +358,7 @@ async def seed(
                 created_at=now,
                 expires_at=now + LIVE,
             )
-            await challenge_store.insert(batch.conn, challenge)
+            await challenge_store.insert(batch.conn, challenge, limit=2**31 - 1)
             seeded.totp_users.append((user, str(challenge.id), secret))
         async with db.transaction() as conn:
             await batch.send(conn)

@@ -10,6 +10,9 @@ from mfa_service.domain.model import EnvironmentId, Method, UserId
 
 ENROLLMENT_TTL = timedelta(minutes=10)
 CHALLENGE_TTL = timedelta(minutes=5)  # WebAuthn §13.4.3 / RFD 155: at most 5 minutes
+# A user's challenges open at once: a login page opened a few times stays well under it;
+# a script creating thousands is refused until the oldest expires.
+MAX_OPEN_CHALLENGES = 32
 # NIST SP 800-63B-4 §2.2.3: an AAL2 session re-authenticates at least every 24 hours.
 SESSION_MFA_MAX_AGE = timedelta(hours=24)
 
@@ -50,6 +53,9 @@ class Enrollment:
     expires_at: datetime
     totp_secret_sealed: bytes | None = None
     webauthn_challenge: bytes | None = None
+    # Enroll consumed an ACTION_CREDENTIAL_LINK token for it: it may add a factor next to
+    # the user's existing ones.
+    linked: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,9 +10,14 @@ from mfa_service.domain.model import ALWAYS_PROTECTED_ACTIONS, Action, Method
 from mfa_service.domain.settings import Settings
 
 
-def enrolled_methods(settings: Settings, device_methods: Iterable[Method]) -> tuple[Method, ...]:
-    """Methods of the user's verified devices that the environment still accepts."""
-    present = set(device_methods) & settings.enabled_methods
+def enrolled_methods(device_methods: Iterable[Method]) -> tuple[Method, ...]:
+    """Methods of the user's verified devices, whatever the settings say now.
+
+    Switching a method off stops new enrollments and challenges with it, never
+    enforcement: its users stay enrolled (MFA_REQUIRED, session MFA and the credential
+    actions still apply to them) and pass with another usable method or a recovery code.
+    """
+    present = set(device_methods)
     return tuple(m for m in Method if m in present)
 
 

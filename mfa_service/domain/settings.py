@@ -100,6 +100,12 @@ class Settings:
         return frozenset(enabled)
 
     @property
+    def usable_methods(self) -> frozenset[Method]:
+        """Enabled methods a user can actually pass: passkeys only once configured."""
+        configured = bool(self.passkey.rp_id and self.passkey.allowed_origins)
+        return self.enabled_methods - (frozenset() if configured else {Method.PASSKEY})
+
+    @property
     def rp_name(self) -> str:
         return self.passkey.rp_name or self.totp.issuer
 
@@ -161,8 +167,11 @@ def validate(settings: Settings) -> None:
 
 def _violations(s: Settings) -> Iterable[FieldViolation]:
     enabled = s.enabled_methods
-    no_method = "needs at least one of totp_enabled and passkey_enabled"
-    if not enabled:
+    no_method = (
+        "needs a method users can pass: totp_enabled, or passkey_enabled with "
+        "passkey.rp_id and passkey.allowed_origins"
+    )
+    if not s.usable_methods:
         if s.session_mfa_enabled:
             yield FieldViolation("session_mfa_enabled", no_method)
         if s.require_at_onboarding:
@@ -183,6 +192,12 @@ def _violations(s: Settings) -> Iterable[FieldViolation]:
             )
     if s.protected_actions and not s.action_methods:
         yield FieldViolation("action_methods", "protected actions need at least one method")
+    elif s.protected_actions and not set(s.action_methods) & s.usable_methods:
+        yield FieldViolation(
+            "action_methods",
+            "protected actions need a method users can pass: passkeys need passkey.rp_id "
+            "and passkey.allowed_origins",
+        )
 
     yield from _distinct("protected_actions", s.protected_actions)
     for i, action in enumerate(s.protected_actions):

@@ -105,10 +105,10 @@ def allowed_methods(settings: Settings, actions: tuple[Action, ...]) -> frozense
     """Methods that may mint a token for ``actions``.
 
     WaaS actions take the environment's action methods; credential actions take any
-    enabled method (they guard the factors themselves). Recovery codes are the fallback
-    everywhere.
+    usable method (they guard the factors themselves). Recovery codes are the fallback
+    everywhere, also for the users of a method the environment has switched off.
     """
-    allowed = set(settings.enabled_methods) | {Method.RECOVERY_CODE}
+    allowed = set(settings.usable_methods) | {Method.RECOVERY_CODE}
     if any(a not in ALWAYS_PROTECTED_ACTIONS for a in actions):
         allowed &= set(settings.action_methods) | {Method.RECOVERY_CODE}
     return frozenset(allowed)
@@ -170,6 +170,9 @@ class ActionTokenService:
                 )
         if proof.method not in allowed_methods(settings, actions):
             raise MethodNotAllowed()
+        # A credential change is one change: its token is single use whatever was asked
+        # (one step-up must not add two factors or remove them all).
+        single_use = single_use or any(a in ALWAYS_PROTECTED_ACTIONS for a in actions)
 
         def mint(verified: Verified) -> Success[IssuedToken]:
             """The token this verification earns, recorded only if it holds."""
@@ -199,7 +202,9 @@ class ActionTokenService:
                 single_use=str(single_use).lower(),
                 jti=str(claims.jti),
             )
-            write = token_store.insert_on_success(claims, token_hash=tokens.token_hash(token))
+            write = token_store.insert_on_success(
+                claims, token_hash=tokens.token_hash(token), device_id=verified.device_id
+            )
             return Success(write, (issued,), IssuedToken(token=token, claims=claims))
 
         outcome = await self._verifier.verify(
@@ -244,7 +249,7 @@ class ActionTokenService:
         self, conn: Connection, settings: Settings, request: ValidationRequest
     ) -> Reason:
         devices = await device_store.list_for_user(conn, request.environment_id, request.user_id)
-        methods = policy.enrolled_methods(settings, [d.method for d in devices])
+        methods = policy.enrolled_methods([d.method for d in devices])
         if methods:
             return Reason.MFA_REQUIRED
         if policy.enrollment_required(settings, methods):
@@ -393,6 +398,19 @@ class ActionTokenService:
         if reason is not Reason.TOKEN_VALID:
             raise StepUpRequired(
                 f"this change needs a valid ACTION_{action.name} action token ({reason.name})"
+            )
+
+    async def may_step_up(
+        self, env: EnvironmentId, user: UserId, action: Action, token: str, *, now: datetime
+    ) -> bool:
+        """Whether ``token`` could pass ``require_step_up`` now: a read, nothing consumed
+        (to spend costly work only on a change that may happen)."""
+        jti = tokens.peek(token, algorithms=await self._keys.algorithms()) if token else None
+        if jti is None:
+            return False
+        async with self._db.connection() as conn:
+            return await token_store.usable(
+                conn, env, user, jti, tokens.token_hash(token), action.name, now=now
             )
 
     async def jwks(self) -> str:

@@ -11,7 +11,9 @@ from mfa_service.domain.model import Action, EnvironmentId, UserId
 from mfa_service.errors import DeviceNotFound
 from mfa_service.services import audit
 from mfa_service.services.action_tokens import ActionTokenService
+from mfa_service.store import action_tokens as token_store
 from mfa_service.store import devices as device_store
+from mfa_service.store import enrollments as enrollment_store
 from mfa_service.store import recovery_codes as recovery_store
 from mfa_service.store import users as user_store
 from mfa_service.store.db import Database
@@ -69,11 +71,17 @@ class DeviceService:
         action_token: str,
         context: CallContext,
     ) -> None:
-        """Remove a factor: needs an ACTION_CREDENTIAL_UNLINK token (DESIGN §2). The last
-        factor takes the recovery codes with it: the user is back to not enrolled."""
+        """Remove a factor: needs an ACTION_CREDENTIAL_UNLINK token (DESIGN §2).
+
+        The tokens the device earned die with it, and so do the user's pending
+        enrollments (begun under factors that have changed). The last factor takes the
+        recovery codes with it: the user is back to not enrolled. The user's row lock
+        orders this against every other change of their factors and codes, so two
+        deletes of the last two devices cannot both see one left.
+        """
         now = self._clock.now()
         async with self._db.transaction() as conn:
-            await user_store.ensure(conn, env, user, now=now)
+            await user_store.lock(conn, env, user, now=now)
             owned = await device_store.list_for_user(conn, env, user)
             device = next((d for d in owned if d.id == device_id), None)
             if device is None:
@@ -82,6 +90,8 @@ class DeviceService:
                 conn, env, user, Action.CREDENTIAL_UNLINK, action_token, now=now, context=context
             )
             await device_store.delete(conn, device.id)
+            revoked = await token_store.revoke_for_device(conn, env, user, device.id, now=now)
+            await enrollment_store.delete_for_user(conn, env, user)
             if len(owned) == 1:
                 await recovery_store.delete_all(conn, env, user)
             elif device.is_default:
@@ -96,4 +106,5 @@ class DeviceService:
                 method=device.method,
                 device_id=device.id,
                 remaining_devices=str(len(owned) - 1),
+                tokens_revoked=str(revoked),
             )

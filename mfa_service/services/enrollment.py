@@ -27,7 +27,7 @@ from mfa_service.errors import (
     EnrollmentNotFound,
     InvalidArgument,
     MfaError,
-    NotImplementedYet,
+    StepUpRequired,
 )
 from mfa_service.services import audit
 from mfa_service.services import recovery as recovery_service
@@ -92,7 +92,7 @@ class EnrollmentService:
         now = self._clock.now()
         async with self._db.transaction() as conn:
             settings = await load_settings(conn, env)
-            await self._start(
+            linked = await self._start(
                 conn,
                 settings,
                 env,
@@ -115,6 +115,7 @@ class EnrollmentService:
                 created_at=now,
                 expires_at=now + ENROLLMENT_TTL,
                 totp_secret_sealed=sealed,
+                linked=linked,
             )
             await self._save_pending(conn, enrollment, context=context)
         return TotpEnrollmentStarted(
@@ -137,6 +138,7 @@ class EnrollmentService:
         context: CallContext,
     ) -> EnrollmentCompleted:
         now = self._clock.now()
+        prepared = await self._first_factor_codes(env, user, enrollment_id, now=now, totp_code=code)
         async with self._db.transaction() as conn:
             settings = await load_settings(conn, env)
             outcome: EnrollmentCompleted | MfaError
@@ -147,7 +149,9 @@ class EnrollmentService:
             elif enrollment is None:
                 outcome = EnrollmentNotFound()
             elif enrollment.method is not Method.TOTP:
-                raise NotImplementedYet("passkey enrollment")
+                raise InvalidArgument.field("totp_code", "this enrollment is for a passkey")
+            elif (step_up := await self._step_up_missing(conn, enrollment)) is not None:
+                outcome = step_up
             else:
                 require_enabled(settings, Method.TOTP)
                 secret = self._key_ring.decrypt(
@@ -181,7 +185,9 @@ class EnrollmentService:
                         now=now,
                     )
                     await enrollment_store.delete(conn, enrollment.id)
-                    outcome = await self._completed(conn, device, now=now, context=context)
+                    outcome = await self._completed(
+                        conn, device, now=now, context=context, prepared=prepared
+                    )
         if isinstance(outcome, MfaError):
             raise outcome
         return outcome
@@ -197,18 +203,69 @@ class EnrollmentService:
         action_token: str,
         now: datetime,
         context: CallContext,
-    ) -> None:
-        """What every enrollment checks first: method on, step-up, room for a device."""
+    ) -> bool:
+        """What every enrollment checks first: method on, step-up, room for a device.
+        True when it consumed an ACTION_CREDENTIAL_LINK token (the user has a factor)."""
         require_enabled(settings, method)
-        await user_store.ensure(conn, env, user, now=now)
+        # One change of the user's factors at a time: of concurrent Enroll calls one
+        # pending enrollment per method is left (``enrollment_store.replace``).
+        await user_store.lock(conn, env, user, now=now)
+        linked = False
         if await device_store.list_for_user(conn, env, user):
             # DESIGN §2: a factor next to an existing one needs that factor first.
             await self._tokens.require_step_up(
                 conn, env, user, Action.CREDENTIAL_LINK, action_token, now=now, context=context
             )
+            linked = True
         limit = settings.totp.max_devices if method is Method.TOTP else MAX_PASSKEYS
         if await device_store.count(conn, env, user, method) >= limit:
             raise DeviceLimitReached()
+        return linked
+
+    async def _first_factor_codes(
+        self,
+        env: EnvironmentId,
+        user: UserId,
+        enrollment_id: UUID,
+        *,
+        now: datetime,
+        totp_code: str | None = None,
+    ) -> recovery_service.PreparedSet | None:
+        """The recovery codes of the user's first factor, hashed before the transaction
+        opens (about 80 ms of scrypt must not hold a pooled connection), when a read
+        says this completion will likely add it: the user has no device, is not locked
+        out, the enrollment is live and, for TOTP, the code fits its secret. A guess
+        costs no scrypt; a completion the read did not foresee hashes in the transaction.
+        """
+        async with self._db.connection() as conn:
+            enrollment = await enrollment_store.first_factor_candidate(
+                conn, enrollment_id, env, user, now=now
+            )
+        if enrollment is None:
+            return None
+        if totp_code is not None:
+            if enrollment.totp_secret_sealed is None:
+                return None
+            secret = self._key_ring.decrypt(
+                enrollment.totp_secret_sealed,
+                context=secret_context("totp", env, user, enrollment.id),
+            ).decode()
+            if totp.matching_step(secret=secret, code=totp_code, at=now, skew_steps=1) is None:
+                return None
+        return await recovery_service.prepare_set()
+
+    async def _step_up_missing(self, conn: Connection, enrollment: Enrollment) -> MfaError | None:
+        """Step-up is decided when a factor is added, under the user's row lock: next to
+        an existing factor only an enrollment that consumed an ACTION_CREDENTIAL_LINK
+        token may complete. Another one is ended (its start was not authorized)."""
+        env, user = enrollment.environment_id, enrollment.user_id
+        if enrollment.linked or not await device_store.list_for_user(conn, env, user):
+            return None
+        await enrollment_store.delete(conn, enrollment.id)
+        return StepUpRequired(
+            "the user has a factor now: start the enrollment again with an "
+            "ACTION_CREDENTIAL_LINK action token"
+        )
 
     @staticmethod
     async def _save_pending(
@@ -239,7 +296,7 @@ class EnrollmentService:
         now = self._clock.now()
         async with self._db.transaction() as conn:
             settings = await load_settings(conn, env)
-            await self._start(
+            linked = await self._start(
                 conn,
                 settings,
                 env,
@@ -261,6 +318,7 @@ class EnrollmentService:
                 created_at=now,
                 expires_at=now + CHALLENGE_TTL,
                 webauthn_challenge=passkeys.new_challenge(),
+                linked=linked,
             )
             await self._save_pending(conn, enrollment, context=context)
         options = passkeys.registration_options(
@@ -289,6 +347,7 @@ class EnrollmentService:
     ) -> EnrollmentCompleted:
         credential = passkeys.parse_registration(registration_json, "passkey_registration_json")
         now = self._clock.now()
+        prepared = await self._first_factor_codes(env, user, enrollment_id, now=now)
         async with self._db.transaction() as conn:
             settings = await load_settings(conn, env)
             outcome: EnrollmentCompleted | MfaError
@@ -307,6 +366,8 @@ class EnrollmentService:
                 raise InvalidArgument.field(
                     "passkey_registration_json", "this enrollment is for an authenticator app"
                 )
+            elif (step_up := await self._step_up_missing(conn, enrollment)) is not None:
+                outcome = step_up
             else:
                 require_enabled(settings, Method.PASSKEY)
                 registered = passkeys.verify_registration(
@@ -345,16 +406,25 @@ class EnrollmentService:
                     )
                     if device is None:  # another user registered it in the meantime
                         raise CredentialAlreadyRegistered()
-                    outcome = await self._completed(conn, device, now=now, context=context)
+                    outcome = await self._completed(
+                        conn, device, now=now, context=context, prepared=prepared
+                    )
         if isinstance(outcome, MfaError):
             raise outcome
         return outcome
 
     async def _completed(
-        self, conn: Connection, device: Device, *, now: datetime, context: CallContext
+        self,
+        conn: Connection,
+        device: Device,
+        *,
+        now: datetime,
+        context: CallContext,
+        prepared: recovery_service.PreparedSet | None,
     ) -> EnrollmentCompleted:
         """A verified device: success resets the failures; the user's first device
-        comes with ten recovery codes, shown this once."""
+        comes with ten recovery codes, shown this once, and ends every other pending
+        enrollment (begun without step-up, when the user had no factor to step up with)."""
         env, user = device.environment_id, device.user_id
         await user_store.record_success(conn, env, user)
         await audit.record(
@@ -369,5 +439,8 @@ class EnrollmentService:
         )
         codes: tuple[str, ...] = ()
         if len(await device_store.list_for_user(conn, env, user)) == 1:
-            codes = await recovery_service.new_set(conn, env, user, now=now, context=context)
+            await enrollment_store.delete_for_user(conn, env, user)
+            codes = await recovery_service.new_set(
+                conn, env, user, now=now, context=context, prepared=prepared
+            )
         return EnrollmentCompleted(device=device, recovery_codes=codes)

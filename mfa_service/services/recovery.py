@@ -4,12 +4,14 @@ AcknowledgeRecoveryCodes."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from datetime import datetime
 
 from mfa_service.clock import Clock
 from mfa_service.domain import recovery
 from mfa_service.domain.audit import AuditEventType, CallContext
 from mfa_service.domain.model import Action, EnvironmentId, UserId
+from mfa_service.domain.recovery import HashedCode
 from mfa_service.errors import NotEnrolled
 from mfa_service.services import audit
 from mfa_service.services.action_tokens import ActionTokenService
@@ -19,12 +21,37 @@ from mfa_service.store import users as user_store
 from mfa_service.store.db import Connection, Database
 
 
-async def new_set(
-    conn: Connection, env: EnvironmentId, user: UserId, *, now: datetime, context: CallContext
-) -> tuple[str, ...]:
-    """Ten new codes replacing any older set; the caller shows them once."""
+@dataclass(frozen=True, slots=True)
+class PreparedSet:
+    """Ten new codes and their hashes, made before a transaction opens: hashing them
+    costs about 80 ms of scrypt, which must not hold a pooled connection."""
+
+    codes: tuple[str, ...]
+    hashed: tuple[HashedCode, ...]
+
+
+async def prepare_set() -> PreparedSet:
     codes = recovery.generate()
     hashed = await asyncio.to_thread(lambda: [recovery.hash_code(c) for c in codes])
+    return PreparedSet(tuple(codes), tuple(hashed))
+
+
+async def new_set(
+    conn: Connection,
+    env: EnvironmentId,
+    user: UserId,
+    *,
+    now: datetime,
+    context: CallContext,
+    prepared: PreparedSet | None = None,
+) -> tuple[str, ...]:
+    """Ten new codes replacing any older set; the caller shows them once.
+
+    ``prepared``: the set made before the transaction; without it (a caller that could
+    not foresee it, e.g. a first factor raced in) the set is hashed here.
+    """
+    prepared = prepared or await prepare_set()
+    codes, hashed = prepared.codes, list(prepared.hashed)
     await recovery_store.replace_set(conn, env, user, hashed, now=now)
     await audit.record(
         conn,
@@ -48,8 +75,18 @@ class RecoveryService:
         self, env: EnvironmentId, user: UserId, *, action_token: str, context: CallContext
     ) -> tuple[str, ...]:
         now = self._clock.now()
+        # The new set is hashed before the transaction, and only for a token that could
+        # pass (a read, nothing consumed): a forged one costs no scrypt. A token that
+        # cannot pass gets the transaction's refusal, as before.
+        prepared = None
+        if await self._tokens.may_step_up(
+            env, user, Action.RECOVERY_CODES_REGENERATE, action_token, now=now
+        ):
+            prepared = await prepare_set()
         async with self._db.transaction() as conn:
-            await user_store.ensure(conn, env, user, now=now)
+            # One change of a user's factors or codes at a time (DeleteDevice, the first
+            # factor): the last device takes its codes with it under any interleaving.
+            await user_store.lock(conn, env, user, now=now)
             if not await device_store.list_for_user(conn, env, user):
                 raise NotEnrolled("recovery codes come with a verified device")
             # DESIGN §2: replacing the codes is always protected.
@@ -62,7 +99,7 @@ class RecoveryService:
                 now=now,
                 context=context,
             )
-            return await new_set(conn, env, user, now=now, context=context)
+            return await new_set(conn, env, user, now=now, context=context, prepared=prepared)
 
     async def acknowledge(self, env: EnvironmentId, user: UserId, context: CallContext) -> None:
         now = self._clock.now()

@@ -36,7 +36,7 @@ class StatusService:
         settings = await self._settings.get(env)
         async with self._db.connection() as conn:
             found = await status_store.snapshot(conn, env, user, session_id or None)
-        methods = policy.enrolled_methods(settings, list(found.device_methods))
+        methods = policy.enrolled_methods(found.device_methods)
         locked_until = found.locked_until
         return Status(
             enrollment_required=policy.enrollment_required(settings, methods),

@@ -24,7 +24,13 @@ from mfa_service.clock import Clock
 from mfa_service.crypto import KeyRing
 from mfa_service.domain import passkeys, recovery, totp
 from mfa_service.domain.audit import AuditEvent, AuditEventType, CallContext
-from mfa_service.domain.devices import CHALLENGE_TTL, Challenge, Device, secret_context
+from mfa_service.domain.devices import (
+    CHALLENGE_TTL,
+    MAX_OPEN_CHALLENGES,
+    Challenge,
+    Device,
+    secret_context,
+)
 from mfa_service.domain.model import EnvironmentId, Method, Proof, UserId
 from mfa_service.domain.settings import Settings
 from mfa_service.errors import (
@@ -35,6 +41,7 @@ from mfa_service.errors import (
     MethodDisabled,
     MfaError,
     PasskeyNotConfigured,
+    TooManyChallenges,
     VerificationFailed,
 )
 from mfa_service.services import audit
@@ -219,20 +226,33 @@ class Verifier:
         context: CallContext,
     ) -> T | MfaError:
         """The fallback answers a challenge of any method (a user who lost the device
-        finds out at the prompt). One transaction, the user's row locked first."""
+        finds out at the prompt).
+
+        A read finds the attempt state, the challenge and the code's row; scrypt (about
+        8 ms, one call per attempt whatever is stored) then runs off the event loop and
+        holds no pooled connection; one transaction, the user's row locked first,
+        decides: the code is spent only if it is still the unused row that was checked.
+        """
         env = settings.environment_id
         code_id, secret = recovery.split(code, "proof.recovery_code")
+        async with self._db.connection() as conn:
+            found = await verification_store.read(conn, env, user, challenge_id, now=now)
+            stored = await recovery_store.find_unused(conn, env, user, code_id)
+        if (retry_after := found.attempts.retry_after(now)) is not None:
+            return LockedOut(retry_after)  # decided again below; nothing spent here
+        if found.challenge is None:
+            return ChallengeNotFound()
+        matched = await asyncio.to_thread(recovery.matches, secret, stored)
         async with self._db.transaction() as conn:
             begun = await verification_store.begin(conn, env, user, challenge_id, now=now)
             if (retry_after := begun.attempts.retry_after(now)) is not None:
                 return LockedOut(retry_after)  # the challenge is left as it was
             if begun.challenge is None:
                 return ChallengeNotFound()
-            stored = await recovery_store.find_unused(conn, env, user, code_id)
-            # scrypt runs off the event loop; one call per attempt, whatever is stored.
             if not (
-                await asyncio.to_thread(recovery.matches, secret, stored)
-                and await recovery_store.mark_used(conn, env, user, code_id, now=now)
+                matched
+                and stored is not None
+                and await recovery_store.mark_used(conn, env, user, stored, now=now)
             ):
                 return await self.record_failure(
                     conn,
@@ -419,7 +439,9 @@ class VerificationService:
                 expires_at=now + CHALLENGE_TTL,
                 webauthn_challenge=webauthn_challenge,
             )
-            await challenge_store.insert(conn, challenge)
+            oldest = await challenge_store.insert(conn, challenge, limit=MAX_OPEN_CHALLENGES)
+            if oldest is not None:
+                raise TooManyChallenges(max(oldest - now, timedelta(seconds=1)))
         options = ""
         if webauthn_challenge is not None:
             options = passkeys.authentication_options(

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from mfa_service.domain.model import EnvironmentId, UserId
 from mfa_service.domain.tokens import ActionClaims
 from mfa_service.store.db import Connection
 from mfa_service.store.verifications import SuccessWrite
@@ -15,19 +16,19 @@ from mfa_service.store.verifications import SuccessWrite
 
 def _insert_if_sql(first: int, condition: str) -> str:
     """Record an issued token if ``condition`` holds, parameters numbered from ``first``."""
-    n = [f"${first + i}" for i in range(11)]
+    n = [f"${first + i}" for i in range(12)]
     return f"""
         INSERT INTO action_tokens (jti, environment_id, user_id, actions, single_use,
                                    session_id, payload_digest, method, issued_at,
-                                   expires_at, token_hash)
+                                   expires_at, token_hash, device_id)
         SELECT {n[0]}::uuid, {n[1]}::text, {n[2]}::text, {n[3]}::text[], {n[4]}::boolean,
                {n[5]}::text, {n[6]}::bytea, {n[7]}::text, {n[8]}::timestamptz,
-               {n[9]}::timestamptz, {n[10]}::bytea
+               {n[9]}::timestamptz, {n[10]}::bytea, {n[11]}::uuid
         WHERE {condition}
     """
 
 
-def _args(claims: ActionClaims, token_hash: bytes) -> tuple[Any, ...]:
+def _args(claims: ActionClaims, token_hash: bytes, device_id: UUID | None) -> tuple[Any, ...]:
     return (
         claims.jti,
         claims.environment_id,
@@ -40,18 +41,75 @@ def _args(claims: ActionClaims, token_hash: bytes) -> tuple[Any, ...]:
         claims.issued_at,
         claims.expires_at,
         token_hash,
+        device_id,
     )
 
 
-def insert_on_success(claims: ActionClaims, *, token_hash: bytes) -> SuccessWrite:
-    """Record an issued token in the statement that decides its verification."""
-    return SuccessWrite(_insert_if_sql, _args(claims, token_hash))
+def insert_on_success(
+    claims: ActionClaims, *, token_hash: bytes, device_id: UUID | None
+) -> SuccessWrite:
+    """Record an issued token in the statement that decides its verification, with the
+    device whose proof earned it (None: a recovery code)."""
+    return SuccessWrite(_insert_if_sql, _args(claims, token_hash, device_id))
 
 
-async def insert(conn: Connection, claims: ActionClaims, *, token_hash: bytes) -> None:
+async def insert(
+    conn: Connection, claims: ActionClaims, *, token_hash: bytes, device_id: UUID | None = None
+) -> None:
     """Record an issued token on its own (seeding benchmarks and tests)."""
-    write = insert_on_success(claims, token_hash=token_hash)
+    write = insert_on_success(claims, token_hash=token_hash, device_id=device_id)
     await conn.execute(write.render(1, "true"), *write.args)
+
+
+async def usable(
+    conn: Connection,
+    env: EnvironmentId,
+    user: UserId,
+    jti: UUID,
+    token_hash: bytes,
+    action: str,
+    *,
+    now: datetime,
+) -> bool:
+    """Whether this exact token is live for ``action``: a read, nothing consumed."""
+    found = await conn.fetchval(
+        """
+        SELECT true FROM action_tokens
+        WHERE jti = $3 AND token_hash = $4 AND environment_id = $1 AND user_id = $2
+          AND $5 = ANY(actions) AND expires_at > $6 AND revoked_at IS NULL
+          AND NOT (single_use AND consumed_at IS NOT NULL)
+        """,
+        env,
+        user,
+        jti,
+        token_hash,
+        action,
+        now,
+    )
+    return bool(found)
+
+
+async def revoke_for_device(
+    conn: Connection, env: EnvironmentId, user: UserId, device_id: UUID, *, now: datetime
+) -> int:
+    """Revoke the live tokens a device earned (it was deleted); returns how many."""
+    revoked: int = await conn.fetchval(
+        """
+        WITH revoked AS (
+            UPDATE action_tokens SET revoked_at = $4
+            WHERE device_id = $3 AND environment_id = $1 AND user_id = $2
+              AND revoked_at IS NULL AND expires_at > $4
+              AND NOT (single_use AND consumed_at IS NOT NULL)
+            RETURNING 1
+        )
+        SELECT count(*) FROM revoked
+        """,
+        env,
+        user,
+        device_id,
+        now,
+    )
+    return revoked
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from mfa_service.domain.devices import Challenge
@@ -9,12 +10,23 @@ from mfa_service.domain.model import EnvironmentId, Method, UserId
 from mfa_service.store.db import Connection
 
 
-async def insert(conn: Connection, challenge: Challenge) -> None:
-    await conn.execute(
+async def insert(conn: Connection, challenge: Challenge, *, limit: int) -> datetime | None:
+    """Store ``challenge`` unless its user has ``limit`` open challenges already; None
+    when stored, else when the oldest open one expires. One statement and no lock:
+    calls that race each other may pass the cap by as many as they are."""
+    row = await conn.fetchrow(
         """
-        INSERT INTO challenges (id, environment_id, user_id, method, device_id,
-                                created_at, expires_at, webauthn_challenge)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+        WITH open AS (
+            SELECT count(*) AS n, min(expires_at) AS oldest FROM challenges
+            WHERE environment_id = $2 AND user_id = $3 AND expires_at > $6
+        ),
+        stored AS (
+            INSERT INTO challenges (id, environment_id, user_id, method, device_id,
+                                    created_at, expires_at, webauthn_challenge)
+            SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE (SELECT n FROM open) < $9
+            RETURNING id
+        )
+        SELECT EXISTS (SELECT 1 FROM stored) AS stored, (SELECT oldest FROM open) AS oldest
         """,
         challenge.id,
         challenge.environment_id,
@@ -24,7 +36,12 @@ async def insert(conn: Connection, challenge: Challenge) -> None:
         challenge.created_at,
         challenge.expires_at,
         challenge.webauthn_challenge,
+        limit,
     )
+    if row is None:  # a SELECT of two subqueries always yields its row
+        raise LookupError("challenge insert returned no row")
+    oldest: datetime | None = row["oldest"]
+    return None if row["stored"] else oldest
 
 
 # What a verification takes out of a challenge row (verifications.begin).

@@ -64,18 +64,21 @@ async def find_unused(
 
 
 async def mark_used(
-    conn: Connection, env: EnvironmentId, user: UserId, code_id: str, *, now: datetime
+    conn: Connection, env: EnvironmentId, user: UserId, code: HashedCode, *, now: datetime
 ) -> bool:
-    """One conditional UPDATE: of concurrent uses of one code, exactly one wins."""
+    """One conditional UPDATE: of concurrent uses of one code, exactly one wins; and only
+    the row that was checked (a set regenerated since then has other hashes)."""
     used = await conn.fetchval(
         """
-        UPDATE recovery_codes SET used_at = $4
-        WHERE environment_id = $1 AND user_id = $2 AND code_id = $3 AND used_at IS NULL
+        UPDATE recovery_codes SET used_at = $5
+        WHERE environment_id = $1 AND user_id = $2 AND code_id = $3 AND hash = $4
+          AND used_at IS NULL
         RETURNING true
         """,
         env,
         user,
-        code_id,
+        code.code_id,
+        code.hash,
         now,
     )
     return bool(used)

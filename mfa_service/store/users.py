@@ -22,6 +22,25 @@ async def ensure(conn: Connection, env: EnvironmentId, user: UserId, *, now: dat
     )
 
 
+async def lock(conn: Connection, env: EnvironmentId, user: UserId, *, now: datetime) -> None:
+    """Create the user's row if it is missing and lock it until the transaction ends.
+
+    Every change to a user's factors and recovery codes (Enroll, CompleteEnrollment,
+    DeleteDevice, RegenerateRecoveryCodes, the verifications) takes this lock first, so
+    they apply one at a time per user. ``ON CONFLICT DO UPDATE`` locks the row it finds,
+    waiting for a concurrent insert to commit (``DO NOTHING`` would lock nothing).
+    """
+    await conn.execute(
+        """
+        INSERT INTO mfa_users (environment_id, user_id, created_at) VALUES ($1, $2, $3)
+        ON CONFLICT (environment_id, user_id) DO UPDATE SET created_at = mfa_users.created_at
+        """,
+        env,
+        user,
+        now,
+    )
+
+
 # $1 environment, $2 user, $3 now. Also the first part of verifications.begin.
 LOCK_FOR_VERIFICATION = """
     INSERT INTO mfa_users (environment_id, user_id, created_at) VALUES ($1, $2, $3)
