@@ -557,6 +557,26 @@ async def test_the_failure_count_resets_only_on_success(client: Client, clock: F
         await refused(verify_session(client, ENV, "vic", "s", wrong()))
     error = await refused(verify_session(client, ENV, "vic", "s", device.code(clock.now())))
     assert error.reason == "ERROR_REASON_LOCKED_OUT"
+    assert error.retry_after == timedelta(minutes=15)
+    # An ended lockout is no success: the streak goes on, and its second lockout is longer.
+    clock.advance(timedelta(minutes=15))
+    for _ in range(5):
+        error = await refused(verify_session(client, ENV, "vic", "s", wrong()))
+        assert error.reason == "ERROR_REASON_VERIFICATION_FAILED"
+    error = await refused(verify_session(client, ENV, "vic", "s", device.code(clock.now())))
+    assert (error.reason, error.retry_after) == ("ERROR_REASON_LOCKED_OUT", timedelta(minutes=30))
+    # A success ends the streak: the next one starts from nothing, its first lockout short.
+    clock.advance(timedelta(minutes=30))
+    await verify_session(client, ENV, "vic", "s", device.code(clock.now()))
+    clock.advance(timedelta(seconds=30))
+    for _ in range(4):
+        await refused(verify_session(client, ENV, "vic", "s", wrong()))
+    await verify_session(client, ENV, "vic", "s", device.code(clock.now()))  # not locked: 4 < 5
+    clock.advance(timedelta(seconds=30))
+    for _ in range(5):
+        await refused(verify_session(client, ENV, "vic", "s", wrong()))
+    error = await refused(verify_session(client, ENV, "vic", "s", device.code(clock.now())))
+    assert (error.reason, error.retry_after) == ("ERROR_REASON_LOCKED_OUT", timedelta(minutes=15))
 
 
 async def test_concurrent_wrong_guesses_cannot_exceed_the_limit(

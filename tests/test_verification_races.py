@@ -154,12 +154,17 @@ async def test_the_lockout_event_records_the_count_that_started_it(
     )
     assert len(rows) == 1
     assert rows[0]["method"] == "TOTP"
-    assert json.loads(rows[0]["details"]) == {"failed_attempts": "3"}
+    assert json.loads(rows[0]["details"]) == {
+        "failed_attempts": "3",
+        "locked_until": (clock.now() + timedelta(minutes=15)).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+    }
 
 
-async def test_a_failure_after_an_ended_lockout_starts_a_fresh_count(
+async def test_a_failure_after_an_ended_lockout_goes_on_counting(
     client: Client, clock: FakeClock, db: asyncpg.Connection
 ) -> None:
+    """The count is of consecutive failures: an ended lockout does not restart it, so the
+    streak's next lockout comes after as many failures again and lasts twice as long."""
     device = await enroll_totp(client, clock, ENV, "di")
     clock.advance(timedelta(seconds=30))
     for i in range(5):
@@ -172,7 +177,18 @@ async def test_a_failure_after_an_ended_lockout_starts_a_fresh_count(
     state = await db.fetchrow(
         "SELECT failed_attempts, locked_until FROM mfa_users WHERE user_id = 'di'"
     )
-    assert (state["failed_attempts"], state["locked_until"]) == (1, None)
+    assert (state["failed_attempts"], state["locked_until"]) == (6, None)
+    for i in range(4):
+        with pytest.raises(MfaServiceError) as caught:
+            await verify_session(client, ENV, "di", "s", wrong(device, clock, i + 2))
+        assert caught.value.reason == "ERROR_REASON_VERIFICATION_FAILED"
+    state = await db.fetchrow(
+        "SELECT failed_attempts, locked_until FROM mfa_users WHERE user_id = 'di'"
+    )
+    assert (state["failed_attempts"], state["locked_until"]) == (
+        10,
+        clock.now() + timedelta(minutes=30),
+    )
 
 
 async def test_the_totp_step_write_decides_on_the_stored_step_not_on_what_was_read(

@@ -56,6 +56,7 @@ class MfaServicer(pb_grpc.MfaServiceServicer):
             locked_until=convert.timestamp(status.locked_until),
             recovery_codes_pending_acknowledgement=status.recovery_codes_pending_acknowledgement,
             recovery_codes_remaining=status.recovery_codes_remaining,
+            recovery_required=status.recovery_required,
         )
 
     async def Enroll(self, request: pb.EnrollRequest, context: Context) -> pb.EnrollResponse:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from mfa_service.clock import Clock
-from mfa_service.domain import policy
+from mfa_service.domain import lockout, policy
 from mfa_service.domain.model import Action, EnvironmentId, Method, UserId
 from mfa_service.services.settings import SettingsCache
 from mfa_service.store import status as status_store
@@ -22,6 +22,7 @@ class Status:
     locked_until: datetime | None
     recovery_codes_pending_acknowledgement: bool
     recovery_codes_remaining: int
+    recovery_required: bool
 
 
 class StatusService:
@@ -48,4 +49,5 @@ class StatusService:
             locked_until=locked_until if locked_until and locked_until > now else None,
             recovery_codes_pending_acknowledgement=found.recovery_codes_pending_ack,
             recovery_codes_remaining=found.recovery_codes_remaining,
+            recovery_required=lockout.recovery_required(found.failed_attempts),
         )

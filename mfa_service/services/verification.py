@@ -13,6 +13,7 @@ first; its scrypt check costs far more than round trips.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from mfa_service.domain.devices import (
     Device,
     secret_context,
 )
+from mfa_service.domain.lockout import AttemptState
 from mfa_service.domain.model import EnvironmentId, Method, Proof, UserId
 from mfa_service.domain.settings import Settings
 from mfa_service.errors import (
@@ -41,6 +43,7 @@ from mfa_service.errors import (
     MethodDisabled,
     MfaError,
     PasskeyNotConfigured,
+    RecoveryRequired,
     TooManyChallenges,
     VerificationFailed,
 )
@@ -99,6 +102,18 @@ class _Answer:
 _NO_ANSWER = _Answer(None, None, ((AuditEventType.VERIFICATION_FAILED, None),))
 
 
+def device_factor_refusal(
+    state: AttemptState, now: datetime
+) -> LockedOut | RecoveryRequired | None:
+    """Why an authenticator app's code or a passkey may not be tried now, if it may not:
+    a lockout first (with its delay), whatever the count, then the hard limit."""
+    if (retry_after := state.retry_after(now)) is not None:
+        return LockedOut(retry_after)
+    if state.recovery_required:
+        return RecoveryRequired()
+    return None
+
+
 def require_enabled(settings: Settings, method: Method) -> None:
     if method not in (Method.TOTP, Method.PASSKEY):
         return
@@ -119,11 +134,12 @@ class Verifier:
 
     async def check_not_locked(
         self, conn: Connection, env: EnvironmentId, user: UserId, *, now: datetime
-    ) -> LockedOut | None:
-        """Lock the user's row for this transaction; a LockedOut if they are locked out."""
+    ) -> LockedOut | RecoveryRequired | None:
+        """Lock the user's row for this transaction; the refusal of a device factor
+        (an authenticator app's code, a passkey) if there is one: LockedOut while a
+        lockout lasts, then RecoveryRequired at the hard limit."""
         state = await user_store.lock_for_verification(conn, env, user, now=now)
-        retry_after = state.retry_after(now)
-        return None if retry_after is None else LockedOut(retry_after)
+        return device_factor_refusal(state, now)
 
     async def verify(
         self,
@@ -145,8 +161,8 @@ class Verifier:
             )
         async with self._db.connection() as conn:
             found = await verification_store.read(conn, env, user, challenge_id, now=now)
-            if (retry_after := found.attempts.retry_after(now)) is not None:
-                return LockedOut(retry_after)  # the challenge is left as it was
+            if (refusal := device_factor_refusal(found.attempts, now)) is not None:
+                return refusal  # the challenge is left as it was, nothing counted
             challenge = found.challenge
             if challenge is None:
                 return ChallengeNotFound()
@@ -209,6 +225,8 @@ class Verifier:
                 return success.result
             case verification_store.Outcome.LOCKED_OUT:
                 return LockedOut(concluded.attempts.retry_after(now) or timedelta(0))
+            case verification_store.Outcome.RECOVERY_REQUIRED:
+                return RecoveryRequired()
             case verification_store.Outcome.NO_CHALLENGE:
                 return ChallengeNotFound()
         # RFC 6238 §5.2, keycloak#13867: a reused code fails exactly like a wrong one.
@@ -360,18 +378,17 @@ class Verifier:
             max_failed_attempts=settings.lockout.max_failed_attempts,
             lockout_duration=settings.lockout.lockout_duration,
         )
-        retry_after = state.retry_after(now)
-        if retry_after is not None:
-            await audit.record(
-                conn,
+        details = state.lockout_details(now)
+        if details is not None:
+            locked = audit.event(
                 AuditEventType.LOCKED_OUT,
                 env=env,
                 user=user,
                 now=now,
                 context=context,
                 method=method,
-                failed_attempts=str(state.failed_attempts),
             )
+            await audit.write(conn, [dataclasses.replace(locked, details=details)])
         return VerificationFailed()
 
     def totp_secret(self, device: Device) -> str:

@@ -14,6 +14,7 @@ class UserSnapshot:
     device_methods: tuple[Method, ...]  # one per verified device, oldest first
     session_verified_at: datetime | None
     locked_until: datetime | None
+    failed_attempts: int  # consecutive, since the last success
     recovery_codes_pending_ack: bool
     recovery_codes_remaining: int
 
@@ -27,6 +28,7 @@ SELECT
     (SELECT verified_at FROM verified_sessions
      WHERE environment_id = $1 AND user_id = $2 AND session_id = $3) AS session_verified_at,
     u.locked_until,
+    coalesce(u.failed_attempts, 0) AS failed_attempts,
     coalesce(u.recovery_codes_pending_ack, false) AS recovery_codes_pending_ack,
     (SELECT count(*) FROM recovery_codes
      WHERE environment_id = $1 AND user_id = $2 AND used_at IS NULL) AS recovery_codes_remaining
@@ -45,6 +47,7 @@ async def snapshot(
         device_methods=tuple(Method[m] for m in row["device_methods"]),
         session_verified_at=row["session_verified_at"],
         locked_until=row["locked_until"],
+        failed_attempts=row["failed_attempts"],
         recovery_codes_pending_ack=row["recovery_codes_pending_ack"],
         recovery_codes_remaining=row["recovery_codes_remaining"],
     )

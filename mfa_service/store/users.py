@@ -41,14 +41,12 @@ async def lock(conn: Connection, env: EnvironmentId, user: UserId, *, now: datet
     )
 
 
-# $1 environment, $2 user, $3 now. Also the first part of verifications.begin.
+# $1 environment, $2 user, $3 now. Also the first part of verifications.begin. The
+# no-op update locks the row; an ended lockout changes nothing (the count goes on).
 LOCK_FOR_VERIFICATION = """
     INSERT INTO mfa_users (environment_id, user_id, created_at) VALUES ($1, $2, $3)
     ON CONFLICT (environment_id, user_id) DO UPDATE SET
-        failed_attempts = CASE WHEN mfa_users.locked_until <= $3 THEN 0
-                               ELSE mfa_users.failed_attempts END,
-        locked_until = CASE WHEN mfa_users.locked_until <= $3 THEN NULL
-                            ELSE mfa_users.locked_until END
+        failed_attempts = mfa_users.failed_attempts
     RETURNING failed_attempts, locked_until
 """
 
@@ -59,8 +57,7 @@ async def lock_for_verification(
     """Lock the user's row until the transaction ends and return the attempt state.
 
     Verifications of one user therefore run one at a time, so the failure count and
-    the replay checks they make are exact under any concurrency. An expired lockout
-    starts a fresh count here.
+    the replay checks they make are exact under any concurrency.
     """
     row = await conn.fetchrow(LOCK_FOR_VERIFICATION, env, user, now)
     if row is None:  # INSERT ... ON CONFLICT DO UPDATE always returns the row
@@ -77,13 +74,14 @@ async def record_failure(
     max_failed_attempts: int,
     lockout_duration: timedelta,
 ) -> AttemptState:
-    """Count one failure; reaching the limit starts a lockout."""
+    """Count one consecutive failure; the lockout rule (``mfa_lockout_duration``,
+    domain.lockout) decides whether it starts a lockout."""
     row = await conn.fetchrow(
         """
         UPDATE mfa_users SET
             failed_attempts = failed_attempts + 1,
-            locked_until = CASE WHEN failed_attempts + 1 >= $3 THEN $4::timestamptz + $5
-                                ELSE locked_until END
+            locked_until = $4::timestamptz
+                           + mfa_lockout_duration(failed_attempts + 1, $3, $5)
         WHERE environment_id = $1 AND user_id = $2
         RETURNING failed_attempts, locked_until
         """,
@@ -102,7 +100,8 @@ async def record_success(conn: Connection, env: EnvironmentId, user: UserId) -> 
     """NIST SP 800-63B §3.2.2: the count resets on success only."""
     await conn.execute(
         "UPDATE mfa_users SET failed_attempts = 0, locked_until = NULL "
-        "WHERE environment_id = $1 AND user_id = $2 AND failed_attempts <> 0",
+        "WHERE environment_id = $1 AND user_id = $2 "
+        "AND (failed_attempts <> 0 OR locked_until IS NOT NULL)",
         env,
         user,
     )

@@ -21,7 +21,7 @@ from uuid import UUID
 
 from mfa_service.domain.audit import AuditEvent
 from mfa_service.domain.devices import Challenge, Device
-from mfa_service.domain.lockout import AttemptState
+from mfa_service.domain.lockout import HARD_LIMIT, AttemptState
 from mfa_service.domain.model import EnvironmentId, UserId
 from mfa_service.store import audit as audit_store
 from mfa_service.store.challenges import TAKEN_COLUMNS, challenge_from_row
@@ -58,9 +58,9 @@ _CHALLENGE_COLUMNS = ", ".join(
 )
 
 # For a recovery code, in its transaction. ``u`` locks the user's row for the
-# transaction (so the failure count is exact) and starts a fresh count after an expired
-# lockout; ``c`` takes the challenge out, so it is used at most once, but not while the
-# user is locked out.
+# transaction (so the failure count is exact); ``c`` takes the challenge out, so it is
+# used at most once, but not while the user is locked out. The hard limit does not stop
+# a recovery code: it is the way out.
 _BEGIN = f"""
 WITH u AS ({LOCK_FOR_VERIFICATION}),
 c AS (
@@ -172,6 +172,7 @@ class Outcome(enum.Enum):
     SUCCEEDED = "succeeded"  # the device moved forward; the success write was made
     FAILED = "failed"  # the challenge was used up and the failure counted
     LOCKED_OUT = "locked_out"  # nothing written: the user is locked out (now)
+    RECOVERY_REQUIRED = "recovery_required"  # nothing written: at the hard limit
     NO_CHALLENGE = "no_challenge"  # nothing written: the challenge is gone
 
 
@@ -182,7 +183,9 @@ class Concluded:
 
 
 # When each audit event is written: with the outcome of its name, or "lockout" when
-# this failure started a lockout (its details gain the failure count).
+# this failure started a lockout or reached the hard limit (its details gain the
+# failure count, the lockout's end and whether recovery is required, as
+# ``AttemptState.lockout_details`` writes them).
 EVENT_ON_SUCCESS, EVENT_ON_FAILURE, EVENT_ON_LOCKOUT = "succeeded", "failed", "lockout"
 
 # $1 environment, $2 user, $3 now, $4 challenge, $5 the device that answered (NULL: none
@@ -191,21 +194,23 @@ EVENT_ON_SUCCESS, EVENT_ON_FAILURE, EVENT_ON_LOCKOUT = "succeeded", "failed", "l
 #
 # ``u`` locks the user's row (when there is one) and, under READ COMMITTED, returns it as
 # it is once the lock is granted: verifications of one user decide one at a time. The
-# challenge is taken only while the user is not locked out; the device moves forward
+# challenge is taken only while the user is neither locked out nor at the hard limit
+# (consecutive failures: a device factor no longer verifies); the device moves forward
 # only with the challenge; success resets the failure count, anything else that took
-# the challenge counts one failure (an upsert: an unknown user is counted too, as a
-# known one would be) and may start a lockout. A lockout that has ended starts a fresh
-# count.
+# the challenge counts one more consecutive failure (an upsert: an unknown user is
+# counted too, as a known one would be) and may start a lockout, by the one rule
+# ``mfa_lockout_duration`` (domain.lockout). An ended lockout does not reset the count.
 _CONCLUDE = """
 WITH u AS (
-    SELECT locked_until FROM mfa_users
+    SELECT locked_until, failed_attempts FROM mfa_users
     WHERE environment_id = $1 AND user_id = $2
     FOR UPDATE
 ),
 taken AS (
     DELETE FROM challenges
     WHERE id = $4 AND environment_id = $1 AND user_id = $2 AND expires_at > $3
-      AND NOT EXISTS (SELECT 1 FROM u WHERE locked_until > $3)
+      AND NOT EXISTS (SELECT 1 FROM u WHERE locked_until > $3
+                                           OR failed_attempts >= {hard_limit})
     RETURNING id
 ),
 advanced AS ({advanced}),
@@ -217,20 +222,19 @@ reset AS (
 failed AS (
     INSERT INTO mfa_users AS m (environment_id, user_id, created_at, failed_attempts,
                                 locked_until)
-    SELECT $1, $2, $3, 1, CASE WHEN 1 >= $6 THEN $3::timestamptz + $7 END
+    SELECT $1, $2, $3, 1, $3::timestamptz + mfa_lockout_duration(1, $6, $7)
     WHERE EXISTS (SELECT 1 FROM taken) AND NOT EXISTS (SELECT 1 FROM advanced)
     ON CONFLICT (environment_id, user_id) DO UPDATE SET
-        failed_attempts = CASE WHEN m.locked_until IS NULL THEN m.failed_attempts + 1
-                               ELSE 1 END,
-        locked_until = CASE WHEN (CASE WHEN m.locked_until IS NULL
-                                       THEN m.failed_attempts + 1 ELSE 1 END) >= $6
-                            THEN $3::timestamptz + $7 END
+        failed_attempts = m.failed_attempts + 1,
+        locked_until = $3::timestamptz + mfa_lockout_duration(m.failed_attempts + 1, $6, $7)
     RETURNING failed_attempts, locked_until
 ),
 outcome AS (
     SELECT CASE WHEN EXISTS (SELECT 1 FROM advanced) THEN 'succeeded'
                 WHEN EXISTS (SELECT 1 FROM taken) THEN 'failed'
                 WHEN EXISTS (SELECT 1 FROM u WHERE locked_until > $3) THEN 'locked_out'
+                WHEN EXISTS (SELECT 1 FROM u WHERE failed_attempts >= {hard_limit})
+                THEN 'recovery_required'
                 ELSE 'no_challenge' END AS outcome
 ),
 success_write AS ({success_write}),
@@ -243,12 +247,20 @@ FROM outcome o LEFT JOIN failed f ON true
 _EVENT_WRITTEN = f"""
     e.written_on = (SELECT outcome FROM outcome)
     OR (e.written_on = '{EVENT_ON_LOCKOUT}'
-        AND EXISTS (SELECT 1 FROM failed WHERE locked_until > $3))
+        AND EXISTS (SELECT 1 FROM failed
+                    WHERE locked_until > $3 OR failed_attempts = {HARD_LIMIT}))
 """  # noqa: S608 (constants)
+# What AttemptState.lockout_details says, for the failure this statement counted.
 _EVENT_DETAILS = f"""
     CASE WHEN e.written_on = '{EVENT_ON_LOCKOUT}'
-         THEN e.details::jsonb || jsonb_build_object(
-                  'failed_attempts', (SELECT failed_attempts::text FROM failed))
+         THEN e.details::jsonb || (
+             SELECT jsonb_strip_nulls(jsonb_build_object(
+                 'failed_attempts', f.failed_attempts::text,
+                 'locked_until', CASE WHEN f.locked_until > $3 THEN to_char(
+                     f.locked_until AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') END,
+                 'recovery_required', CASE WHEN f.failed_attempts >= {HARD_LIMIT}
+                                           THEN 'true' END))
+             FROM failed f)
          ELSE e.details::jsonb END
 """  # noqa: S608 (constants)
 
@@ -278,7 +290,9 @@ def _conclude_sql(
     events = audit_store.insert_many_sql(
         first, where=_EVENT_WRITTEN, details=_EVENT_DETAILS, extra="written_on"
     )
-    return _CONCLUDE.format(advanced=advanced, success_write=success_write, events=events)
+    return _CONCLUDE.format(
+        advanced=advanced, success_write=success_write, events=events, hard_limit=HARD_LIMIT
+    )
 
 
 async def conclude(

@@ -59,6 +59,7 @@ class GetStatusResponse(_message.Message):
     PROTECTED_ACTIONS_FIELD_NUMBER: _builtins.int
     LOCKED_UNTIL_FIELD_NUMBER: _builtins.int
     RECOVERY_CODES_REMAINING_FIELD_NUMBER: _builtins.int
+    RECOVERY_REQUIRED_FIELD_NUMBER: _builtins.int
     enrollment_required: _builtins.bool
     """require_at_onboarding is on and the user has no verified factor."""
     session_mfa_pending: _builtins.bool
@@ -66,6 +67,11 @@ class GetStatusResponse(_message.Message):
     recovery_codes_pending_acknowledgement: _builtins.bool
     recovery_codes_remaining: _builtins.int
     """Recovery codes the user has left."""
+    recovery_required: _builtins.bool
+    """The user reached the hard limit of consecutive failed attempts (100): their
+    authenticator app and passkeys no longer verify (ERROR_REASON_RECOVERY_REQUIRED)
+    until a recovery code succeeds or an administrator resets the user (ResetUserMfa).
+    """
     @_builtins.property
     def enrolled_methods(self) -> _containers.RepeatedScalarFieldContainer[_types_pb2.Method.ValueType]: ...
     @_builtins.property
@@ -86,10 +92,11 @@ class GetStatusResponse(_message.Message):
         protected_actions: _abc.Iterable[_types_pb2.Action.ValueType] | None = ...,
         locked_until: _timestamp_pb2.Timestamp | None = ...,
         recovery_codes_remaining: _builtins.int = ...,
+        recovery_required: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["locked_until", b"locked_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["enrolled_methods", b"enrolled_methods", "enrollment_required", b"enrollment_required", "locked_until", b"locked_until", "protected_actions", b"protected_actions", "recovery_codes_pending_acknowledgement", b"recovery_codes_pending_acknowledgement", "recovery_codes_remaining", b"recovery_codes_remaining", "session_mfa_pending", b"session_mfa_pending"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enrolled_methods", b"enrolled_methods", "enrollment_required", b"enrollment_required", "locked_until", b"locked_until", "protected_actions", b"protected_actions", "recovery_codes_pending_acknowledgement", b"recovery_codes_pending_acknowledgement", "recovery_codes_remaining", b"recovery_codes_remaining", "recovery_required", b"recovery_required", "session_mfa_pending", b"session_mfa_pending"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -52,6 +52,12 @@ export interface GetStatusResponse {
     | undefined;
   /** Recovery codes the user has left. */
   recoveryCodesRemaining: number;
+  /**
+   * The user reached the hard limit of consecutive failed attempts (100): their
+   * authenticator app and passkeys no longer verify (ERROR_REASON_RECOVERY_REQUIRED)
+   * until a recovery code succeeds or an administrator resets the user (ResetUserMfa).
+   */
+  recoveryRequired: boolean;
 }
 
 export interface EnrollRequest {
@@ -339,6 +345,7 @@ function createBaseGetStatusResponse(): GetStatusResponse {
     protectedActions: [],
     lockedUntil: undefined,
     recoveryCodesRemaining: 0,
+    recoveryRequired: false,
   };
 }
 
@@ -372,6 +379,9 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
     }
     if (message.recoveryCodesRemaining !== 0) {
       writer.uint32(56).uint32(message.recoveryCodesRemaining);
+    }
+    if (message.recoveryRequired !== false) {
+      writer.uint32(64).bool(message.recoveryRequired);
     }
     return writer;
   },
@@ -465,6 +475,14 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
             message.recoveryCodesRemaining = reader.uint32();
             continue;
           }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.recoveryRequired = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -514,6 +532,11 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
         : isSet(object.recovery_codes_remaining)
         ? globalThis.Number(object.recovery_codes_remaining)
         : 0,
+      recoveryRequired: isSet(object.recoveryRequired)
+        ? globalThis.Boolean(object.recoveryRequired)
+        : isSet(object.recovery_required)
+        ? globalThis.Boolean(object.recovery_required)
+        : false,
     };
   },
 
@@ -540,6 +563,9 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
     if (message.recoveryCodesRemaining !== 0) {
       obj.recoveryCodesRemaining = Math.round(message.recoveryCodesRemaining);
     }
+    if (message.recoveryRequired !== false) {
+      obj.recoveryRequired = message.recoveryRequired;
+    }
     return obj;
   },
 
@@ -555,6 +581,7 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
     message.protectedActions = object.protectedActions?.map((e) => e) || [];
     message.lockedUntil = object.lockedUntil ?? undefined;
     message.recoveryCodesRemaining = object.recoveryCodesRemaining ?? 0;
+    message.recoveryRequired = object.recoveryRequired ?? false;
     return message;
   },
 };
