@@ -6,8 +6,8 @@ statement (``store.verifications.conclude``) decides under the user's row lock: 
 up the challenge, moves the device's replay state forward, counts a failure or resets
 the count, writes the audit events and, on success, the caller's own write (the action
 token, the verified session). Nothing it decides rests on the first read: a stale read
-can only make it refuse. A recovery code is checked in a transaction that locks the user
-first; its scrypt check costs far more than round trips.
+can only make it refuse. A recovery code is read, checked with scrypt while no pooled
+connection is held, and decided in a transaction that locks the user first.
 """
 
 from __future__ import annotations
