@@ -411,7 +411,10 @@ class IssueActionTokenRequest(_message.Message):
     user_id: _builtins.str
     challenge_id: _builtins.str
     single_use: _builtins.bool
-    """true: the token allows one action run; false: any number until it expires."""
+    """true: the token allows one action run; false: any number until it expires.
+    A token for a credential action (link, unlink, regenerate) is single use whatever
+    this says: one step-up, one change.
+    """
     payload_digest: _builtins.bytes
     """Optional SHA-256 (32 bytes) of the exact message or transaction the token is for."""
     session_id: _builtins.str

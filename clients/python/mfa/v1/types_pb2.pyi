@@ -541,9 +541,14 @@ class Settings(_message.Message):
     REVISION_FIELD_NUMBER: _builtins.int
     environment_id: _builtins.str
     totp_enabled: _builtins.bool
-    """Users may enroll authenticator apps (default true)."""
+    """Users may enroll authenticator apps and verify with them (default true). Switched
+    off, no new enrollment or challenge uses the method, but its users stay enrolled
+    and enforced: they pass with a recovery code or another method they hold.
+    """
     passkey_enabled: _builtins.bool
-    """Users may enroll passkeys (default true; needs passkey.rp_id to be usable)."""
+    """Users may enroll passkeys (default true; needs passkey.rp_id and allowed_origins
+    to be usable). Switched off, as totp_enabled.
+    """
     require_at_onboarding: _builtins.bool
     """Users must enroll a factor before they can finish onboarding (default false)."""
     session_mfa_enabled: _builtins.bool

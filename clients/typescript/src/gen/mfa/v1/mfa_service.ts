@@ -156,7 +156,11 @@ export interface IssueActionTokenRequest {
   challengeId: string;
   proof: Proof | undefined;
   actions: Action[];
-  /** true: the token allows one action run; false: any number until it expires. */
+  /**
+   * true: the token allows one action run; false: any number until it expires.
+   * A token for a credential action (link, unlink, regenerate) is single use whatever
+   * this says: one step-up, one change.
+   */
   singleUse: boolean;
   /** Optional SHA-256 (32 bytes) of the exact message or transaction the token is for. */
   payloadDigest: Uint8Array;

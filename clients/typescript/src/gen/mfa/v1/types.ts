@@ -670,9 +670,16 @@ export interface LockoutSettings {
 /** One environment's MFA configuration (the dashboard's security settings). */
 export interface Settings {
   environmentId: string;
-  /** Users may enroll authenticator apps (default true). */
+  /**
+   * Users may enroll authenticator apps and verify with them (default true). Switched
+   * off, no new enrollment or challenge uses the method, but its users stay enrolled
+   * and enforced: they pass with a recovery code or another method they hold.
+   */
   totpEnabled: boolean;
-  /** Users may enroll passkeys (default true; needs passkey.rp_id to be usable). */
+  /**
+   * Users may enroll passkeys (default true; needs passkey.rp_id and allowed_origins
+   * to be usable). Switched off, as totp_enabled.
+   */
   passkeyEnabled: boolean;
   /** Users must enroll a factor before they can finish onboarding (default false). */
   requireAtOnboarding: boolean;
