@@ -405,6 +405,26 @@ REFUSALS: list[Any] = [
         "settings.passkey.allowed_origins",
         id="rp-id-without-origins",
     ),
+    *(
+        pytest.param(
+            _set(passkey=pb.PasskeySettings(rp_id=rp_id, allowed_origins=[f"https://a.{rp_id}"])),
+            ["passkey.rp_id", "passkey.allowed_origins"],
+            "settings.passkey.rp_id",
+            id=f"rp-id-public-suffix-{rp_id}",
+        )
+        for rp_id in ("com", "co.uk", "github.io")
+    ),
+    pytest.param(
+        _set(
+            passkey=pb.PasskeySettings(
+                rp_id="example.com",
+                allowed_origins=["https://app.example.com", "https://*.example.com"],
+            )
+        ),
+        ["passkey.rp_id", "passkey.allowed_origins"],
+        "settings.passkey.allowed_origins[1]",
+        id="origin-wildcard",
+    ),
     pytest.param(
         _set(
             passkey=pb.PasskeySettings(
