@@ -1141,7 +1141,7 @@ async def test_every_offered_algorithm_registers_and_verifies(
     """The keys registration now loads: each algorithm of pubKeyCredParams passes."""
     started = await start(client, "alg")
     offered = json.loads(started.passkey.creation_options_json)["pubKeyCredParams"]
-    assert [p["alg"] for p in offered] == [-7, -8, -257]
+    assert [p["alg"] for p in offered] == [-8, -7, -257]
     authenticator = SoftAuthenticator(origin=ORIGIN, rp_id=RP_ID, algorithm=algorithm)
     await finish(
         client,

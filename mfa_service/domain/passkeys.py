@@ -64,11 +64,12 @@ MAX_JSON_DEPTH = 32
 # WebAuthn L3 §5.8.4 AuthenticatorTransport; clients ignore any other value, so it is
 # dropped, and each is kept once: a credential's descriptor stays small.
 KNOWN_TRANSPORTS = ("usb", "nfc", "ble", "smart-card", "hybrid", "internal")
-# pubKeyCredParams offered at registration, and the only algorithms a credential may use:
-# ES256 on P-256, EdDSA on Ed25519, RS256 (py_webauthn's defaults).
+# pubKeyCredParams offered at registration, in order of preference, and the only
+# algorithms a credential may use: EdDSA on Ed25519, ES256 on P-256, RS256 (py_webauthn's
+# defaults).
 ALGORITHMS = (
-    COSEAlgorithmIdentifier.ECDSA_SHA_256,
     COSEAlgorithmIdentifier.EDDSA,
+    COSEAlgorithmIdentifier.ECDSA_SHA_256,
     COSEAlgorithmIdentifier.RSASSA_PKCS1_v1_5_SHA_256,
 )
 _COSE_EC2, _COSE_OKP, _COSE_RSA = 2, 1, 3  # RFC 9053 key types
