@@ -1,5 +1,6 @@
-"""A software WebAuthn authenticator: real P-256 keys, real CBOR attestation objects
-and real signed assertions, with knobs to produce every malformed case a test needs."""
+"""A software WebAuthn authenticator: real keys (ES256 on P-256, EdDSA on Ed25519, RS256
+with RSA 2048), real CBOR attestation objects and real signed assertions, with knobs to
+produce every malformed case a test needs."""
 
 from __future__ import annotations
 
@@ -13,9 +14,34 @@ from typing import Any
 
 import cbor2
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
 UP, UV, BE, BS, AT = 0x01, 0x04, 0x08, 0x10, 0x40
+PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
+
+
+def new_key(algorithm: str) -> PrivateKey:
+    if algorithm == "EdDSA":
+        return ed25519.Ed25519PrivateKey.generate()
+    if algorithm == "RS256":
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    assert algorithm == "ES256", algorithm
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def cose_key(key: PrivateKey) -> bytes:
+    """The COSE_Key (RFC 9052/9053) of ``key``'s public half, as an authenticator sends it."""
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        raw = key.public_key().public_bytes_raw()
+        return cbor2.dumps({1: 1, 3: -8, -1: 6, -2: raw})
+    if isinstance(key, rsa.RSAPrivateKey):
+        rsa_numbers = key.public_key().public_numbers()
+        n = rsa_numbers.n.to_bytes((rsa_numbers.n.bit_length() + 7) // 8, "big")
+        return cbor2.dumps({1: 3, 3: -257, -1: n, -2: rsa_numbers.e.to_bytes(3, "big")})
+    numbers = key.public_key().public_numbers()
+    return cbor2.dumps(
+        {1: 2, 3: -7, -1: 1, -2: numbers.x.to_bytes(32, "big"), -3: numbers.y.to_bytes(32, "big")}
+    )
 
 
 def b64url(data: bytes) -> str:
@@ -31,9 +57,11 @@ class SoftAuthenticator:
     origin: str
     rp_id: str
     credential_id: bytes = field(default_factory=lambda: os.urandom(32))
-    key: ec.EllipticCurvePrivateKey = field(
-        default_factory=lambda: ec.generate_private_key(ec.SECP256R1())
-    )
+    algorithm: str = "ES256"  # or "EdDSA", "RS256"
+    key: PrivateKey | None = None  # a new key of the algorithm when left out
+    # Registered instead of the key's own COSE form (a hostile or broken authenticator).
+    cose_key: bytes | None = None
+    transports: list[Any] = field(default_factory=lambda: ["internal"])
     sign_count: int = 0
     counts: bool = True  # synced passkeys report 0 forever
     backup_eligible: bool = False
@@ -41,6 +69,15 @@ class SoftAuthenticator:
     user_verified: bool = True
     user_handle: bytes | None = None
     aaguid: bytes = b"\x00" * 16
+
+    def __post_init__(self) -> None:
+        if self.key is None:
+            self.key = new_key(self.algorithm)
+
+    @property
+    def private_key(self) -> PrivateKey:
+        assert self.key is not None
+        return self.key
 
     def _flags(self, *, attested: bool, **overrides: bool) -> int:
         values = {
@@ -55,16 +92,15 @@ class SoftAuthenticator:
         return flags | (AT if attested else 0)
 
     def _cose_key(self) -> bytes:
-        numbers = self.key.public_key().public_numbers()
-        return cbor2.dumps(
-            {
-                1: 2,
-                3: -7,
-                -1: 1,
-                -2: numbers.x.to_bytes(32, "big"),
-                -3: numbers.y.to_bytes(32, "big"),
-            }
-        )
+        return self.cose_key if self.cose_key is not None else cose_key(self.private_key)
+
+    def _sign(self, data: bytes) -> bytes:
+        key = self.private_key
+        if isinstance(key, ed25519.Ed25519PrivateKey):
+            return key.sign(data)
+        if isinstance(key, rsa.RSAPrivateKey):
+            return key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+        return key.sign(data, ec.ECDSA(hashes.SHA256()))
 
     def _client_data(self, kind: str, challenge: bytes, origin: str | None) -> bytes:
         return json.dumps(
@@ -84,6 +120,8 @@ class SoftAuthenticator:
         rp_id: str | None = None,
         challenge: bytes | None = None,
         kind: str = "webauthn.create",
+        fmt: str = "none",
+        att_stmt: dict[str, Any] | None = None,
         **flags: bool,
     ) -> str:
         """navigator.credentials.create() answered, as ``credential.toJSON()``."""
@@ -105,7 +143,7 @@ class SoftAuthenticator:
         client_data = self._client_data(
             kind, challenge if challenge is not None else unb64url(options["challenge"]), origin
         )
-        attestation = cbor2.dumps({"fmt": "none", "attStmt": {}, "authData": auth_data})
+        attestation = cbor2.dumps({"fmt": fmt, "attStmt": att_stmt or {}, "authData": auth_data})
         return json.dumps(
             {
                 "id": b64url(self.credential_id),
@@ -114,7 +152,7 @@ class SoftAuthenticator:
                 "response": {
                     "clientDataJSON": b64url(client_data),
                     "attestationObject": b64url(attestation),
-                    "transports": ["internal"],
+                    "transports": self.transports,
                 },
                 "clientExtensionResults": {},
                 "authenticatorAttachment": "platform",
@@ -146,9 +184,7 @@ class SoftAuthenticator:
         client_data = self._client_data(
             kind, challenge if challenge is not None else unb64url(options["challenge"]), origin
         )
-        signature = self.key.sign(
-            auth_data + hashlib.sha256(client_data).digest(), ec.ECDSA(hashes.SHA256())
-        )
+        signature = self._sign(auth_data + hashlib.sha256(client_data).digest())
         response: dict[str, Any] = {
             "clientDataJSON": b64url(client_data),
             "authenticatorData": b64url(auth_data),

@@ -145,6 +145,35 @@ def test_plaintext_on_any_host_needs_the_explicit_opt_in() -> None:
     assert config.listen_addr == "0.0.0.0:50051"
 
 
+@pytest.mark.parametrize(
+    ("listen", "loopback"),
+    [
+        ("127.0.0.1:50051", True),
+        ("127.1.2.3:50051", True),  # all of 127.0.0.0/8
+        ("[::1]:50051", True),
+        ("localhost:50051", True),
+        ("127.evil.example.com:50051", False),  # a name, whatever its first label
+        ("localhost.evil.com:50051", False),
+        ("0.0.0.0:50051", False),
+        ("[::]:50051", False),
+        ("10.0.0.1:50051", False),
+        ("[::ffff:127.0.0.1]:50051", False),  # IPv4-mapped: not ::1
+        ("127.0.0.256:50051", False),  # not an address, so a name
+    ],
+)
+def test_plaintext_only_on_a_loopback_address(listen: str, loopback: bool) -> None:
+    """The listen host is parsed as an address, never matched as text."""
+    if loopback:
+        assert load({**BASE, "MFA_LISTEN_ADDR": listen}).tls is None
+        return
+    with pytest.raises(ConfigError) as refused:
+        load({**BASE, "MFA_LISTEN_ADDR": listen})
+    assert refused.value.variable == "MFA_LISTEN_ADDR"
+    assert "limited to loopback" in refused.value.problem
+    # The explicit opt-in still serves there.
+    assert load({**BASE, "MFA_LISTEN_ADDR": listen, "MFA_PLAINTEXT_ANY_HOST": "true"}).tls is None
+
+
 MTLS_ROLES = {"MFA_CALLER_ROLES": "spiffe://corp/signer=action_tokens"}
 MTLS = {
     "MFA_TLS_CERT_FILE": "{cert}",
@@ -371,6 +400,12 @@ def run_command(
         ),
         pytest.param(
             ["serve"], {**BASE, "DATABASE_URL": "mysql://db/mfa"}, "DATABASE_URL", id="bad-db-url"
+        ),
+        pytest.param(
+            ["serve"],
+            {**BASE, "MFA_LISTEN_ADDR": "127.evil.example.com:50051"},
+            "MFA_LISTEN_ADDR",
+            id="plaintext-on-a-name-starting-127",
         ),
     ],
 )

@@ -85,8 +85,18 @@ def rp_id_of(length: int) -> str:
 
 
 def origin_of(length: int) -> str:
-    """An origin of ``length`` characters that is valid for example.com but for its length."""
-    return "https://" + "a" * (length - len("https://.example.com")) + ".example.com"
+    """An origin of ``length`` characters that is valid for example.com but for its length:
+    host labels of at most 63 characters, and a port once the host alone (at most 253)
+    cannot be that long."""
+    port = ":65535" if length - len("https://") > 253 else ""
+    prefix = length - len("https://") - len(port) - len("example.com")  # labels and dots
+    full, extra = divmod(prefix, 64)
+    labels = ["a" * 63] * full
+    if extra == 1:  # a label needs a character before its dot
+        labels[-1], extra = "a" * 62, 2
+    if extra:
+        labels.append("a" * (extra - 1))
+    return "https://" + ".".join([*labels, "example.com"]) + port
 
 
 @dataclass(frozen=True)

@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import asyncpg
+import cbor2
 import grpc
 import jwt
 import pytest
 from authenticator import SoftAuthenticator, b64url, unb64url
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from flows import TotpDevice, call, enroll_totp, status, update_settings
 from helpers import FakeClock
@@ -21,6 +26,7 @@ from mfa.v1 import mfa_service_pb2 as pb
 from mfa.v1 import types_pb2 as types
 from mfa_client import Client, MfaServiceError
 from mfa_service.app import Application
+from mfa_service.domain import passkeys
 from mfa_service.store import verifications as verification_store
 
 ENV = "env-passkeys"
@@ -883,3 +889,347 @@ async def test_a_challenge_for_one_device_takes_only_that_passkey(
         challenge.challenge_id,
     )
     assert verified.device_id == second_device.device_id
+
+
+# --- hostile input: never INTERNAL, never a traceback ------------------------------------
+
+
+def ec2_key(x: bytes, y: bytes, *, alg: int = -7, crv: int = 1) -> bytes:
+    return bytes(cbor2.dumps({1: 2, 3: alg, -1: crv, -2: x, -3: y}))
+
+
+def rsa_key(bits: int, exponent: int = 65537) -> bytes:
+    numbers = rsa.generate_private_key(public_exponent=65537, key_size=bits).public_key()
+    n = numbers.public_numbers().n
+    return bytes(
+        cbor2.dumps({1: 3, 3: -257, -1: n.to_bytes((n.bit_length() + 7) // 8, "big"), -2: exponent})
+    )
+
+
+def _p384_point() -> tuple[bytes, bytes]:
+    numbers = ec.generate_private_key(ec.SECP384R1()).public_key().public_numbers()
+    return numbers.x.to_bytes(48, "big"), numbers.y.to_bytes(48, "big")
+
+
+ONE = (1).to_bytes(32, "big")
+OFF_CURVE = ec2_key(ONE, ONE)  # (1, 1) is not a point of P-256
+ONE_BYTE_COORDINATES = ec2_key(b"\x01", b"\x02")
+
+
+def nested(document: str, depth: int) -> str:
+    """``document`` (a JSON object) with one more member, so that it nests ``depth`` deep:
+    the object is level 1, each array inside it one more."""
+    inner = depth - 1
+    return document[:-1] + ', "extra": ' + "[" * inner + "]" * inner + "}"
+
+
+def huge_integer(document: str) -> str:
+    return document[:-1] + ', "extra": ' + "9" * 5000 + "}"
+
+
+def edited(path: tuple[str, ...], value: Any) -> Callable[[str], str]:
+    def edit(document: str) -> str:
+        parsed = json.loads(document)
+        target = parsed
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+        return json.dumps(parsed)
+
+    return edit
+
+
+@dataclass(frozen=True)
+class Hostile:
+    """One hostile passkey ceremony and how it must be refused.
+
+    ``ceremony``: "registration" (CompleteEnrollment), "session" (VerifySession) or
+    "action" (IssueActionToken). ``counted``: a failed verification (the challenge or
+    enrollment spent, one failure counted); otherwise refused as input before either.
+    """
+
+    ceremony: str
+    code: grpc.StatusCode
+    reason: str
+    counted: bool
+    cose_key: bytes | None = None  # registered instead of the authenticator's own key
+    stored_key: bytes | None = None  # written over the stored key (a row from before)
+    edit: Callable[[str], str] | None = None  # applied to the JSON sent
+    fmt: str = "none"
+    att_stmt: dict[str, Any] | None = None
+
+
+FAILED = (grpc.StatusCode.PERMISSION_DENIED, "ERROR_REASON_VERIFICATION_FAILED", True)
+INVALID = (grpc.StatusCode.INVALID_ARGUMENT, "ERROR_REASON_INVALID_ARGUMENT", False)
+
+
+def hostile(ceremony: str, outcome: tuple[grpc.StatusCode, str, bool], **knobs: Any) -> Hostile:
+    return Hostile(ceremony, *outcome, **knobs)
+
+
+HOSTILE = {
+    # The COSE key of a registration: py_webauthn never loads it with fmt "none".
+    "cose-empty-map": hostile("registration", FAILED, cose_key=cbor2.dumps({})),
+    "cose-integer-5": hostile("registration", FAILED, cose_key=cbor2.dumps(5)),
+    "cose-array": hostile("registration", FAILED, cose_key=cbor2.dumps([2, 2, 2, -7])),
+    "ec2-without-coordinates": hostile(
+        "registration", FAILED, cose_key=cbor2.dumps({1: 2, 3: -7, -1: 1})
+    ),
+    "ec2-not-on-p256": hostile("registration", FAILED, cose_key=OFF_CURVE),
+    "ec2-1-byte-coordinates": hostile("registration", FAILED, cose_key=ONE_BYTE_COORDINATES),
+    "ec2-p384-point-as-es256": hostile(
+        "registration", FAILED, cose_key=ec2_key(*_p384_point(), crv=2)
+    ),
+    "ec2-text-coordinates": hostile("registration", FAILED, cose_key=ec2_key("x", "y")),  # type: ignore[arg-type]
+    "ec2-alg-not-offered": hostile("registration", FAILED, cose_key=ec2_key(ONE, ONE, alg=-36)),
+    "okp-31-byte-key": hostile(
+        "registration", FAILED, cose_key=cbor2.dumps({1: 1, 3: -8, -1: 6, -2: b"\x01" * 31})
+    ),
+    "okp-x25519-curve": hostile(
+        "registration", FAILED, cose_key=cbor2.dumps({1: 1, 3: -8, -1: 4, -2: b"\x01" * 32})
+    ),
+    "rsa-1024-bits": hostile("registration", FAILED, cose_key=rsa_key(1024)),
+    "rsa-exponent-1": hostile("registration", FAILED, cose_key=rsa_key(2048, exponent=1)),
+    "ml-dsa-not-offered": hostile(
+        "registration", FAILED, cose_key=cbor2.dumps({1: 7, 3: -48, -1: b"\x01" * 1312})
+    ),
+    # Attestation statements of other formats, malformed.
+    "packed-bad-signature": hostile(
+        "registration", FAILED, fmt="packed", att_stmt={"alg": -7, "sig": b"\x00"}
+    ),
+    "packed-empty": hostile("registration", FAILED, fmt="packed", att_stmt={}),
+    "tpm-empty": hostile("registration", FAILED, fmt="tpm", att_stmt={}),
+    "fido-u2f-empty": hostile("registration", FAILED, fmt="fido-u2f", att_stmt={}),
+    "android-key-empty": hostile("registration", FAILED, fmt="android-key", att_stmt={}),
+    "apple-empty": hostile("registration", FAILED, fmt="apple", att_stmt={}),
+    # The JSON itself: refused before the enrollment is spent.
+    "registration-nested-1000": hostile("registration", INVALID, edit=lambda d: nested(d, 1000)),
+    "registration-nested-33": hostile("registration", INVALID, edit=lambda d: nested(d, 33)),
+    "registration-huge-integer": hostile("registration", INVALID, edit=huge_integer),
+    # A stored key that does not load (registered before keys were checked).
+    "stored-off-curve-session": hostile("session", FAILED, stored_key=OFF_CURVE),
+    "stored-off-curve-action": hostile("action", FAILED, stored_key=OFF_CURVE),
+    "stored-1-byte-coordinates": hostile("session", FAILED, stored_key=ONE_BYTE_COORDINATES),
+    "stored-empty-map": hostile("session", FAILED, stored_key=cbor2.dumps({})),
+    "stored-empty": hostile("session", FAILED, stored_key=b""),
+    # Assertions that parse but cannot verify.
+    "signature-not-der": hostile(
+        "session", FAILED, edit=edited(("response", "signature"), b64url(b"\x00"))
+    ),
+    "authenticator-data-short": hostile(
+        "action", FAILED, edit=edited(("response", "authenticatorData"), b64url(b"\x00" * 10))
+    ),
+    "client-data-not-json": hostile(
+        "session", FAILED, edit=edited(("response", "clientDataJSON"), b64url(b"{"))
+    ),
+    # Assertions that do not parse: the challenge stays for the real answer.
+    "assertion-nested-1000-session": hostile("session", INVALID, edit=lambda d: nested(d, 1000)),
+    "assertion-nested-1000-action": hostile("action", INVALID, edit=lambda d: nested(d, 1000)),
+    "assertion-nested-33": hostile("session", INVALID, edit=lambda d: nested(d, 33)),
+    "assertion-huge-integer": hostile("action", INVALID, edit=huge_integer),
+}
+
+
+async def issue(
+    client: Client, user: str, assertion: str, challenge_id: str
+) -> pb.IssueActionTokenResponse:
+    return await call(
+        client.mfa_stub.IssueActionToken(
+            pb.IssueActionTokenRequest(
+                environment_id=ENV,
+                user_id=user,
+                challenge_id=challenge_id,
+                proof=types.Proof(passkey_assertion_json=assertion),
+                actions=[types.ACTION_WAAS_SIGN],
+                single_use=True,
+            )
+        )
+    )
+
+
+async def failures(db: asyncpg.Connection, user: str) -> int:
+    return int(
+        await db.fetchval(
+            "SELECT count(*) FROM audit_events WHERE user_id = $1 AND type = 'VERIFICATION_FAILED'",
+            user,
+        )
+    )
+
+
+@pytest.mark.parametrize("case", list(HOSTILE.values()), ids=list(HOSTILE))
+async def test_hostile_passkeys_are_refused_cleanly(
+    client: Client,
+    configured: None,
+    db: asyncpg.Connection,
+    caplog: pytest.LogCaptureFixture,
+    case: Hostile,
+) -> None:
+    """Through the server: the exact status and reason, spent and counted only when the
+    input parsed, never INTERNAL, and no traceback in the log."""
+    user = "harry"
+    calls = 0
+    with caplog.at_level(logging.INFO):
+        if case.ceremony == "registration":
+            authenticator = SoftAuthenticator(origin=ORIGIN, rp_id=RP_ID, cose_key=case.cose_key)
+            started = await start(client, user)
+            options = started.passkey.creation_options_json
+            sent = authenticator.register(options, fmt=case.fmt, att_stmt=case.att_stmt)
+            error = await refused(
+                finish(client, user, started.enrollment_id, (case.edit or str)(sent))
+            )
+            honest = SoftAuthenticator(origin=ORIGIN, rp_id=RP_ID)
+
+            async def retry() -> Any:
+                return await finish(client, user, started.enrollment_id, honest.register(options))
+
+            spent = "ERROR_REASON_ENROLLMENT_NOT_FOUND"
+            calls += 3
+        else:
+            authenticator = await enroll(client, user)
+            if case.stored_key is not None:
+                await db.execute(
+                    "UPDATE devices SET passkey_public_key = $1 WHERE user_id = $2",
+                    case.stored_key,
+                    user,
+                )
+            challenge = await passkey_challenge(client, user)
+            options = challenge.passkey_request_options_json
+            answer = verify if case.ceremony == "session" else issue
+            sent = authenticator.assertion(options)
+            error = await refused(
+                answer(client, user, (case.edit or str)(sent), challenge.challenge_id)
+            )
+
+            async def retry() -> Any:
+                return await answer(
+                    client, user, authenticator.assertion(options), challenge.challenge_id
+                )
+
+            spent = "ERROR_REASON_CHALLENGE_NOT_FOUND"
+            calls += 5
+        assert (error.code, error.reason) == (case.code, case.reason)
+        if case.code == grpc.StatusCode.INVALID_ARGUMENT:
+            field = (
+                "passkey_registration_json"
+                if case.ceremony == "registration"
+                else "proof.passkey_assertion_json"
+            )
+            assert [v.field for v in error.field_violations] == [field]
+        assert await failures(db, user) == (1 if case.counted else 0)
+        if case.counted:  # spent: even the honest answer finds nothing left
+            assert (await refused(retry())).reason == spent
+        else:  # left as it was for the real answer
+            await retry()
+        stored = await db.fetchval("SELECT count(*) FROM devices WHERE user_id = $1", user)
+        assert stored == (0 if case.ceremony == "registration" and case.counted else 1)
+        # Each call's log line is written as its handler ends: wait for all of them.
+        for _ in range(200):
+            if sum("rpc method=" in r.getMessage() for r in caplog.records) >= calls:
+                break
+            await asyncio.sleep(0.01)
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("rpc method=" in line for line in lines) >= calls
+    assert not any("status=INTERNAL" in line for line in lines)
+    assert not [r for r in caplog.records if r.exc_info or r.stack_info]
+    assert "Traceback" not in caplog.text
+
+
+@pytest.mark.parametrize("algorithm", ["ES256", "EdDSA", "RS256"])
+async def test_every_offered_algorithm_registers_and_verifies(
+    client: Client, configured: None, algorithm: str
+) -> None:
+    """The keys registration now loads: each algorithm of pubKeyCredParams passes."""
+    started = await start(client, "alg")
+    offered = json.loads(started.passkey.creation_options_json)["pubKeyCredParams"]
+    assert [p["alg"] for p in offered] == [-8, -7, -257]
+    authenticator = SoftAuthenticator(origin=ORIGIN, rp_id=RP_ID, algorithm=algorithm)
+    await finish(
+        client,
+        "alg",
+        started.enrollment_id,
+        authenticator.register(started.passkey.creation_options_json),
+    )
+    challenge = await passkey_challenge(client, "alg")
+    options = challenge.passkey_request_options_json
+    await verify(client, "alg", authenticator.assertion(options), challenge.challenge_id)
+    challenge = await passkey_challenge(client, "alg")
+    options = challenge.passkey_request_options_json
+    await issue(client, "alg", authenticator.assertion(options), challenge.challenge_id)
+
+
+WORST_TRANSPORTS = [
+    *["usb"] * 8000,  # as many as fit the 64 KiB cap of passkey_registration_json
+    "carrier-pigeon",
+    "cable",  # Chrome's old name for hybrid; not a WebAuthn value
+    *("nfc", "ble", "smart-card", "hybrid", "internal", "usb"),
+    {"not": "a string"},
+]
+
+
+async def test_transports_are_known_values_each_once(
+    client: Client, configured: None, db: asyncpg.Connection
+) -> None:
+    authenticator = SoftAuthenticator(origin=ORIGIN, rp_id=RP_ID, transports=WORST_TRANSPORTS)
+    await enroll(client, "tom", authenticator)
+    everything = ["usb", "nfc", "ble", "smart-card", "hybrid", "internal"]
+    stored = await db.fetchval("SELECT passkey_transports FROM devices WHERE user_id = 'tom'")
+    assert stored == everything
+    challenge = await passkey_challenge(client, "tom")
+    (allowed,) = json.loads(challenge.passkey_request_options_json)["allowCredentials"]
+    assert allowed["transports"] == everything
+
+
+async def test_request_options_stay_small_with_ten_passkeys_of_the_worst_transports(
+    client: Client, configured: None, db: asyncpg.Connection
+) -> None:
+    """Ten passkeys (the most a user may have) with the longest credential ids and the
+    worst transports a client can send; one of them a row stored before transports were
+    filtered, 9,000 x "usb". Before: 63 KB for that one credential alone."""
+    authenticators = []
+    for i in range(10):
+        authenticator = SoftAuthenticator(
+            origin=ORIGIN,
+            rp_id=RP_ID,
+            credential_id=bytes([i]) * 1023,
+            transports=WORST_TRANSPORTS,
+        )
+        token = await link_token(client, "una", authenticators[0]) if authenticators else ""
+        started = await start(client, "una", token)
+        registration = authenticator.register(started.passkey.creation_options_json)
+        await finish(client, "una", started.enrollment_id, registration)
+        authenticators.append(authenticator)
+    await db.execute(
+        "UPDATE devices SET passkey_transports = $1 WHERE passkey_credential_id = $2",
+        ["usb"] * 9000 + ["carrier-pigeon", "nfc"],
+        authenticators[0].credential_id,
+    )
+    challenge = await passkey_challenge(client, "una")
+    options = challenge.passkey_request_options_json
+    allowed = {c["id"]: c["transports"] for c in json.loads(options)["allowCredentials"]}
+    assert allowed[b64url(authenticators[0].credential_id)] == ["usb", "nfc"]
+    assert len(allowed) == 10
+    # Measured: 14.9 KB for ten 1023-byte ids with all six transports; the send limit
+    # is 256 KiB.
+    assert len(options.encode()) < 16 * 1024
+
+
+@pytest.mark.parametrize(
+    ("text", "too_deep"),
+    [
+        ("[" * 32 + "]" * 32, False),  # the limit itself
+        ("[" * 33 + "]" * 33, True),
+        ("{" + '"a": {' * 31 + "}" * 32, False),
+        ("{" + '"a": {' * 32 + "}" * 33, True),
+        ("[" * 1000, True),  # unclosed: refused before json raises RecursionError
+        ('"' + "[" * 1000 + '"', False),  # brackets in a string do not nest
+        ('["\\"' + "[" * 100 + '"]', False),  # an escaped quote does not end the string
+        ('["\\\\"' + ", [" * 33 + "]" * 34, True),  # an escaped backslash does
+        ("[" + ", ".join(["[]"] * 1000) + "]", False),  # many, but side by side
+        ("]" * 1000 + "[" * 33, True),  # stray closers never lower the count below 0
+        ("", False),
+    ],
+)
+def test_json_depth_is_scanned_before_parsing(text: str, too_deep: bool) -> None:
+    assert passkeys.json_too_deep(text) is too_deep
+    if not too_deep and text.startswith(("[", "{")) and text.count("[") == text.count("]"):
+        json.loads(text)  # the case is valid JSON: the scan agrees with a real parser

@@ -410,6 +410,26 @@ REFUSALS: list[Any] = [
         "settings.passkey.allowed_origins",
         id="rp-id-without-origins",
     ),
+    *(
+        pytest.param(
+            _set(passkey=pb.PasskeySettings(rp_id=rp_id, allowed_origins=[f"https://a.{rp_id}"])),
+            ["passkey.rp_id", "passkey.allowed_origins"],
+            "settings.passkey.rp_id",
+            id=f"rp-id-public-suffix-{rp_id}",
+        )
+        for rp_id in ("com", "co.uk", "github.io")
+    ),
+    pytest.param(
+        _set(
+            passkey=pb.PasskeySettings(
+                rp_id="example.com",
+                allowed_origins=["https://app.example.com", "https://*.example.com"],
+            )
+        ),
+        ["passkey.rp_id", "passkey.allowed_origins"],
+        "settings.passkey.allowed_origins[1]",
+        id="origin-wildcard",
+    ),
     pytest.param(
         _set(
             passkey=pb.PasskeySettings(
@@ -689,3 +709,41 @@ async def test_each_call_without_a_request_id_gets_its_own(client: Client) -> No
         ids.add(raised.value.request_id)
     assert len(ids) == 3
     assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+
+
+@pytest.mark.parametrize(
+    ("path", "seconds_", "nanos", "kept"),
+    [
+        ("single_use_token_ttl", 300, 0, True),
+        ("single_use_token_ttl", 300, 1, False),  # was stored as 300 s
+        ("single_use_token_ttl", 299, 999_999_999, False),
+        ("multi_use_token_ttl", 600, 0, True),
+        ("multi_use_token_ttl", 599, 500_000_000, False),
+        ("lockout.lockout_duration", 60, 0, True),
+        ("lockout.lockout_duration", 60, 1_000, False),  # a microsecond: still refused
+        ("lockout.lockout_duration", 86_399, 999_999_999, False),
+    ],
+)
+async def test_durations_are_whole_seconds(
+    client: Client, path: str, seconds_: int, nanos: int, kept: bool
+) -> None:
+    """A duration the field cannot hold exactly (it keeps whole seconds) is refused
+    naming the field, never rounded; whole seconds at the same range edges are kept."""
+    value = duration_pb2.Duration(seconds=seconds_, nanos=nanos)
+    message = (
+        _set(lockout=pb.LockoutSettings(lockout_duration=value))
+        if path.startswith("lockout.")
+        else _set(**{path: value})
+    )
+    before = await client.admin.get_settings(ENV)
+    if kept:
+        after = await client.admin.update_settings(message, [path])
+        stored = (
+            after.lockout.lockout_duration if path.startswith("lockout.") else getattr(after, path)
+        )
+        assert (stored.seconds, stored.nanos) == (seconds_, 0)
+        return
+    error = await refused(client.admin.update_settings(message, [path]))
+    assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, INVALID)
+    assert fields_of(error) == [f"settings.{path}"]
+    assert await client.admin.get_settings(ENV) == before

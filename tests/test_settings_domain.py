@@ -267,13 +267,50 @@ REFUSED: list[Any] = [
     ),
     pytest.param(
         passkey(rp_id="-bad.example.com", allowed_origins=("https://x.-bad.example.com",)),
-        ["passkey.rp_id"],
+        ["passkey.rp_id", "passkey.allowed_origins[0]"],  # the origin's host is as bad
         id="rp-id-leading-hyphen",
     ),
     pytest.param(
         passkey(rp_id="10.0.0.1", allowed_origins=("https://10.0.0.1",)),
-        ["passkey.rp_id"],
+        ["passkey.rp_id", "passkey.allowed_origins[0]"],
         id="rp-id-ip-address",
+    ),
+    *(
+        pytest.param(
+            passkey(rp_id=rp_id, allowed_origins=(f"https://wallet.{rp_id}",)),
+            ["passkey.rp_id"],
+            id=f"rp-id-{name}",
+        )
+        for name, rp_id in [
+            ("public-suffix-com", "com"),
+            ("public-suffix-co-uk", "co.uk"),
+            ("public-suffix-github-io", "github.io"),  # the list's private section
+            ("unlisted-top-level-name", "internal"),
+        ]
+    ),
+    *(
+        pytest.param(
+            passkey(rp_id=rp_id, allowed_origins=(f"https://wallet.{rp_id}",)),
+            ["passkey.rp_id", "passkey.allowed_origins[0]"],  # the same host name below it
+            id=f"rp-id-{name}",
+        )
+        for name, rp_id in [
+            ("wildcard", "*.example.com"),
+            ("trailing-dot", "example.com."),
+            ("empty-label", "app..example.com"),
+            ("underscore", "a_b.example.com"),
+        ]
+    ),
+    pytest.param(
+        passkey(rp_id="com", allowed_origins=("https://com",)),
+        ["passkey.rp_id", "passkey.allowed_origins[0]"],
+        id="rp-id-and-origin-public-suffix",
+    ),
+    pytest.param(
+        # amazonaws.com is registrable, s3.amazonaws.com below it a public suffix.
+        passkey(rp_id="amazonaws.com", allowed_origins=("https://s3.amazonaws.com",)),
+        ["passkey.allowed_origins[0]"],
+        id="origin-public-suffix-below-rp-id",
     ),
     pytest.param(
         passkey(rp_id="https://example.com", allowed_origins=("https://example.com",)),
@@ -318,6 +355,11 @@ REFUSED: list[Any] = [
             ("default-port", "https://app.example.com:443"),
             ("bad-port", "https://app.example.com:99999"),
             ("empty-port", "https://app.example.com:"),
+            ("wildcard", "https://*.example.com"),
+            ("wildcard-label-part", "https://app-*.example.com"),
+            ("empty-label", "https://app..example.com"),
+            ("underscore", "https://a_b.example.com"),
+            ("ipv6-address", "https://[::1]"),
             ("other-scheme", "ftp://app.example.com"),
             ("no-scheme", "app.example.com"),
             ("no-host", "https://"),
@@ -389,6 +431,18 @@ ACCEPTED: list[Any] = [
     pytest.param(
         passkey(rp_id=LONGEST_RP_ID, allowed_origins=(f"https://{LONGEST_RP_ID}:65535",)),
         id="passkey-longest-origin",
+    ),
+    pytest.param(
+        passkey(rp_id="example.co.uk", allowed_origins=("https://app.example.co.uk",)),
+        id="passkey-under-a-two-label-suffix",
+    ),
+    pytest.param(
+        passkey(rp_id="me.github.io", allowed_origins=("https://me.github.io",)),
+        id="passkey-under-a-private-suffix",
+    ),
+    pytest.param(
+        passkey(rp_id="localhost", allowed_origins=("https://app.localhost",)),
+        id="passkey-localhost-subdomain",
     ),
     pytest.param(lockout(max_failed_attempts=1), id="lockout-attempts-1"),
     pytest.param(lockout(max_failed_attempts=100), id="lockout-attempts-100"),

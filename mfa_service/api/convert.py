@@ -111,10 +111,14 @@ _MAX_DURATION_NANOS = 999_999_999
 
 
 def duration_from_proto(value: duration_pb2.Duration, field: str) -> timedelta:
-    """A valid Duration as a timedelta (int64 seconds can overflow timedelta)."""
+    """A valid Duration of whole seconds as a timedelta (int64 seconds can overflow
+    timedelta). The settings' durations keep whole seconds (token lifetimes end on a
+    JWT NumericDate): a fraction is refused, never silently dropped."""
     if abs(value.seconds) > _MAX_DURATION_SECONDS or abs(value.nanos) > _MAX_DURATION_NANOS:
         raise InvalidArgument.field(field, "not a valid duration")
-    return value.ToTimedelta()
+    if value.nanos:
+        raise InvalidArgument.field(field, "must be whole seconds (nanos 0)")
+    return timedelta(seconds=value.seconds)
 
 
 # --- settings ------------------------------------------------------------------------

@@ -8,8 +8,11 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
+
+from publicsuffixlist import PublicSuffixList
 
 from mfa_service.domain.model import CONFIGURABLE_ACTIONS, Action, EnvironmentId, Method
 from mfa_service.errors import FieldViolation, InvalidArgument
@@ -29,6 +32,8 @@ MAX_ORIGINS = 20
 MAX_ORIGIN_LENGTH = len("https://") + 253 + len(":65535")
 
 _HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+# The development name: valid as rp_id and origin host although no registry holds it.
+LOCALHOST = "localhost"
 
 
 class UserVerification(enum.Enum):
@@ -233,8 +238,8 @@ def _violations(s: Settings) -> Iterable[FieldViolation]:
 
 
 def _passkey_violations(p: PasskeySettings) -> Iterable[FieldViolation]:
-    if p.rp_id and not is_valid_rp_id(p.rp_id):
-        yield FieldViolation("passkey.rp_id", "must be a domain name such as example.com")
+    if p.rp_id and (problem := rp_id_problem(p.rp_id)):
+        yield FieldViolation("passkey.rp_id", problem)
     if len(p.rp_name) > MAX_ISSUER_LENGTH:
         yield FieldViolation("passkey.rp_name", f"at most {MAX_ISSUER_LENGTH} characters")
     elif not p.rp_name.isprintable():
@@ -257,19 +262,46 @@ def _passkey_violations(p: PasskeySettings) -> Iterable[FieldViolation]:
             yield FieldViolation(f"passkey.allowed_origins[{i}]", problem)
 
 
-def is_valid_rp_id(rp_id: str) -> bool:
-    """A lowercase DNS name (WebAuthn §5.1.2: an RP ID is a valid domain string)."""
-    if len(rp_id) > 253:
+@cache
+def _public_suffix_list() -> PublicSuffixList:
+    """The Public Suffix List as the publicsuffixlist package bundles it (its ICANN and
+    private sections), read once; never fetched at run time (an upgrade of the package
+    brings a newer list)."""
+    return PublicSuffixList()
+
+
+def is_public_suffix(name: str) -> bool:
+    """``com``, ``co.uk``, ``github.io``: a name under which anyone registers their own.
+    Unlisted top-level names (``test``, ``internal``) count as public too, as browsers
+    treat them; ``localhost`` is allowed for development."""
+    return name != LOCALHOST and bool(_public_suffix_list().is_public(name))
+
+
+def _is_host_name(name: str) -> bool:
+    """Lowercase LDH labels of 1-63 characters (RFC 1123), at most 253 in all, and not
+    an IPv4 address: no wildcard, no empty label, no trailing dot."""
+    if len(name) > 253:
         return False
-    labels = rp_id.split(".")
+    labels = name.split(".")
     return all(_HOST_LABEL.match(label) for label in labels) and not labels[-1].isdigit()
+
+
+def rp_id_problem(rp_id: str) -> str | None:
+    """Why ``rp_id`` cannot be a WebAuthn RP ID, or None. §5.1.2: a valid domain string;
+    a public suffix would let every site under it answer for this relying party."""
+    if not _is_host_name(rp_id):
+        return "must be a domain name such as example.com"
+    if is_public_suffix(rp_id):
+        return "is a public suffix: use a domain registered under it, such as example.com"
+    return None
 
 
 def origin_problem(origin: str, rp_id: str) -> str | None:
     """Why ``origin`` cannot be an allowed WebAuthn origin for ``rp_id``, or None.
 
-    WebAuthn §13.4.9: the origin must be exactly scheme://host[:port], its host the RP
-    ID or a subdomain of it, and https unless the host is localhost.
+    WebAuthn §13.4.9: the origin must be exactly scheme://host[:port], its host a domain
+    name (no wildcard), not a public suffix, the RP ID or a subdomain of it, and https
+    unless the host is localhost.
     """
     if not origin.isprintable():
         return "not a valid origin"
@@ -296,8 +328,12 @@ def origin_problem(origin: str, rp_id: str) -> str | None:
     ):
         # HTML origin serialization (what clientDataJSON carries) omits a default port.
         return "must be written in lowercase with no default port"
-    if parts.scheme == "http" and host != "localhost":
+    if parts.scheme == "http" and host != LOCALHOST:
         return "must use https (http only for localhost)"
+    if not _is_host_name(host):
+        return "host must be a domain name (no wildcard, no IP address)"
+    if is_public_suffix(host):
+        return "host is a public suffix"
     if rp_id and host != rp_id and not host.endswith("." + rp_id):
         return f"host must be {rp_id} or a subdomain of it"
     return None

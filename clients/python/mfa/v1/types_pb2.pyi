@@ -503,7 +503,7 @@ class LockoutSettings(_message.Message):
     """Consecutive failed verifications before lockout: 1..100 (default 5)."""
     @_builtins.property
     def lockout_duration(self) -> _duration_pb2.Duration:
-        """How long a lockout lasts: 1 min..24 h (default 15 min)."""
+        """How long a lockout lasts: 1 min..24 h (default 15 min), whole seconds (nanos 0)."""
 
     def __init__(
         self,
@@ -569,11 +569,13 @@ class Settings(_message.Message):
 
     @_builtins.property
     def single_use_token_ttl(self) -> _duration_pb2.Duration:
-        """Lifetime of single-use action tokens: 10 s..5 min (default 5 min)."""
+        """Lifetime of single-use action tokens: 10 s..5 min (default 5 min). Whole
+        seconds: a Duration with nanos is refused (INVALID_ARGUMENT), never rounded.
+        """
 
     @_builtins.property
     def multi_use_token_ttl(self) -> _duration_pb2.Duration:
-        """Lifetime of multi-use action tokens: 10 s..1 h (default 10 min)."""
+        """Lifetime of multi-use action tokens: 10 s..1 h (default 10 min), whole seconds."""
 
     @_builtins.property
     def totp(self) -> Global___TotpSettings: ...

@@ -663,7 +663,7 @@ export interface PasskeySettings {
 export interface LockoutSettings {
   /** Consecutive failed verifications before lockout: 1..100 (default 5). */
   maxFailedAttempts: number;
-  /** How long a lockout lasts: 1 min..24 h (default 15 min). */
+  /** How long a lockout lasts: 1 min..24 h (default 15 min), whole seconds (nanos 0). */
   lockoutDuration: Duration | undefined;
 }
 
@@ -695,11 +695,14 @@ export interface Settings {
    * are always protected and are not listed here.
    */
   protectedActions: Action[];
-  /** Lifetime of single-use action tokens: 10 s..5 min (default 5 min). */
+  /**
+   * Lifetime of single-use action tokens: 10 s..5 min (default 5 min). Whole
+   * seconds: a Duration with nanos is refused (INVALID_ARGUMENT), never rounded.
+   */
   singleUseTokenTtl:
     | Duration
     | undefined;
-  /** Lifetime of multi-use action tokens: 10 s..1 h (default 10 min). */
+  /** Lifetime of multi-use action tokens: 10 s..1 h (default 10 min), whole seconds. */
   multiUseTokenTtl: Duration | undefined;
   totp: TotpSettings | undefined;
   passkey: PasskeySettings | undefined;
