@@ -534,7 +534,8 @@ CONCURRENT_UPDATES: list[tuple[list[str], dict[str, Any]]] = [
     (["require_at_onboarding"], {"require_at_onboarding": True}),
     (["session_mfa_enabled"], {"session_mfa_enabled": True}),
     # Not passkeys alone: with protected actions and no rp_id yet, no method could pass.
-    (["action_methods"], {"action_methods": [pb.METHOD_TOTP, pb.METHOD_PASSKEY]}),
+    # (And not the default order, which would change nothing and make no revision.)
+    (["action_methods"], {"action_methods": [pb.METHOD_PASSKEY, pb.METHOD_TOTP]}),
     (["action_methods"], {"action_methods": [pb.METHOD_TOTP]}),
     (["protected_actions"], {"protected_actions": [pb.ACTION_WAAS_SIGN]}),
     (["protected_actions"], {"protected_actions": [pb.ACTION_WAAS_EXPORT]}),
