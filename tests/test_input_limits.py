@@ -27,6 +27,7 @@ from mfa.v1 import types_pb2 as types
 from mfa_client import Client, MfaServiceError
 
 ENV = "env-limits"
+pytestmark = pytest.mark.environments(ENV)
 SOME_ID = str(uuid.uuid4())
 
 

@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CLIENT_DIR = ROOT / "clients" / "typescript"
 TSC = ROOT / "node_modules" / ".bin" / "tsc"
 ENV = "env-node"
+pytestmark = pytest.mark.environments(ENV)
 
 
 @pytest.fixture(scope="module")

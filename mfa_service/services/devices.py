@@ -11,6 +11,7 @@ from mfa_service.domain.model import Action, EnvironmentId, UserId
 from mfa_service.errors import DeviceNotFound
 from mfa_service.services import audit
 from mfa_service.services.action_tokens import ActionTokenService
+from mfa_service.services.settings import SettingsCache
 from mfa_service.store import devices as device_store
 from mfa_service.store import recovery_codes as recovery_store
 from mfa_service.store import users as user_store
@@ -18,12 +19,16 @@ from mfa_service.store.db import Database
 
 
 class DeviceService:
-    def __init__(self, db: Database, clock: Clock, tokens: ActionTokenService) -> None:
+    def __init__(
+        self, db: Database, clock: Clock, tokens: ActionTokenService, settings: SettingsCache
+    ) -> None:
         self._db = db
         self._clock = clock
         self._tokens = tokens
+        self._settings = settings
 
     async def list(self, env: EnvironmentId, user: UserId) -> list[Device]:
+        await self._settings.require(env)
         async with self._db.transaction() as conn:
             return await device_store.list_for_user(conn, env, user)
 
@@ -38,6 +43,7 @@ class DeviceService:
         context: CallContext,
     ) -> Device:
         now = self._clock.now()
+        await self._settings.require(env)
         async with self._db.transaction() as conn:
             device = await device_store.update(
                 conn, env, user, device_id, alias=alias or None, make_default=make_default
@@ -72,6 +78,7 @@ class DeviceService:
         """Remove a factor: needs an ACTION_CREDENTIAL_UNLINK token (DESIGN §2). The last
         factor takes the recovery codes with it: the user is back to not enrolled."""
         now = self._clock.now()
+        await self._settings.require(env)
         async with self._db.transaction() as conn:
             await user_store.ensure(conn, env, user, now=now)
             owned = await device_store.list_for_user(conn, env, user)

@@ -13,6 +13,7 @@ from mfa_service.domain.model import Action, EnvironmentId, UserId
 from mfa_service.errors import NotEnrolled
 from mfa_service.services import audit
 from mfa_service.services.action_tokens import ActionTokenService
+from mfa_service.services.settings import SettingsCache
 from mfa_service.store import devices as device_store
 from mfa_service.store import recovery_codes as recovery_store
 from mfa_service.store import users as user_store
@@ -39,15 +40,19 @@ async def new_set(
 
 
 class RecoveryService:
-    def __init__(self, db: Database, clock: Clock, tokens: ActionTokenService) -> None:
+    def __init__(
+        self, db: Database, clock: Clock, tokens: ActionTokenService, settings: SettingsCache
+    ) -> None:
         self._db = db
         self._clock = clock
         self._tokens = tokens
+        self._settings = settings
 
     async def regenerate(
         self, env: EnvironmentId, user: UserId, *, action_token: str, context: CallContext
     ) -> tuple[str, ...]:
         now = self._clock.now()
+        await self._settings.require(env)
         async with self._db.transaction() as conn:
             await user_store.ensure(conn, env, user, now=now)
             if not await device_store.list_for_user(conn, env, user):
@@ -66,6 +71,7 @@ class RecoveryService:
 
     async def acknowledge(self, env: EnvironmentId, user: UserId, context: CallContext) -> None:
         now = self._clock.now()
+        await self._settings.require(env)
         async with self._db.transaction() as conn:
             if await recovery_store.acknowledge(conn, env, user):
                 await audit.record(
