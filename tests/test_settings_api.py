@@ -554,7 +554,7 @@ def _read(settings: pb.Settings, path: str) -> Any:
 
 
 @pytest.mark.environments("env-concurrent")
-async def test_concurrent_updates_of_one_new_environment_are_all_kept(client: Client) -> None:
+async def test_concurrent_updates_of_one_environment_are_all_kept(client: Client) -> None:
     env = "env-concurrent"
     assert len(CONCURRENT_UPDATES) == 20
     results = await asyncio.gather(
