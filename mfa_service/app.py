@@ -163,12 +163,14 @@ async def start(
             enrollment=EnrollmentService(db, clock, key_ring, verifier, tokens),
             verification=VerificationService(db, clock, verifier, settings_cache),
             tokens=tokens,
-            devices=DeviceService(db, clock, tokens),
-            recovery=RecoveryService(db, clock, tokens),
+            devices=DeviceService(db, clock, tokens, settings_cache),
+            recovery=RecoveryService(db, clock, tokens, settings_cache),
         ),
         action_tokens=ActionTokenServicer(tokens),
         admin=AdminServicer(
-            SettingsService(db, clock, settings_cache), AdminService(db, clock), AuditLogService(db)
+            SettingsService(db, clock, settings_cache),
+            AdminService(db, clock, settings_cache),
+            AuditLogService(db, settings_cache),
         ),
     )
     server = Server(

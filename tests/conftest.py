@@ -1,5 +1,11 @@
 """Fixtures: a real PostgreSQL (embedded unless MFA_TEST_DATABASE_URL is set), a fresh
-migrated database per session, clean tables per test, and a real gRPC server."""
+migrated database per session, clean tables per test, and a real gRPC server.
+
+Environments exist once created (DESIGN §3c). A module names those its tests use with
+``pytestmark = pytest.mark.environments(ENV, ...)`` (a test may add its own with the same
+marker); the ``app`` fixture creates them with the default settings through
+``AdminService.CreateEnvironment``, as an operator would, once the tables are clean.
+"""
 
 from __future__ import annotations
 
@@ -80,11 +86,37 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "environments(*ids): environments the app fixture creates for the test"
+    )
+
+
+def marked_environments(request: pytest.FixtureRequest) -> list[str]:
+    """The ids of every ``environments`` marker of the test, its class and module."""
+    ids = (i for marker in request.node.iter_markers("environments") for i in marker.args)
+    return list(dict.fromkeys(ids))
+
+
+async def create_environments(target: str, ids: list[str]) -> None:
+    """Create each environment with the default settings through the public API."""
+    async with Client.connect(target, insecure=True) as operator:
+        for environment_id in ids:
+            await operator.admin.create_environment(environment_id)
+
+
 @pytest.fixture
-async def app(database_url: str, clock: FakeClock) -> AsyncIterator[app_module.Application]:
+async def app(
+    database_url: str, clock: FakeClock, request: pytest.FixtureRequest
+) -> AsyncIterator[app_module.Application]:
     application = await app_module.start(
         database_url=database_url, key_ring=TEST_KEY_RING, clock=clock, pool_size=4
     )
+    try:
+        await create_environments(f"127.0.0.1:{application.port}", marked_environments(request))
+    except BaseException:
+        await application.stop()
+        raise
     yield application
     await application.stop()
 

@@ -38,6 +38,7 @@ from mfa_service.domain.settings import MULTI_USE_TTL_RANGE, SINGLE_USE_TTL_RANG
 from mfa_service.services.keys import RETIRED_KEY_KEPT
 
 ENV = "env-tokens"
+pytestmark = pytest.mark.environments(ENV)
 SIGN, EXPORT, REFRESH = types.ACTION_WAAS_SIGN, types.ACTION_WAAS_EXPORT, types.ACTION_WAAS_REFRESH
 DIGEST = hashlib.sha256(b"transfer 1 ETH to bob").digest()
 OTHER_DIGEST = hashlib.sha256(b"transfer 100 ETH to mallory").digest()
@@ -190,6 +191,27 @@ async def test_token_valid_then_already_used(
     assert await validate(client, issued.token) == ("DENY", "TOKEN_ALREADY_USED")
 
 
+async def test_an_unknown_environment_allows_nothing(
+    client: Client, clock: FakeClock, alice: TotpDevice
+) -> None:
+    """Finding 5 (issue 17): a name never created (a typo, another case) answered
+    ALLOW / MFA_NOT_REQUIRED, whatever the token. DESIGN §3c: DENY, and nothing written."""
+    valid = await issue(client, clock, alice)
+    for env in ("env-tokenz", "Env-Tokens", "ENV-TOKENS"):
+        for token in ("", "garbage", valid.token):
+            for action in (SIGN, REFRESH, types.ACTION_CREDENTIAL_UNLINK):
+                assert await validate(client, token, env=env, action=action) == (
+                    "DENY",
+                    "ENVIRONMENT_UNKNOWN",
+                )
+    assert await validate(client, "", env="env-typo", idempotency_key="k-1") == (
+        "DENY",
+        "ENVIRONMENT_UNKNOWN",
+    )
+    # The token was not spent by the refusals: it still works where it was issued.
+    assert await validate(client, valid.token) == ("ALLOW", "TOKEN_VALID")
+
+
 async def test_token_invalid_and_expired(
     client: Client, clock: FakeClock, alice: TotpDevice
 ) -> None:
@@ -199,6 +221,7 @@ async def test_token_invalid_and_expired(
     assert await validate(client, issued.token) == ("DENY", "TOKEN_EXPIRED")
 
 
+@pytest.mark.environments("env-other")
 async def test_action_user_payload_and_session_mismatches(
     client: Client, clock: FakeClock, alice: TotpDevice
 ) -> None:
@@ -867,6 +890,7 @@ async def test_a_rotation_reaches_a_running_server_at_once(
 
 async def test_eddsa_tokens(database_url: str, clock: FakeClock) -> None:
     async with serving(database_url, clock, "EdDSA") as client:
+        await client.admin.create_environment(ENV)
         await update_settings(client, ENV, protected_actions=[SIGN])
         device = await enroll_totp(client, clock, ENV, "alice")
         issued = await issue(client, clock, device, payload_digest=DIGEST)
@@ -905,6 +929,7 @@ async def test_changing_the_algorithm_keeps_live_tokens_valid(
     """A restart with MFA_TOKEN_ALGORITHM changed: the tokens signed before still pass,
     and the old key stays in the JWKS next to the new one."""
     async with serving(database_url, clock, "ES256") as client:
+        await client.admin.create_environment(ENV)
         await update_settings(client, ENV, protected_actions=[SIGN])
         device = await enroll_totp(client, clock, ENV, "alice")
         single = await issue(client, clock, device)
@@ -934,6 +959,7 @@ async def test_servers_configured_with_two_algorithms_share_the_active_key(
     last one to start made; they do not take turns making keys."""
     async with contextlib.AsyncExitStack() as stack:
         old = await stack.enter_async_context(serving(database_url, clock, "ES256"))
+        await old.admin.create_environment(ENV)
         await update_settings(old, ENV, protected_actions=[SIGN])
         device = await enroll_totp(old, clock, ENV, "alice")
         new = await stack.enter_async_context(serving(database_url, clock, "EdDSA"))

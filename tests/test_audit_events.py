@@ -22,6 +22,7 @@ from mfa.v1 import types_pb2 as types
 from mfa_client import Client, MfaServiceError
 
 ENV = "env-audit"
+pytestmark = pytest.mark.environments(ENV)
 
 
 async def newest(client: Client, user: str) -> admin_pb.AuditEvent:

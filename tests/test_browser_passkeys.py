@@ -26,6 +26,7 @@ from mfa.v1 import types_pb2 as types
 from mfa_client import Client
 
 ENV = "env-browser"
+pytestmark = pytest.mark.environments(ENV)
 # MFA_TEST_CHROMIUM: another Chromium binary (e.g. on a machine without Debian's).
 CHROMIUM = os.environ.get("MFA_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 # Known to work headless as root in containers. Playwright adds --headless and its

@@ -25,6 +25,7 @@ from mfa_client import CHANNEL_OPTIONS, READ_METHODS, Client, MfaServiceError
 from mfa_service.app import Application
 
 ENV = "env-retries"
+pytestmark = pytest.mark.environments(ENV)
 
 
 class FailingProxy(grpc.GenericRpcHandler):

@@ -22,6 +22,7 @@ from mfa.v1 import types_pb2 as types
 from mfa_client import Client, MfaServiceError
 
 ENV = "env-enumeration"
+pytestmark = pytest.mark.environments(ENV)
 Answer = tuple[grpc.StatusCode, str, str, timedelta | None]
 
 

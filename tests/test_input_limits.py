@@ -27,6 +27,7 @@ from mfa.v1 import types_pb2 as types
 from mfa_client import Client, MfaServiceError
 
 ENV = "env-limits"
+pytestmark = pytest.mark.environments(ENV)
 SOME_ID = str(uuid.uuid4())
 
 
@@ -57,6 +58,10 @@ def _base_requests() -> dict[str, Message]:
         "ActionTokenService/ValidateActionToken": at_pb.ValidateActionTokenRequest(
             **user, action=types.ACTION_WAAS_SIGN, token="not-a-token"
         ),
+        "AdminService/CreateEnvironment": admin_pb.CreateEnvironmentRequest(
+            settings=types.Settings(environment_id="env-new")
+        ),
+        "AdminService/ListEnvironments": admin_pb.ListEnvironmentsRequest(),
         "AdminService/GetSettings": admin_pb.GetSettingsRequest(environment_id=ENV),
         "AdminService/UpdateSettings": admin_pb.UpdateSettingsRequest(
             settings=types.Settings(environment_id=ENV),
@@ -76,6 +81,14 @@ def page_token_of(length: int) -> str:
     dots, which base64 decoding skips, to make up ``length`` characters."""
     digits = length // 4 * 3 - len("v1:")
     token = base64.urlsafe_b64encode(f"v1:{1:0{digits}d}".encode()).decode()
+    return token + "." * (length - len(token))
+
+
+def environment_page_token_of(length: int) -> str:
+    """A ListEnvironments page token of the service's format (``v1:`` and an id), with
+    dots, which base64 decoding skips, to make up ``length`` characters."""
+    id_length = length // 4 * 3 - len("v1:")
+    token = base64.urlsafe_b64encode(f"v1:{'e' * id_length}".encode()).decode()
     return token + "." * (length - len(token))
 
 
@@ -216,6 +229,39 @@ CAPS: list[Cap] = [
         lambda n: "totp.issuer".ljust(n),  # surrounding spaces are ignored
     ),
     Cap("AdminService/UpdateSettings", "update_mask.paths", 64, lambda n: ["totp.issuer"] * n),
+    Cap("AdminService/CreateEnvironment", "settings.environment_id", 128),
+    Cap("AdminService/CreateEnvironment", "settings.totp.issuer", 64),
+    Cap("AdminService/CreateEnvironment", "settings.passkey.rp_id", 253, rp_id_of),
+    Cap("AdminService/CreateEnvironment", "settings.passkey.rp_name", 64),
+    Cap(
+        "AdminService/CreateEnvironment",
+        "settings.passkey.allowed_origins[0]",
+        267,
+        origin_of,
+        extra={"settings.passkey.rp_id": "example.com"},
+    ),
+    Cap(
+        "AdminService/CreateEnvironment",
+        "settings.passkey.allowed_origins",
+        20,
+        lambda n: [f"https://a{i}.example.com" for i in range(n)],
+        extra={"settings.passkey.rp_id": "example.com"},
+    ),
+    Cap(
+        "AdminService/CreateEnvironment",
+        "update_mask.paths[0]",
+        64,
+        lambda n: "totp.issuer".ljust(n),
+        extra={"settings.totp.issuer": "Acme"},
+    ),
+    Cap(
+        "AdminService/CreateEnvironment",
+        "update_mask.paths",
+        64,
+        lambda n: ["totp.issuer"] * n,
+        extra={"settings.totp.issuer": "Acme"},
+    ),
+    Cap("AdminService/ListEnvironments", "page_token", 256, environment_page_token_of),
 ]
 
 

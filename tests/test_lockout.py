@@ -39,6 +39,7 @@ from mfa_service.domain.settings import LOCKOUT_DURATION_RANGE, MAX_FAILED_ATTEM
 from mfa_service.store import verifications as verification_store
 
 ENV = "env-lockout"
+pytestmark = pytest.mark.environments(ENV)
 ORIGIN = "https://app.example.com"
 RP_ID = "example.com"
 LOCKED_OUT = (grpc.StatusCode.RESOURCE_EXHAUSTED, "ERROR_REASON_LOCKED_OUT")

@@ -12,7 +12,7 @@ from datetime import timedelta
 
 import grpc
 import pytest
-from conftest import TEST_KEY_RING
+from conftest import TEST_KEY_RING, create_environments
 from prometheus_client.parser import text_string_to_metric_families
 
 from flows import call, challenge, enroll_totp, update_settings, verify_session
@@ -25,6 +25,7 @@ from mfa_service import app as app_module
 from mfa_service.domain import tokens
 
 ENV = "env-metrics"
+pytestmark = pytest.mark.environments(ENV)
 GET = "/mfa.v1.AdminService/GetSettings"
 UPDATE = "/mfa.v1.AdminService/UpdateSettings"
 VALIDATE = "/mfa.v1.ActionTokenService/ValidateActionToken"
@@ -40,6 +41,7 @@ async def metered(database_url: str, clock: FakeClock) -> AsyncIterator[app_modu
         pool_size=4,
         metrics_addr="127.0.0.1:0",
     )
+    await create_environments(f"127.0.0.1:{application.port}", [ENV])
     yield application
     await application.stop()
 

@@ -248,6 +248,9 @@ async def mtls_app(
         pool_size=4,
         tls=pki.tls_config(),
     )
+    # The operator creates the environment the tests use, as the dashboard backend.
+    async with _connect(pki, f"127.0.0.1:{application.port}", "dashboard") as dashboard:
+        await dashboard.admin.create_environment(ENV)
     yield application
     await application.stop()
 
@@ -419,10 +422,14 @@ async def test_the_certificate_identity_is_the_audit_events_caller(
             ["session_mfa_enabled"],
         )
     rows = await db.fetch(
-        "SELECT type, caller, request_id FROM audit_events WHERE environment_id = $1", ENV
+        "SELECT type, caller, request_id FROM audit_events WHERE environment_id = $1 ORDER BY id",
+        ENV,
     )
-    assert [(r["type"], r["caller"]) for r in rows] == [("SETTINGS_CHANGED", DASHBOARD)]
-    assert rows[0]["request_id"]
+    assert [(r["type"], r["caller"]) for r in rows] == [
+        ("ENVIRONMENT_CREATED", DASHBOARD),  # by mtls_app
+        ("SETTINGS_CHANGED", DASHBOARD),
+    ]
+    assert all(r["request_id"] for r in rows)
 
 
 # --- grpcurl, as an operator uses it ---------------------------------------------------
@@ -560,8 +567,10 @@ async def test_serve_process_with_mutual_tls_from_the_environment(
     async with (
         _connect(pki, target, "api-backend") as api_backend,
         _connect(pki, target, "signer") as signer,
+        _connect(pki, target, "dashboard") as dashboard,
     ):
         await _wait_serving(process, api_backend, stderr_path)
+        await dashboard.admin.create_environment(ENV)
         stub = mfa_service_pb2_grpc.MfaServiceStub(api_backend.channel)
         status = await stub.GetStatus(
             mfa_service_pb2.GetStatusRequest(environment_id=ENV, user_id="alice"), timeout=5
@@ -611,7 +620,8 @@ async def test_serve_process_with_server_only_tls_needs_the_opt_in_and_warns(
     started_processes.append(process)
     async with _connect(pki, f"127.0.0.1:{port}", None) as anyone:
         await _wait_serving(process, anyone, stderr_path)
-        assert (await anyone.admin.get_settings(ENV)).environment_id == ENV
+        # Anyone reaches AdminService, even to create an environment: hence the opt-in.
+        assert (await anyone.admin.create_environment(ENV)).environment_id == ENV
     process.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(process.wait(), 15) == 0
 

@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CLIENT_DIR = ROOT / "clients" / "typescript"
 TSC = ROOT / "node_modules" / ".bin" / "tsc"
 ENV = "env-node"
+pytestmark = pytest.mark.environments(ENV)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,11 @@ def validate_script() -> Path:
 
 
 async def node_validate(
-    app: app_module.Application, script: Path, token: str, action: str = "ACTION_WAAS_SIGN"
+    app: app_module.Application,
+    script: Path,
+    token: str,
+    action: str = "ACTION_WAAS_SIGN",
+    env: str = ENV,
 ) -> dict[str, str]:
     node = shutil.which("node")
     assert node is not None, "node is not on PATH"
@@ -49,7 +54,7 @@ async def node_validate(
         node,
         str(script),
         f"127.0.0.1:{app.port}",
-        ENV,
+        env,
         "alice",
         action,
         env={**os.environ, "MFA_ACTION_TOKEN": token},
@@ -88,4 +93,9 @@ async def test_node_script_validates_a_single_use_token_once(
     assert await node_validate(app, validate_script, issued.token) == {
         "decision": "DECISION_DENY",
         "reason": "DECISION_REASON_TOKEN_ALREADY_USED",
+    }
+    # An environment never created (here ENV in capitals): the generated code knows it.
+    assert await node_validate(app, validate_script, "", env=ENV.upper()) == {
+        "decision": "DECISION_DENY",
+        "reason": "DECISION_REASON_ENVIRONMENT_UNKNOWN",
     }

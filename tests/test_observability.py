@@ -28,6 +28,7 @@ async def test_json_log_lines_without_secrets_after_a_full_flow(
         serve(tmp_path, env) as server,
         Client.connect(server.target, insecure=True) as client,
     ):
+        await client.admin.create_environment(ENV)
         admin = client.admin.stub
         settings = types.Settings(environment_id=ENV, protected_actions=[types.ACTION_WAAS_SIGN])
         await admin.UpdateSettings(
@@ -120,6 +121,7 @@ async def test_console_tracing_gives_a_span_per_call_and_per_statement(
         serve(tmp_path, env) as server,
         Client.connect(server.target, insecure=True) as client,
     ):
+        await client.admin.create_environment(ENV)
         await client.admin.stub.GetSettings(
             admin_pb.GetSettingsRequest(environment_id=ENV),
             metadata=(("x-request-id", "req-traced"),),
@@ -150,6 +152,7 @@ async def test_console_tracing_gives_a_span_per_call_and_per_statement(
 async def test_tracing_is_off_unless_configured(tmp_path: Path, database_url: str) -> None:
     async with serve(tmp_path, _external_db_env(database_url)) as server:
         async with Client.connect(server.target, insecure=True) as client:
+            await client.admin.create_environment(ENV)
             await client.admin.get_settings(ENV)
         server.signal(signal.SIGTERM)
         assert await server.wait() == 0

@@ -50,7 +50,7 @@ import grpc
 import psutil
 import pyotp
 import pytest
-from conftest import TEST_KEY_RING
+from conftest import TEST_KEY_RING, create_environments
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from flows import call, challenge, enroll_totp, update_settings
@@ -192,6 +192,7 @@ async def service(postgres: Postgres, clock: FakeClock) -> AsyncIterator[Service
         health_interval_seconds=0.2,
     )
     try:
+        await create_environments(f"127.0.0.1:{application.port}", [ENV])
         yield Service(application, url)
     finally:
         if postgres.frozen:

@@ -30,6 +30,7 @@ from mfa_service.domain import passkeys
 from mfa_service.store import verifications as verification_store
 
 ENV = "env-passkeys"
+pytestmark = pytest.mark.environments(ENV)
 ORIGIN = "https://app.example.com"
 RP_ID = "example.com"
 

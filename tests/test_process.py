@@ -144,12 +144,12 @@ def _settings(env: str, **fields: object) -> types_pb2.Settings:
 
 
 async def _wait_for_lock_waiter(conn: asyncpg.Connection, within: float = 10) -> None:
-    """Until some session of this database waits for an advisory lock."""
+    """Until some session of this database waits for a lock."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     while not await conn.fetchval(
-        "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
-        "WHERE l.locktype = 'advisory' AND NOT l.granted AND d.datname = current_database()"
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
     ):
         assert loop.time() < deadline, "UpdateSettings never waited for the settings lock"
         await asyncio.sleep(0.05)
@@ -171,12 +171,14 @@ async def test_sigterm_drains_in_flight_calls_then_exits(tmp_path: Path, databas
                 )
                 first = await asyncio.wait_for(watch.read(), 5)
                 assert first.status == SERVING
+                await client.admin.create_environment(env_id)
 
-                # Hold the lock UpdateSettings takes for this environment.
+                # Hold the lock UpdateSettings takes for this environment: its row's.
                 lock = holder.transaction()
                 await lock.start()
                 await holder.execute(
-                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", env_id
+                    "SELECT 1 FROM environment_settings WHERE environment_id = $1 FOR UPDATE",
+                    env_id,
                 )
                 update = asyncio.create_task(
                     client.admin.update_settings(
@@ -205,7 +207,7 @@ async def test_sigterm_drains_in_flight_calls_then_exits(tmp_path: Path, databas
                 await lock.commit()
                 updated = await asyncio.wait_for(update, 5)
                 assert updated.session_mfa_enabled
-                assert updated.revision == 1
+                assert updated.revision == 2  # 1 is the creation
 
                 assert await server.wait() == 0
 
@@ -275,6 +277,9 @@ async def test_one_log_line_per_call_and_no_secret(tmp_path: Path, database_url:
         grpc.aio.insecure_channel(server.target) as channel,
     ):
         admin = admin_service_pb2_grpc.AdminServiceStub(channel)
+        await admin.CreateEnvironment(
+            admin_service_pb2.CreateEnvironmentRequest(settings=_settings("env-log")), timeout=5
+        )
         await admin.GetSettings(
             admin_service_pb2.GetSettingsRequest(environment_id="env-log"),
             metadata=(("x-request-id", "req-log-get"),),
@@ -365,7 +370,7 @@ async def test_dev_mode_runs_and_stops_an_embedded_postgres(tmp_path: Path) -> N
             serve(tmp_path, env, "--dev", name="first") as server,
             Client.connect(server.target, insecure=True) as client,
         ):
-            assert (await client.admin.get_settings(env_id)).totp.issuer == "MFA"
+            assert (await client.admin.create_environment(env_id)).totp.issuer == "MFA"
             await client.admin.update_settings(
                 _settings(env_id, totp=types_pb2.TotpSettings(issuer="Persisted Inc")),
                 ["totp.issuer"],

@@ -22,6 +22,7 @@ from mfa_service.services.purge import MARGINS, Purger
 from mfa_service.store import purge as purge_store
 
 ENV = "env-purge"
+pytestmark = pytest.mark.environments(ENV)
 
 
 async def counts(db: asyncpg.Connection) -> dict[str, int]:

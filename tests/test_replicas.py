@@ -78,18 +78,19 @@ async def _issue_tokens(database_url: str, key_ring: KeyRing) -> list[tuple[User
         await db.close()
 
 
-async def _protect_sign(database_url: str) -> None:
+async def _create_environment_protecting_sign(database_url: str) -> None:
+    """Seeded before the replicas start, as CreateEnvironment stores it."""
     db = Database(await create_pool(database_url, size=1))
     try:
         async with db.transaction() as conn:
             settings = Settings(environment_id=ENV, protected_actions=(Action.WAAS_SIGN,))
-            await settings_store.save(conn, settings, now=datetime.now(UTC))
+            assert await settings_store.insert(conn, settings, now=datetime.now(UTC))
     finally:
         await db.close()
 
 
 async def test_one_allow_per_token_across_three_replicas(tmp_path: Path, database_url: str) -> None:
-    await _protect_sign(database_url)
+    await _create_environment_protecting_sign(database_url)
     key_ring_spec = KeyRing.generate_entry("replicas1")
     env = _env(database_url, key_ring_spec)
     async with AsyncExitStack() as stack:

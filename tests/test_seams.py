@@ -42,6 +42,7 @@ from mfa_service.domain import recovery
 from mfa_service.domain.devices import MAX_OPEN_CHALLENGES
 
 ENV = "env-seams"
+pytestmark = pytest.mark.environments(ENV)
 ORIGIN = "https://app.example.com"
 RP_ID = "example.com"
 
@@ -588,6 +589,7 @@ async def test_recovery_code_hashing_holds_no_pooled_connection(
     )
     try:
         async with Client.connect(f"127.0.0.1:{app.port}", insecure=True) as client:
+            await client.admin.create_environment(ENV)
             await hashing_holds_no_connection(app, client, clock, monkeypatch)
     finally:
         await app.stop()

@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 import grpc
 import pytest
-from google.protobuf import duration_pb2, field_mask_pb2
+from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
 from helpers import FakeClock
@@ -26,7 +26,9 @@ from mfa_service.api.mfa import MfaServicer
 from mfa_service.crypto import KeyRing
 
 ENV = "env-settings"
+pytestmark = pytest.mark.environments(ENV)
 INVALID = "ERROR_REASON_INVALID_ARGUMENT"
+SETTINGS_CHANGES = "SELECT count(*) FROM audit_events WHERE type = 'SETTINGS_CHANGED'"
 
 
 def seconds(n: float) -> duration_pb2.Duration:
@@ -36,7 +38,10 @@ def seconds(n: float) -> duration_pb2.Duration:
 
 
 def default_settings(environment_id: str) -> pb.Settings:
-    """DESIGN §5 defaults, as GetSettings shows them for a never-configured environment."""
+    """DESIGN §5 defaults, as GetSettings shows them for an environment created without
+    settings (as the app fixture creates the module's, at the fake clock's start)."""
+    created = timestamp_pb2.Timestamp()
+    created.FromDatetime(FakeClock().now())
     return pb.Settings(
         environment_id=environment_id,
         totp_enabled=True,
@@ -54,7 +59,8 @@ def default_settings(environment_id: str) -> pb.Settings:
             user_verification=pb.USER_VERIFICATION_REQUIRED, attestation=pb.ATTESTATION_NONE
         ),
         lockout=pb.LockoutSettings(max_failed_attempts=5, lockout_duration=seconds(900)),
-        revision=0,
+        revision=1,
+        update_time=created,
     )
 
 
@@ -110,15 +116,15 @@ async def configure(client: Client, environment_id: str = ENV) -> pb.Settings:
 # --- reading -------------------------------------------------------------------------
 
 
-async def test_never_configured_environment_has_the_defaults(
+async def test_an_environment_created_without_settings_has_the_defaults(
     client: Client, db: asyncpg.Connection
 ) -> None:
-    settings = await client.admin.get_settings("never-configured")
-    assert settings == default_settings("never-configured")
-    assert settings.revision == 0
-    assert not settings.HasField("update_time")
-    # Reading does not configure the environment.
-    assert await db.fetchval("SELECT count(*) FROM environment_settings") == 0
+    settings = await client.admin.get_settings(ENV)  # created by the app fixture
+    assert settings == default_settings(ENV)
+    assert settings.revision == 1
+    # Reading changes nothing.
+    assert await db.fetchval("SELECT count(*) FROM environment_settings") == 1
+    assert await client.admin.get_settings(ENV) == settings
 
 
 @pytest.mark.parametrize("environment_id", ["", " env", "env ", "x" * 129, "é", "a\nb"])
@@ -482,12 +488,13 @@ async def test_invalid_settings_are_refused_and_nothing_changes(
     assert all(f.startswith("settings.") for f in fields_of(error))
     assert error.message.startswith("settings.")
     assert await client.admin.get_settings(ENV) == before
-    assert await db.fetchval("SELECT count(*) FROM audit_events") == 1
+    assert await db.fetchval(SETTINGS_CHANGES) == 1
 
 
 # --- state over time ------------------------------------------------------------------
 
 
+@pytest.mark.environments("env-a", "env-b")
 async def test_environments_are_isolated(client: Client) -> None:
     a = await configure(client, "env-a")
     assert await client.admin.get_settings("env-b") == default_settings("env-b")
@@ -496,7 +503,7 @@ async def test_environments_are_isolated(client: Client) -> None:
     )
     assert await client.admin.get_settings("env-a") == a
     assert (a.totp.issuer, b.totp.issuer) == ("Acme Wallet", "B")
-    assert b.revision == 1
+    assert b.revision == 2  # 1 is the creation
     assert b.environment_id == "env-b"
 
 
@@ -506,14 +513,14 @@ async def test_revision_increments_and_update_time_comes_from_the_clock(
     first = await client.admin.update_settings(
         _set(totp=pb.TotpSettings(issuer="One")), ["totp.issuer"]
     )
-    assert first.revision == 1
+    assert first.revision == 2  # 1 is the creation
     assert first.update_time.ToDatetime(tzinfo=clock.now().tzinfo) == clock.now()
 
     clock.advance(timedelta(hours=3, seconds=7))
     second = await client.admin.update_settings(
         _set(totp=pb.TotpSettings(issuer="Two")), ["totp.issuer"]
     )
-    assert second.revision == 2
+    assert second.revision == 3
     assert second.update_time.ToDatetime(tzinfo=clock.now().tzinfo) == clock.now()
     assert await client.admin.get_settings(ENV) == second
 
@@ -525,7 +532,7 @@ async def test_an_update_that_changes_nothing_is_not_a_new_revision(
     clock.advance(timedelta(minutes=1))
     again = await configure(client)
     assert again == first
-    assert await db.fetchval("SELECT count(*) FROM audit_events") == 1
+    assert await db.fetchval(SETTINGS_CHANGES) == 1
 
 
 # Each update: (mask paths, fields of the message). All combinations are valid, so every
@@ -573,7 +580,8 @@ def _read(settings: pb.Settings, path: str) -> Any:
     return value if isinstance(value, str | int | Message) else list(value)  # repeated -> list
 
 
-async def test_concurrent_updates_of_one_new_environment_are_all_kept(client: Client) -> None:
+@pytest.mark.environments("env-concurrent")
+async def test_concurrent_updates_of_one_environment_are_all_kept(client: Client) -> None:
     env = "env-concurrent"
     assert len(CONCURRENT_UPDATES) == 20
     results = await asyncio.gather(
@@ -582,10 +590,11 @@ async def test_concurrent_updates_of_one_new_environment_are_all_kept(client: Cl
             for paths, fields in CONCURRENT_UPDATES
         )
     )
-    # Serialized: every update saw the previous one and made its own revision.
-    assert sorted(r.revision for r in results) == list(range(1, 21))
+    # Serialized: every update saw the previous one and made its own revision (after
+    # the creation's, 1).
+    assert sorted(r.revision for r in results) == list(range(2, 22))
     final = await client.admin.get_settings(env)
-    assert final.revision == 20
+    assert final.revision == 21
     latest: dict[str, tuple[int, Any]] = {}
     for (paths, fields), result in zip(CONCURRENT_UPDATES, results, strict=True):
         message = pb.Settings(environment_id=env, **fields)
@@ -609,10 +618,14 @@ async def test_settings_survive_a_restart(database_url: str, clock: FakeClock) -
         finally:
             await application.stop()
 
-    written = await with_server(configure)
+    async def create_and_configure(c: Client) -> pb.Settings:
+        await c.admin.create_environment(ENV)
+        return await configure(c)
+
+    written = await with_server(create_and_configure)
     read = await with_server(lambda c: c.admin.get_settings(ENV))
     assert read == written
-    assert read.revision == 1
+    assert read.revision == 2
 
 
 # --- audit ---------------------------------------------------------------------------
@@ -632,7 +645,7 @@ async def test_an_update_writes_a_settings_changed_audit_event(
         ),
     )
     await client.admin.stub.UpdateSettings(request, metadata=(("x-request-id", "audit-req-1"),))
-    rows = await db.fetch("SELECT * FROM audit_events")
+    rows = await db.fetch("SELECT * FROM audit_events WHERE type <> 'ENVIRONMENT_CREATED'")
     assert len(rows) == 1
     row = rows[0]
     assert row["type"] == "SETTINGS_CHANGED"
@@ -643,7 +656,7 @@ async def test_an_update_writes_a_settings_changed_audit_event(
     details = json.loads(row["details"])
     # Leaf paths in declaration order, whatever the order of the mask.
     assert details["fields"] == "session_mfa_enabled,totp.issuer,lockout.max_failed_attempts"
-    assert details["revision"] == "1"
+    assert details["revision"] == "2"
     assert "Audited" not in row["details"]  # field names, not values
 
 

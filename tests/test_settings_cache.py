@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
 from conftest import TEST_KEY_RING
 
 from flows import call, enroll_totp, update_settings
@@ -15,6 +16,7 @@ from mfa_client import Client
 from mfa_service import app as app_module
 
 ENV = "env-cache"
+pytestmark = pytest.mark.environments(ENV)
 
 
 async def decision(client: Client) -> int:

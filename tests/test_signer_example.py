@@ -23,6 +23,7 @@ from mfa_client import ActionTokenClient, Client, MfaServiceError
 from mfa_service.app import Application
 
 ENV = "env-signer"
+pytestmark = pytest.mark.environments(ENV)
 USER = "alice"
 REPO = Path(__file__).resolve().parents[1]
 VALIDATE = "/mfa.v1.ActionTokenService/ValidateActionToken"
@@ -131,6 +132,20 @@ async def test_a_retry_with_the_same_key_gets_the_first_decision(
     assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
 
 
+async def test_a_mistyped_environment_signs_nothing(
+    client: Client, clock: FakeClock, device: TotpDevice
+) -> None:
+    """Finding 5 (issue 17): a signer configured with an environment never created
+    (here another case of ENV) signed anything, with or without a token."""
+    message = b"transfer 1 ETH to 0xabc"
+    token = await issue_token(client, clock, device, message)
+    mistyped = Signer(client, ENV.upper(), Ed25519PrivateKey.generate())
+    for presented in ("", "garbage", token):
+        refused = await refusal(mistyped.sign(USER, message, presented))
+        assert refused == "DECISION_REASON_ENVIRONMENT_UNKNOWN"
+
+
+@pytest.mark.environments("env-open")
 async def test_an_unprotected_action_needs_no_token(client: Client) -> None:
     validation = await client.action_tokens.validate(
         environment_id="env-open", user_id=USER, action=types.ACTION_WAAS_SIGN

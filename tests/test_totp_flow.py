@@ -31,6 +31,7 @@ from mfa_client import Client, MfaServiceError
 from mfa_service.app import Application
 
 ENV = "env-totp"
+pytestmark = pytest.mark.environments(ENV)
 
 
 async def complete(

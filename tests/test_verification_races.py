@@ -33,6 +33,7 @@ from mfa_service.app import Application
 from mfa_service.store import verifications as verification_store
 
 ENV = "env-races"
+pytestmark = pytest.mark.environments(ENV)
 SIGN = types.ACTION_WAAS_SIGN
 
 

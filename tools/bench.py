@@ -63,20 +63,18 @@ from mfa.v1 import (
     mfa_service_pb2_grpc,
     types_pb2,
 )
+from mfa_client import Client, MfaServiceError
 from mfa_service.app import run_loop
 from mfa_service.clock import SystemClock
 from mfa_service.crypto import KeyRing
 from mfa_service.domain import tokens, totp
 from mfa_service.domain.devices import Challenge, secret_context
 from mfa_service.domain.model import Action, EnvironmentId, Method, UserId
-from mfa_service.domain.settings import Settings
 from mfa_service.services.action_tokens import AUDIENCE, DEFAULT_ISSUER
 from mfa_service.services.keys import TokenKeys
 from mfa_service.store import action_tokens as token_store
 from mfa_service.store import challenges as challenge_store
 from mfa_service.store import devices as device_store
-from mfa_service.store import notifications
-from mfa_service.store import settings as settings_store
 from mfa_service.store import users as user_store
 from mfa_service.store.db import Connection, Database, create_pool
 
@@ -299,16 +297,19 @@ class Seeded:
     totp_users: list[tuple[str, str, str]] = field(default_factory=list)  # (user, chall., secret)
 
 
-async def protect_sign(database_url: str) -> None:
-    """The bench environment protects ACTION_WAAS_SIGN (as UpdateSettings would)."""
-    db = Database(await create_pool(database_url, size=1))
-    try:
-        async with db.transaction() as conn:
-            settings = Settings(environment_id=ENV, protected_actions=(Action.WAAS_SIGN,))
-            await settings_store.save(conn, settings, now=datetime.now(UTC))
-            await notifications.notify_settings_changed(conn, ENV)
-    finally:
-        await db.close()
+async def create_environment(target: str) -> None:
+    """The bench environment, protecting ACTION_WAAS_SIGN, created as an operator would
+    (a database kept from an earlier run has it already: then it is updated)."""
+    settings = types_pb2.Settings(
+        environment_id=ENV, protected_actions=[types_pb2.ACTION_WAAS_SIGN]
+    )
+    async with Client.connect(target, insecure=True) as client:
+        try:
+            await client.admin.create_environment(settings)
+        except MfaServiceError as error:
+            if error.reason != "ERROR_REASON_ENVIRONMENT_ALREADY_EXISTS":
+                raise
+            await client.admin.update_settings(settings, ["protected_actions"])
 
 
 async def seed(
@@ -872,7 +873,7 @@ def main(argv: list[str] | None = None) -> int:
             log_level=args.log_level,
             out=args.out,
         )
-        asyncio.run(protect_sign(postgres.url))
+        asyncio.run(create_environment(server.target))
         scenarios = run_round("empty", names, shape, server, postgres, key_ring)
         output: dict[str, Any] = {"scenarios": scenarios, "config": config}
         preloaded = None

@@ -77,8 +77,14 @@ def create_app(client: Client, environment_id: str, signer: Signer) -> web.Appli
 
 async def configure_environment(client: Client, environment_id: str, origin: str) -> None:
     """Turn passkeys on for ``origin``, protect ACTION_WAAS_SIGN and turn session MFA on.
-    Origins already allowed for RP id ``localhost`` are kept."""
-    current = await client.admin.get_settings(environment_id)
+    Origins already allowed for RP id ``localhost`` are kept. The demo is its own
+    operator: it creates the environment (default settings) when it does not exist."""
+    try:
+        current = await client.admin.get_settings(environment_id)
+    except MfaServiceError as error:
+        if error.reason != "ERROR_REASON_ENVIRONMENT_NOT_FOUND":
+            raise
+        current = await client.admin.create_environment(environment_id)
     origins = list(current.passkey.allowed_origins) if current.passkey.rp_id == RP_ID else []
     if origin not in origins:
         origins.append(origin)

@@ -13,26 +13,41 @@ from mfa_service.api.convert import (
     audit_event_to_proto,
     audit_event_type_from_proto,
     environment_id,
+    new_settings_fields,
     settings_changes,
     settings_to_proto,
     user_id,
 )
-from mfa_service.errors import InvalidArgument, NotImplementedYet
+from mfa_service.errors import InvalidArgument
 from mfa_service.services.admin import AdminService
 from mfa_service.services.audit_log import AuditLogService
-from mfa_service.services.settings import SettingsService
+from mfa_service.services.settings import SettingsService, page_token_after
 
 Context = aio.ServicerContext[Any, Any]
 
 MAX_REASON = 256
 MAX_PAGE_TOKEN = 64  # the service's page tokens have about 30 characters
-# A ListAuditEvents page stops before page_size events rather than pass this many encoded
-# bytes (AIP-158: a page may hold fewer, next_page_token continues). Half the server's
-# send limit (mfa_service.server.MAX_MESSAGE_BYTES, 256 KiB); the largest event is a few
-# KiB (ids, caller and request id at their caps, a 256-character reason).
+# ListEnvironments' tokens carry an environment id (128 characters at most): base64 of
+# "v1:" and the id has at most 176.
+MAX_ENVIRONMENT_PAGE_TOKEN = 256
+# A page of ListAuditEvents or ListEnvironments stops before page_size items rather than
+# pass this many encoded bytes (AIP-158: a page may hold fewer, next_page_token
+# continues). Half the server's send limit (mfa_service.server.MAX_MESSAGE_BYTES,
+# 256 KiB); the largest event is a few KiB (ids, caller and request id at their caps, a
+# 256-character reason), the largest settings about 6 KiB (20 origins at their cap).
 MAX_PAGE_BYTES = 128 * 1024
-# Each event is a length-delimited field of the response: a tag byte and its length.
-_EVENT_FRAMING_BYTES = 1 + 5
+# Each item is a length-delimited field of the response: a tag byte and its length.
+_ITEM_FRAMING_BYTES = 1 + 5
+
+
+def _fitting(items: list[Any]) -> int:
+    """How many of ``items`` (messages) fit in MAX_PAGE_BYTES; at least one."""
+    size = 0
+    for i, item in enumerate(items):
+        size += item.ByteSize() + _ITEM_FRAMING_BYTES
+        if i and size > MAX_PAGE_BYTES:
+            return i
+    return len(items)
 
 
 class AdminServicer(pb_grpc.AdminServiceServicer):
@@ -46,12 +61,32 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     async def CreateEnvironment(
         self, request: pb.CreateEnvironmentRequest, context: Context
     ) -> pb.CreateEnvironmentResponse:
-        raise NotImplementedYet("CreateEnvironment")
+        if not request.HasField("settings"):
+            raise InvalidArgument.field("settings", "required")
+        env = environment_id(request.settings.environment_id, "settings.environment_id")
+        fields = new_settings_fields(request.settings, list(request.update_mask.paths))
+        try:
+            created = await self._settings.create(env, fields, call_context.current())
+        except InvalidArgument as error:
+            raise error.prefixed("settings") from None
+        return pb.CreateEnvironmentResponse(settings=settings_to_proto(created))
 
     async def ListEnvironments(
         self, request: pb.ListEnvironmentsRequest, context: Context
     ) -> pb.ListEnvironmentsResponse:
-        raise NotImplementedYet("ListEnvironments")
+        if len(request.page_token) > MAX_ENVIRONMENT_PAGE_TOKEN:
+            raise InvalidArgument.field(
+                "page_token", f"at most {MAX_ENVIRONMENT_PAGE_TOKEN} characters"
+            )
+        page = await self._settings.list(page_size=request.page_size, page_token=request.page_token)
+        environments = [settings_to_proto(s) for s in page.environments]
+        fit = _fitting(environments)
+        next_page_token = page.next_page_token
+        if fit < len(environments):
+            next_page_token = page_token_after(page.environments[fit - 1].environment_id)
+        return pb.ListEnvironmentsResponse(
+            environments=environments[:fit], next_page_token=next_page_token
+        )
 
     async def GetSettings(
         self, request: pb.GetSettingsRequest, context: Context
@@ -102,14 +137,9 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
                 audit_event_type_from_proto(t, f"types[{i}]") for i, t in enumerate(request.types)
             ],
         )
-        events: list[pb.AuditEvent] = []
+        events = [audit_event_to_proto(e.event_id, e.event) for e in page.events]
+        fit = _fitting(events)
         next_page_token = page.next_page_token
-        size = 0
-        for i, stored in enumerate(page.events):
-            event = audit_event_to_proto(stored.event_id, stored.event)
-            size += event.ByteSize() + _EVENT_FRAMING_BYTES
-            if events and size > MAX_PAGE_BYTES:
-                next_page_token = page.events[i - 1].page_token_after
-                break
-            events.append(event)
-        return pb.ListAuditEventsResponse(events=events, next_page_token=next_page_token)
+        if fit < len(events):
+            next_page_token = page.events[fit - 1].page_token_after
+        return pb.ListAuditEventsResponse(events=events[:fit], next_page_token=next_page_token)

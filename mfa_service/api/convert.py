@@ -222,6 +222,21 @@ def settings_changes(message: pb.Settings, paths: Sequence[str]) -> dict[str, An
     """
     if not paths:
         raise InvalidArgument.field("update_mask", 'required: name the fields to change, or "*"')
+    return _values(message, _mask_paths(paths))
+
+
+def new_settings_fields(message: pb.Settings, paths: Sequence[str]) -> dict[str, Any]:
+    """The fields CreateEnvironment takes from ``message``; the others keep the defaults.
+
+    With a mask, the fields it names (as for UpdateSettings: ``["totp_enabled"]`` with
+    ``totp_enabled`` false creates an environment without TOTP). Without one, every
+    field set to a non-zero value (proto3 cannot tell an unset bool from false).
+    """
+    return _values(message, _mask_paths(paths) if paths else _set_paths(message))
+
+
+def _mask_paths(paths: Sequence[str]) -> list[str]:
+    """The updatable paths a field mask names, refusing any other, in order, once each."""
     if len(paths) > MAX_MASK_PATHS:
         raise InvalidArgument.field("update_mask.paths", f"at most {MAX_MASK_PATHS} paths")
     selected: list[str] = []
@@ -241,8 +256,26 @@ def settings_changes(message: pb.Settings, paths: Sequence[str]) -> dict[str, An
             raise InvalidArgument.field(
                 f"update_mask.paths[{i}]", f"{path!r} is not a field of Settings"
             )
+    return list(dict.fromkeys(selected))
+
+
+def _set_paths(message: pb.Settings) -> list[str]:
+    """The leaf paths of ``message`` set to a non-zero value (a message field: present)."""
+    top = {f.name for f, _ in message.ListFields()}
+    paths = []
+    for leaf in _LEAVES:
+        section, _, sub = leaf.partition(".")
+        if section not in top:
+            continue
+        if sub and sub not in {f.name for f, _ in getattr(message, section).ListFields()}:
+            continue
+        paths.append(leaf)
+    return paths
+
+
+def _values(message: pb.Settings, paths: Sequence[str]) -> dict[str, Any]:
     changes: dict[str, Any] = {}
-    for path in dict.fromkeys(selected):
+    for path in paths:
         if path in _SECTIONS:
             prefix = path + "."
             changes[path] = _SECTIONS[path](

@@ -33,6 +33,7 @@ from mfa_service.domain.tokens import ActionClaims, Reason
 from mfa_service.errors import (
     ActionNotProtected,
     DatabaseUnavailable,
+    EnvironmentNotFound,
     InvalidArgument,
     MethodNotAllowed,
     MfaError,
@@ -234,7 +235,12 @@ class ActionTokenService:
         (GetJwks).
         """
         now = self._clock.now()
-        settings = await self._settings.get(request.environment_id)
+        try:
+            settings = await self._settings.get(request.environment_id)
+        except EnvironmentNotFound:
+            # DESIGN §3c: a name never created (a typo, another case) allows nothing,
+            # whatever the token; nothing is written for it (no audit, no decision kept).
+            return Reason.ENVIRONMENT_UNKNOWN
         if not _protected(settings, request.action):
             return Reason.MFA_NOT_REQUIRED
         if request.token:

@@ -8,6 +8,7 @@ from mfa_service.clock import Clock
 from mfa_service.domain.audit import AuditEventType, CallContext
 from mfa_service.domain.model import EnvironmentId, UserId
 from mfa_service.services import audit
+from mfa_service.services.settings import SettingsCache
 from mfa_service.store import resets
 from mfa_service.store.db import Database
 
@@ -19,9 +20,10 @@ class ResetResult:
 
 
 class AdminService:
-    def __init__(self, db: Database, clock: Clock) -> None:
+    def __init__(self, db: Database, clock: Clock, settings: SettingsCache) -> None:
         self._db = db
         self._clock = clock
+        self._settings = settings
 
     async def reset_user(
         self, env: EnvironmentId, user: UserId, *, reason: str, context: CallContext
@@ -29,6 +31,7 @@ class AdminService:
         """Remove every factor and pending enrollment, forget verified sessions and
         revoke outstanding action tokens: all in one transaction."""
         now = self._clock.now()
+        await self._settings.require(env)
         async with self._db.transaction() as conn:
             devices, tokens = await resets.reset_user(conn, env, user, now=now)
             await audit.record(

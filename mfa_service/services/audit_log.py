@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from mfa_service.domain.audit import AuditEvent, AuditEventType, CallContext
 from mfa_service.domain.model import EnvironmentId, Method
 from mfa_service.errors import InvalidArgument
+from mfa_service.services.settings import SettingsCache
 from mfa_service.store import audit_log
 from mfa_service.store.db import Database
 
@@ -48,8 +49,9 @@ def _decode_cursor(token: str) -> int:
 
 
 class AuditLogService:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, settings: SettingsCache) -> None:
         self._db = db
+        self._settings = settings
 
     async def list(
         self,
@@ -64,6 +66,7 @@ class AuditLogService:
         if not 1 <= size <= MAX_PAGE_SIZE:
             raise InvalidArgument.field("page_size", f"must be 1 to {MAX_PAGE_SIZE}")
         before = _decode_cursor(page_token) if page_token else None
+        await self._settings.require(env)
         async with self._db.transaction() as conn:
             rows = await audit_log.page(
                 conn,

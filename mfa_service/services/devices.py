@@ -11,6 +11,7 @@ from mfa_service.domain.model import Action, EnvironmentId, UserId
 from mfa_service.errors import DeviceNotFound
 from mfa_service.services import audit
 from mfa_service.services.action_tokens import ActionTokenService
+from mfa_service.services.settings import SettingsCache
 from mfa_service.store import action_tokens as token_store
 from mfa_service.store import devices as device_store
 from mfa_service.store import enrollments as enrollment_store
@@ -20,12 +21,16 @@ from mfa_service.store.db import Database
 
 
 class DeviceService:
-    def __init__(self, db: Database, clock: Clock, tokens: ActionTokenService) -> None:
+    def __init__(
+        self, db: Database, clock: Clock, tokens: ActionTokenService, settings: SettingsCache
+    ) -> None:
         self._db = db
         self._clock = clock
         self._tokens = tokens
+        self._settings = settings
 
     async def list(self, env: EnvironmentId, user: UserId) -> list[Device]:
+        await self._settings.require(env)
         async with self._db.transaction() as conn:
             return await device_store.list_for_user(conn, env, user)
 
@@ -40,6 +45,7 @@ class DeviceService:
         context: CallContext,
     ) -> Device:
         now = self._clock.now()
+        await self._settings.require(env)
         async with self._db.transaction() as conn:
             device = await device_store.update(
                 conn, env, user, device_id, alias=alias or None, make_default=make_default
@@ -80,6 +86,7 @@ class DeviceService:
         deletes of the last two devices cannot both see one left.
         """
         now = self._clock.now()
+        await self._settings.require(env)
         async with self._db.transaction() as conn:
             await user_store.lock(conn, env, user, now=now)
             owned = await device_store.list_for_user(conn, env, user)

@@ -15,6 +15,7 @@ from mfa_service.domain.recovery import HashedCode
 from mfa_service.errors import NotEnrolled
 from mfa_service.services import audit
 from mfa_service.services.action_tokens import ActionTokenService
+from mfa_service.services.settings import SettingsCache
 from mfa_service.store import devices as device_store
 from mfa_service.store import recovery_codes as recovery_store
 from mfa_service.store import users as user_store
@@ -66,15 +67,19 @@ async def new_set(
 
 
 class RecoveryService:
-    def __init__(self, db: Database, clock: Clock, tokens: ActionTokenService) -> None:
+    def __init__(
+        self, db: Database, clock: Clock, tokens: ActionTokenService, settings: SettingsCache
+    ) -> None:
         self._db = db
         self._clock = clock
         self._tokens = tokens
+        self._settings = settings
 
     async def regenerate(
         self, env: EnvironmentId, user: UserId, *, action_token: str, context: CallContext
     ) -> tuple[str, ...]:
         now = self._clock.now()
+        await self._settings.require(env)
         # The new set is hashed before the transaction, and only for a token that could
         # pass (a read, nothing consumed): a forged one costs no scrypt. A token that
         # cannot pass gets the transaction's refusal, as before.
@@ -103,6 +108,7 @@ class RecoveryService:
 
     async def acknowledge(self, env: EnvironmentId, user: UserId, context: CallContext) -> None:
         now = self._clock.now()
+        await self._settings.require(env)
         async with self._db.transaction() as conn:
             if await recovery_store.acknowledge(conn, env, user):
                 await audit.record(

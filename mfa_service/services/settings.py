@@ -1,9 +1,14 @@
-"""GetSettings and UpdateSettings."""
+"""Environments and their settings: CreateEnvironment, ListEnvironments, GetSettings,
+UpdateSettings, and the settings every other use case reads (DESIGN §3c: an environment
+exists once created; a name never created is refused, never given defaults)."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from mfa_service.clock import Clock
@@ -11,16 +16,25 @@ from mfa_service.domain import settings as policy
 from mfa_service.domain.audit import AuditEvent, AuditEventType, CallContext
 from mfa_service.domain.model import EnvironmentId
 from mfa_service.domain.settings import Settings
+from mfa_service.errors import EnvironmentAlreadyExists, EnvironmentNotFound, InvalidArgument
 from mfa_service.store import audit as audit_store
 from mfa_service.store import notifications
 from mfa_service.store import settings as settings_store
 from mfa_service.store.db import Connection, Database
 from mfa_service.store.notifications import SettingsListener
 
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
 
-async def load(conn: Connection, environment_id: EnvironmentId) -> Settings:
-    """The environment's settings, or the defaults if it was never configured."""
-    return await settings_store.get(conn, environment_id) or Settings(environment_id=environment_id)
+
+async def load(
+    conn: Connection, environment_id: EnvironmentId, *, for_update: bool = False
+) -> Settings:
+    """The environment's settings; EnvironmentNotFound if it was never created."""
+    settings = await settings_store.get(conn, environment_id, for_update=for_update)
+    if settings is None:
+        raise EnvironmentNotFound()
+    return settings
 
 
 class SettingsCache:
@@ -29,6 +43,9 @@ class SettingsCache:
     A change made through any replica reaches the others by LISTEN/NOTIFY; while the
     listener is not connected nothing is cached (every read goes to PostgreSQL), and
     entries older than ``max_age`` are re-read anyway, in case a notification is lost.
+    An environment that does not exist is never cached: the next call reads again, so
+    one created through another replica works here at once. Environments are never
+    deleted, so a cached one exists.
     """
 
     def __init__(self, db: Database, *, max_age_seconds: float = 30.0) -> None:
@@ -44,6 +61,7 @@ class SettingsCache:
             self._entries.pop(EnvironmentId(environment_id), None)
 
     async def get(self, environment_id: EnvironmentId) -> Settings:
+        """The environment's settings; EnvironmentNotFound if it was never created."""
         entry = self._entries.get(environment_id)
         now = time.monotonic()
         if entry is not None and now - entry[0] < self._max_age:
@@ -54,6 +72,33 @@ class SettingsCache:
             self._entries[environment_id] = (now, settings)
         return settings
 
+    async def require(self, environment_id: EnvironmentId) -> None:
+        """Refuse an environment never created (EnvironmentNotFound): for the use cases
+        that need no settings. Free when the environment is cached."""
+        await self.get(environment_id)
+
+
+@dataclass(frozen=True, slots=True)
+class EnvironmentPage:
+    environments: list[Settings]
+    next_page_token: str
+
+
+def page_token_after(environment_id: EnvironmentId) -> str:
+    """The page token of the environments after this one (AIP-158: opaque to callers)."""
+    return base64.urlsafe_b64encode(f"v1:{environment_id}".encode()).decode().rstrip("=")
+
+
+def _decode_page_token(token: str) -> EnvironmentId:
+    try:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        version, _, after = text.partition(":")
+        if version != "v1" or not after or not after.isascii() or not after.isprintable():
+            raise ValueError(token)
+        return EnvironmentId(after)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidArgument.field("page_token", "not a token from a previous page") from None
+
 
 class SettingsService:
     def __init__(self, db: Database, clock: Clock, cache: SettingsCache | None = None) -> None:
@@ -61,9 +106,59 @@ class SettingsService:
         self._clock = clock
         self._cache = cache
 
-    async def get(self, environment_id: EnvironmentId) -> Settings:
-        """The environment's settings, or the defaults if it was never configured."""
+    async def create(
+        self,
+        environment_id: EnvironmentId,
+        changes: Mapping[str, Any],
+        context: CallContext,
+    ) -> Settings:
+        """A new environment: the defaults (DESIGN §5) with ``changes`` (path -> value)
+        applied, validated as a whole. EnvironmentAlreadyExists if the id is taken."""
+        now = self._clock.now()
+        defaults = Settings(environment_id=environment_id)
+        settings = policy.apply_update(defaults, changes)
+        policy.validate(settings)
         async with self._db.transaction() as conn:
+            created = await settings_store.insert(conn, settings, now=now)
+            if created is None:
+                raise EnvironmentAlreadyExists()
+            # Every replica forgets what it knew of this id (nothing, as misses are not
+            # cached; this keeps it so if they ever are).
+            await notifications.notify_settings_changed(conn, environment_id)
+            await audit_store.append(
+                conn,
+                AuditEvent(
+                    type=AuditEventType.ENVIRONMENT_CREATED,
+                    environment_id=environment_id,
+                    occurred_at=now,
+                    context=context,
+                    details={
+                        "fields": ",".join(policy.changed_paths(defaults, created)),
+                        "revision": str(created.revision),
+                    },
+                ),
+            )
+        if self._cache is not None:
+            self._cache.invalidate(environment_id)
+        return created
+
+    async def list(self, *, page_size: int, page_token: str) -> EnvironmentPage:
+        """Environments in id order, ``page_size`` (0: the default) at a time."""
+        size = page_size or DEFAULT_PAGE_SIZE
+        if not 1 <= size <= MAX_PAGE_SIZE:
+            raise InvalidArgument.field("page_size", f"must be 1 to {MAX_PAGE_SIZE}")
+        after = _decode_page_token(page_token) if page_token else None
+        async with self._db.connection() as conn:  # one statement
+            found = await settings_store.page(conn, after=after, limit=size + 1)
+        more = len(found) > size
+        found = found[:size]
+        return EnvironmentPage(
+            found, page_token_after(found[-1].environment_id) if more and found else ""
+        )
+
+    async def get(self, environment_id: EnvironmentId) -> Settings:
+        """The environment's settings; EnvironmentNotFound if it was never created."""
+        async with self._db.connection() as conn:  # one statement
             return await load(conn, environment_id)
 
     async def update(
@@ -72,17 +167,17 @@ class SettingsService:
         changes: Mapping[str, Any],
         context: CallContext,
     ) -> Settings:
-        """Apply ``changes`` (path -> value) to the current settings, validated as a whole."""
+        """Apply ``changes`` (path -> value) to the current settings, validated as a whole.
+        EnvironmentNotFound if it was never created: an update never creates one."""
         now = self._clock.now()
         async with self._db.transaction() as conn:
-            await settings_store.lock_environment(conn, environment_id)
-            current = await load(conn, environment_id)
+            current = await load(conn, environment_id, for_update=True)
             updated = policy.apply_update(current, changes)
             policy.validate(updated)
             changed = policy.changed_paths(current, updated)
-            if not changed and current.revision:
+            if not changed:
                 return current
-            saved = await settings_store.save(conn, updated, now=now)
+            saved = await settings_store.update(conn, updated, now=now)
             await notifications.notify_settings_changed(conn, environment_id)
             await audit_store.append(
                 conn,

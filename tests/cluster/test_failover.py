@@ -228,9 +228,11 @@ def issue_request(
     )
 
 
-async def protect_sign(client: Client, env: str) -> None:
-    settings = types.Settings(environment_id=env, protected_actions=[SIGN])
-    await client.admin.update_settings(settings, ["protected_actions"])
+async def create_environment_protecting_sign(client: Client, env: str) -> None:
+    """The test's own environment, created as an operator does, ACTION_WAAS_SIGN protected."""
+    await client.admin.create_environment(
+        types.Settings(environment_id=env, protected_actions=[SIGN])
+    )
 
 
 async def enroll(client: Client, env: str, user: str) -> TotpUser:
@@ -338,7 +340,7 @@ async def compare(variants: dict[str, tuple[str, list[int]]], *args: str) -> dic
 
 async def multi_use_token(cluster: Cluster, env: str) -> tuple[str, str]:
     async with Client.connect(cluster.target, insecure=True) as client:
-        await protect_sign(client, env)
+        await create_environment_protecting_sign(client, env)
         user = await enroll(client, env, "bench-user")
         code = user.next_code(time.time())
         assert code is not None
@@ -590,7 +592,7 @@ async def test_primary_killed_under_load(
     cluster: Cluster, env_id: str, load_client: Client
 ) -> None:
     client = load_client
-    await protect_sign(client, env_id)
+    await create_environment_protecting_sign(client, env_id)
     limit = asyncio.Semaphore(16)
 
     async def enroll_one(i: int) -> TotpUser:

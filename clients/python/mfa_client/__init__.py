@@ -1,6 +1,7 @@
 """Typed async client for mfa-service (package ``mfa.v1`` holds the generated stubs).
 
     async with Client.connect("127.0.0.1:50051", insecure=True) as client:
+        settings = await client.admin.create_environment("env-1")  # once, by an operator
         settings = await client.admin.get_settings("env-1")
         validation = await client.action_tokens.validate(
             environment_id="env-1", user_id="alice", action=ACTION_WAAS_SIGN, token=token

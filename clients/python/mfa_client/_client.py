@@ -47,6 +47,7 @@ _Response = TypeVar("_Response")
 READ_METHODS: tuple[tuple[str, str], ...] = (
     ("mfa.v1.MfaService", "GetStatus"),
     ("mfa.v1.MfaService", "ListDevices"),
+    ("mfa.v1.AdminService", "ListEnvironments"),
     ("mfa.v1.AdminService", "GetSettings"),
     ("mfa.v1.AdminService", "ListAuditEvents"),
     ("mfa.v1.ActionTokenService", "GetJwks"),
@@ -86,11 +87,39 @@ async def _call(call: Callable[[], Awaitable[_Response]]) -> _Response:
 
 
 class AdminClient:
-    """AdminService: settings, resets and the audit log (the dashboard backend)."""
+    """AdminService: environments, settings, resets and the audit log (the dashboard
+    backend)."""
 
     def __init__(self, channel: grpc.aio.Channel, timeout: float) -> None:
         self.stub = admin_service_pb2_grpc.AdminServiceStub(channel)
         self._timeout = timeout
+
+    async def create_environment(
+        self, settings: types_pb2.Settings | str, paths: Sequence[str] = ()
+    ) -> types_pb2.Settings:
+        """Create an environment: ``"env-1"`` with the default settings, or ``settings``
+        (its ``environment_id`` names it) taking the fields named by ``paths`` (empty:
+        every field set to a non-zero value; ``["totp_enabled"]`` with ``totp_enabled``
+        false turns TOTP off). Raises ``MfaServiceError`` with ``ALREADY_EXISTS`` if it
+        exists. Not retried: a lost answer shows as ``ALREADY_EXISTS`` when sent again."""
+        if isinstance(settings, str):
+            settings = types_pb2.Settings(environment_id=settings)
+        request = admin_service_pb2.CreateEnvironmentRequest(
+            settings=settings, update_mask=field_mask_pb2.FieldMask(paths=list(paths))
+        )
+        response = await _call(lambda: self.stub.CreateEnvironment(request, timeout=self._timeout))
+        return response.settings
+
+    async def list_environments(
+        self, *, page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[types_pb2.Settings], str]:
+        """One page of environments in id order, and the token of the next (empty on the
+        last page). ``page_size`` 1..500; 0 means 50."""
+        request = admin_service_pb2.ListEnvironmentsRequest(
+            page_size=page_size, page_token=page_token
+        )
+        response = await _call(lambda: self.stub.ListEnvironments(request, timeout=self._timeout))
+        return list(response.environments), response.next_page_token
 
     async def get_settings(self, environment_id: str) -> types_pb2.Settings:
         request = admin_service_pb2.GetSettingsRequest(environment_id=environment_id)

@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from mfa.v1 import types_pb2 as mfa_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amfa/v1/admin_service.proto\x12\x06mfa.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x12mfa/v1/types.proto\">\n\x18\x43reateEnvironmentRequest\x12\"\n\x08settings\x18\x01 \x01(\x0b\x32\x10.mfa.v1.Settings\"?\n\x19\x43reateEnvironmentResponse\x12\"\n\x08settings\x18\x01 \x01(\x0b\x32\x10.mfa.v1.Settings\"@\n\x17ListEnvironmentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"[\n\x18ListEnvironmentsResponse\x12&\n\x0c\x65nvironments\x18\x01 \x03(\x0b\x32\x10.mfa.v1.Settings\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\",\n\x12GetSettingsRequest\x12\x16\n\x0e\x65nvironment_id\x18\x01 \x01(\t\"9\n\x13GetSettingsResponse\x12\"\n\x08settings\x18\x01 \x01(\x0b\x32\x10.mfa.v1.Settings\"l\n\x15UpdateSettingsRequest\x12\"\n\x08settings\x18\x01 \x01(\x0b\x32\x10.mfa.v1.Settings\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"<\n\x16UpdateSettingsResponse\x12\"\n\x08settings\x18\x01 \x01(\x0b\x32\x10.mfa.v1.Settings\"N\n\x13ResetUserMfaRequest\x12\x16\n\x0e\x65nvironment_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"G\n\x14ResetUserMfaResponse\x12\x17\n\x0f\x64\x65vices_removed\x18\x01 \x01(\r\x12\x16\n\x0etokens_revoked\x18\x02 \x01(\r\"\xd7\x02\n\nAuditEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12$\n\x04type\x18\x02 \x01(\x0e\x32\x16.mfa.v1.AuditEventType\x12\x16\n\x0e\x65nvironment_id\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12/\n\x0boccurred_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1e\n\x06method\x18\x06 \x01(\x0e\x32\x0e.mfa.v1.Method\x12\x11\n\tdevice_id\x18\x07 \x01(\t\x12\x0e\n\x06\x63\x61ller\x18\x08 \x01(\t\x12\x12\n\nrequest_id\x18\t \x01(\t\x12\x30\n\x07\x64\x65tails\x18\n \x03(\x0b\x32\x1f.mfa.v1.AuditEvent.DetailsEntry\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8f\x01\n\x16ListAuditEventsRequest\x12\x16\n\x0e\x65nvironment_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12%\n\x05types\x18\x05 \x03(\x0e\x32\x16.mfa.v1.AuditEventType\"V\n\x17ListAuditEventsResponse\x12\"\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x12.mfa.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xdb\x05\n\x0e\x41uditEventType\x12 \n\x1c\x41UDIT_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\'\n#AUDIT_EVENT_TYPE_ENROLLMENT_STARTED\x10\x01\x12)\n%AUDIT_EVENT_TYPE_ENROLLMENT_COMPLETED\x10\x02\x12#\n\x1f\x41UDIT_EVENT_TYPE_DEVICE_UPDATED\x10\x03\x12#\n\x1f\x41UDIT_EVENT_TYPE_DEVICE_DELETED\x10\x04\x12+\n\'AUDIT_EVENT_TYPE_VERIFICATION_SUCCEEDED\x10\x05\x12(\n$AUDIT_EVENT_TYPE_VERIFICATION_FAILED\x10\x06\x12 \n\x1c\x41UDIT_EVENT_TYPE_CODE_REUSED\x10\x07\x12\x1f\n\x1b\x41UDIT_EVENT_TYPE_LOCKED_OUT\x10\x08\x12!\n\x1d\x41UDIT_EVENT_TYPE_TOKEN_ISSUED\x10\t\x12$\n AUDIT_EVENT_TYPE_TOKEN_VALIDATED\x10\n\x12-\n)AUDIT_EVENT_TYPE_RECOVERY_CODES_GENERATED\x10\x0b\x12\'\n#AUDIT_EVENT_TYPE_RECOVERY_CODE_USED\x10\x0c\x12\x30\n,AUDIT_EVENT_TYPE_RECOVERY_CODES_ACKNOWLEDGED\x10\r\x12%\n!AUDIT_EVENT_TYPE_SETTINGS_CHANGED\x10\x0e\x12\x1f\n\x1b\x41UDIT_EVENT_TYPE_USER_RESET\x10\x0f\x12*\n&AUDIT_EVENT_TYPE_SIGN_COUNT_REGRESSION\x10\x10\x12(\n$AUDIT_EVENT_TYPE_ENVIRONMENT_CREATED\x10\x11\x32\xf7\x03\n\x0c\x41\x64minService\x12X\n\x11\x43reateEnvironment\x12 .mfa.v1.CreateEnvironmentRequest\x1a!.mfa.v1.CreateEnvironmentResponse\x12U\n\x10ListEnvironments\x12\x1f.mfa.v1.ListEnvironmentsRequest\x1a .mfa.v1.ListEnvironmentsResponse\x12\x46\n\x0bGetSettings\x12\x1a.mfa.v1.GetSettingsRequest\x1a\x1b.mfa.v1.GetSettingsResponse\x12O\n\x0eUpdateSettings\x12\x1d.mfa.v1.UpdateSettingsRequest\x1a\x1e.mfa.v1.UpdateSettingsResponse\x12I\n\x0cResetUserMfa\x12\x1b.mfa.v1.ResetUserMfaRequest\x1a\x1c.mfa.v1.ResetUserMfaResponse\x12R\n\x0fListAuditEvents\x12\x1e.mfa.v1.ListAuditEventsRequest\x1a\x1f.mfa.v1.ListAuditEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amfa/v1/admin_service.proto\x12\x06mfa.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x12mfa/v1/types.proto\"o\n\x18\x43reateEnvironmentRequest\x12\"\n\x08settings\x18\x01 \x01(\x0b\x32\x10.mfa.v1.Settings\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"?\n\x19\x43reateEnvironmentResponse\x12\"\n\x08settings\x18\x01 \x01(\x0b\x32\x10.mfa.v1.Settings\"@\n\x17ListEnvironmentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"[\n\x18ListEnvironmentsResponse\x12&\n\x0c\x65nvironments\x18\x01 \x03(\x0b\x32\x10.mfa.v1.Settings\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\",\n\x12GetSettingsRequest\x12\x16\n\x0e\x65nvironment_id\x18\x01 \x01(\t\"9\n\x13GetSettingsResponse\x12\"\n\x08settings\x18\x01 \x01(\x0b\x32\x10.mfa.v1.Settings\"l\n\x15UpdateSettingsRequest\x12\"\n\x08settings\x18\x01 \x01(\x0b\x32\x10.mfa.v1.Settings\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"<\n\x16UpdateSettingsResponse\x12\"\n\x08settings\x18\x01 \x01(\x0b\x32\x10.mfa.v1.Settings\"N\n\x13ResetUserMfaRequest\x12\x16\n\x0e\x65nvironment_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"G\n\x14ResetUserMfaResponse\x12\x17\n\x0f\x64\x65vices_removed\x18\x01 \x01(\r\x12\x16\n\x0etokens_revoked\x18\x02 \x01(\r\"\xd7\x02\n\nAuditEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12$\n\x04type\x18\x02 \x01(\x0e\x32\x16.mfa.v1.AuditEventType\x12\x16\n\x0e\x65nvironment_id\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12/\n\x0boccurred_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1e\n\x06method\x18\x06 \x01(\x0e\x32\x0e.mfa.v1.Method\x12\x11\n\tdevice_id\x18\x07 \x01(\t\x12\x0e\n\x06\x63\x61ller\x18\x08 \x01(\t\x12\x12\n\nrequest_id\x18\t \x01(\t\x12\x30\n\x07\x64\x65tails\x18\n \x03(\x0b\x32\x1f.mfa.v1.AuditEvent.DetailsEntry\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8f\x01\n\x16ListAuditEventsRequest\x12\x16\n\x0e\x65nvironment_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12%\n\x05types\x18\x05 \x03(\x0e\x32\x16.mfa.v1.AuditEventType\"V\n\x17ListAuditEventsResponse\x12\"\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x12.mfa.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xdb\x05\n\x0e\x41uditEventType\x12 \n\x1c\x41UDIT_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\'\n#AUDIT_EVENT_TYPE_ENROLLMENT_STARTED\x10\x01\x12)\n%AUDIT_EVENT_TYPE_ENROLLMENT_COMPLETED\x10\x02\x12#\n\x1f\x41UDIT_EVENT_TYPE_DEVICE_UPDATED\x10\x03\x12#\n\x1f\x41UDIT_EVENT_TYPE_DEVICE_DELETED\x10\x04\x12+\n\'AUDIT_EVENT_TYPE_VERIFICATION_SUCCEEDED\x10\x05\x12(\n$AUDIT_EVENT_TYPE_VERIFICATION_FAILED\x10\x06\x12 \n\x1c\x41UDIT_EVENT_TYPE_CODE_REUSED\x10\x07\x12\x1f\n\x1b\x41UDIT_EVENT_TYPE_LOCKED_OUT\x10\x08\x12!\n\x1d\x41UDIT_EVENT_TYPE_TOKEN_ISSUED\x10\t\x12$\n AUDIT_EVENT_TYPE_TOKEN_VALIDATED\x10\n\x12-\n)AUDIT_EVENT_TYPE_RECOVERY_CODES_GENERATED\x10\x0b\x12\'\n#AUDIT_EVENT_TYPE_RECOVERY_CODE_USED\x10\x0c\x12\x30\n,AUDIT_EVENT_TYPE_RECOVERY_CODES_ACKNOWLEDGED\x10\r\x12%\n!AUDIT_EVENT_TYPE_SETTINGS_CHANGED\x10\x0e\x12\x1f\n\x1b\x41UDIT_EVENT_TYPE_USER_RESET\x10\x0f\x12*\n&AUDIT_EVENT_TYPE_SIGN_COUNT_REGRESSION\x10\x10\x12(\n$AUDIT_EVENT_TYPE_ENVIRONMENT_CREATED\x10\x11\x32\xf7\x03\n\x0c\x41\x64minService\x12X\n\x11\x43reateEnvironment\x12 .mfa.v1.CreateEnvironmentRequest\x1a!.mfa.v1.CreateEnvironmentResponse\x12U\n\x10ListEnvironments\x12\x1f.mfa.v1.ListEnvironmentsRequest\x1a .mfa.v1.ListEnvironmentsResponse\x12\x46\n\x0bGetSettings\x12\x1a.mfa.v1.GetSettingsRequest\x1a\x1b.mfa.v1.GetSettingsResponse\x12O\n\x0eUpdateSettings\x12\x1d.mfa.v1.UpdateSettingsRequest\x1a\x1e.mfa.v1.UpdateSettingsResponse\x12I\n\x0cResetUserMfa\x12\x1b.mfa.v1.ResetUserMfaRequest\x1a\x1c.mfa.v1.ResetUserMfaResponse\x12R\n\x0fListAuditEvents\x12\x1e.mfa.v1.ListAuditEventsRequest\x1a\x1f.mfa.v1.ListAuditEventsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,36 +36,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_AUDITEVENT_DETAILSENTRY']._loaded_options = None
   _globals['_AUDITEVENT_DETAILSENTRY']._serialized_options = b'8\001'
-  _globals['_AUDITEVENTTYPE']._serialized_start=1424
-  _globals['_AUDITEVENTTYPE']._serialized_end=2155
+  _globals['_AUDITEVENTTYPE']._serialized_start=1473
+  _globals['_AUDITEVENTTYPE']._serialized_end=2204
   _globals['_CREATEENVIRONMENTREQUEST']._serialized_start=125
-  _globals['_CREATEENVIRONMENTREQUEST']._serialized_end=187
-  _globals['_CREATEENVIRONMENTRESPONSE']._serialized_start=189
-  _globals['_CREATEENVIRONMENTRESPONSE']._serialized_end=252
-  _globals['_LISTENVIRONMENTSREQUEST']._serialized_start=254
-  _globals['_LISTENVIRONMENTSREQUEST']._serialized_end=318
-  _globals['_LISTENVIRONMENTSRESPONSE']._serialized_start=320
-  _globals['_LISTENVIRONMENTSRESPONSE']._serialized_end=411
-  _globals['_GETSETTINGSREQUEST']._serialized_start=413
-  _globals['_GETSETTINGSREQUEST']._serialized_end=457
-  _globals['_GETSETTINGSRESPONSE']._serialized_start=459
-  _globals['_GETSETTINGSRESPONSE']._serialized_end=516
-  _globals['_UPDATESETTINGSREQUEST']._serialized_start=518
-  _globals['_UPDATESETTINGSREQUEST']._serialized_end=626
-  _globals['_UPDATESETTINGSRESPONSE']._serialized_start=628
-  _globals['_UPDATESETTINGSRESPONSE']._serialized_end=688
-  _globals['_RESETUSERMFAREQUEST']._serialized_start=690
-  _globals['_RESETUSERMFAREQUEST']._serialized_end=768
-  _globals['_RESETUSERMFARESPONSE']._serialized_start=770
-  _globals['_RESETUSERMFARESPONSE']._serialized_end=841
-  _globals['_AUDITEVENT']._serialized_start=844
-  _globals['_AUDITEVENT']._serialized_end=1187
-  _globals['_AUDITEVENT_DETAILSENTRY']._serialized_start=1141
-  _globals['_AUDITEVENT_DETAILSENTRY']._serialized_end=1187
-  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=1190
-  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=1333
-  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=1335
-  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=1421
-  _globals['_ADMINSERVICE']._serialized_start=2158
-  _globals['_ADMINSERVICE']._serialized_end=2661
+  _globals['_CREATEENVIRONMENTREQUEST']._serialized_end=236
+  _globals['_CREATEENVIRONMENTRESPONSE']._serialized_start=238
+  _globals['_CREATEENVIRONMENTRESPONSE']._serialized_end=301
+  _globals['_LISTENVIRONMENTSREQUEST']._serialized_start=303
+  _globals['_LISTENVIRONMENTSREQUEST']._serialized_end=367
+  _globals['_LISTENVIRONMENTSRESPONSE']._serialized_start=369
+  _globals['_LISTENVIRONMENTSRESPONSE']._serialized_end=460
+  _globals['_GETSETTINGSREQUEST']._serialized_start=462
+  _globals['_GETSETTINGSREQUEST']._serialized_end=506
+  _globals['_GETSETTINGSRESPONSE']._serialized_start=508
+  _globals['_GETSETTINGSRESPONSE']._serialized_end=565
+  _globals['_UPDATESETTINGSREQUEST']._serialized_start=567
+  _globals['_UPDATESETTINGSREQUEST']._serialized_end=675
+  _globals['_UPDATESETTINGSRESPONSE']._serialized_start=677
+  _globals['_UPDATESETTINGSRESPONSE']._serialized_end=737
+  _globals['_RESETUSERMFAREQUEST']._serialized_start=739
+  _globals['_RESETUSERMFAREQUEST']._serialized_end=817
+  _globals['_RESETUSERMFARESPONSE']._serialized_start=819
+  _globals['_RESETUSERMFARESPONSE']._serialized_end=890
+  _globals['_AUDITEVENT']._serialized_start=893
+  _globals['_AUDITEVENT']._serialized_end=1236
+  _globals['_AUDITEVENT_DETAILSENTRY']._serialized_start=1190
+  _globals['_AUDITEVENT_DETAILSENTRY']._serialized_end=1236
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=1239
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=1382
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=1384
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=1470
+  _globals['_ADMINSERVICE']._serialized_start=2207
+  _globals['_ADMINSERVICE']._serialized_end=2710
 # @@protoc_insertion_point(module_scope)

@@ -77,20 +77,32 @@ class CreateEnvironmentRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SETTINGS_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def settings(self) -> _types_pb2.Settings:
-        """settings.environment_id names the new environment; the other fields are its
-        initial settings (unset ones take the defaults), validated as a whole.
+        """settings.environment_id names the new environment (1..128 printable ASCII
+        characters; ids are case-sensitive). The other fields are its initial settings,
+        validated as a whole; those not taken keep the defaults (TOTP and passkeys
+        enabled, nothing protected beyond the credential actions).
+        """
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """The paths of settings to take, as UpdateSettings' update_mask ("*": every field).
+        Empty: every field set to a non-zero value. Proto3 cannot tell an unset bool from
+        false, so an environment with TOTP off names it: paths ["totp_enabled"] with
+        totp_enabled false.
         """
 
     def __init__(
         self,
         *,
         settings: _types_pb2.Settings | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings", "update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings", "update_mask", b"update_mask"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

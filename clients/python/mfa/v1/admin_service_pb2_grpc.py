@@ -70,15 +70,17 @@ class AdminServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def CreateEnvironment(self, request, context):
-        """Create an environment with these settings (unset fields take the defaults).
-        ALREADY_EXISTS if it exists. Every other RPC refuses an environment never created.
+        """Create an environment with these settings (fields not taken keep the defaults).
+        ALREADY_EXISTS if it exists. Every other RPC refuses an environment never created:
+        NOT_FOUND (ERROR_REASON_ENVIRONMENT_NOT_FOUND), and ValidateActionToken answers
+        DENY (DECISION_REASON_ENVIRONMENT_UNKNOWN).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListEnvironments(self, request, context):
-        """The environments, ordered by id, paginated.
+        """The environments with their settings, ordered by id (byte order), paginated.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -34,11 +34,13 @@ class AdminServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AdminServiceAsyncStub: ...
     CreateEnvironment: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.CreateEnvironmentRequest, _admin_service_pb2.CreateEnvironmentResponse]
-    """Create an environment with these settings (unset fields take the defaults).
-    ALREADY_EXISTS if it exists. Every other RPC refuses an environment never created.
+    """Create an environment with these settings (fields not taken keep the defaults).
+    ALREADY_EXISTS if it exists. Every other RPC refuses an environment never created:
+    NOT_FOUND (ERROR_REASON_ENVIRONMENT_NOT_FOUND), and ValidateActionToken answers
+    DENY (DECISION_REASON_ENVIRONMENT_UNKNOWN).
     """
     ListEnvironments: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListEnvironmentsRequest, _admin_service_pb2.ListEnvironmentsResponse]
-    """The environments, ordered by id, paginated."""
+    """The environments with their settings, ordered by id (byte order), paginated."""
     GetSettings: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.GetSettingsRequest, _admin_service_pb2.GetSettingsResponse]
     """The environment's settings."""
     UpdateSettings: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.UpdateSettingsRequest, _admin_service_pb2.UpdateSettingsResponse]
@@ -52,11 +54,13 @@ class AdminServiceStub:
 class AdminServiceAsyncStub(AdminServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateEnvironment: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.CreateEnvironmentRequest, _admin_service_pb2.CreateEnvironmentResponse]  # type: ignore[assignment]
-    """Create an environment with these settings (unset fields take the defaults).
-    ALREADY_EXISTS if it exists. Every other RPC refuses an environment never created.
+    """Create an environment with these settings (fields not taken keep the defaults).
+    ALREADY_EXISTS if it exists. Every other RPC refuses an environment never created:
+    NOT_FOUND (ERROR_REASON_ENVIRONMENT_NOT_FOUND), and ValidateActionToken answers
+    DENY (DECISION_REASON_ENVIRONMENT_UNKNOWN).
     """
     ListEnvironments: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListEnvironmentsRequest, _admin_service_pb2.ListEnvironmentsResponse]  # type: ignore[assignment]
-    """The environments, ordered by id, paginated."""
+    """The environments with their settings, ordered by id (byte order), paginated."""
     GetSettings: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.GetSettingsRequest, _admin_service_pb2.GetSettingsResponse]  # type: ignore[assignment]
     """The environment's settings."""
     UpdateSettings: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.UpdateSettingsRequest, _admin_service_pb2.UpdateSettingsResponse]  # type: ignore[assignment]
@@ -73,8 +77,10 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_service_pb2.CreateEnvironmentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.CreateEnvironmentResponse, _abc.Awaitable[_admin_service_pb2.CreateEnvironmentResponse]]:
-        """Create an environment with these settings (unset fields take the defaults).
-        ALREADY_EXISTS if it exists. Every other RPC refuses an environment never created.
+        """Create an environment with these settings (fields not taken keep the defaults).
+        ALREADY_EXISTS if it exists. Every other RPC refuses an environment never created:
+        NOT_FOUND (ERROR_REASON_ENVIRONMENT_NOT_FOUND), and ValidateActionToken answers
+        DENY (DECISION_REASON_ENVIRONMENT_UNKNOWN).
         """
 
     @_abc_1.abstractmethod
@@ -83,7 +89,7 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_service_pb2.ListEnvironmentsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.ListEnvironmentsResponse, _abc.Awaitable[_admin_service_pb2.ListEnvironmentsResponse]]:
-        """The environments, ordered by id, paginated."""
+        """The environments with their settings, ordered by id (byte order), paginated."""
 
     @_abc_1.abstractmethod
     def GetSettings(

@@ -163,10 +163,21 @@ export function auditEventTypeToJSON(object: AuditEventType): string {
 
 export interface CreateEnvironmentRequest {
   /**
-   * settings.environment_id names the new environment; the other fields are its
-   * initial settings (unset ones take the defaults), validated as a whole.
+   * settings.environment_id names the new environment (1..128 printable ASCII
+   * characters; ids are case-sensitive). The other fields are its initial settings,
+   * validated as a whole; those not taken keep the defaults (TOTP and passkeys
+   * enabled, nothing protected beyond the credential actions).
    */
-  settings: Settings | undefined;
+  settings:
+    | Settings
+    | undefined;
+  /**
+   * The paths of settings to take, as UpdateSettings' update_mask ("*": every field).
+   * Empty: every field set to a non-zero value. Proto3 cannot tell an unset bool from
+   * false, so an environment with TOTP off names it: paths ["totp_enabled"] with
+   * totp_enabled false.
+   */
+  updateMask: string[] | undefined;
 }
 
 export interface CreateEnvironmentResponse {
@@ -262,13 +273,16 @@ export interface ListAuditEventsResponse {
 }
 
 function createBaseCreateEnvironmentRequest(): CreateEnvironmentRequest {
-  return { settings: undefined };
+  return { settings: undefined, updateMask: undefined };
 }
 
 export const CreateEnvironmentRequest: MessageFns<CreateEnvironmentRequest> = {
   encode(message: CreateEnvironmentRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.settings !== undefined) {
       Settings.encode(message.settings, writer.uint32(10).fork()).join();
+    }
+    if (message.updateMask !== undefined) {
+      FieldMask.encode(FieldMask.wrap(message.updateMask), writer.uint32(18).fork()).join();
     }
     return writer;
   },
@@ -294,6 +308,14 @@ export const CreateEnvironmentRequest: MessageFns<CreateEnvironmentRequest> = {
             message.settings = Settings.decode(reader, reader.uint32());
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.updateMask = FieldMask.unwrap(FieldMask.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -307,13 +329,23 @@ export const CreateEnvironmentRequest: MessageFns<CreateEnvironmentRequest> = {
   },
 
   fromJSON(object: any): CreateEnvironmentRequest {
-    return { settings: isSet(object.settings) ? Settings.fromJSON(object.settings) : undefined };
+    return {
+      settings: isSet(object.settings) ? Settings.fromJSON(object.settings) : undefined,
+      updateMask: isSet(object.updateMask)
+        ? FieldMask.unwrap(FieldMask.fromJSON(object.updateMask))
+        : isSet(object.update_mask)
+        ? FieldMask.unwrap(FieldMask.fromJSON(object.update_mask))
+        : undefined,
+    };
   },
 
   toJSON(message: CreateEnvironmentRequest): unknown {
     const obj: any = {};
     if (message.settings !== undefined) {
       obj.settings = Settings.toJSON(message.settings);
+    }
+    if (message.updateMask !== undefined) {
+      obj.updateMask = FieldMask.toJSON(FieldMask.wrap(message.updateMask));
     }
     return obj;
   },
@@ -326,6 +358,7 @@ export const CreateEnvironmentRequest: MessageFns<CreateEnvironmentRequest> = {
     message.settings = (object.settings !== undefined && object.settings !== null)
       ? Settings.fromPartial(object.settings)
       : undefined;
+    message.updateMask = object.updateMask ?? undefined;
     return message;
   },
 };
@@ -1707,8 +1740,10 @@ export const ListAuditEventsResponse: MessageFns<ListAuditEventsResponse> = {
 export type AdminServiceService = typeof AdminServiceService;
 export const AdminServiceService = {
   /**
-   * Create an environment with these settings (unset fields take the defaults).
-   * ALREADY_EXISTS if it exists. Every other RPC refuses an environment never created.
+   * Create an environment with these settings (fields not taken keep the defaults).
+   * ALREADY_EXISTS if it exists. Every other RPC refuses an environment never created:
+   * NOT_FOUND (ERROR_REASON_ENVIRONMENT_NOT_FOUND), and ValidateActionToken answers
+   * DENY (DECISION_REASON_ENVIRONMENT_UNKNOWN).
    */
   createEnvironment: {
     path: "/mfa.v1.AdminService/CreateEnvironment" as const,
@@ -1721,7 +1756,7 @@ export const AdminServiceService = {
       Buffer.from(CreateEnvironmentResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): CreateEnvironmentResponse => CreateEnvironmentResponse.decode(value),
   },
-  /** The environments, ordered by id, paginated. */
+  /** The environments with their settings, ordered by id (byte order), paginated. */
   listEnvironments: {
     path: "/mfa.v1.AdminService/ListEnvironments" as const,
     requestStream: false as const,
@@ -1782,11 +1817,13 @@ export const AdminServiceService = {
 
 export interface AdminServiceServer extends UntypedServiceImplementation {
   /**
-   * Create an environment with these settings (unset fields take the defaults).
-   * ALREADY_EXISTS if it exists. Every other RPC refuses an environment never created.
+   * Create an environment with these settings (fields not taken keep the defaults).
+   * ALREADY_EXISTS if it exists. Every other RPC refuses an environment never created:
+   * NOT_FOUND (ERROR_REASON_ENVIRONMENT_NOT_FOUND), and ValidateActionToken answers
+   * DENY (DECISION_REASON_ENVIRONMENT_UNKNOWN).
    */
   createEnvironment: handleUnaryCall<CreateEnvironmentRequest, CreateEnvironmentResponse>;
-  /** The environments, ordered by id, paginated. */
+  /** The environments with their settings, ordered by id (byte order), paginated. */
   listEnvironments: handleUnaryCall<ListEnvironmentsRequest, ListEnvironmentsResponse>;
   /** The environment's settings. */
   getSettings: handleUnaryCall<GetSettingsRequest, GetSettingsResponse>;
@@ -1800,8 +1837,10 @@ export interface AdminServiceServer extends UntypedServiceImplementation {
 
 export interface AdminServiceClient extends Client {
   /**
-   * Create an environment with these settings (unset fields take the defaults).
-   * ALREADY_EXISTS if it exists. Every other RPC refuses an environment never created.
+   * Create an environment with these settings (fields not taken keep the defaults).
+   * ALREADY_EXISTS if it exists. Every other RPC refuses an environment never created:
+   * NOT_FOUND (ERROR_REASON_ENVIRONMENT_NOT_FOUND), and ValidateActionToken answers
+   * DENY (DECISION_REASON_ENVIRONMENT_UNKNOWN).
    */
   createEnvironment(
     request: CreateEnvironmentRequest,
@@ -1818,7 +1857,7 @@ export interface AdminServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: CreateEnvironmentResponse) => void,
   ): ClientUnaryCall;
-  /** The environments, ordered by id, paginated. */
+  /** The environments with their settings, ordered by id (byte order), paginated. */
   listEnvironments(
     request: ListEnvironmentsRequest,
     callback: (error: ServiceError | null, response: ListEnvironmentsResponse) => void,
