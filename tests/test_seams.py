@@ -11,6 +11,8 @@ import asyncio
 import base64
 import functools
 import json
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
@@ -40,6 +42,7 @@ from mfa_service.app import Application
 from mfa_service.crypto import KeyRing
 from mfa_service.domain import recovery
 from mfa_service.domain.devices import MAX_OPEN_CHALLENGES
+from mfa_service.services.verification import KDF_SLOTS
 
 ENV = "env-seams"
 pytestmark = pytest.mark.environments(ENV)
@@ -639,6 +642,49 @@ async def hashing_holds_no_connection(
         )
     assert len(taken) == 10 + 10 + 2  # the first set, the new set, two checks
     assert set(taken) == {0}
+
+
+async def test_recovery_code_checks_run_at_most_two_at_once(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flood of guesses queues for the scrypt check instead of taking every core."""
+    running, peak = 0, 0
+    counting = threading.Lock()
+    real_matches = recovery.matches
+
+    def matches(secret: str, stored: Any) -> bool:
+        nonlocal running, peak
+        with counting:
+            running += 1
+            peak = max(peak, running)
+        try:
+            time.sleep(0.05)  # a slower scrypt: the calls overlap if they may
+            return real_matches(secret, stored)
+        finally:
+            with counting:
+                running -= 1
+
+    monkeypatch.setattr(recovery, "matches", matches)
+
+    async def guess(user: str) -> None:
+        await refused(
+            call(
+                client.mfa_stub.VerifySession(
+                    pb.VerifySessionRequest(
+                        environment_id=ENV,
+                        user_id=user,
+                        session_id="s",
+                        challenge_id=await challenge(client, ENV, user, types.METHOD_RECOVERY_CODE),
+                        proof=types.Proof(recovery_code="ABCDE-FGHJK-MNPQR-STVWX"),
+                    )
+                )
+            ),
+            grpc.StatusCode.PERMISSION_DENIED,
+            "ERROR_REASON_VERIFICATION_FAILED",
+        )
+
+    await asyncio.gather(*(guess(f"made-up-{i}") for i in range(8)))
+    assert peak == KDF_SLOTS
 
 
 async def test_a_users_open_challenges_are_capped(client: Client, clock: FakeClock) -> None:
