@@ -4,8 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install node-deps system-deps run test bench lint buf-breaking proto proto-check migrate clean \
-	lock audit sbom cluster-deps cluster-up cluster-down cluster-status test-failover
+.PHONY: install node-deps system-deps run test test-model bench lint buf-breaking proto proto-check \
+	migrate clean lock audit sbom cluster-deps cluster-up cluster-down cluster-status test-failover
 
 install: $(STAMP) node-deps
 
@@ -106,6 +106,17 @@ migrate: $(STAMP)
 
 test: $(STAMP) $(NODE_STAMP) system-deps proto
 	PYTHONASYNCIODEBUG=$${PYTHONASYNCIODEBUG:-1} $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The stateful model test (tests/test_model.py) with a nightly budget: fresh random
+# sequences each run (make test runs a small derandomized budget of the same test). A
+# failure prints the @reproduce_failure blob that replays it.
+MODEL_EXAMPLES ?= 500
+MODEL_STEPS ?= 60
+
+test-model: $(STAMP) proto
+	MFA_MODEL_EXAMPLES=$(MODEL_EXAMPLES) MFA_MODEL_STEPS=$(MODEL_STEPS) MFA_MODEL_RANDOM=1 \
+		PYTHONASYNCIODEBUG=$${PYTHONASYNCIODEBUG:-1} \
+		$(BIN)/python -m pytest -q tests/test_model.py $(PYTEST_ARGS)
 
 # Throughput, latency and server CPU per call against the empty-RPC ceiling, in one run
 # (tools/bench.py; BENCH_ARGS="--workers 2 --preload-tokens 10000000" for more).
