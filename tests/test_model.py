@@ -161,8 +161,6 @@ async def create_environment(client: Client, env: str) -> None:
     try:
         await client.admin.stub.CreateEnvironment(request, timeout=CALL_TIMEOUT)
     except grpc.aio.AioRpcError as error:
-        if error.code() is grpc.StatusCode.UNIMPLEMENTED:  # MERGE: drop this fallback
-            return
         raise MfaServiceError.from_rpc_error(error) from None
 
 
