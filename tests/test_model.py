@@ -43,6 +43,7 @@ import collections
 import itertools
 import json
 import os
+import sys
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -69,7 +70,7 @@ from mfa.v1 import mfa_service_pb2 as pb
 from mfa.v1 import types_pb2 as types
 from mfa_client import Client, MfaServiceError
 
-MODEL_EXAMPLES = int(os.environ.get("MFA_MODEL_EXAMPLES", "50"))
+MODEL_EXAMPLES = int(os.environ.get("MFA_MODEL_EXAMPLES", "60"))
 MODEL_STEPS = int(os.environ.get("MFA_MODEL_STEPS", "40"))
 MODEL_RANDOM = os.environ.get("MFA_MODEL_RANDOM", "") not in ("", "0")
 
@@ -236,7 +237,7 @@ class Enrollment:
     secret: str | None
     options: str | None
     link: Token | None  # the LINK token its Enroll carried
-    linked: bool  # its Enroll succeeded with a fitting token while the user had a factor
+    linked: bool  # its Enroll succeeded with a token fit for ACTION_CREDENTIAL_LINK
     devices_at_enroll: frozenset[str]
     superseded: bool = False  # a later Enroll of the user succeeded
 
@@ -326,6 +327,7 @@ class MfaModel(RuleBasedStateMachine):
         self.log = StepLog()
         self.reserved: set[str] = set()
         self.before: Snapshot | None = None
+        self.history: list[str] = []
 
     # --- running a step ------------------------------------------------------------
 
@@ -337,12 +339,26 @@ class MfaModel(RuleBasedStateMachine):
 
     def _step(self, *ops: Op) -> None:
         """Run ``ops`` at once, then check every invariant against the database."""
+        rule_frame = sys._getframe(1)  # the rule, for the history of this example
+        args = rule_frame.f_code.co_varnames[1 : rule_frame.f_code.co_argcount]
+        shown = ", ".join(f"{a}={rule_frame.f_locals[a]!r}" for a in args)
+        self.history.append(f"{rule_frame.f_code.co_name}({shown})")
         self.notes: list[str] = []
+        failure: BaseException | None = None
         try:
             self._run(self._step_async(ops))
-        finally:
-            for line in self.notes:  # Hypothesis takes notes on its own thread only
-                note(line)
+        except BaseException as error:
+            failure = error
+        counted = collections.Counter(self.notes)  # a burst's answers, once each
+        lines = [f"{line} (x{n})" if n > 1 else line for line, n in counted.items()]
+        self.history += lines
+        for line in lines:  # Hypothesis takes notes on its own thread only
+            note(line)
+        if failure is not None:
+            # A failure that depends on timing may not replay, and then Hypothesis shows
+            # no steps: the error carries them.
+            failure.add_note("this example's steps and answers:\n" + "\n".join(self.history))
+            raise failure
 
     async def _step_async(self, ops: tuple[Op, ...]) -> None:
         if self.before is None:
@@ -602,7 +618,7 @@ class MfaModel(RuleBasedStateMachine):
         token = self._pick_token(user, actor, LINK, token_pick)
         had = frozenset(self.before.devices[name])
         now = self.clock.now()
-        linked = token is not None and bool(had) and self._fits_link(user, token, now)
+        linked = token is not None and self._fits_link(user, token, now)
         answer = await self._rpc(
             "Enroll",
             self._mfa().Enroll(
@@ -1128,7 +1144,7 @@ class MfaModel(RuleBasedStateMachine):
 
     @rule(
         user=st.sampled_from(USERS),
-        n=st.sampled_from([1, 3, 25]),
+        n=st.sampled_from([1, 3, 25, 100]),
         recovery=st.booleans(),
     )
     def guess_burst(self, user: str, n: int, recovery: bool) -> None:
