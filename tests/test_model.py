@@ -15,9 +15,10 @@ After every step, from the answers and the database (read directly):
    most one without;
 2. a protected action (the environment's protected actions and the credential actions)
    is never ALLOWed, nor done, without a token while the user has a factor;
-3. consecutive failures without a success never exceed the hard limit of 100, and the
-   count never starts over by itself: ``mfa_users.failed_attempts`` is at least the
-   number of failures the callers were told of since the last success;
+3. consecutive failures of codes and passkeys without a success never exceed the hard
+   limit of 100 (past it only recovery codes, the way out, still count, within the
+   lockouts), and the count never starts over by itself: ``mfa_users.failed_attempts``
+   is at least the number of failures the callers were told of since the last success;
 4. at most ten live recovery codes per user;
 5. a user with no device has no live recovery codes;
 6. no call answers ``INTERNAL`` or ``UNKNOWN``;
@@ -252,6 +253,7 @@ class User:
     spent: list[Token] = field(default_factory=list)  # the user's, seen by the attacker
     codes: dict[str, list[str]] = field(default_factory=lambda: {a: [] for a in ACTORS})
     failures: int = 0  # VERIFICATION_FAILED answers since the last success
+    recovery_failures: int = 0  # of them, answers to a recovery code
     enrolled_with: set[str] = field(default_factory=set)  # LINK tokens Enroll accepted
     link_claims: set[str] = field(default_factory=set)  # LINK tokens that added a factor
 
@@ -284,6 +286,7 @@ class StepLog:
     reset: set[str] = field(default_factory=set)
     successes: set[str] = field(default_factory=set)
     failures: collections.Counter[str] = field(default_factory=collections.Counter)
+    recovery_failures: collections.Counter[str] = field(default_factory=collections.Counter)
     unprotected_allows: list[tuple[str, int]] = field(default_factory=list)
     tokenless_changes: list[tuple[str, str]] = field(default_factory=list)
     uses: list[tuple[str, Token, int]] = field(default_factory=list)  # user, token, action
@@ -443,8 +446,10 @@ class MfaModel(RuleBasedStateMachine):
         for name, user in self.users.items():
             if name in self.log.successes or name in self.log.reset:
                 user.failures = 0  # failures in the same step may come before the success
+                user.recovery_failures = 0
             else:
                 user.failures += self.log.failures[name]
+                user.recovery_failures += self.log.recovery_failures[name]
 
     def _check(self, before: Snapshot, after: Snapshot) -> None:
         log = self.log
@@ -472,12 +477,15 @@ class MfaModel(RuleBasedStateMachine):
                 "the second without a consumed ACTION_CREDENTIAL_LINK token"
             )
             failed = after.attempts[name][0]
-            assert user.failures <= HARD_LIMIT, (
-                f"invariant 3: {name} was told of {user.failures} consecutive failures "
-                f"(hard limit {HARD_LIMIT})"
+            # At the hard limit an authenticator app or passkey is refused uncounted; only
+            # recovery codes (75-bit secrets, the way out) still count, within lockouts.
+            assert user.failures - user.recovery_failures <= HARD_LIMIT, (
+                f"invariant 3: {name} was told of {user.failures - user.recovery_failures} "
+                f"consecutive failures of a code or passkey (hard limit {HARD_LIMIT})"
             )
-            assert failed <= HARD_LIMIT, (
-                f"invariant 3: {name} has failed_attempts={failed} (hard limit {HARD_LIMIT})"
+            assert failed <= HARD_LIMIT + user.recovery_failures, (
+                f"invariant 3: {name} has failed_attempts={failed}, past the hard limit "
+                f"{HARD_LIMIT} by more than its {user.recovery_failures} recovery-code failures"
             )
             assert failed >= user.failures, (
                 f"invariant 3: {name} was told of {user.failures} consecutive failures "
@@ -868,6 +876,8 @@ class MfaModel(RuleBasedStateMachine):
         if isinstance(answer, MfaServiceError):
             if (answer.code, answer.reason) == FAILED:
                 self.log.failures[name] += 1
+                if proof in ("recovery", "guess_recovery"):
+                    self.log.recovery_failures[name] += 1
             assert not expected, f"a fresh proof of {actor}'s own device failed: {answer.reason}"
             return None
         assert proof not in ("guess", "guess_recovery"), f"a guessed code verified: {who}"
