@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from mfa_service.domain.audit import AuditEvent, AuditEventType, CallContext, LoggedEvent
+from mfa_service.domain.model import Method
 from mfa_service.store.db import Connection
 
 
@@ -15,11 +15,11 @@ async def page(
     types: list[str] | None,
     before_id: int | None,
     limit: int,
-) -> list[Any]:
-    """Up to ``limit`` events older than ``before_id`` (the last one of the previous page)."""
-    return list(
-        await conn.fetch(
-            """
+) -> list[LoggedEvent]:
+    """Up to ``limit`` events older than ``before_id`` (the last one of the previous page),
+    newest first."""
+    rows = await conn.fetch(
+        """
             SELECT id, event_id, environment_id, user_id, type, occurred_at, method,
                    device_id, caller, request_id, details
             FROM audit_events
@@ -30,10 +30,26 @@ async def page(
             ORDER BY id DESC
             LIMIT $5
             """,
-            env,
-            user_id,
-            types,
-            before_id,
-            limit,
-        )
+        env,
+        user_id,
+        types,
+        before_id,
+        limit,
     )
+    return [
+        LoggedEvent(
+            row_id=row["id"],
+            event_id=str(row["event_id"]),
+            event=AuditEvent(
+                type=AuditEventType[row["type"]],
+                environment_id=row["environment_id"],
+                occurred_at=row["occurred_at"],
+                context=CallContext(caller=row["caller"], request_id=row["request_id"]),
+                user_id=row["user_id"],
+                method=Method[row["method"]] if row["method"] else None,
+                device_id=row["device_id"],
+                details={str(k): str(v) for k, v in (row["details"] or {}).items()},
+            ),
+        )
+        for row in rows
+    ]
