@@ -20,16 +20,16 @@ async def page(
     newest first."""
     rows = await conn.fetch(
         """
-            SELECT id, event_id, environment_id, user_id, type, occurred_at, method,
-                   device_id, caller, request_id, details
-            FROM audit_events
-            WHERE environment_id = $1
-              AND ($2 = '' OR user_id = $2)
-              AND ($3::text[] IS NULL OR type = ANY($3::text[]))
-              AND ($4::bigint IS NULL OR id < $4)
-            ORDER BY id DESC
-            LIMIT $5
-            """,
+        SELECT id, event_id, environment_id, user_id, type, occurred_at, method,
+               device_id, caller, request_id, details
+        FROM audit_events
+        WHERE environment_id = $1
+          AND ($2 = '' OR user_id = $2)
+          AND ($3::text[] IS NULL OR type = ANY($3::text[]))
+          AND ($4::bigint IS NULL OR id < $4)
+        ORDER BY id DESC
+        LIMIT $5
+        """,
         env,
         user_id,
         types,

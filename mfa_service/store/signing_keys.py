@@ -21,22 +21,14 @@ async def list_usable(conn: Connection, *, retired_after: datetime) -> list[Seal
     """The active key and the retired keys that may still have live tokens, newest first."""
     rows = await conn.fetch(
         """
-            SELECT kid, algorithm, private_key, created_at, retired_at FROM signing_keys
-            WHERE retired_at IS NULL OR retired_at > $1
-            ORDER BY created_at DESC
-            """,
+        SELECT kid, algorithm, private_key AS sealed_private_key, created_at, retired_at
+        FROM signing_keys
+        WHERE retired_at IS NULL OR retired_at > $1
+        ORDER BY created_at DESC
+        """,
         retired_after,
     )
-    return [
-        SealedSigningKey(
-            kid=row["kid"],
-            algorithm=row["algorithm"],
-            sealed_private_key=row["private_key"],
-            created_at=row["created_at"],
-            retired_at=row["retired_at"],
-        )
-        for row in rows
-    ]
+    return [SealedSigningKey(**dict(row)) for row in rows]
 
 
 async def insert_active(
