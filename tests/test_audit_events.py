@@ -20,6 +20,7 @@ from mfa.v1 import admin_service_pb2 as admin_pb
 from mfa.v1 import mfa_service_pb2 as pb
 from mfa.v1 import types_pb2 as types
 from mfa_client import Client, MfaServiceError
+from mfa_service.store import audit as audit_store
 
 ENV = "env-audit"
 pytestmark = pytest.mark.environments(ENV)
@@ -137,3 +138,30 @@ async def test_the_callers_request_id_is_on_the_event(client: Client, clock: Fak
     await client.mfa_stub.UpdateDevice(update)
     generated = (await newest(client, "xena")).request_id
     assert generated and generated != "req-update-42"  # per call, not sticky
+
+
+def test_every_audit_insert_names_the_one_column_list() -> None:
+    """store.audit.COLUMNS is the one column list: an INSERT that gives a column too few or
+    one unknown is refused when its module is imported, not written short."""
+    assert audit_store.COLUMNS == (
+        "event_id",
+        "environment_id",
+        "user_id",
+        "type",
+        "occurred_at",
+        "method",
+        "device_id",
+        "caller",
+        "request_id",
+        "details",
+    )
+    everything = {column: "NULL" for column in audit_store.COLUMNS}
+    assert "INSERT INTO audit_events (event_id, environment_id," in audit_store.insert_sql(
+        everything
+    )
+    for wrong in (
+        {c: v for c, v in everything.items() if c != "device_id"},
+        everything | {"actor": "NULL"},
+    ):
+        with pytest.raises(ValueError, match="audit INSERT must give exactly"):
+            audit_store.insert_sql(wrong)

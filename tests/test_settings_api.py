@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 from collections.abc import Awaitable, Callable
@@ -22,8 +23,24 @@ from mfa_client import Client, MfaServiceError
 from mfa_service import app as app_module
 from mfa_service.api.action_token import ActionTokenServicer
 from mfa_service.api.admin import AdminServicer
+from mfa_service.api.convert import new_settings_fields, settings_changes, settings_to_proto
 from mfa_service.api.mfa import MfaServicer
 from mfa_service.crypto import KeyRing
+from mfa_service.domain.model import Action, EnvironmentId, Method
+from mfa_service.domain.settings import (
+    SECTIONS,
+    UPDATABLE_PATHS,
+    Attestation,
+    LockoutSettings,
+    PasskeySettings,
+    Settings,
+    TotpSettings,
+    UserVerification,
+    apply_update,
+    changed_paths,
+    from_document,
+    to_document,
+)
 
 ENV = "env-settings"
 pytestmark = pytest.mark.environments(ENV)
@@ -761,3 +778,80 @@ async def test_durations_are_whole_seconds(
     assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, INVALID)
     assert fields_of(error) == [f"settings.{path}"]
     assert await client.admin.get_settings(ENV) == before
+
+
+# --- one field list (issue 18): the message, the document and the mask follow the dataclass
+
+
+def _message_leaves(descriptor: Any, prefix: str = "") -> set[str]:
+    """The leaf paths of a settings message: a section's fields, not the section."""
+    leaves: set[str] = set()
+    for f in descriptor.fields:
+        if f.message_type is not None and f.name in SECTIONS:
+            leaves |= _message_leaves(f.message_type, f"{f.name}.")
+        else:
+            leaves.add(prefix + f.name)
+    return leaves
+
+
+def _document_leaves(document: dict[str, Any], prefix: str = "") -> set[str]:
+    leaves: set[str] = set()
+    for key, value in document.items():
+        if isinstance(value, dict):
+            leaves |= _document_leaves(value, f"{key}.")
+        else:
+            leaves.add(prefix + key)
+    return leaves
+
+
+DOMAIN_LEAVES = {p for p in UPDATABLE_PATHS if p not in SECTIONS}
+# Fields of the message that are not settings a caller sets.
+OUTPUT_ONLY = {"environment_id", "revision", "update_time", "totp.digits", "totp.period"}
+ALL_CHANGED = Settings(
+    environment_id=EnvironmentId(ENV),
+    totp_enabled=False,  # with passkey_enabled: not valid, but every field is changed
+    passkey_enabled=False,
+    require_at_onboarding=True,
+    session_mfa_enabled=True,
+    action_methods=(Method.PASSKEY,),
+    protected_actions=(Action.WAAS_SIGN, Action.WAAS_EXPORT),
+    single_use_token_ttl=timedelta(seconds=90),
+    multi_use_token_ttl=timedelta(minutes=30),
+    totp=TotpSettings(issuer="Acme Wallet", skew_steps=0, max_devices=4),
+    passkey=PasskeySettings(
+        rp_id="example.com",
+        rp_name="Acme",
+        allowed_origins=("https://app.example.com",),
+        user_verification=UserVerification.DISCOURAGED,
+        attestation=Attestation.DIRECT,
+    ),
+    lockout=LockoutSettings(max_failed_attempts=9, lockout_duration=timedelta(hours=2)),
+    revision=4,
+)
+
+
+def test_the_message_the_document_and_the_mask_name_the_dataclass_fields() -> None:
+    """A field added to the dataclass and not to the proto message (or the reverse), or
+    stored under another name, fails here."""
+    assert _message_leaves(pb.Settings.DESCRIPTOR) == DOMAIN_LEAVES | OUTPUT_ONLY
+    assert _document_leaves(to_document(ALL_CHANGED)) == DOMAIN_LEAVES
+
+
+def test_every_field_round_trips_through_the_message_and_the_document() -> None:
+    # Every leaf differs from its default, so a field dropped on the way shows.
+    assert set(changed_paths(Settings(EnvironmentId(ENV)), ALL_CHANGED)) == DOMAIN_LEAVES
+    message = settings_to_proto(ALL_CHANGED)
+    assert message.environment_id == ENV
+    assert message.revision == 4
+    assert message.totp.digits == 6
+    assert message.totp.period.seconds == 30
+    assert message.passkey.user_verification == pb.USER_VERIFICATION_DISCOURAGED
+    assert list(message.protected_actions) == [pb.ACTION_WAAS_SIGN, pb.ACTION_WAAS_EXPORT]
+    read = apply_update(Settings(EnvironmentId(ENV)), settings_changes(message, ["*"]))
+    assert read == dataclasses.replace(ALL_CHANGED, revision=0)
+    leaf_by_leaf = new_settings_fields(message, sorted(DOMAIN_LEAVES))
+    assert apply_update(Settings(EnvironmentId(ENV)), leaf_by_leaf) == read
+    stored = from_document(
+        EnvironmentId(ENV), to_document(ALL_CHANGED), revision=4, update_time=None
+    )
+    assert stored == ALL_CHANGED

@@ -507,3 +507,76 @@ def test_document_of_defaults_round_trips_and_empty_document_means_defaults() ->
     document = json.loads(json.dumps(to_document(DEFAULTS)))
     assert from_document(ENV, document, revision=0, update_time=None) == DEFAULTS
     assert from_document(ENV, {}, revision=0, update_time=None) == DEFAULTS
+
+
+# What ``to_document`` wrote for the settings of ``test_document_round_trip`` before the
+# document was derived from the dataclass fields (issue 18): stored documents look like
+# this, and must keep reading, and being written, exactly so.
+STORED_DOCUMENT: dict[str, Any] = {
+    "totp_enabled": True,
+    "passkey_enabled": False,
+    "require_at_onboarding": True,
+    "session_mfa_enabled": True,
+    "action_methods": ["TOTP"],
+    "protected_actions": ["WAAS_SIGN", "WAAS_EXPORT"],
+    "single_use_token_ttl": 90.5,
+    "multi_use_token_ttl": 1800.0,
+    "totp": {"issuer": "Acme Wallet", "skew_steps": 0, "max_devices": 4},
+    "passkey": {
+        "rp_id": "example.com",
+        "rp_name": "Acme",
+        "allowed_origins": ["https://app.example.com", "https://example.com:8443"],
+        "user_verification": "DISCOURAGED",
+        "attestation": "DIRECT",
+    },
+    "lockout": {"max_failed_attempts": 9, "lockout_duration": 7200.0},
+}
+STORED_SETTINGS = Settings(
+    environment_id=ENV,
+    passkey_enabled=False,
+    require_at_onboarding=True,
+    session_mfa_enabled=True,
+    action_methods=(Method.TOTP,),
+    protected_actions=(Action.WAAS_SIGN, Action.WAAS_EXPORT),
+    single_use_token_ttl=timedelta(seconds=90.5),
+    multi_use_token_ttl=timedelta(minutes=30),
+    totp=TotpSettings(issuer="Acme Wallet", skew_steps=0, max_devices=4),
+    passkey=PasskeySettings(
+        rp_id="example.com",
+        rp_name="Acme",
+        allowed_origins=("https://app.example.com", "https://example.com:8443"),
+        user_verification=UserVerification.DISCOURAGED,
+        attestation=Attestation.DIRECT,
+    ),
+    lockout=LockoutSettings(max_failed_attempts=9, lockout_duration=timedelta(hours=2)),
+)
+
+
+def test_a_stored_document_reads_and_writes_as_before() -> None:
+    assert to_document(STORED_SETTINGS) == STORED_DOCUMENT
+    assert list(to_document(STORED_SETTINGS)) == list(STORED_DOCUMENT)  # same key order
+    read = from_document(ENV, STORED_DOCUMENT, revision=3, update_time=None)
+    assert read == dataclasses.replace(STORED_SETTINGS, revision=3)
+
+
+@pytest.mark.parametrize(
+    ("document", "expected"),
+    [
+        # An older document lacks later fields and whole sections: they keep defaults.
+        ({"totp_enabled": False}, with_(totp_enabled=False)),
+        ({"totp": {"issuer": "Old"}}, totp(issuer="Old")),
+        ({"lockout": {"lockout_duration": 60}}, lockout(lockout_duration=timedelta(minutes=1))),
+        # A duration stored as null reads as the default, as it always has.
+        ({"single_use_token_ttl": None}, DEFAULTS),
+        (
+            {"passkey": {"user_verification": "PREFERRED"}},
+            with_(passkey=PasskeySettings(user_verification=UserVerification.PREFERRED)),
+        ),
+        # Keys the code no longer knows are ignored.
+        ({"totp_digits": 8, "totp": {"period": 60}}, DEFAULTS),
+    ],
+)
+def test_an_older_document_reads_with_defaults(
+    document: dict[str, Any], expected: Settings
+) -> None:
+    assert from_document(ENV, document, revision=0, update_time=None) == expected

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import typing
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -16,15 +17,15 @@ from mfa_service.domain.audit import AuditEvent, AuditEventType
 from mfa_service.domain.devices import Device
 from mfa_service.domain.model import Action, EnvironmentId, Method, Proof, UserId
 from mfa_service.domain.settings import (
+    SECTIONS,
     TOTP_DIGITS,
     TOTP_PERIOD,
     UPDATABLE_PATHS,
     Attestation,
-    LockoutSettings,
-    PasskeySettings,
     Settings,
-    TotpSettings,
     UserVerification,
+    field_kinds,
+    is_section,
 )
 from mfa_service.errors import InvalidArgument
 
@@ -124,89 +125,81 @@ def duration_from_proto(value: duration_pb2.Duration, field: str) -> timedelta:
 # --- settings ------------------------------------------------------------------------
 
 
+# The settings' proto messages mirror the domain dataclasses field by field (same names,
+# a section's message named as its class); both conversions walk ``field_kinds``.
+# Each enum the settings hold, with the proto enum and the prefix of its value names.
+_PROTO_ENUMS: dict[type[enum.Enum], tuple[Any, str]] = {
+    Method: (pb.Method, "METHOD_"),
+    Action: (pb.Action, "ACTION_"),
+    UserVerification: (pb.UserVerification, "USER_VERIFICATION_"),
+    Attestation: (pb.Attestation, "ATTESTATION_"),
+}
+
+
+def _to_proto(kind: Any, value: Any) -> Any:
+    if is_section(kind):
+        message = getattr(pb, kind.__name__)
+        return message(**{n: _to_proto(sub, getattr(value, n)) for n, sub in field_kinds(kind)})
+    if typing.get_origin(kind) is tuple:
+        element = typing.get_args(kind)[0]
+        return [_to_proto(element, v) for v in value]
+    if isinstance(value, enum.Enum):
+        proto_enum, prefix = _PROTO_ENUMS[type(value)]
+        return proto_enum.Value(prefix + value.name)
+    if isinstance(value, timedelta):
+        return duration(value)
+    return value
+
+
+def _from_proto(kind: Any, value: Any, field: str) -> Any:
+    if typing.get_origin(kind) is tuple:
+        element = typing.get_args(kind)[0]
+        return tuple(_from_proto(element, v, f"{field}[{i}]") for i, v in enumerate(value))
+    if kind in _PROTO_ENUMS:
+        proto_enum, prefix = _PROTO_ENUMS[kind]
+        return _to_domain(proto_enum.Name, prefix, kind, value, field)
+    if kind is timedelta:
+        return duration_from_proto(value, field)
+    return value
+
+
 def settings_to_proto(s: Settings) -> pb.Settings:
-    return pb.Settings(
-        environment_id=s.environment_id,
-        totp_enabled=s.totp_enabled,
-        passkey_enabled=s.passkey_enabled,
-        require_at_onboarding=s.require_at_onboarding,
-        session_mfa_enabled=s.session_mfa_enabled,
-        action_methods=[method_to_proto(m) for m in s.action_methods],
-        protected_actions=[action_to_proto(a) for a in s.protected_actions],
-        single_use_token_ttl=duration(s.single_use_token_ttl),
-        multi_use_token_ttl=duration(s.multi_use_token_ttl),
-        totp=pb.TotpSettings(
-            issuer=s.totp.issuer,
-            skew_steps=s.totp.skew_steps,
-            max_devices=s.totp.max_devices,
-            digits=TOTP_DIGITS,
-            period=duration(TOTP_PERIOD),
-        ),
-        passkey=pb.PasskeySettings(
-            rp_id=s.passkey.rp_id,
-            rp_name=s.passkey.rp_name,
-            allowed_origins=list(s.passkey.allowed_origins),
-            user_verification=pb.UserVerification.Value(
-                f"USER_VERIFICATION_{s.passkey.user_verification.name}"
-            ),
-            attestation=pb.Attestation.Value(f"ATTESTATION_{s.passkey.attestation.name}"),
-        ),
-        lockout=pb.LockoutSettings(
-            max_failed_attempts=s.lockout.max_failed_attempts,
-            lockout_duration=duration(s.lockout.lockout_duration),
-        ),
-        update_time=timestamp(s.update_time),
-        revision=s.revision,
-    )
+    message: pb.Settings = _to_proto(Settings, s)
+    message.environment_id = s.environment_id
+    message.revision = s.revision
+    if s.update_time is not None:
+        message.update_time.FromDatetime(s.update_time)
+    # Output only: what authenticator apps honour (domain.settings).
+    message.totp.digits = TOTP_DIGITS
+    message.totp.period.CopyFrom(duration(TOTP_PERIOD))
+    return message
+
+
+def _leaf_reader(path: str, kind: Any) -> Callable[[pb.Settings], Any]:
+    section, _, sub = path.partition(".")
+
+    def read(message: pb.Settings) -> Any:
+        value = getattr(message, section)
+        return _from_proto(kind, getattr(value, sub) if sub else value, _F + path)
+
+    return read
+
+
+def _leaves() -> dict[str, Callable[[pb.Settings], Any]]:
+    leaves = {}
+    for name, kind in field_kinds(Settings):
+        if is_section(kind):
+            for sub, sub_kind in field_kinds(kind):
+                leaves[f"{name}.{sub}"] = _leaf_reader(f"{name}.{sub}", sub_kind)
+        else:
+            leaves[name] = _leaf_reader(name, kind)
+    return leaves
 
 
 _F = "settings."
-# One reader per leaf path: proto Settings -> the domain value of that field.
-_LEAVES: dict[str, Callable[[pb.Settings], Any]] = {
-    "totp_enabled": lambda m: m.totp_enabled,
-    "passkey_enabled": lambda m: m.passkey_enabled,
-    "require_at_onboarding": lambda m: m.require_at_onboarding,
-    "session_mfa_enabled": lambda m: m.session_mfa_enabled,
-    "action_methods": lambda m: _each(m.action_methods, _F + "action_methods", method_from_proto),
-    "protected_actions": lambda m: _each(
-        m.protected_actions, _F + "protected_actions", action_from_proto
-    ),
-    "single_use_token_ttl": lambda m: duration_from_proto(
-        m.single_use_token_ttl, _F + "single_use_token_ttl"
-    ),
-    "multi_use_token_ttl": lambda m: duration_from_proto(
-        m.multi_use_token_ttl, _F + "multi_use_token_ttl"
-    ),
-    "totp.issuer": lambda m: m.totp.issuer,
-    "totp.skew_steps": lambda m: m.totp.skew_steps,
-    "totp.max_devices": lambda m: m.totp.max_devices,
-    "passkey.rp_id": lambda m: m.passkey.rp_id,
-    "passkey.rp_name": lambda m: m.passkey.rp_name,
-    "passkey.allowed_origins": lambda m: tuple(m.passkey.allowed_origins),
-    "passkey.user_verification": lambda m: _to_domain(
-        pb.UserVerification.Name,
-        "USER_VERIFICATION_",
-        UserVerification,
-        m.passkey.user_verification,
-        _F + "passkey.user_verification",
-    ),
-    "passkey.attestation": lambda m: _to_domain(
-        pb.Attestation.Name,
-        "ATTESTATION_",
-        Attestation,
-        m.passkey.attestation,
-        _F + "passkey.attestation",
-    ),
-    "lockout.max_failed_attempts": lambda m: m.lockout.max_failed_attempts,
-    "lockout.lockout_duration": lambda m: duration_from_proto(
-        m.lockout.lockout_duration, _F + "lockout.lockout_duration"
-    ),
-}
-_SECTIONS: dict[str, type[Any]] = {
-    "totp": TotpSettings,
-    "passkey": PasskeySettings,
-    "lockout": LockoutSettings,
-}
+# One reader per leaf path (every one of UPDATABLE_PATHS but the sections): proto
+# Settings -> the domain value of that field.
+_LEAVES = _leaves()
 _READ_ONLY_PATHS = ("environment_id", "update_time", "revision", "totp.digits", "totp.period")
 # More than a mask needs: every updatable path once is 21 (UPDATABLE_PATHS).
 MAX_MASK_PATHS = 64
@@ -276,9 +269,9 @@ def _set_paths(message: pb.Settings) -> list[str]:
 def _values(message: pb.Settings, paths: Sequence[str]) -> dict[str, Any]:
     changes: dict[str, Any] = {}
     for path in paths:
-        if path in _SECTIONS:
+        if path in SECTIONS:
             prefix = path + "."
-            changes[path] = _SECTIONS[path](
+            changes[path] = SECTIONS[path](
                 **{
                     leaf.removeprefix(prefix): read(message)
                     for leaf, read in _LEAVES.items()

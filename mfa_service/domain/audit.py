@@ -52,3 +52,13 @@ class AuditEvent:
     method: Method | None = None
     device_id: str = ""
     details: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedEvent:
+    """An event as the audit log holds it: ``row_id`` orders the log (newer is larger),
+    ``event_id`` names the event."""
+
+    row_id: int
+    event_id: str
+    event: AuditEvent

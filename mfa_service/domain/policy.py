@@ -8,6 +8,7 @@ from datetime import datetime
 from mfa_service.domain.devices import SESSION_MFA_MAX_AGE
 from mfa_service.domain.model import ALWAYS_PROTECTED_ACTIONS, Action, Method
 from mfa_service.domain.settings import Settings
+from mfa_service.errors import MethodDisabled, PasskeyNotConfigured
 
 
 def enrolled_methods(device_methods: Iterable[Method]) -> tuple[Method, ...]:
@@ -55,3 +56,35 @@ def protected_actions(settings: Settings, methods: tuple[Method, ...]) -> tuple[
     if methods:
         protected |= ALWAYS_PROTECTED_ACTIONS
     return tuple(a for a in Action if a in protected)
+
+
+def is_protected(settings: Settings, action: Action) -> bool:
+    """The action needs an action token in this environment (for an enrolled user):
+    the credential actions always, the others when the settings list them."""
+    return action in ALWAYS_PROTECTED_ACTIONS or action in settings.protected_actions
+
+
+def allowed_methods(settings: Settings, actions: tuple[Action, ...]) -> frozenset[Method]:
+    """Methods that may mint a token for ``actions``.
+
+    WaaS actions take the environment's action methods; credential actions take any
+    usable method (they guard the factors themselves). Recovery codes are the fallback
+    everywhere, also for the users of a method the environment has switched off.
+    """
+    allowed = set(settings.usable_methods) | {Method.RECOVERY_CODE}
+    if any(a not in ALWAYS_PROTECTED_ACTIONS for a in actions):
+        allowed &= set(settings.action_methods) | {Method.RECOVERY_CODE}
+    return frozenset(allowed)
+
+
+def require_enabled(settings: Settings, method: Method) -> None:
+    """Refuse a device factor the environment has switched off (``MethodDisabled``) or,
+    for passkeys, not configured (``PasskeyNotConfigured``); recovery codes always pass."""
+    if method not in (Method.TOTP, Method.PASSKEY):
+        return
+    if method not in settings.enabled_methods:
+        raise MethodDisabled(f"{method.name} is disabled in this environment's settings")
+    if method is Method.PASSKEY and not (
+        settings.passkey.rp_id and settings.passkey.allowed_origins
+    ):
+        raise PasskeyNotConfigured()

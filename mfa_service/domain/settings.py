@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import re
+import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -115,7 +116,8 @@ class Settings:
         return self.passkey.rp_name or self.totp.issuer
 
 
-_SECTIONS: dict[str, type[Any]] = {
+#: The sections of ``Settings``: each a dataclass of its own, stored and sent nested.
+SECTIONS: dict[str, type[Any]] = {
     "totp": TotpSettings,
     "passkey": PasskeySettings,
     "lockout": LockoutSettings,
@@ -133,8 +135,8 @@ UPDATABLE_PATHS: tuple[str, ...] = tuple(
     for name in _field_names(Settings)
     if name not in _OUTPUT_ONLY
     for path in (
-        [name, *(f"{name}.{sub}" for sub in _field_names(_SECTIONS[name]))]
-        if name in _SECTIONS
+        [name, *(f"{name}.{sub}" for sub in _field_names(SECTIONS[name]))]
+        if name in SECTIONS
         else [name]
     )
 )
@@ -364,34 +366,64 @@ def _show(value: int | timedelta) -> str:
     return str(value)
 
 
+# --- the stored document: derived from the fields, one codec per type ------------------
+#
+# Every field but the output-only ones is stored under its own name, a section as a
+# nested object: enums by member name, durations as seconds (a float), tuples as lists.
+# A field missing from an older document keeps its default; a duration stored as null
+# too. Keys the code does not know are ignored.
+
+
+@cache
+def field_kinds(cls: type[Any]) -> tuple[tuple[str, Any], ...]:
+    """(name, type) of each field of ``cls`` a caller sets (the output-only ones left
+    out), in declaration order: what the document, the proto conversion and the update
+    mask all walk."""
+    hints = typing.get_type_hints(cls)
+    return tuple((n, hints[n]) for n in _field_names(cls) if n not in _OUTPUT_ONLY)
+
+
+def is_section(kind: Any) -> bool:
+    return isinstance(kind, type) and dataclasses.is_dataclass(kind)
+
+
+def _encode(kind: Any, value: Any) -> Any:
+    if is_section(kind):
+        return {name: _encode(sub, getattr(value, name)) for name, sub in field_kinds(kind)}
+    if typing.get_origin(kind) is tuple:
+        element = typing.get_args(kind)[0]
+        return [_encode(element, v) for v in value]
+    if isinstance(value, enum.Enum):
+        return value.name
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return value
+
+
+def _decode(kind: Any, stored: Any, default: Any) -> Any:
+    if is_section(kind):
+        return dataclasses.replace(
+            default,
+            **{
+                name: _decode(sub, stored[name], getattr(default, name))
+                for name, sub in field_kinds(kind)
+                if name in stored
+            },
+        )
+    if typing.get_origin(kind) is tuple:
+        element = typing.get_args(kind)[0]
+        return tuple(_decode(element, v, None) for v in stored)
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        return kind[stored]
+    if kind is timedelta:
+        return default if stored is None else timedelta(seconds=float(stored))
+    return stored
+
+
 def to_document(s: Settings) -> dict[str, Any]:
     """The JSON document stored for ``s`` (enums by name, durations in seconds)."""
-    return {
-        "totp_enabled": s.totp_enabled,
-        "passkey_enabled": s.passkey_enabled,
-        "require_at_onboarding": s.require_at_onboarding,
-        "session_mfa_enabled": s.session_mfa_enabled,
-        "action_methods": [m.name for m in s.action_methods],
-        "protected_actions": [a.name for a in s.protected_actions],
-        "single_use_token_ttl": s.single_use_token_ttl.total_seconds(),
-        "multi_use_token_ttl": s.multi_use_token_ttl.total_seconds(),
-        "totp": {
-            "issuer": s.totp.issuer,
-            "skew_steps": s.totp.skew_steps,
-            "max_devices": s.totp.max_devices,
-        },
-        "passkey": {
-            "rp_id": s.passkey.rp_id,
-            "rp_name": s.passkey.rp_name,
-            "allowed_origins": list(s.passkey.allowed_origins),
-            "user_verification": s.passkey.user_verification.name,
-            "attestation": s.passkey.attestation.name,
-        },
-        "lockout": {
-            "max_failed_attempts": s.lockout.max_failed_attempts,
-            "lockout_duration": s.lockout.lockout_duration.total_seconds(),
-        },
-    }
+    document: dict[str, Any] = _encode(Settings, s)
+    return document
 
 
 def from_document(
@@ -402,44 +434,8 @@ def from_document(
     update_time: datetime | None,
 ) -> Settings:
     """Inverse of ``to_document``; fields missing from an older document keep defaults."""
-    d = Settings(environment_id=environment_id)
-    totp, passkey, lockout = doc.get("totp", {}), doc.get("passkey", {}), doc.get("lockout", {})
-    return Settings(
-        environment_id=environment_id,
-        totp_enabled=doc.get("totp_enabled", d.totp_enabled),
-        passkey_enabled=doc.get("passkey_enabled", d.passkey_enabled),
-        require_at_onboarding=doc.get("require_at_onboarding", d.require_at_onboarding),
-        session_mfa_enabled=doc.get("session_mfa_enabled", d.session_mfa_enabled),
-        action_methods=tuple(Method[m] for m in doc.get("action_methods", ["TOTP", "PASSKEY"])),
-        protected_actions=tuple(Action[a] for a in doc.get("protected_actions", [])),
-        single_use_token_ttl=_seconds(doc, "single_use_token_ttl", d.single_use_token_ttl),
-        multi_use_token_ttl=_seconds(doc, "multi_use_token_ttl", d.multi_use_token_ttl),
-        totp=TotpSettings(
-            issuer=totp.get("issuer", d.totp.issuer),
-            skew_steps=totp.get("skew_steps", d.totp.skew_steps),
-            max_devices=totp.get("max_devices", d.totp.max_devices),
-        ),
-        passkey=PasskeySettings(
-            rp_id=passkey.get("rp_id", d.passkey.rp_id),
-            rp_name=passkey.get("rp_name", d.passkey.rp_name),
-            allowed_origins=tuple(passkey.get("allowed_origins", ())),
-            user_verification=UserVerification[
-                passkey.get("user_verification", d.passkey.user_verification.name)
-            ],
-            attestation=Attestation[passkey.get("attestation", d.passkey.attestation.name)],
-        ),
-        lockout=LockoutSettings(
-            max_failed_attempts=lockout.get("max_failed_attempts", d.lockout.max_failed_attempts),
-            lockout_duration=_seconds(lockout, "lockout_duration", d.lockout.lockout_duration),
-        ),
-        revision=revision,
-        update_time=update_time,
-    )
-
-
-def _seconds(doc: Mapping[str, Any], key: str, default: timedelta) -> timedelta:
-    value = doc.get(key)
-    return default if value is None else timedelta(seconds=float(value))
+    read: Settings = _decode(Settings, doc, Settings(environment_id=environment_id))
+    return dataclasses.replace(read, revision=revision, update_time=update_time)
 
 
 def changed_paths(before: Settings, after: Settings) -> list[str]:
@@ -447,7 +443,7 @@ def changed_paths(before: Settings, after: Settings) -> list[str]:
     changed = []
     for path in UPDATABLE_PATHS:
         section, _, sub = path.partition(".")
-        if section in _SECTIONS and not sub:
+        if section in SECTIONS and not sub:
             continue
         old = getattr(getattr(before, section), sub) if sub else getattr(before, section)
         new = getattr(getattr(after, section), sub) if sub else getattr(after, section)

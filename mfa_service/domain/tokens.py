@@ -50,6 +50,17 @@ class SigningKey:
         return jwk
 
 
+@dataclass(frozen=True, slots=True)
+class SealedSigningKey:
+    """A signing key as stored: its private part (PKCS#8 DER) sealed by the key ring."""
+
+    kid: str
+    algorithm: str
+    sealed_private_key: bytes
+    created_at: datetime
+    retired_at: datetime | None
+
+
 def generate_key(algorithm: str, *, now: datetime) -> SigningKey:
     private: PrivateKey
     if algorithm == "ES256":

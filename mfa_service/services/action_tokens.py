@@ -24,7 +24,6 @@ from mfa_service.domain.model import (
     ALWAYS_PROTECTED_ACTIONS,
     Action,
     EnvironmentId,
-    Method,
     Proof,
     UserId,
 )
@@ -98,23 +97,6 @@ def _scoped_key(key: str | None, context: CallContext) -> str | None:
     return f"{len(caller)}:{caller}:{key}"
 
 
-def _protected(settings: Settings, action: Action) -> bool:
-    return action in ALWAYS_PROTECTED_ACTIONS or action in settings.protected_actions
-
-
-def allowed_methods(settings: Settings, actions: tuple[Action, ...]) -> frozenset[Method]:
-    """Methods that may mint a token for ``actions``.
-
-    WaaS actions take the environment's action methods; credential actions take any
-    usable method (they guard the factors themselves). Recovery codes are the fallback
-    everywhere, also for the users of a method the environment has switched off.
-    """
-    allowed = set(settings.usable_methods) | {Method.RECOVERY_CODE}
-    if any(a not in ALWAYS_PROTECTED_ACTIONS for a in actions):
-        allowed &= set(settings.action_methods) | {Method.RECOVERY_CODE}
-    return frozenset(allowed)
-
-
 class ActionTokenService:
     def __init__(
         self,
@@ -165,11 +147,11 @@ class ActionTokenService:
         key = await self._keys.signing_key()
         settings = await self._settings.get(env)
         for i, action in enumerate(actions):
-            if not _protected(settings, action):
+            if not policy.is_protected(settings, action):
                 raise ActionNotProtected(
                     f"actions[{i}]: {action.name} is not protected in this environment"
                 )
-        if proof.method not in allowed_methods(settings, actions):
+        if proof.method not in policy.allowed_methods(settings, actions):
             raise MethodNotAllowed()
         # A credential change is one change: its token is single use whatever was asked
         # (one step-up must not add two factors or remove them all).
@@ -241,7 +223,7 @@ class ActionTokenService:
             # DESIGN §3c: a name never created (a typo, another case) allows nothing,
             # whatever the token; nothing is written for it (no audit, no decision kept).
             return Reason.ENVIRONMENT_UNKNOWN
-        if not _protected(settings, request.action):
+        if not policy.is_protected(settings, request.action):
             return Reason.MFA_NOT_REQUIRED
         if request.token:
             return await self._with_token(None, request, context, now=now)

@@ -7,8 +7,8 @@ import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mfa_service.domain.audit import AuditEvent, AuditEventType, CallContext
-from mfa_service.domain.model import EnvironmentId, Method
+from mfa_service.domain.audit import AuditEvent, AuditEventType
+from mfa_service.domain.model import EnvironmentId
 from mfa_service.errors import InvalidArgument
 from mfa_service.services.settings import SettingsCache
 from mfa_service.store import audit_log
@@ -68,7 +68,7 @@ class AuditLogService:
         before = _decode_cursor(page_token) if page_token else None
         await self._settings.require(env)
         async with self._db.transaction() as conn:
-            rows = await audit_log.page(
+            logged = await audit_log.page(
                 conn,
                 env,
                 user_id=user_id,
@@ -76,23 +76,13 @@ class AuditLogService:
                 before_id=before,
                 limit=size + 1,
             )
-        more = len(rows) > size
-        rows = rows[:size]
+        more = len(logged) > size
         events = [
             StoredEvent(
-                event_id=str(row["event_id"]),
-                event=AuditEvent(
-                    type=AuditEventType[row["type"]],
-                    environment_id=row["environment_id"],
-                    occurred_at=row["occurred_at"],
-                    context=CallContext(caller=row["caller"], request_id=row["request_id"]),
-                    user_id=row["user_id"],
-                    method=Method[row["method"]] if row["method"] else None,
-                    device_id=row["device_id"],
-                    details={str(k): str(v) for k, v in (row["details"] or {}).items()},
-                ),
-                page_token_after=_encode_cursor(row["id"]),
+                event_id=e.event_id,
+                event=e.event,
+                page_token_after=_encode_cursor(e.row_id),
             )
-            for row in rows
+            for e in logged[:size]
         ]
         return EventPage(events, events[-1].page_token_after if more and events else "")

@@ -9,7 +9,7 @@ from uuid import UUID
 
 from mfa_service.clock import Clock
 from mfa_service.crypto import KeyRing
-from mfa_service.domain import passkeys, totp
+from mfa_service.domain import passkeys, policy, totp
 from mfa_service.domain.audit import AuditEventType, CallContext
 from mfa_service.domain.devices import (
     CHALLENGE_TTL,
@@ -33,7 +33,7 @@ from mfa_service.services import audit
 from mfa_service.services import recovery as recovery_service
 from mfa_service.services.action_tokens import ActionTokenService
 from mfa_service.services.settings import load as load_settings
-from mfa_service.services.verification import Verifier, require_enabled
+from mfa_service.services.verification import Verifier
 from mfa_service.store import devices as device_store
 from mfa_service.store import enrollments as enrollment_store
 from mfa_service.store import users as user_store
@@ -153,7 +153,7 @@ class EnrollmentService:
             elif (step_up := await self._step_up_missing(conn, enrollment)) is not None:
                 outcome = step_up
             else:
-                require_enabled(settings, Method.TOTP)
+                policy.require_enabled(settings, Method.TOTP)
                 secret = self._key_ring.decrypt(
                     enrollment.totp_secret_sealed or b"",
                     context=secret_context("totp", env, user, enrollment.id),
@@ -206,7 +206,7 @@ class EnrollmentService:
     ) -> bool:
         """What every enrollment checks first: method on, step-up, room for a device.
         True when it consumed an ACTION_CREDENTIAL_LINK token (the user has a factor)."""
-        require_enabled(settings, method)
+        policy.require_enabled(settings, method)
         # One change of the user's factors at a time: of concurrent Enroll calls one
         # pending enrollment per method is left (``enrollment_store.replace``).
         await user_store.lock(conn, env, user, now=now)
@@ -369,7 +369,7 @@ class EnrollmentService:
             elif (step_up := await self._step_up_missing(conn, enrollment)) is not None:
                 outcome = step_up
             else:
-                require_enabled(settings, Method.PASSKEY)
+                policy.require_enabled(settings, Method.PASSKEY)
                 registered = passkeys.verify_registration(
                     settings.passkey, credential, challenge=enrollment.webauthn_challenge or b""
                 )

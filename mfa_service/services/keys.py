@@ -63,9 +63,9 @@ class TokenKeys:
         now = self._clock.now()
         async with self._db.transaction() as conn:
             await key_store.lock(conn)
-            rows = await key_store.list_usable(conn, retired_after=now - RETIRED_KEY_KEPT)
-            active = [r for r in rows if r["retired_at"] is None]
-            if not active or active[0]["algorithm"] != self.algorithm:
+            stored = await key_store.list_usable(conn, retired_after=now - RETIRED_KEY_KEPT)
+            active = [k for k in stored if k.retired_at is None]
+            if not active or active[0].algorithm != self.algorithm:
                 await self._create(conn, now)
         await self.reload()
 
@@ -96,19 +96,19 @@ class TokenKeys:
         generation = self._generation
         now = self._clock.now()
         async with self._db.transaction() as conn:
-            rows = await key_store.list_usable(conn, retired_after=now - RETIRED_KEY_KEPT)
+            stored = await key_store.list_usable(conn, retired_after=now - RETIRED_KEY_KEPT)
         keys = {}
-        for row in rows:
+        for k in stored:
             private = tokens.load_private_key(
-                self._key_ring.decrypt(row["private_key"], context=_context(row["kid"]))
+                self._key_ring.decrypt(k.sealed_private_key, context=_context(k.kid))
             )
-            keys[row["kid"]] = SigningKey(
-                kid=row["kid"],
-                algorithm=row["algorithm"],
-                private_key=private if row["retired_at"] is None else None,
+            keys[k.kid] = SigningKey(
+                kid=k.kid,
+                algorithm=k.algorithm,
+                private_key=private if k.retired_at is None else None,
                 public_key=private.public_key(),
-                created_at=row["created_at"],
-                retired_at=row["retired_at"],
+                created_at=k.created_at,
+                retired_at=k.retired_at,
             )
         self._keys = keys
         self._algorithms = frozenset(k.algorithm for k in keys.values()) & set(tokens.ALGORITHMS)

@@ -23,7 +23,7 @@ from uuid import UUID
 
 from mfa_service.clock import Clock
 from mfa_service.crypto import KeyRing
-from mfa_service.domain import passkeys, recovery, totp
+from mfa_service.domain import passkeys, policy, recovery, totp
 from mfa_service.domain.audit import AuditEvent, AuditEventType, CallContext
 from mfa_service.domain.devices import (
     CHALLENGE_TTL,
@@ -40,9 +40,7 @@ from mfa_service.errors import (
     DeviceNotFound,
     InvalidArgument,
     LockedOut,
-    MethodDisabled,
     MfaError,
-    PasskeyNotConfigured,
     RecoveryRequired,
     TooManyChallenges,
     VerificationFailed,
@@ -119,17 +117,6 @@ def device_factor_refusal(
     return None
 
 
-def require_enabled(settings: Settings, method: Method) -> None:
-    if method not in (Method.TOTP, Method.PASSKEY):
-        return
-    if method not in settings.enabled_methods:
-        raise MethodDisabled(f"{method.name} is disabled in this environment's settings")
-    if method is Method.PASSKEY and not (
-        settings.passkey.rp_id and settings.passkey.allowed_origins
-    ):
-        raise PasskeyNotConfigured()
-
-
 class Verifier:
     """Checks a proof against a challenge, counting failures (all verify paths)."""
 
@@ -178,7 +165,7 @@ class Verifier:
                     f"a {proof.method.name} proof does not answer a "
                     f"{challenge.method.name} challenge",
                 )
-            require_enabled(settings, challenge.method)
+            policy.require_enabled(settings, challenge.method)
             devices = found.devices
             if challenge.device_id is not None:
                 devices = [d for d in devices if d.id == challenge.device_id]
@@ -446,7 +433,7 @@ class VerificationService:
         async with self._db.transaction() as conn:
             if method is Method.RECOVERY_CODE and device_id is not None:
                 raise InvalidArgument.field("device_id", "recovery codes are not a device")
-            require_enabled(settings, method)
+            policy.require_enabled(settings, method)
             owned = await device_store.list_for_user(conn, env, user, methods=[method])
             if device_id is not None:
                 owned = [d for d in owned if d.id == device_id]

@@ -10,6 +10,7 @@ from uuid import UUID
 
 from mfa_service.domain.model import EnvironmentId, UserId
 from mfa_service.domain.tokens import ActionClaims
+from mfa_service.store import audit as audit_store
 from mfa_service.store.db import Connection
 from mfa_service.store.verifications import SuccessWrite
 
@@ -146,6 +147,27 @@ class Decided:
     remembered: bool
 
 
+# Every decision is audited (TOKEN_VALIDATED, with its action, decision, reason and jti).
+_AUDITED = audit_store.insert_sql(
+    {
+        "event_id": "gen_random_uuid()",
+        "environment_id": "environment_id",
+        "user_id": "user_id",
+        "type": "'TOKEN_VALIDATED'",
+        "occurred_at": "$12",
+        "method": "NULL",
+        "device_id": "''",  # the column's default: no device
+        "caller": "caller",
+        "request_id": "request_id",
+        "details": """jsonb_build_object(
+           'action', 'ACTION_' || action,
+           'decision', CASE WHEN reason = 'TOKEN_VALID' THEN 'ALLOW' ELSE 'DENY' END,
+           'reason', reason,
+           'jti', jti::text)""",
+    },
+    "FROM decision WHERE reason IS NOT NULL",
+)
+
 # One round trip decides, consumes, remembers and audits a whole batch of validations
 # (DESIGN §8: exactly-once state is decided by single-statement conditional writes). A
 # token row is found by jti AND the SHA-256 of the exact token, so a token we did not
@@ -157,7 +179,7 @@ class Decided:
 # expired, revoked, then what it is bound to (environment and user, action, session,
 # payload digest), and consumption last, so a refusal never consumes.
 # Idempotency keys must be distinct within a batch (ON CONFLICT may touch a row once).
-_DECIDE = """
+_DECIDE = f"""
 WITH req AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::bytea[], $5::text[],
                          $6::text[], $7::bytea[], $8::text[], $9::bytea[], $10::text[],
@@ -221,18 +243,7 @@ remembered AS (
         WHERE token_validations.created_at <= $13
     RETURNING environment_id, idempotency_key
 ),
-audited AS (
-    INSERT INTO audit_events (event_id, environment_id, user_id, type, occurred_at,
-                              caller, request_id, details)
-    SELECT gen_random_uuid(), environment_id, user_id, 'TOKEN_VALIDATED', $12, caller,
-           request_id,
-           jsonb_build_object(
-               'action', 'ACTION_' || action,
-               'decision', CASE WHEN reason = 'TOKEN_VALID' THEN 'ALLOW' ELSE 'DENY' END,
-               'reason', reason,
-               'jti', jti::text)
-    FROM decision WHERE reason IS NOT NULL
-)
+audited AS ({_AUDITED})
 SELECT d.i, d.reason, f.problem AS token_problem, p.fingerprint AS prior_fingerprint,
        p.reason AS prior_reason, m.idempotency_key IS NOT NULL AS remembered
 FROM decision d
@@ -241,7 +252,7 @@ LEFT JOIN prior p ON p.i = d.i
 LEFT JOIN remembered m
   ON m.environment_id = d.environment_id AND m.idempotency_key = d.idempotency_key
 ORDER BY d.i
-"""
+"""  # noqa: S608 (constant fragments)
 
 
 async def decide(

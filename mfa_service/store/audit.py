@@ -4,73 +4,71 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from mfa_service.domain.audit import AuditEvent
 from mfa_service.store.db import Connection
 
+# Each column of an audit event, in the order every INSERT names it: the element type of
+# its array in ``insert_many_sql`` and how an event gives its value.
+_COLUMNS: dict[str, tuple[str, Callable[[AuditEvent], Any]]] = {
+    "event_id": ("uuid", lambda e: uuid.uuid4()),
+    "environment_id": ("text", lambda e: e.environment_id),
+    "user_id": ("text", lambda e: e.user_id),
+    "type": ("text", lambda e: e.type.name),
+    "occurred_at": ("timestamptz", lambda e: e.occurred_at),
+    "method": ("text", lambda e: e.method.name if e.method else None),
+    "device_id": ("text", lambda e: e.device_id),
+    "caller": ("text", lambda e: e.context.caller),
+    "request_id": ("text", lambda e: e.context.request_id),
+    "details": ("text", lambda e: json.dumps(dict(e.details))),  # JSON text, cast per row
+}
+COLUMNS: tuple[str, ...] = tuple(_COLUMNS)
+
+
+def insert_sql(values: Mapping[str, str], source: str = "") -> str:
+    """``INSERT INTO audit_events ... SELECT ...``: every one of ``COLUMNS`` gets the SQL
+    expression ``values`` gives it (``NULL`` written out), ``source`` follows the
+    SELECT list (FROM, WHERE, ...). A column missing or unknown is refused."""
+    if set(values) != set(COLUMNS):
+        raise ValueError(f"audit INSERT must give exactly {COLUMNS}, not {tuple(values)}")
+    return f"""
+        INSERT INTO audit_events ({", ".join(COLUMNS)})
+        SELECT {", ".join(values[c] for c in COLUMNS)}
+        {source}
+    """
+
 
 async def append(conn: Connection, event: AuditEvent) -> None:
-    await conn.execute(
-        """
-        INSERT INTO audit_events (event_id, environment_id, user_id, type, occurred_at,
-                                  method, device_id, caller, request_id, details)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-        """,
-        uuid.uuid4(),
-        event.environment_id,
-        event.user_id,
-        event.type.name,
-        event.occurred_at,
-        event.method.name if event.method else None,
-        event.device_id,
-        event.context.caller,
-        event.context.request_id,
-        dict(event.details),
-    )
+    await append_many(conn, [event])
 
 
 # Several events in one INSERT (the details as JSON text, cast per row). ``$N`` numbering
 # starts at ``first`` so that another statement can carry it (verifications.conclude).
 # ``where`` and ``details`` may refer to the row as ``e`` (a conditional insert, see
-# verifications.conclude); ``extra`` names more parallel arrays, numbered after the ten.
+# verifications.conclude); ``extra`` names more parallel arrays, numbered after the columns.
 def insert_many_sql(
     first: int, *, where: str = "true", details: str = "e.details::jsonb", extra: str = ""
 ) -> str:
-    n = [f"${first + i}" for i in range(11)]
-    extra_arrays = f", {n[10]}::text[]" if extra else ""
-    extra_names = f", {extra}" if extra else ""
-    return f"""
-        INSERT INTO audit_events (event_id, environment_id, user_id, type, occurred_at,
-                                  method, device_id, caller, request_id, details)
-        SELECT e.event_id, e.environment_id, e.user_id, e.type, e.occurred_at, e.method,
-               e.device_id, e.caller, e.request_id, {details}
-        FROM unnest({n[0]}::uuid[], {n[1]}::text[], {n[2]}::text[], {n[3]}::text[],
-                    {n[4]}::timestamptz[], {n[5]}::text[], {n[6]}::text[], {n[7]}::text[],
-                    {n[8]}::text[], {n[9]}::text[]{extra_arrays})
-            WITH ORDINALITY AS e(event_id, environment_id, user_id, type, occurred_at,
-                                 method, device_id, caller, request_id, details{extra_names},
-                                 position)
+    n = [f"${first + i}" for i in range(len(COLUMNS) + 1)]
+    arrays = [f"{n[i]}::{element}[]" for i, (element, _) in enumerate(_COLUMNS.values())]
+    if extra:
+        arrays.append(f"{n[len(COLUMNS)]}::text[]")
+    names = [*COLUMNS, *([extra] if extra else []), "position"]
+    values = {c: f"e.{c}" for c in COLUMNS} | {"details": details}
+    return insert_sql(
+        values,
+        f"""FROM unnest({", ".join(arrays)})
+            WITH ORDINALITY AS e({", ".join(names)})
         WHERE {where}
-        ORDER BY position
-    """  # noqa: S608 (parameter numbers and constant fragments only)
+        ORDER BY position""",
+    )
 
 
 def many_args(events: Sequence[AuditEvent]) -> list[list[Any]]:
-    """The ten arrays of ``insert_many_sql``, in order."""
-    return [
-        [uuid.uuid4() for _ in events],
-        [e.environment_id for e in events],
-        [e.user_id for e in events],
-        [e.type.name for e in events],
-        [e.occurred_at for e in events],
-        [e.method.name if e.method else None for e in events],
-        [e.device_id for e in events],
-        [e.context.caller for e in events],
-        [e.context.request_id for e in events],
-        [json.dumps(dict(e.details)) for e in events],
-    ]
+    """The arrays of ``insert_many_sql``, one per column of ``COLUMNS``, in order."""
+    return [[value(e) for e in events] for _, value in _COLUMNS.values()]
 
 
 async def append_many(conn: Connection, events: Sequence[AuditEvent]) -> None:

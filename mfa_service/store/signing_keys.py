@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
+from mfa_service.domain.tokens import SealedSigningKey
 from mfa_service.store.db import Connection
 
 # Serializes "create the first key" and rotations across replicas.
@@ -17,18 +17,18 @@ async def lock(conn: Connection) -> None:
     await conn.execute("SELECT pg_advisory_xact_lock($1)", SIGNING_KEY_LOCK_ID)
 
 
-async def list_usable(conn: Connection, *, retired_after: datetime) -> list[Any]:
+async def list_usable(conn: Connection, *, retired_after: datetime) -> list[SealedSigningKey]:
     """The active key and the retired keys that may still have live tokens, newest first."""
-    return list(
-        await conn.fetch(
-            """
-            SELECT kid, algorithm, private_key, created_at, retired_at FROM signing_keys
-            WHERE retired_at IS NULL OR retired_at > $1
-            ORDER BY created_at DESC
-            """,
-            retired_after,
-        )
+    rows = await conn.fetch(
+        """
+        SELECT kid, algorithm, private_key AS sealed_private_key, created_at, retired_at
+        FROM signing_keys
+        WHERE retired_at IS NULL OR retired_at > $1
+        ORDER BY created_at DESC
+        """,
+        retired_after,
     )
+    return [SealedSigningKey(**dict(row)) for row in rows]
 
 
 async def insert_active(
