@@ -32,7 +32,7 @@ from flows import (
     status,
     update_settings,
 )
-from helpers import FakeClock
+from helpers import FakeClock, eventually, refused
 from mfa.v1 import action_token_service_pb2 as at_pb
 from mfa.v1 import mfa_service_pb2 as pb
 from mfa.v1 import types_pb2 as types
@@ -48,14 +48,6 @@ ENV = "env-seams"
 pytestmark = pytest.mark.environments(ENV)
 ORIGIN = "https://app.example.com"
 RP_ID = "example.com"
-
-
-async def refused(coro: Any, code: grpc.StatusCode, reason: str) -> MfaServiceError:
-    """The call fails with exactly this status and ErrorInfo reason."""
-    with pytest.raises(MfaServiceError) as caught:
-        await coro
-    assert (caught.value.code, caught.value.reason) == (code, reason), caught.value
-    return caught.value
 
 
 async def configure_passkeys(client: Client, **more: Any) -> None:
@@ -254,7 +246,10 @@ async def test_concurrent_enrollments_leave_one_pending_enrollment(
             await complete_totp(client, clock, "bob", one)
             done += 1
         except MfaServiceError as error:
-            assert error.reason == "ERROR_REASON_ENROLLMENT_NOT_FOUND", error
+            assert (error.code, error.reason) == (
+                grpc.StatusCode.NOT_FOUND,
+                "ERROR_REASON_ENROLLMENT_NOT_FOUND",
+            ), error
     assert done == 1
     assert await devices_of(db, "bob") == 1
 
@@ -474,18 +469,18 @@ async def all_at_once(
         await transaction.start()
         await holder.execute(hold)
         running = [asyncio.ensure_future(c()) for c in calls]
-        for _ in range(500):
+
+        async def all_waiting() -> bool:
+            finished = [r.exception() or r.result() for r in running if r.done()]
+            assert not finished, f"a call finished while the rows were held: {finished}"
             await holder.execute("SELECT pg_stat_clear_snapshot()")  # fresh each time
             waiting = await holder.fetchval(
                 "SELECT count(*) FROM pg_stat_activity "
                 "WHERE datname = current_database() AND wait_event_type = 'Lock'"
             )
-            if waiting == len(calls) or any(r.done() for r in running):
-                break
-            await asyncio.sleep(0.01)
-        finished = [r.exception() or r.result() for r in running if r.done()]
-        assert not finished, f"a call finished while the rows were held: {finished}"
-        assert waiting == len(calls), waiting
+            return bool(waiting == len(calls))
+
+        await eventually(all_waiting, interval=0.01, what=f"{len(calls)} calls waiting on locks")
         await transaction.rollback()
         return list(await asyncio.gather(*running))
     finally:
