@@ -18,13 +18,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from helpers import FakeClock, create_database, drop_database
+from helpers import TEST_KEY_RING, FakeClock, create_database, create_environments, drop_database
 from mfa_client import Client
 from mfa_service import app as app_module
-from mfa_service.crypto import KeyRing
 from mfa_service.store.db import migrate_url
-
-TEST_KEY_RING = KeyRing.parse(KeyRing.generate_entry("test1"))
 
 
 @pytest.fixture(scope="session")
@@ -34,10 +31,10 @@ def database_server_url() -> Iterator[str]:
     if url:
         yield url
         return
-    import pgserver
+    from pgserver.postgres_server import get_server
 
     pgdata = Path(tempfile.mkdtemp(prefix="mfa-test-pg-"))
-    server = pgserver.get_server(pgdata, cleanup_mode="delete")
+    server = get_server(pgdata, cleanup_mode="delete")
     try:
         yield server.get_uri()
     finally:
@@ -96,13 +93,6 @@ def marked_environments(request: pytest.FixtureRequest) -> list[str]:
     """The ids of every ``environments`` marker of the test, its class and module."""
     ids = (i for marker in request.node.iter_markers("environments") for i in marker.args)
     return list(dict.fromkeys(ids))
-
-
-async def create_environments(target: str, ids: list[str]) -> None:
-    """Create each environment with the default settings through the public API."""
-    async with Client.connect(target, insecure=True) as operator:
-        for environment_id in ids:
-            await operator.admin.create_environment(environment_id)
 
 
 @pytest.fixture

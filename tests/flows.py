@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
 import grpc
 import pyotp
@@ -16,6 +18,8 @@ from mfa.v1 import mfa_service_pb2 as pb
 from mfa.v1 import types_pb2 as types
 from mfa_client import Client, MfaServiceError
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
 class TotpDevice:
@@ -26,7 +30,7 @@ class TotpDevice:
         return pyotp.TOTP(self.secret).at(at, counter_offset=step_offset)
 
 
-async def call(coro):  # type: ignore[no-untyped-def]
+async def call(coro: Awaitable[T]) -> T:
     """Await a raw stub call, raising MfaServiceError like the typed client does."""
     try:
         return await coro
@@ -83,7 +87,9 @@ async def enroll_totp(client: Client, clock: FakeClock, env: str, user: str) -> 
     return TotpDevice(device_id=done.device.device_id, secret=started.totp.secret)
 
 
-async def challenge(client: Client, env: str, user: str, method: int = types.METHOD_TOTP) -> str:
+async def challenge(
+    client: Client, env: str, user: str, method: types.Method.ValueType = types.METHOD_TOTP
+) -> str:
     response = await call(
         client.mfa_stub.Challenge(
             pb.ChallengeRequest(environment_id=env, user_id=user, method=method)
@@ -124,7 +130,7 @@ async def issue_action_token(
     code: str,
     challenge_id: str,
     *,
-    actions: tuple[int, ...] = (types.ACTION_WAAS_SIGN,),
+    actions: tuple[types.Action.ValueType, ...] = (types.ACTION_WAAS_SIGN,),
     single_use: bool = True,
     payload_digest: bytes = b"",
     session_id: str = "",

@@ -1,15 +1,31 @@
-"""Test support: a controllable clock, database helpers and the grpcurl binary."""
+"""Test support: a controllable clock, database helpers, the grpcurl binary, and the two
+ways a test waits for an outcome: ``refused`` (this exact refusal) and ``eventually``
+(this condition, within a budget)."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import shutil
 import sys
+import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar, cast, overload
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import grpc
+import pytest
+
+from mfa_client import Client, MfaServiceError
+from mfa_service.crypto import KeyRing
+
+T = TypeVar("T")
+
+TEST_KEY_RING = KeyRing.parse(KeyRing.generate_entry("test1"))
 
 
 class FakeClock:
@@ -56,4 +72,84 @@ def venv_binary(name: str) -> str:
     found = shutil.which(name, path=str(Path(sys.executable).parent))
     if found is None:
         raise FileNotFoundError(f"{name} is not installed in the virtual environment")
+    return found
+
+
+async def create_environments(target: str, ids: list[str]) -> None:
+    """Create each environment with the default settings through the public API."""
+    async with Client.connect(target, insecure=True) as operator:
+        for environment_id in ids:
+            await operator.admin.create_environment(environment_id)
+
+
+async def refused(call: Awaitable[object], code: grpc.StatusCode, reason: str) -> MfaServiceError:
+    """Await ``call``, which must fail with exactly this status and ``ErrorInfo`` reason.
+
+    Any other outcome fails the test: a success, another status, or the right status for
+    another reason (a refusal for a typo must not pass for the refusal a test means).
+    Returns the error for further checks (field violations, retry-after, message).
+    """
+    with pytest.raises(MfaServiceError) as caught:
+        await call
+    error = caught.value
+    assert (error.code, error.reason) == (code, reason), (
+        f"expected {code.name} {reason}, got {error.code.name} {error.reason}: {error.message}"
+    )
+    return error
+
+
+@overload
+async def eventually(
+    check: Callable[[], Awaitable[T]],
+    *,
+    within: float = ...,
+    interval: float = ...,
+    what: str | Callable[[], str] = ...,
+) -> T: ...
+
+
+@overload
+async def eventually(
+    check: Callable[[], T],
+    *,
+    within: float = ...,
+    interval: float = ...,
+    what: str | Callable[[], str] = ...,
+) -> T: ...
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T] | T],
+    *,
+    within: float = 10.0,
+    interval: float = 0.05,
+    what: str | Callable[[], str] = "",
+) -> T:
+    """Call ``check`` until it returns a truthy value, and return that value.
+
+    ``check`` may be sync or async, and may itself fail the test early (a server process
+    that exited will never answer). Fails the test, naming what was awaited (``what``, a
+    text or a function that makes one then, such as a server's output so far, else the
+    check's name) and the last value seen, if ``within`` seconds pass first. For
+    conditions that become true on their own, never for measuring a duration: the budget
+    is generous because a loaded machine is slow, not because the wait may be long.
+    """
+    deadline = time.monotonic() + within
+    while True:
+        result = check()
+        value = cast(T, await result if inspect.isawaitable(result) else result)
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            name = (what() if callable(what) else what) or getattr(check, "__name__", "?")
+            pytest.fail(f"not within {within:g} s: {name} (last value {value!r})")
+        await asyncio.sleep(interval)
+
+
+async def last_audit_type(db: asyncpg.Connection, user_id: str) -> str | None:
+    """The type of the user's latest audit event: tells apart refusals that answer alike
+    (a reused TOTP code and a wrong one are both VERIFICATION_FAILED to the caller)."""
+    found: str | None = await db.fetchval(
+        "SELECT type FROM audit_events WHERE user_id = $1 ORDER BY id DESC LIMIT 1", user_id
+    )
     return found

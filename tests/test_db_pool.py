@@ -10,13 +10,12 @@ prepared statement on a server connection, and the settings listener connects wh
 
 from __future__ import annotations
 
-import asyncio
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
-from conftest import TEST_KEY_RING
 
+from helpers import TEST_KEY_RING, eventually
 from mfa_service import app as app_module
 from mfa_service.errors import DatabaseUnavailable
 from mfa_service.store.db import NOTHING_CHANGED, OUTCOME_UNKNOWN, Database, create_pool
@@ -64,18 +63,17 @@ async def test_the_settings_listener_connects_to_its_own_url(database_url: str) 
     try:
         conn = await asyncpg.connect(database_url)
         try:
-            sessions: list[str] = []
-            for _ in range(50):
-                sessions = [
+
+            async def listener_sessions() -> list[str]:
+                return [
                     r["query"]
                     for r in await conn.fetch(
                         "SELECT query FROM pg_stat_activity WHERE application_name = $1",
                         "mfa-settings-listener",
                     )
                 ]
-                if sessions:
-                    break
-                await asyncio.sleep(0.05)
+
+            sessions = await eventually(listener_sessions)
             assert len(sessions) == 1, sessions
             assert sessions[0].startswith("LISTEN"), sessions
         finally:

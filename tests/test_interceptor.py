@@ -6,7 +6,6 @@ that fail on purpose; no service code is mocked.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,6 +15,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 from grpc import aio
 
+from helpers import eventually
 from mfa_service.api.interceptor import REQUEST_ID_HEADER, CallInterceptor
 from mfa_service.errors import DatabaseUnavailable
 
@@ -89,10 +89,10 @@ async def test_unexpected_exception_is_internal_with_request_id_and_no_text(
         error = await _call(channel, "Explode", sent_request_id)
         # The call's log line is written as its handler ends, which may be just after
         # the caller has its answer: wait for it.
-        for _ in range(100):
-            if any("status=INTERNAL" in r.getMessage() for r in caplog.records):
-                break
-            await asyncio.sleep(0.01)
+        await eventually(
+            lambda: any("status=INTERNAL" in r.getMessage() for r in caplog.records),
+            what="the call's status=INTERNAL log line",
+        )
 
     assert error.code() == grpc.StatusCode.INTERNAL
     request_id = _trailer(error, REQUEST_ID_HEADER)

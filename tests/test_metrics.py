@@ -12,15 +12,14 @@ from datetime import timedelta
 
 import grpc
 import pytest
-from conftest import TEST_KEY_RING, create_environments
 from prometheus_client.parser import text_string_to_metric_families
 
 from flows import call, challenge, enroll_totp, update_settings, verify_session
-from helpers import FakeClock
+from helpers import TEST_KEY_RING, FakeClock, create_environments, refused
 from mfa.v1 import action_token_service_pb2 as at_pb
 from mfa.v1 import admin_service_pb2 as admin_pb
 from mfa.v1 import types_pb2 as types
-from mfa_client import Client, MfaServiceError
+from mfa_client import Client
 from mfa_service import app as app_module
 from mfa_service.domain import tokens
 
@@ -70,8 +69,8 @@ async def test_calls_are_counted_and_timed_by_method_and_code(
         for _ in range(2):
             await client.admin.get_settings(ENV)
         # Refused: an empty issuer is invalid.
-        with pytest.raises(MfaServiceError) as refused:
-            await call(
+        await refused(
+            call(
                 client.admin.stub.UpdateSettings(
                     admin_pb.UpdateSettingsRequest(
                         settings=types.Settings(
@@ -80,8 +79,10 @@ async def test_calls_are_counted_and_timed_by_method_and_code(
                         update_mask={"paths": ["totp.issuer"]},  # type: ignore[arg-type]
                     )
                 )
-            )
-        assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "ERROR_REASON_INVALID_ARGUMENT",
+        )
 
         await update_settings(client, ENV, protected_actions=[types.ACTION_WAAS_SIGN])
         device = await enroll_totp(client, clock, ENV, "alice")
@@ -101,8 +102,11 @@ async def test_calls_are_counted_and_timed_by_method_and_code(
         # One wrong code, then the right one.
         wrong = "000000" if device.code(clock.now()) != "000000" else "111111"
         challenge_id = await challenge(client, ENV, "alice")
-        with pytest.raises(MfaServiceError) as failed_verify:
-            await verify_session(client, ENV, "alice", "s1", wrong, challenge_id)
+        failed_verify = await refused(
+            verify_session(client, ENV, "alice", "s1", wrong, challenge_id),
+            grpc.StatusCode.PERMISSION_DENIED,
+            "ERROR_REASON_VERIFICATION_FAILED",
+        )
         clock.advance(timedelta(seconds=30))  # a new step: the enrollment code is spent
         await verify_session(client, ENV, "alice", "s1", device.code(clock.now()))
 
@@ -113,7 +117,7 @@ async def test_calls_are_counted_and_timed_by_method_and_code(
     assert _value(samples, requests, method=UPDATE, code="OK") == 1
     assert _value(samples, requests, method=VALIDATE, code="OK") == 2
     assert _value(samples, requests, method=VERIFY, code="OK") == 1
-    failed_code = failed_verify.value.code.name
+    failed_code = failed_verify.code.name
     assert _value(samples, requests, method=VERIFY, code=failed_code) == 1
 
     assert _value(samples, "mfa_rpc_duration_seconds_count", method=GET) == 2
@@ -132,7 +136,7 @@ async def test_calls_are_counted_and_timed_by_method_and_code(
         for (name, labels), value in samples.items()
         if name == verifications and dict(labels)["outcome"] != "success"
     }
-    assert failed == {failed_verify.value.reason.removeprefix("ERROR_REASON_").lower(): 1}
+    assert failed == {failed_verify.reason.removeprefix("ERROR_REASON_").lower(): 1}
     assert _value(samples, "mfa_lockouts_total") == 0
 
     assert _value(samples, "mfa_db_pool_max_size") == 4

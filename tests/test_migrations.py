@@ -13,10 +13,9 @@ import asyncpg
 import grpc
 import pyotp
 import pytest
-from conftest import TEST_KEY_RING
 
 from flows import call, challenge, verify_session
-from helpers import FakeClock, venv_binary
+from helpers import TEST_KEY_RING, FakeClock, venv_binary
 from mfa.v1 import admin_service_pb2 as admin_pb
 from mfa.v1 import mfa_service_pb2 as pb
 from mfa.v1 import types_pb2 as types

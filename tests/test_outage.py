@@ -50,11 +50,10 @@ import grpc
 import psutil
 import pyotp
 import pytest
-from conftest import TEST_KEY_RING, create_environments
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from flows import call, challenge, enroll_totp, update_settings
-from helpers import FakeClock, create_database
+from helpers import TEST_KEY_RING, FakeClock, create_database, create_environments
 from mfa.v1 import action_token_service_pb2 as at_pb
 from mfa.v1 import mfa_service_pb2 as pb
 from mfa.v1 import types_pb2 as types
@@ -70,16 +69,26 @@ ENROLLERS = 4
 CALL_DEADLINE = 20.0  # far beyond any bound below: a hang shows as DEADLINE_EXCEEDED
 WARM_UP = 1.5
 OUTAGE = 3.0
-# Frozen long enough for the calls in flight to reach their bound, and the next ones too.
-FROZEN = 2 * max(db.ACQUIRE_TIMEOUT_SECONDS, db.COMMAND_TIMEOUT_SECONDS) + 1.5
 AFTER_RECOVERY = 1.5
 # What "fail fast" and "serves again within seconds" mean here. With the database gone,
 # a call fails at once (connection refused). With it hung, a call waits at most for a
 # pooled connection (nothing frees one while the server is frozen, so it then fails) or
 # for one statement; then the connection is dropped, without waiting on the server.
-MAX_FAILURE_SECONDS = 2.0
-MAX_HUNG_SECONDS = max(db.ACQUIRE_TIMEOUT_SECONDS, db.COMMAND_TIMEOUT_SECONDS) + 1.5
+# Durations are measured by the client, on the event loop the service and ~150 busy
+# callers share: SLACK is what a loaded 2-core machine adds to them (1.5 s was seen
+# exceeded by 0.4 s). It is not slack in the claim: each bound stays well apart from the
+# failure it exists to catch (asserted below).
+SLACK = 3.0
+TIMEOUT = max(db.ACQUIRE_TIMEOUT_SECONDS, db.COMMAND_TIMEOUT_SECONDS)
+MAX_FAILURE_SECONDS = SLACK
+MAX_HUNG_SECONDS = TIMEOUT + SLACK
 MAX_RECOVERY_SECONDS = 5.0
+# Frozen long enough for the calls in flight to reach their bound, and the next ones too.
+FROZEN = 2 * TIMEOUT + SLACK
+# "At once" must be told from "after a timeout", and a call cut by the timeout from one
+# left hanging until the thaw (which takes FROZEN for a call made as the freeze began).
+assert MAX_FAILURE_SECONDS < TIMEOUT
+assert FROZEN - MAX_HUNG_SECONDS >= TIMEOUT
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 

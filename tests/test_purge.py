@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 from datetime import timedelta
 
 import asyncpg
 import pytest
 
 from flows import call, challenge, enroll_totp, start_totp, update_settings, verify_session
-from helpers import FakeClock
+from helpers import FakeClock, eventually
 from mfa.v1 import action_token_service_pb2 as at_pb
 from mfa.v1 import mfa_service_pb2 as pb
 from mfa.v1 import types_pb2 as types
@@ -128,15 +127,20 @@ async def test_the_purge_loop_survives_a_failing_run(
     loop = asyncio.create_task(Purger(app.db, clock).run_forever(timedelta(seconds=0.05)))
     try:
         with caplog.at_level(logging.ERROR, logger="mfa_service.purge"):
-            await wait_for(lambda: any("purge failed" in r.getMessage() for r in caplog.records))
+            await eventually(
+                lambda: any("purge failed" in r.getMessage() for r in caplog.records),
+                what="a 'purge failed' log line",
+            )
             failures = len(caplog.records)
-            await wait_for(lambda: len(caplog.records) > failures)  # it tried again
+            await eventually(lambda: len(caplog.records) > failures, what="another try")
         assert not loop.done()
         assert await db.fetchval("SELECT count(*) FROM challenges") == 3
         assert caplog.records[0].exc_info is not None  # the exception, for the operator
 
         await db.execute("DROP TRIGGER refuse_delete ON challenges; DROP FUNCTION refuse_delete")
-        await wait_for_rows(db, "challenges", 0)
+        await eventually(
+            lambda: rows_are(db, "challenges", 0), what="the purge emptying challenges"
+        )
         assert not loop.done()
     finally:
         loop.cancel()
@@ -144,17 +148,5 @@ async def test_the_purge_loop_survives_a_failing_run(
             await loop
 
 
-async def wait_for(condition: Callable[[], bool], seconds: float = 10) -> None:
-    for _ in range(int(seconds / 0.02)):
-        if condition():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("not within 10 s")
-
-
-async def wait_for_rows(db: asyncpg.Connection, table: str, count: int) -> None:
-    for _ in range(500):
-        if await db.fetchval(f"SELECT count(*) FROM {table}") == count:  # noqa: S608
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"{table} still does not have {count} rows after 10 s")
+async def rows_are(db: asyncpg.Connection, table: str, count: int) -> bool:
+    return bool(await db.fetchval(f"SELECT count(*) FROM {table}") == count)  # noqa: S608

@@ -13,6 +13,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from helpers import eventually
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTED_ADDR = "127.0.0.1:50051"
 
@@ -32,16 +34,16 @@ def free_port() -> int:
 async def wait_serving(addr: str, process: asyncio.subprocess.Process) -> None:
     async with grpc.aio.insecure_channel(addr) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
-        for _ in range(300):
+
+        async def serving() -> bool:
             assert process.returncode is None, "the server exited"
             try:
                 reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
             except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError("the server did not start")
+                return False
+            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+        await eventually(serving, within=60, interval=0.1, what="the server SERVING")
 
 
 async def test_every_grpcurl_block_of_the_readme_runs(tmp_path: Path) -> None:

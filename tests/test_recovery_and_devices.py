@@ -26,7 +26,7 @@ from flows import (
     update_settings,
     verify_session,
 )
-from helpers import FakeClock
+from helpers import FakeClock, refused
 from mfa.v1 import action_token_service_pb2 as at_pb
 from mfa.v1 import admin_service_pb2 as admin_pb
 from mfa.v1 import mfa_service_pb2 as pb
@@ -38,12 +38,6 @@ from mfa_service.domain import recovery
 ENV = "env-recovery"
 pytestmark = pytest.mark.environments(ENV)
 CODE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{5}(-[0-9A-HJKMNP-TV-Z]{5}){3}$")
-
-
-async def refused(coro: Any) -> MfaServiceError:
-    with pytest.raises(MfaServiceError) as caught:
-        await coro
-    return caught.value
 
 
 async def enroll_with_codes(
@@ -152,8 +146,11 @@ async def test_a_code_works_once_and_is_forgiving_to_type(client: Client, clock:
     verified = await verify_with_code(client, "carol", loose)
     assert verified.method == types.METHOD_RECOVERY_CODE
     assert verified.device_id == ""
-    again = await refused(verify_with_code(client, "carol", codes[0]))
-    assert again.reason == "ERROR_REASON_VERIFICATION_FAILED"
+    await refused(
+        verify_with_code(client, "carol", codes[0]),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "ERROR_REASON_VERIFICATION_FAILED",
+    )
     assert (await status(client, ENV, "carol")).recovery_codes_remaining == 9
 
 
@@ -175,8 +172,11 @@ async def test_one_hash_per_attempt_whatever_is_stored(
     for attempt, code in enumerate(
         (right_id_wrong_secret, f"{unknown_id}-{codes[0][6:]}"), start=1
     ):
-        failed = await refused(verify_with_code(client, "quinn", code))
-        assert failed.reason == "ERROR_REASON_VERIFICATION_FAILED"
+        await refused(
+            verify_with_code(client, "quinn", code),
+            grpc.StatusCode.PERMISSION_DENIED,
+            "ERROR_REASON_VERIFICATION_FAILED",
+        )
         assert len(hashed) == attempt, code
     await verify_with_code(client, "quinn", codes[0])
     assert len(hashed) == 3
@@ -272,10 +272,14 @@ async def test_a_code_spent_on_a_token_is_spent_everywhere(
 
     issued = await issue(codes[0])
     assert jwt.decode(issued.token, options={"verify_signature": False})["amr"] == ["rcode"]
-    assert (await refused(issue(codes[0]))).reason == "ERROR_REASON_VERIFICATION_FAILED"
-    assert (
-        await refused(verify_with_code(client, "rosa", codes[0]))
-    ).reason == "ERROR_REASON_VERIFICATION_FAILED"
+    await refused(
+        issue(codes[0]), grpc.StatusCode.PERMISSION_DENIED, "ERROR_REASON_VERIFICATION_FAILED"
+    )
+    await refused(
+        verify_with_code(client, "rosa", codes[0]),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "ERROR_REASON_VERIFICATION_FAILED",
+    )
     assert (await status(client, ENV, "rosa")).recovery_codes_remaining == 9
 
 
@@ -284,16 +288,26 @@ async def test_recovery_failures_count_toward_lockout(client: Client, clock: Fak
     _, codes = await enroll_with_codes(client, clock, "fred")
     fake = "ZZZZZ-ZZZZZ-ZZZZZ-ZZZZZ"
     for _ in range(2):
-        await refused(verify_with_code(client, "fred", fake))
-    locked = await refused(verify_with_code(client, "fred", codes[0]))
-    assert locked.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        await refused(
+            verify_with_code(client, "fred", fake),
+            grpc.StatusCode.PERMISSION_DENIED,
+            "ERROR_REASON_VERIFICATION_FAILED",
+        )
+    await refused(
+        verify_with_code(client, "fred", codes[0]),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "ERROR_REASON_LOCKED_OUT",
+    )
 
 
 @pytest.mark.parametrize("bad", ["12345", "ABCDE-FGHIJ-KLMNP-QRSTU-V", "!!!!!-!!!!!-!!!!!-!!!!!"])
 async def test_a_malformed_code_names_the_field(client: Client, clock: FakeClock, bad: str) -> None:
     await enroll_with_codes(client, clock, "gina")
-    error = await refused(verify_with_code(client, "gina", bad))
-    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    error = await refused(
+        verify_with_code(client, "gina", bad),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "ERROR_REASON_INVALID_ARGUMENT",
+    )
     assert [v.field for v in error.field_violations] == ["proof.recovery_code"]
 
 
@@ -312,16 +326,24 @@ async def test_regeneration_needs_its_token_and_kills_the_old_set(
         )
         return list(response.recovery_codes)
 
-    assert (await refused(regenerate(""))).reason == "ERROR_REASON_STEP_UP_REQUIRED"
+    await refused(
+        regenerate(""), grpc.StatusCode.PERMISSION_DENIED, "ERROR_REASON_STEP_UP_REQUIRED"
+    )
     wrong = await token_for(client, clock, device, "hank", types.ACTION_CREDENTIAL_UNLINK)
-    assert (await refused(regenerate(wrong))).reason == "ERROR_REASON_STEP_UP_REQUIRED"
+    await refused(
+        regenerate(wrong), grpc.StatusCode.PERMISSION_DENIED, "ERROR_REASON_STEP_UP_REQUIRED"
+    )
     token = await token_for(client, clock, device, "hank", types.ACTION_RECOVERY_CODES_REGENERATE)
     new = await regenerate(token)
     assert len(new) == 10 and not set(new) & set(old)
-    assert (await refused(regenerate(token))).reason == "ERROR_REASON_STEP_UP_REQUIRED"  # used
-    assert (
-        await refused(verify_with_code(client, "hank", old[0]))
-    ).reason == "ERROR_REASON_VERIFICATION_FAILED"
+    await refused(
+        regenerate(token), grpc.StatusCode.PERMISSION_DENIED, "ERROR_REASON_STEP_UP_REQUIRED"
+    )  # used
+    await refused(
+        verify_with_code(client, "hank", old[0]),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "ERROR_REASON_VERIFICATION_FAILED",
+    )
     await verify_with_code(client, "hank", new[0])
 
 
@@ -410,7 +432,7 @@ async def test_list_and_update_devices(client: Client, clock: FakeClock) -> None
     )
     assert (updated.device.alias, updated.device.is_default) == ("Spare", True)
     assert [d.is_default for d in await list_devices(client, "jack")] == [False, True]
-    stranger = await refused(
+    await refused(
         call(
             client.mfa_stub.UpdateDevice(
                 pb.UpdateDeviceRequest(
@@ -420,9 +442,10 @@ async def test_list_and_update_devices(client: Client, clock: FakeClock) -> None
                     alias="mine",
                 )
             )
-        )
+        ),
+        grpc.StatusCode.NOT_FOUND,
+        "ERROR_REASON_DEVICE_NOT_FOUND",
     )
-    assert stranger.code == grpc.StatusCode.NOT_FOUND
     assert [d.alias for d in await list_devices(client, "jack")] == ["Authenticator app", "Spare"]
 
 
@@ -459,9 +482,9 @@ async def test_delete_needs_an_unlink_token_and_the_last_device_unenrolls(
             )
         )
 
-    assert (await refused(delete(""))).reason == "ERROR_REASON_STEP_UP_REQUIRED"
+    await refused(delete(""), grpc.StatusCode.PERMISSION_DENIED, "ERROR_REASON_STEP_UP_REQUIRED")
     link = await token_for(client, clock, device, "kate", types.ACTION_CREDENTIAL_LINK)
-    assert (await refused(delete(link))).reason == "ERROR_REASON_STEP_UP_REQUIRED"
+    await refused(delete(link), grpc.StatusCode.PERMISSION_DENIED, "ERROR_REASON_STEP_UP_REQUIRED")
     assert len(await list_devices(client, "kate")) == 1
     unlink = await token_for(client, clock, device, "kate", types.ACTION_CREDENTIAL_UNLINK)
     await delete(unlink)
@@ -475,7 +498,7 @@ async def test_delete_needs_an_unlink_token_and_the_last_device_unenrolls(
 
 async def test_deleting_an_unknown_device_is_not_found(client: Client, clock: FakeClock) -> None:
     await enroll_with_codes(client, clock, "lena")
-    error = await refused(
+    await refused(
         call(
             client.mfa_stub.DeleteDevice(
                 pb.DeleteDeviceRequest(
@@ -484,9 +507,10 @@ async def test_deleting_an_unknown_device_is_not_found(client: Client, clock: Fa
                     device_id="00000000-0000-4000-8000-000000000000",
                 )
             )
-        )
+        ),
+        grpc.StatusCode.NOT_FOUND,
+        "ERROR_REASON_DEVICE_NOT_FOUND",
     )
-    assert error.code == grpc.StatusCode.NOT_FOUND
 
 
 async def test_reset_removes_devices_codes_and_sessions(
@@ -520,10 +544,12 @@ async def test_reset_removes_devices_codes_and_sessions(
         )
     )
     assert await rows_of_mike() == dict.fromkeys(tables, 0)
-    assert (
-        await refused(verify_with_code(client, "mike", codes[0]))
-    ).reason == "ERROR_REASON_VERIFICATION_FAILED"
-    completed = await refused(
+    await refused(
+        verify_with_code(client, "mike", codes[0]),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "ERROR_REASON_VERIFICATION_FAILED",
+    )
+    await refused(
         call(
             client.mfa_stub.CompleteEnrollment(
                 pb.CompleteEnrollmentRequest(
@@ -533,13 +559,15 @@ async def test_reset_removes_devices_codes_and_sessions(
                     totp_code=pyotp.TOTP(pending.totp.secret).at(clock.now()),
                 )
             )
-        )
+        ),
+        grpc.StatusCode.NOT_FOUND,
+        "ERROR_REASON_ENROLLMENT_NOT_FOUND",
     )
-    assert completed.reason == "ERROR_REASON_ENROLLMENT_NOT_FOUND"
-    answered = await refused(
-        verify_session(client, ENV, "mike", "s2", device.code(clock.now()), unused_challenge)
+    await refused(
+        verify_session(client, ENV, "mike", "s2", device.code(clock.now()), unused_challenge),
+        grpc.StatusCode.NOT_FOUND,
+        "ERROR_REASON_CHALLENGE_NOT_FOUND",
     )
-    assert answered.reason == "ERROR_REASON_CHALLENGE_NOT_FOUND"
 
 
 async def test_a_reset_that_fails_midway_changes_nothing(
@@ -566,7 +594,9 @@ async def test_a_reset_that_fails_midway_changes_nothing(
                 client.admin.stub.ResetUserMfa(
                     admin_pb.ResetUserMfaRequest(environment_id=ENV, user_id="nico")
                 )
-            )
+            ),
+            grpc.StatusCode.INTERNAL,
+            "ERROR_REASON_INTERNAL",
         )
     finally:
         await db.execute("DROP TRIGGER test_fail_reset ON action_tokens")
@@ -697,10 +727,20 @@ async def test_every_event_type_is_recorded_and_holds_no_secret(
                     proof=types.Proof(totp_code=reused),
                 )
             )
-        )
+        ),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "ERROR_REASON_VERIFICATION_FAILED",
     )
-    for _ in range(2):
-        await refused(verify_with_code(client, "nora", "ZZZZZ-ZZZZZ-ZZZZZ-ZZZZZ"))
+    await refused(  # the second failure: it locks the user out ...
+        verify_with_code(client, "nora", "ZZZZZ-ZZZZZ-ZZZZZ-ZZZZZ"),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "ERROR_REASON_VERIFICATION_FAILED",
+    )
+    await refused(  # ... which the next attempt meets
+        verify_with_code(client, "nora", "ZZZZZ-ZZZZZ-ZZZZZ-ZZZZZ"),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "ERROR_REASON_LOCKED_OUT",
+    )
     clock.advance(timedelta(minutes=15))
     unlink = await token_for(client, clock, device, "nora", types.ACTION_CREDENTIAL_UNLINK)
     secrets.append(unlink)
@@ -780,7 +820,11 @@ async def test_pagination_and_filters(client: Client, clock: FakeClock) -> None:
 async def test_audit_list_input_errors(
     client: Client, field: str, request_fields: dict[str, Any]
 ) -> None:
-    error = await refused(list_events(client, **request_fields))
+    error = await refused(
+        list_events(client, **request_fields),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "ERROR_REASON_INVALID_ARGUMENT",
+    )
     assert [v.field for v in error.field_violations] == [field]
 
 

@@ -21,6 +21,7 @@ import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from test_process import serve
 
+from helpers import eventually
 from mfa.v1 import action_token_service_pb2 as at_pb
 from mfa.v1 import action_token_service_pb2_grpc as at_grpc
 from mfa.v1 import types_pb2 as types
@@ -161,11 +162,12 @@ async def test_workers_share_one_port_and_stop_together(tmp_path: Path, database
     env["MFA_LOG_LEVEL"] = "INFO"
     async with serve(tmp_path, env, "--workers", "2") as server:
         parent = psutil.Process(server.process.pid)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 30
-        while server.stderr.count("mfa-service serving on") < 2:
-            assert loop.time() < deadline, server.stderr
-            await asyncio.sleep(0.1)
+        await eventually(
+            lambda: server.stderr.count("mfa-service serving on") >= 2,
+            within=60,
+            interval=0.1,
+            what=lambda: f"both workers serving:\n{server.stderr}",
+        )
         workers = parent.children()
         assert len(workers) == 2
         # Both workers listen on the one port (SO_REUSEPORT).

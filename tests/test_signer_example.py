@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from examples.signer import Signer, SigningRefused
 from flows import TotpDevice, challenge, enroll_totp, issue_action_token, update_settings
-from helpers import FakeClock
+from helpers import FakeClock, refused
 from mfa.v1 import types_pb2 as types
 from mfa_client import ActionTokenClient, Client, MfaServiceError
 from mfa_service.app import Application
@@ -124,12 +124,15 @@ async def test_a_retry_with_the_same_key_gets_the_first_decision(
     assert not later.allowed
     assert later.reason_name == "DECISION_REASON_TOKEN_ALREADY_USED"
     # The same key for a different request is a caller bug, not a decision.
-    with pytest.raises(MfaServiceError) as caught:
-        await client.action_tokens.validate(
+    misuse = await refused(
+        client.action_tokens.validate(
             **{**request, "payload_digest": hashlib.sha256(b"other").digest()},
             idempotency_key="sign-1",
-        )
-    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "ERROR_REASON_INVALID_ARGUMENT",
+    )
+    assert [v.field for v in misuse.field_violations] == ["idempotency_key"]
 
 
 async def test_a_mistyped_environment_signs_nothing(
@@ -216,8 +219,10 @@ class LossyProxy:
         self.calls += 1
         try:
             response = await self._forward(request)
-        except grpc.aio.AioRpcError as error:
-            await context.abort(error.code(), error.details() or "")
+        except grpc.aio.AioRpcError as error:  # the server's answer, ErrorInfo and all
+            await context.abort(
+                error.code(), error.details() or "", tuple(error.trailing_metadata() or ())
+            )
         if self.calls <= self._lose:
             if self._how == "deadline":
                 await asyncio.sleep(10)  # the caller's deadline passes first
@@ -266,23 +271,28 @@ async def test_a_lost_answer_is_retried_without_burning_the_token(
 async def test_attempts_are_bounded(app: Application, device: TotpDevice) -> None:
     async with LossyProxy(f"127.0.0.1:{app.port}", lose=100) as proxy:
         tokens = proxy.tokens(max_attempts=3)
-        with pytest.raises(MfaServiceError) as caught:
-            await tokens.validate(environment_id=ENV, user_id=USER, action=types.ACTION_WAAS_SIGN)
-    assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+        await refused(
+            tokens.validate(environment_id=ENV, user_id=USER, action=types.ACTION_WAAS_SIGN),
+            grpc.StatusCode.UNAVAILABLE,
+            "",  # the proxy's own refusal: the service never answered
+        )
     assert proxy.calls == 3
 
 
 async def test_invalid_argument_is_not_retried(app: Application) -> None:
     async with LossyProxy(f"127.0.0.1:{app.port}", lose=0) as proxy:
         tokens = proxy.tokens()
-        with pytest.raises(MfaServiceError) as caught:
-            await tokens.validate(
+        invalid = await refused(
+            tokens.validate(
                 environment_id=ENV,
                 user_id=USER,
                 action=types.ACTION_WAAS_SIGN,
                 payload_digest=b"not a sha-256",
-            )
-    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "ERROR_REASON_INVALID_ARGUMENT",
+        )
+    assert [v.field for v in invalid.field_violations] == ["payload_digest"]
     assert proxy.calls == 1
 
 

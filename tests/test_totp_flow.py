@@ -24,7 +24,7 @@ from flows import (
     update_settings,
     verify_session,
 )
-from helpers import FakeClock
+from helpers import FakeClock, last_audit_type, refused
 from mfa.v1 import mfa_service_pb2 as pb
 from mfa.v1 import types_pb2 as types
 from mfa_client import Client, MfaServiceError
@@ -60,12 +60,6 @@ async def oathtool(secret: str, at: datetime) -> str:
     stdout, _ = await process.communicate()
     assert process.returncode == 0
     return stdout.decode().strip()
-
-
-async def refused(coro) -> MfaServiceError:  # type: ignore[no-untyped-def]
-    with pytest.raises(MfaServiceError) as caught:
-        await coro
-    return caught.value
 
 
 # --- enrollment --------------------------------------------------------------------
@@ -128,23 +122,33 @@ async def test_a_sealed_secret_moved_to_another_user_does_not_open(
         "(SELECT totp_secret FROM devices WHERE user_id = 'victim') WHERE user_id = 'thief'"
     )
     clock.advance(timedelta(seconds=30))
-    error = await refused(verify_session(client, ENV, "thief", "s", victim.code(clock.now())))
-    assert error.code == grpc.StatusCode.INTERNAL  # a tampered row is a server fault, not a login
+    await refused(
+        verify_session(client, ENV, "thief", "s", victim.code(clock.now())),
+        grpc.StatusCode.INTERNAL,
+        "ERROR_REASON_INTERNAL",
+    )
 
 
 async def test_a_wrong_first_code_is_refused_and_counted(client: Client, clock: FakeClock) -> None:
     started = await start_totp(client, ENV, "dave")
     good = pyotp.TOTP(started.totp.secret).at(clock.now())
     wrong = f"{(int(good) + 1) % 1_000_000:06d}"
-    error = await refused(complete(client, "dave", started.enrollment_id, wrong))
-    assert (error.code, error.reason) == (
+    await refused(
+        complete(client, "dave", started.enrollment_id, wrong),
         grpc.StatusCode.PERMISSION_DENIED,
         "ERROR_REASON_VERIFICATION_FAILED",
     )
     await update_settings(client, ENV, lockout__max_failed_attempts=2)
-    await refused(complete(client, "dave", started.enrollment_id, wrong))
-    locked = await refused(complete(client, "dave", started.enrollment_id, good))
-    assert locked.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    await refused(
+        complete(client, "dave", started.enrollment_id, wrong),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "ERROR_REASON_VERIFICATION_FAILED",
+    )
+    await refused(
+        complete(client, "dave", started.enrollment_id, good),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "ERROR_REASON_LOCKED_OUT",
+    )
 
 
 async def test_a_pending_enrollment_expires_and_is_not_a_factor(
@@ -159,12 +163,10 @@ async def test_a_pending_enrollment_expires_and_is_not_a_factor(
     clock.advance(timedelta(minutes=9, seconds=59))
     await complete(client, "ezra", twin.enrollment_id, pyotp.TOTP(twin.totp.secret).at(clock.now()))
     clock.advance(timedelta(seconds=2))  # 10 min 1 s after the start
-    error = await refused(
+    await refused(
         complete(
             client, "erin", started.enrollment_id, pyotp.TOTP(started.totp.secret).at(clock.now())
-        )
-    )
-    assert (error.code, error.reason) == (
+        ),
         grpc.StatusCode.NOT_FOUND,
         "ERROR_REASON_ENROLLMENT_NOT_FOUND",
     )
@@ -175,8 +177,11 @@ async def test_another_users_enrollment_cannot_be_completed(
 ) -> None:
     started = await start_totp(client, ENV, "frank")
     code = pyotp.TOTP(started.totp.secret).at(clock.now())
-    error = await refused(complete(client, "mallory", started.enrollment_id, code))
-    assert error.code == grpc.StatusCode.NOT_FOUND
+    await refused(
+        complete(client, "mallory", started.enrollment_id, code),
+        grpc.StatusCode.NOT_FOUND,
+        "ERROR_REASON_ENROLLMENT_NOT_FOUND",
+    )
 
 
 async def test_totp_disabled_refuses_enrollment_and_challenges(
@@ -185,11 +190,7 @@ async def test_totp_disabled_refuses_enrollment_and_challenges(
     device = await enroll_totp(client, clock, ENV, "gina")
     await update_settings(client, ENV, totp_enabled=False, action_methods=[types.METHOD_PASSKEY])
     for attempt in (start_totp(client, ENV, "hank"), challenge(client, ENV, "gina")):
-        error = await refused(attempt)
-        assert (error.code, error.reason) == (
-            grpc.StatusCode.FAILED_PRECONDITION,
-            "ERROR_REASON_METHOD_DISABLED",
-        )
+        await refused(attempt, grpc.StatusCode.FAILED_PRECONDITION, "ERROR_REASON_METHOD_DISABLED")
     # Switching a method off stops new enrollments and challenges, never enforcement:
     # gina stays enrolled (tests/test_seams.py shows what still applies to her).
     assert list((await status(client, ENV, "gina")).enrolled_methods) == [types.METHOD_TOTP]
@@ -202,8 +203,8 @@ async def test_totp_disabled_after_enrollment_started_refuses_completion(
     started = await start_totp(client, ENV, "gwen")
     await update_settings(client, ENV, totp_enabled=False, action_methods=[types.METHOD_PASSKEY])
     code = pyotp.TOTP(started.totp.secret).at(clock.now())
-    error = await refused(complete(client, "gwen", started.enrollment_id, code))
-    assert (error.code, error.reason) == (
+    await refused(
+        complete(client, "gwen", started.enrollment_id, code),
         grpc.StatusCode.FAILED_PRECONDITION,
         "ERROR_REASON_METHOD_DISABLED",
     )
@@ -217,8 +218,8 @@ async def test_totp_disabled_after_a_challenge_refuses_verification(
     taken = await challenge(client, ENV, "gus")
     await update_settings(client, ENV, totp_enabled=False, action_methods=[types.METHOD_PASSKEY])
     clock.advance(timedelta(seconds=30))
-    error = await refused(verify_session(client, ENV, "gus", "s", device.code(clock.now()), taken))
-    assert (error.code, error.reason) == (
+    await refused(
+        verify_session(client, ENV, "gus", "s", device.code(clock.now()), taken),
         grpc.StatusCode.FAILED_PRECONDITION,
         "ERROR_REASON_METHOD_DISABLED",
     )
@@ -255,8 +256,8 @@ async def test_enroll_refuses_a_totp_device_beyond_the_limit(
     """max_totp_devices defaults to 1: with step-up passed, the limit still refuses."""
     device = await enroll_totp(client, clock, ENV, "hugo")
     link = await link_token(client, clock, device, "hugo")
-    error = await refused(start_linked_totp(client, "hugo", link))
-    assert (error.code, error.reason) == (
+    await refused(
+        start_linked_totp(client, "hugo", link),
         grpc.StatusCode.FAILED_PRECONDITION,
         "ERROR_REASON_DEVICE_LIMIT_REACHED",
     )
@@ -272,8 +273,8 @@ async def test_completion_checks_the_totp_device_limit_again(
     started = await start_linked_totp(client, "hilda", link)
     await update_settings(client, ENV, totp__max_devices=1)
     code = pyotp.TOTP(started.totp.secret).at(clock.now())
-    error = await refused(complete(client, "hilda", started.enrollment_id, code))
-    assert (error.code, error.reason) == (
+    await refused(
+        complete(client, "hilda", started.enrollment_id, code),
         grpc.StatusCode.FAILED_PRECONDITION,
         "ERROR_REASON_DEVICE_LIMIT_REACHED",
     )
@@ -284,8 +285,8 @@ async def test_a_second_device_needs_step_up(client: Client, clock: FakeClock) -
     """DESIGN §2: a stolen primary session must not add a factor next to the user's."""
     await update_settings(client, ENV, totp__max_devices=3)
     await enroll_totp(client, clock, ENV, "ivan")
-    error = await refused(start_totp(client, ENV, "ivan"))
-    assert (error.code, error.reason) == (
+    await refused(
+        start_totp(client, ENV, "ivan"),
         grpc.StatusCode.PERMISSION_DENIED,
         "ERROR_REASON_STEP_UP_REQUIRED",
     )
@@ -308,32 +309,48 @@ async def test_enroll_input_errors_name_the_field(
     request = pb.EnrollRequest(environment_id=ENV, user_id="judy")
     for key, value in request_fields.items():
         setattr(request, key, value)
-    error = await refused(call(client.mfa_stub.Enroll(request)))
-    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    error = await refused(
+        call(client.mfa_stub.Enroll(request)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "ERROR_REASON_INVALID_ARGUMENT",
+    )
     assert [v.field for v in error.field_violations] == [field]
 
 
 # --- verification ------------------------------------------------------------------
 
 
-async def test_window_with_skew_one(client: Client, clock: FakeClock) -> None:
+async def test_window_with_skew_one(
+    client: Client, clock: FakeClock, db: asyncpg.Connection
+) -> None:
     device = await enroll_totp(client, clock, ENV, "kim")
     clock.advance(timedelta(minutes=5))
     now = clock.now()
     for offset in (-2, 2):
-        error = await refused(verify_session(client, ENV, "kim", "s", device.code(now, offset)))
-        assert error.reason == "ERROR_REASON_VERIFICATION_FAILED"
+        await refused(
+            verify_session(client, ENV, "kim", "s", device.code(now, offset)),
+            grpc.StatusCode.PERMISSION_DENIED,
+            "ERROR_REASON_VERIFICATION_FAILED",
+        )
+        assert await last_audit_type(db, "kim") == "VERIFICATION_FAILED"  # not a reuse
     for offset in (-1, 0, 1):
         await verify_session(client, ENV, "kim", "s", device.code(now, offset))
 
 
-async def test_window_with_skew_zero(client: Client, clock: FakeClock) -> None:
+async def test_window_with_skew_zero(
+    client: Client, clock: FakeClock, db: asyncpg.Connection
+) -> None:
     await update_settings(client, ENV, totp__skew_steps=0)
     device = await enroll_totp(client, clock, ENV, "lee")
     clock.advance(timedelta(minutes=5))
     now = clock.now()
     for offset in (-1, 1):
-        await refused(verify_session(client, ENV, "lee", "s", device.code(now, offset)))
+        await refused(
+            verify_session(client, ENV, "lee", "s", device.code(now, offset)),
+            grpc.StatusCode.PERMISSION_DENIED,
+            "ERROR_REASON_VERIFICATION_FAILED",
+        )
+        assert await last_audit_type(db, "lee") == "VERIFICATION_FAILED"  # not a reuse
     await verify_session(client, ENV, "lee", "s", device.code(now))
 
 
@@ -344,29 +361,44 @@ async def test_a_code_is_accepted_once_and_a_reuse_looks_like_a_wrong_code(
     clock.advance(timedelta(seconds=30))
     code = device.code(clock.now())
     await verify_session(client, ENV, "mia", "s1", code)
-    reused = await refused(verify_session(client, ENV, "mia", "s2", code))
+    reused = await refused(
+        verify_session(client, ENV, "mia", "s2", code),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "ERROR_REASON_VERIFICATION_FAILED",
+    )
     wrong = await refused(
-        verify_session(client, ENV, "mia", "s2", f"{(int(code) + 7) % 10**6:06d}")
+        verify_session(client, ENV, "mia", "s2", f"{(int(code) + 7) % 10**6:06d}"),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "ERROR_REASON_VERIFICATION_FAILED",
     )
     assert (reused.code, reused.message, reused.reason) == (wrong.code, wrong.message, wrong.reason)
 
 
 async def test_the_enrollment_code_cannot_verify_a_session(
-    client: Client, clock: FakeClock
+    client: Client, clock: FakeClock, db: asyncpg.Connection
 ) -> None:
     device = await enroll_totp(client, clock, ENV, "nia")
-    await refused(verify_session(client, ENV, "nia", "s1", device.code(clock.now())))
+    await refused(
+        verify_session(client, ENV, "nia", "s1", device.code(clock.now())),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "ERROR_REASON_VERIFICATION_FAILED",
+    )
+    assert await last_audit_type(db, "nia") == "CODE_REUSED"  # refused as a reuse, not a typo
 
 
 async def test_an_earlier_step_after_a_later_one_is_refused(
-    client: Client, clock: FakeClock
+    client: Client, clock: FakeClock, db: asyncpg.Connection
 ) -> None:
     device = await enroll_totp(client, clock, ENV, "omar")
     clock.advance(timedelta(minutes=2))
     now = clock.now()
     await verify_session(client, ENV, "omar", "s1", device.code(now, 1))
-    error = await refused(verify_session(client, ENV, "omar", "s2", device.code(now)))
-    assert error.reason == "ERROR_REASON_VERIFICATION_FAILED"
+    await refused(
+        verify_session(client, ENV, "omar", "s2", device.code(now)),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "ERROR_REASON_VERIFICATION_FAILED",
+    )
+    assert await last_audit_type(db, "omar") == "CODE_REUSED"  # refused by the replay rule
 
 
 async def test_concurrent_uses_of_one_code_succeed_exactly_once(
@@ -400,8 +432,16 @@ async def test_unknown_user_fails_like_a_wrong_code(client: Client, clock: FakeC
     device = await enroll_totp(client, clock, ENV, "quinn")
     clock.advance(timedelta(seconds=30))
     wrong = f"{(int(device.code(clock.now())) + 3) % 10**6:06d}"
-    known = await refused(verify_session(client, ENV, "quinn", "s", wrong))
-    unknown = await refused(verify_session(client, ENV, "nobody", "s", wrong))
+    known = await refused(
+        verify_session(client, ENV, "quinn", "s", wrong),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "ERROR_REASON_VERIFICATION_FAILED",
+    )
+    unknown = await refused(
+        verify_session(client, ENV, "nobody", "s", wrong),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "ERROR_REASON_VERIFICATION_FAILED",
+    )
     assert (known.code, known.message, known.reason) == (
         unknown.code,
         unknown.message,
@@ -420,22 +460,26 @@ async def test_challenges_are_single_use_expiring_and_bound_to_the_user(
     used = await challenge(client, ENV, "rita")
     await verify_session(client, ENV, "rita", "s", device.code(clock.now()), used)
     clock.advance(timedelta(seconds=30))
-    error = await refused(verify_session(client, ENV, "rita", "s", device.code(clock.now()), used))
-    assert (error.code, error.reason) == (
+    await refused(
+        verify_session(client, ENV, "rita", "s", device.code(clock.now()), used),
         grpc.StatusCode.NOT_FOUND,
         "ERROR_REASON_CHALLENGE_NOT_FOUND",
     )
 
     others = await challenge(client, ENV, "someone-else")
-    error = await refused(
-        verify_session(client, ENV, "rita", "s", device.code(clock.now()), others)
+    await refused(
+        verify_session(client, ENV, "rita", "s", device.code(clock.now()), others),
+        grpc.StatusCode.NOT_FOUND,
+        "ERROR_REASON_CHALLENGE_NOT_FOUND",
     )
-    assert error.reason == "ERROR_REASON_CHALLENGE_NOT_FOUND"
 
     stale = await challenge(client, ENV, "rita")
     clock.advance(timedelta(minutes=5, seconds=1))
-    error = await refused(verify_session(client, ENV, "rita", "s", device.code(clock.now()), stale))
-    assert error.reason == "ERROR_REASON_CHALLENGE_NOT_FOUND"
+    await refused(
+        verify_session(client, ENV, "rita", "s", device.code(clock.now()), stale),
+        grpc.StatusCode.NOT_FOUND,
+        "ERROR_REASON_CHALLENGE_NOT_FOUND",
+    )
 
 
 async def test_a_failed_verification_uses_up_the_challenge(
@@ -446,10 +490,15 @@ async def test_a_failed_verification_uses_up_the_challenge(
     challenge_id = await challenge(client, ENV, "sam")
     good = device.code(clock.now())
     await refused(
-        verify_session(client, ENV, "sam", "s", f"{(int(good) + 1) % 10**6:06d}", challenge_id)
+        verify_session(client, ENV, "sam", "s", f"{(int(good) + 1) % 10**6:06d}", challenge_id),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "ERROR_REASON_VERIFICATION_FAILED",
     )
-    error = await refused(verify_session(client, ENV, "sam", "s", good, challenge_id))
-    assert error.reason == "ERROR_REASON_CHALLENGE_NOT_FOUND"
+    await refused(
+        verify_session(client, ENV, "sam", "s", good, challenge_id),
+        grpc.StatusCode.NOT_FOUND,
+        "ERROR_REASON_CHALLENGE_NOT_FOUND",
+    )
 
 
 @pytest.mark.parametrize(
@@ -478,8 +527,11 @@ async def test_verify_input_errors_name_the_field(
     )
     if proof is not None:
         request.proof.CopyFrom(proof)
-    error = await refused(call(client.mfa_stub.VerifySession(request)))
-    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    error = await refused(
+        call(client.mfa_stub.VerifySession(request)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "ERROR_REASON_INVALID_ARGUMENT",
+    )
     assert [v.field for v in error.field_violations] == [field]
 
 
@@ -492,8 +544,11 @@ async def lock_out(client: Client, clock: FakeClock, user: str) -> TotpDevice:
     clock.advance(timedelta(minutes=1))
     wrong = f"{(int(device.code(clock.now())) + 5) % 10**6:06d}"
     for _ in range(5):
-        error = await refused(verify_session(client, ENV, user, "s", wrong))
-        assert error.reason == "ERROR_REASON_VERIFICATION_FAILED"
+        await refused(
+            verify_session(client, ENV, user, "s", wrong),
+            grpc.StatusCode.PERMISSION_DENIED,
+            "ERROR_REASON_VERIFICATION_FAILED",
+        )
     return device
 
 
@@ -501,8 +556,8 @@ async def test_lockout_refuses_even_a_correct_code_until_it_ends(
     client: Client, clock: FakeClock, db: asyncpg.Connection
 ) -> None:
     device = await lock_out(client, clock, "uma")
-    locked = await refused(verify_session(client, ENV, "uma", "s", device.code(clock.now())))
-    assert (locked.code, locked.reason) == (
+    locked = await refused(
+        verify_session(client, ENV, "uma", "s", device.code(clock.now())),
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         "ERROR_REASON_LOCKED_OUT",
     )
@@ -512,7 +567,11 @@ async def test_lockout_refuses_even_a_correct_code_until_it_ends(
     )
 
     clock.advance(timedelta(minutes=14))
-    still = await refused(verify_session(client, ENV, "uma", "s", device.code(clock.now())))
+    still = await refused(
+        verify_session(client, ENV, "uma", "s", device.code(clock.now())),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "ERROR_REASON_LOCKED_OUT",
+    )
     assert still.retry_after == timedelta(minutes=1)
 
     clock.advance(timedelta(minutes=1))
@@ -530,10 +589,11 @@ async def test_a_locked_out_attempt_leaves_its_challenge_untouched(
     """While locked out nothing is verified and nothing is used up, the challenge included."""
     device = await lock_out(client, clock, "ula")
     pending = await challenge(client, ENV, "ula")
-    locked = await refused(
-        verify_session(client, ENV, "ula", "s", device.code(clock.now()), pending)
+    await refused(
+        verify_session(client, ENV, "ula", "s", device.code(clock.now()), pending),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "ERROR_REASON_LOCKED_OUT",
     )
-    assert locked.reason == "ERROR_REASON_LOCKED_OUT"
     assert await db.fetchval("SELECT count(*) FROM challenges WHERE id = $1", uuid.UUID(pending))
     failures = await db.fetchval("SELECT failed_attempts FROM mfa_users WHERE user_id = 'ula'")
     assert failures == 5  # the refused attempt was not counted either
@@ -547,36 +607,70 @@ async def test_the_failure_count_resets_only_on_success(client: Client, clock: F
         return f"{(int(device.code(clock.now())) + 5) % 10**6:06d}"
 
     for _ in range(4):
-        await refused(verify_session(client, ENV, "vic", "s", wrong()))
+        await refused(
+            verify_session(client, ENV, "vic", "s", wrong()),
+            grpc.StatusCode.PERMISSION_DENIED,
+            "ERROR_REASON_VERIFICATION_FAILED",
+        )
     await verify_session(client, ENV, "vic", "s", device.code(clock.now()))
     clock.advance(timedelta(seconds=30))
     for _ in range(4):
-        await refused(verify_session(client, ENV, "vic", "s", wrong()))
+        await refused(
+            verify_session(client, ENV, "vic", "s", wrong()),
+            grpc.StatusCode.PERMISSION_DENIED,
+            "ERROR_REASON_VERIFICATION_FAILED",
+        )
     await verify_session(client, ENV, "vic", "s", device.code(clock.now()))  # not locked: 4 < 5
     clock.advance(timedelta(seconds=30))
     for _ in range(5):
-        await refused(verify_session(client, ENV, "vic", "s", wrong()))
-    error = await refused(verify_session(client, ENV, "vic", "s", device.code(clock.now())))
-    assert error.reason == "ERROR_REASON_LOCKED_OUT"
+        await refused(
+            verify_session(client, ENV, "vic", "s", wrong()),
+            grpc.StatusCode.PERMISSION_DENIED,
+            "ERROR_REASON_VERIFICATION_FAILED",
+        )
+    error = await refused(
+        verify_session(client, ENV, "vic", "s", device.code(clock.now())),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "ERROR_REASON_LOCKED_OUT",
+    )
     assert error.retry_after == timedelta(minutes=15)
     # An ended lockout is no success: the streak goes on, and its second lockout is longer.
     clock.advance(timedelta(minutes=15))
     for _ in range(5):
-        error = await refused(verify_session(client, ENV, "vic", "s", wrong()))
-        assert error.reason == "ERROR_REASON_VERIFICATION_FAILED"
-    error = await refused(verify_session(client, ENV, "vic", "s", device.code(clock.now())))
+        error = await refused(
+            verify_session(client, ENV, "vic", "s", wrong()),
+            grpc.StatusCode.PERMISSION_DENIED,
+            "ERROR_REASON_VERIFICATION_FAILED",
+        )
+    error = await refused(
+        verify_session(client, ENV, "vic", "s", device.code(clock.now())),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "ERROR_REASON_LOCKED_OUT",
+    )
     assert (error.reason, error.retry_after) == ("ERROR_REASON_LOCKED_OUT", timedelta(minutes=30))
     # A success ends the streak: the next one starts from nothing, its first lockout short.
     clock.advance(timedelta(minutes=30))
     await verify_session(client, ENV, "vic", "s", device.code(clock.now()))
     clock.advance(timedelta(seconds=30))
     for _ in range(4):
-        await refused(verify_session(client, ENV, "vic", "s", wrong()))
+        await refused(
+            verify_session(client, ENV, "vic", "s", wrong()),
+            grpc.StatusCode.PERMISSION_DENIED,
+            "ERROR_REASON_VERIFICATION_FAILED",
+        )
     await verify_session(client, ENV, "vic", "s", device.code(clock.now()))  # not locked: 4 < 5
     clock.advance(timedelta(seconds=30))
     for _ in range(5):
-        await refused(verify_session(client, ENV, "vic", "s", wrong()))
-    error = await refused(verify_session(client, ENV, "vic", "s", device.code(clock.now())))
+        await refused(
+            verify_session(client, ENV, "vic", "s", wrong()),
+            grpc.StatusCode.PERMISSION_DENIED,
+            "ERROR_REASON_VERIFICATION_FAILED",
+        )
+    error = await refused(
+        verify_session(client, ENV, "vic", "s", device.code(clock.now())),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "ERROR_REASON_LOCKED_OUT",
+    )
     assert (error.reason, error.retry_after) == ("ERROR_REASON_LOCKED_OUT", timedelta(minutes=15))
 
 
@@ -666,7 +760,11 @@ async def test_audit_rows_and_logs_never_hold_the_secret_or_codes(
     clock.advance(timedelta(seconds=30))
     second = pyotp.TOTP(started.totp.secret).at(clock.now())
     await verify_session(client, ENV, "audited", "s1", second)
-    await refused(verify_session(client, ENV, "audited", "s2", second))
+    await refused(
+        verify_session(client, ENV, "audited", "s2", second),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "ERROR_REASON_VERIFICATION_FAILED",
+    )
     rows = await db.fetch("SELECT * FROM audit_events WHERE user_id = 'audited' ORDER BY id")
     assert [r["type"] for r in rows] == [
         "ENROLLMENT_STARTED",

@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 import asyncpg
+import grpc
 import pytest
 
 from flows import (
@@ -25,7 +26,7 @@ from flows import (
     update_settings,
     verify_session,
 )
-from helpers import FakeClock
+from helpers import FakeClock, refused
 from mfa.v1 import mfa_service_pb2 as pb
 from mfa.v1 import types_pb2 as types
 from mfa_client import Client, MfaServiceError
@@ -105,8 +106,11 @@ async def test_a_correct_code_cannot_slip_past_a_lockout_started_concurrently(
         device = await enroll_totp(client, clock, ENV, user)
         clock.advance(timedelta(seconds=30))
         for i in range(4):  # the limit is 5
-            with pytest.raises(MfaServiceError):
-                await verify_session(client, ENV, user, "s", wrong(device, clock, i + 1))
+            await refused(
+                verify_session(client, ENV, user, "s", wrong(device, clock, i + 1)),
+                grpc.StatusCode.PERMISSION_DENIED,
+                "ERROR_REASON_VERIFICATION_FAILED",
+            )
         attempts = [(device.code(clock.now()), await challenge(client, ENV, user))]
         for i in range(3):
             attempts.append((wrong(device, clock, 10 + i), await challenge(client, ENV, user)))
@@ -148,8 +152,11 @@ async def test_the_lockout_event_records_the_count_that_started_it(
     await update_settings(client, ENV, lockout__max_failed_attempts=3)
     clock.advance(timedelta(seconds=30))
     for i in range(3):
-        with pytest.raises(MfaServiceError):
-            await verify_session(client, ENV, "cy", "s", wrong(device, clock, i + 1))
+        await refused(
+            verify_session(client, ENV, "cy", "s", wrong(device, clock, i + 1)),
+            grpc.StatusCode.PERMISSION_DENIED,
+            "ERROR_REASON_VERIFICATION_FAILED",
+        )
     rows = await db.fetch(
         "SELECT method, details FROM audit_events WHERE user_id = 'cy' AND type = 'LOCKED_OUT'"
     )
@@ -169,12 +176,17 @@ async def test_a_failure_after_an_ended_lockout_goes_on_counting(
     device = await enroll_totp(client, clock, ENV, "di")
     clock.advance(timedelta(seconds=30))
     for i in range(5):
-        with pytest.raises(MfaServiceError):
-            await verify_session(client, ENV, "di", "s", wrong(device, clock, i + 1))
+        await refused(
+            verify_session(client, ENV, "di", "s", wrong(device, clock, i + 1)),
+            grpc.StatusCode.PERMISSION_DENIED,
+            "ERROR_REASON_VERIFICATION_FAILED",
+        )
     clock.advance(timedelta(minutes=15))
-    with pytest.raises(MfaServiceError) as caught:
-        await verify_session(client, ENV, "di", "s", wrong(device, clock))
-    assert caught.value.reason == "ERROR_REASON_VERIFICATION_FAILED"
+    await refused(
+        verify_session(client, ENV, "di", "s", wrong(device, clock)),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "ERROR_REASON_VERIFICATION_FAILED",
+    )
     state = await db.fetchrow(
         "SELECT failed_attempts, locked_until FROM mfa_users WHERE user_id = 'di'"
     )
