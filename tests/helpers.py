@@ -78,6 +78,9 @@ def venv_binary(name: str) -> str:
 async def create_environments(target: str, ids: list[str]) -> None:
     """Create each environment with the default settings through the public API."""
     async with Client.connect(target, insecure=True) as operator:
+        # The server was started just before; a first connection refused once in about
+        # a thousand starts on a loaded machine, so the operator waits for the channel.
+        await asyncio.wait_for(operator.channel.channel_ready(), timeout=10)
         for environment_id in ids:
             await operator.admin.create_environment(environment_id)
 
