@@ -35,7 +35,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Unpack
+from typing import Any
 
 import asyncpg
 import grpc
@@ -326,7 +326,7 @@ async def validation_rate(target: str, env: str, user: str, token: str, pids: li
 
 
 async def compare(
-    variants: dict[str, tuple[str, list[int]]], *args: Unpack[tuple[str, str, str]]
+    variants: dict[str, tuple[str, list[int]]], *args: *tuple[str, str, str]
 ) -> dict[str, Rate]:
     """Each variant (name: target, server pids) measured ROUNDS times, taking turns; the
     median of each figure."""
