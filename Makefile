@@ -126,7 +126,7 @@ bench: $(STAMP) proto
 lint: $(STAMP) $(NODE_STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/mypy --strict mfa_service clients/python/mfa_client examples deploy
+	$(BIN)/mypy --strict mfa_service clients/python/mfa_client examples deploy tests
 	$(BIN)/lint-imports
 	$(NODE_BIN)/buf lint
 	$(MAKE) --no-print-directory buf-breaking

@@ -56,7 +56,7 @@ async def issue(
     *,
     user: str = "alice",
     env: str = ENV,
-    actions: tuple[int, ...] = (SIGN,),
+    actions: tuple[types.Action.ValueType, ...] = (SIGN,),
     single_use: bool = True,
     payload_digest: bytes = b"",
     session_id: str = "",
@@ -79,7 +79,7 @@ async def validate(
     client: Client,
     token: str,
     *,
-    action: int = SIGN,
+    action: types.Action.ValueType = SIGN,
     user: str = "alice",
     env: str = ENV,
     payload_digest: bytes = b"",
@@ -280,7 +280,7 @@ async def test_the_checks_come_in_order(
         "DENY",
         "PAYLOAD_MISMATCH",
     )
-    rightful = {"session_id": "s-1", "payload_digest": DIGEST}
+    rightful: dict[str, Any] = {"session_id": "s-1", "payload_digest": DIGEST}
     assert await validate(client, bound.token, **rightful) == ("ALLOW", "TOKEN_VALID")
     # Used, and asked for another action: the mismatch, not the consumption.
     assert await validate(client, bound.token, action=EXPORT, **rightful) == (
@@ -379,6 +379,7 @@ async def signing_key(db: asyncpg.Connection) -> tokens.SigningKey:
     """The service's own private key, read the way only an insider could: for forging
     tokens whose signature is right and whose claims are wrong."""
     row = await db.fetchrow("SELECT * FROM signing_keys WHERE retired_at IS NULL")
+    assert row is not None
     private = tokens.load_private_key(
         TEST_KEY_RING.decrypt(row["private_key"], context=b"signing-key\x00" + row["kid"].encode())
     )
@@ -404,7 +405,10 @@ def unsigned(good: str, **changes: Any) -> str:
     """alg=none: header and payload, empty signature."""
     header = {**jwt.get_unverified_header(good), "alg": "none"}
     claims = {**jwt.decode(good, options={"verify_signature": False}), **changes}
-    part = lambda d: base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()  # noqa: E731
+
+    def part(d: object) -> str:
+        return base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()
+
     return f"{part(header)}.{part(claims)}."
 
 
@@ -477,7 +481,10 @@ def _hs256(good: str, secret: bytes) -> str:
 
     header = {**jwt.get_unverified_header(good), "alg": "HS256"}
     claims = jwt.decode(good, options={"verify_signature": False})
-    enc = lambda d: base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=")  # noqa: E731
+
+    def enc(d: object) -> bytes:
+        return base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=")
+
     signing_input = enc(header) + b"." + enc(claims)
     mac = hmac.new(secret, signing_input, hashlib.sha256).digest()
     return (signing_input + b"." + base64.urlsafe_b64encode(mac).rstrip(b"=")).decode()
@@ -991,6 +998,7 @@ async def test_servers_configured_with_two_algorithms_share_the_active_key(
 
 async def test_signing_keys_are_sealed_at_rest(db: asyncpg.Connection, app: Application) -> None:
     row = await db.fetchrow("SELECT kid, private_key FROM signing_keys")
+    assert row is not None
     with pytest.raises(ValueError):
         serialization.load_der_private_key(row["private_key"], password=None)
     assert TEST_KEY_RING.kid_of(row["private_key"]) == TEST_KEY_RING.active_kid

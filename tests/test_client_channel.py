@@ -30,7 +30,7 @@ ENV = "env-retries"
 pytestmark = pytest.mark.environments(ENV)
 
 
-class FailingProxy(grpc.GenericRpcHandler):
+class FailingProxy(grpc.GenericRpcHandler):  # type: ignore[type-arg]  # not subscriptable at runtime
     """Forwards every unary call to ``upstream`` as raw bytes, after failing the first
     ``fail`` calls of each method with UNAVAILABLE (reads: after the server answered,
     so the answer is lost; writes: before they reach it)."""
@@ -53,7 +53,7 @@ class FailingProxy(grpc.GenericRpcHandler):
             if failing and not read:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "lost by test proxy")
             try:
-                response: bytes = await self._upstream.unary_unary(method)(request)
+                response: bytes = await self._upstream.unary_unary(method)(request)  # type: ignore[call-arg]  # grpc-stubs: the serializers are optional
             except grpc.aio.AioRpcError as error:
                 await context.abort(error.code(), error.details() or "")
             if failing:
@@ -68,7 +68,7 @@ class FailingProxy(grpc.GenericRpcHandler):
 
     async def __aexit__(self, *exc: object) -> None:
         await self._server.stop(None)
-        await self._upstream.close()
+        await self._upstream.close()  # type: ignore[call-arg]  # grpc-stubs: grace is optional
 
 
 def test_the_read_methods_exist() -> None:

@@ -27,7 +27,7 @@ import builtins
 import json
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -384,14 +384,14 @@ def _bytes_mutated(data: bytes, how: str, at: int) -> bytes:
 class FreshChallenge:
     """A real challenge for the request's user: of ``method``, or of the proof's method."""
 
-    method: int | None = None
+    method: types.Method.ValueType | None = None
 
 
 @dataclass(frozen=True)
 class FreshEnrollment:
     """A real pending enrollment of ``method`` for the request's user."""
 
-    method: int
+    method: types.Method.ValueType
 
 
 @dataclass(frozen=True)
@@ -1072,7 +1072,9 @@ async def resolve(world: World, drawn: dict[str, Any]) -> dict[str, Any]:
     return {name: _live_value(world, value) for name, value in resolved.items()}
 
 
-async def _fresh_challenge(world: World, env: str, user: str, method: int) -> str:
+async def _fresh_challenge(
+    world: World, env: str, user: str, method: types.Method.ValueType
+) -> str:
     try:
         response = await world.client.mfa_stub.Challenge(
             pb.ChallengeRequest(environment_id=env, user_id=user, method=method),
@@ -1084,7 +1086,9 @@ async def _fresh_challenge(world: World, env: str, user: str, method: int) -> st
     return str(response.challenge_id)
 
 
-async def _fresh_enrollment(world: World, env: str, user: str, method: int) -> str:
+async def _fresh_enrollment(
+    world: World, env: str, user: str, method: types.Method.ValueType
+) -> str:
     try:
         response = await world.client.mfa_stub.Enroll(
             pb.EnrollRequest(
@@ -1171,7 +1175,7 @@ async def assert_still_serving(app: Application, client: Client) -> None:
 def run_property(
     loop: asyncio.AbstractEventLoop,
     strategy: st.SearchStrategy[Any],
-    exercise: Callable[[Any], Awaitable[None]],
+    exercise: Callable[[Any], Coroutine[Any, Any, None]],
     *,
     examples: int,
     regressions: Iterable[Any] = (),
@@ -1221,7 +1225,9 @@ async def test_fuzz_rpc(app: Application, client: Client, clock: FakeClock, name
 async def test_raw_wire_bytes_are_refused_cleanly(app: Application, client: Client) -> None:
     """Bytes that are no protobuf message, or carry a string that is not UTF-8."""
     send = {
-        path: client.channel.unary_unary(path, response_deserializer=lambda raw: raw)
+        path: client.channel.unary_unary(  # type: ignore[call-arg]  # grpc-stubs: the serializers are optional
+            path, response_deserializer=lambda raw: raw
+        )
         for path in sorted(SERVICE_METHODS)
     }
     wire = st.one_of(
@@ -1254,7 +1260,7 @@ async def test_a_message_over_the_receive_limit_is_refused(
     app: Application, client: Client
 ) -> None:
     too_big = "a" * (MAX_MESSAGE_BYTES + 1)
-    for send, request in [
+    calls: list[tuple[Callable[..., Awaitable[object]], Message]] = [
         (client.mfa_stub.GetStatus, pb.GetStatusRequest(environment_id=ENV, user_id=too_big)),
         (
             client.action_tokens_stub.ValidateActionToken,
@@ -1267,7 +1273,8 @@ async def test_a_message_over_the_receive_limit_is_refused(
                 update_mask=field_mask_pb2.FieldMask(paths=["totp.issuer"] * 25_000),
             ),
         ),
-    ]:
+    ]
+    for send, request in calls:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await send(request, timeout=CALL_TIMEOUT)
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

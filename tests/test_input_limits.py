@@ -10,9 +10,10 @@ the length refusal must be gone. A new capped field is one more row of ``CAPS``.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -33,7 +34,7 @@ SOME_ID = str(uuid.uuid4())
 
 def _base_requests() -> dict[str, Message]:
     """A valid request of each RPC with a string field; every row changes one field."""
-    user = {"environment_id": ENV, "user_id": "alice"}
+    user: dict[str, Any] = {"environment_id": ENV, "user_id": "alice"}
     return {
         "MfaService/GetStatus": pb.GetStatusRequest(**user, session_id="s1"),
         "MfaService/Enroll": pb.EnrollRequest(**user, method=types.METHOD_TOTP),
@@ -126,7 +127,7 @@ class Cap:
     cap: int
     value: Callable[[int], Any] = ascii_of
     valid_at_cap: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def id(self) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -55,8 +55,14 @@ async def channel() -> AsyncIterator[aio.Channel]:
         await server.stop(None)
 
 
+def _pairs(metadata: object) -> tuple[tuple[str, str | bytes], ...]:
+    """An error's trailing metadata as the (key, value) pairs it holds at runtime
+    (grpc-stubs types each item as an opaque ``_Metadatum``)."""
+    return cast(tuple[tuple[str, str | bytes], ...], metadata or ())
+
+
 def _trailer(error: aio.AioRpcError, key: str) -> Any:
-    values = [v for k, v in error.trailing_metadata() or () if k == key]
+    values = [v for k, v in _pairs(error.trailing_metadata()) if k == key]
     assert len(values) == 1, f"expected one {key} trailer, got {values}"
     return values[0]
 
@@ -77,7 +83,7 @@ def _error_info(error: aio.AioRpcError) -> error_details_pb2.ErrorInfo:
 async def _call(channel: aio.Channel, method: str, request_id: str | None) -> aio.AioRpcError:
     metadata = ((REQUEST_ID_HEADER, request_id),) if request_id else None
     with pytest.raises(aio.AioRpcError) as caught:
-        await channel.unary_unary(f"/{SERVICE}/{method}")(b"", metadata=metadata, timeout=5)
+        await channel.unary_unary(f"/{SERVICE}/{method}")(b"", metadata=metadata, timeout=5)  # type: ignore[call-arg]  # grpc-stubs: the serializers are optional
     return caught.value
 
 
@@ -99,11 +105,13 @@ async def test_unexpected_exception_is_internal_with_request_id_and_no_text(
     if sent_request_id:
         assert request_id == sent_request_id
     assert request_id
-    assert request_id in error.details()
-    assert SECRET not in error.details()
-    assert "RuntimeError" not in error.details()
+    details = error.details()
+    assert details is not None
+    assert request_id in details
+    assert SECRET not in details
+    assert "RuntimeError" not in details
     assert SECRET.encode() not in b"".join(
-        v if isinstance(v, bytes) else v.encode() for _, v in error.trailing_metadata() or ()
+        v if isinstance(v, bytes) else v.encode() for _, v in _pairs(error.trailing_metadata())
     )
 
     info = _error_info(error)

@@ -35,6 +35,7 @@ from mfa.v1 import types_pb2 as types
 from mfa_client import Client, MfaServiceError
 from mfa_service.app import Application
 from mfa_service.domain import lockout
+from mfa_service.domain.model import EnvironmentId, UserId
 from mfa_service.domain.settings import LOCKOUT_DURATION_RANGE, MAX_FAILED_ATTEMPTS_RANGE
 from mfa_service.store import verifications as verification_store
 
@@ -468,8 +469,8 @@ async def test_the_deciding_statement_refuses_at_the_hard_limit_whatever_was_rea
     pending = await challenge(client, ENV, "kim")
     concluded = await verification_store.conclude(
         db,
-        ENV,
-        "kim",
+        EnvironmentId(ENV),
+        UserId("kim"),
         uuid.UUID(pending),
         now=clock.now(),
         device_id=device_id,

@@ -222,7 +222,7 @@ class Token:
 @dataclass
 class Device:
     id: str
-    method: int
+    method: types.Method.ValueType
     owner: str
     secret: str | None = None  # TOTP
     authenticator: SoftAuthenticator | None = None  # passkey
@@ -232,7 +232,7 @@ class Device:
 @dataclass
 class Enrollment:
     id: str
-    method: int
+    method: types.Method.ValueType
     owner: str
     expires_at: datetime
     secret: str | None
@@ -287,9 +287,11 @@ class StepLog:
     successes: set[str] = field(default_factory=set)
     failures: collections.Counter[str] = field(default_factory=collections.Counter)
     recovery_failures: collections.Counter[str] = field(default_factory=collections.Counter)
-    unprotected_allows: list[tuple[str, int]] = field(default_factory=list)
+    unprotected_allows: list[tuple[str, types.Action.ValueType]] = field(default_factory=list)
     tokenless_changes: list[tuple[str, str]] = field(default_factory=list)
-    uses: list[tuple[str, Token, int]] = field(default_factory=list)  # user, token, action
+    uses: list[tuple[str, Token, types.Action.ValueType]] = field(
+        default_factory=list
+    )  # user, token, action
 
 
 def jti_of(token: str) -> str:
@@ -312,7 +314,7 @@ class Context:
     clock: FakeClock
 
 
-Op = Callable[[], Awaitable[None]]
+Op = Callable[[], Awaitable[object]]
 
 
 class MfaModel(RuleBasedStateMachine):
@@ -583,7 +585,7 @@ class MfaModel(RuleBasedStateMachine):
         if token is not None and actor == "user" and token not in user.spent:
             user.spent.append(token)
 
-    def _used(self, user: User, token: Token, action: int) -> None:
+    def _used(self, user: User, token: Token, action: types.Action.ValueType) -> None:
         token.uses += 1
         self.log.uses.append((user.name, token, action))
 
@@ -703,9 +705,8 @@ class MfaModel(RuleBasedStateMachine):
         else:
             assert enrollment.options is not None
             authenticator = SoftAuthenticator(origin=ORIGIN, rp_id=RP_ID)
-            request.passkey_registration_json = authenticator.register(
-                enrollment.options, **({} if correct else {"challenge": b"\x00" * 32})
-            )
+            wrong: dict[str, Any] = {} if correct else {"challenge": b"\x00" * 32}
+            request.passkey_registration_json = authenticator.register(enrollment.options, **wrong)
         now = self.clock.now()
         had = frozenset(self.before.devices[name])
         expected = (
@@ -928,7 +929,9 @@ class MfaModel(RuleBasedStateMachine):
             assert kind in token.actions, "a token was ALLOWed for an action it does not cover"
             self._used(user, token, kind)
 
-    async def op_delete(self, name: str, actor: str, pick: int, token_pick: int | None) -> None:
+    async def op_delete(
+        self, name: str, actor: str, pick: int, token_pick: int | Token | None
+    ) -> None:
         assert self.before is not None
         user = self.users[name]
         present = [d for d in user.devices if d in self.before.devices[name]]

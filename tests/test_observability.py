@@ -6,6 +6,7 @@ import json
 import signal
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pyotp
 from test_process import _external_db_env, serve
@@ -159,10 +160,11 @@ async def test_tracing_is_off_unless_configured(tmp_path: Path, database_url: st
     assert server.stdout_path.read_text() == ""
 
 
-def _console_spans(text: str) -> list[dict[str, object]]:
+def _console_spans(text: str) -> list[dict[str, Any]]:
     """The spans ConsoleSpanExporter printed: indented JSON objects, one after another."""
     decoder = json.JSONDecoder()
-    spans, index = [], 0
+    spans: list[dict[str, Any]] = []
+    index = 0
     while True:
         index = text.find("{", index)
         if index < 0:

@@ -47,7 +47,7 @@ from typing import Any
 
 import asyncpg
 import grpc
-import psutil
+import psutil  # type: ignore[import-untyped]  # no types-psutil in the dev dependencies
 import pyotp
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -113,6 +113,7 @@ class Postgres:
         self._as_user: list[str] = []
         if os.geteuid() == 0:
             user = utils.ensure_user_exists("pgserver")
+            assert user is not None
             utils.ensure_prefix_permissions(pgdata)
             utils.ensure_prefix_permissions(self._bin)
             utils.ensure_folder_permissions(self._bin, stat.S_IXGRP | stat.S_IXOTH)

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import cbor2
@@ -27,6 +27,7 @@ from mfa.v1 import types_pb2 as types
 from mfa_client import Client, MfaServiceError
 from mfa_service.app import Application
 from mfa_service.domain import passkeys
+from mfa_service.domain.model import EnvironmentId, UserId
 from mfa_service.store import verifications as verification_store
 
 ENV = "env-passkeys"
@@ -48,6 +49,12 @@ async def configured(client: Client) -> None:
     )
 
 
+async def one_row(db: asyncpg.Connection, query: str) -> asyncpg.Record:
+    row = await db.fetchrow(query)
+    assert row is not None
+    return row
+
+
 async def start(client: Client, user: str, token: str = "") -> pb.EnrollResponse:
     return await call(
         client.mfa_stub.Enroll(
@@ -58,7 +65,7 @@ async def start(client: Client, user: str, token: str = "") -> pb.EnrollResponse
     )
 
 
-async def finish(client: Client, user: str, enrollment_id: str, registration: str) -> pb.Device:
+async def finish(client: Client, user: str, enrollment_id: str, registration: str) -> types.Device:
     response = await call(
         client.mfa_stub.CompleteEnrollment(
             pb.CompleteEnrollmentRequest(
@@ -190,6 +197,7 @@ async def test_enroll_verify_and_issue_with_a_passkey(
     assert device.is_default
     assert (device.passkey_backup_eligible, device.passkey_backed_up) == (True, True)
     row = await db.fetchrow("SELECT * FROM devices WHERE user_id = 'alice'")
+    assert row is not None
     assert bytes(row["passkey_credential_id"]) == authenticator.credential_id
     assert row["passkey_transports"] == ["internal"]
     now = await status(client, ENV, "alice", "s1")
@@ -408,6 +416,7 @@ async def test_registration_stores_the_aaguid_and_the_counter(
     )
     query = "SELECT passkey_aaguid, passkey_sign_count FROM devices WHERE user_id = 'ada'"
     row = await db.fetchrow(query)
+    assert row is not None
     assert (row["passkey_aaguid"], row["passkey_sign_count"]) == (str(aaguid), 10)
     # The counter the registration reported is the one the first assertion must pass.
     await assert_refused(
@@ -416,7 +425,7 @@ async def test_registration_stores_the_aaguid_and_the_counter(
         lambda options: authenticator.assertion(options, sign_count=5),
         *VERIFICATION_FAILED,
     )
-    assert (await db.fetchrow(query))["passkey_sign_count"] == 10
+    assert (await one_row(db, query))["passkey_sign_count"] == 10
 
 
 async def test_the_backup_state_follows_the_assertions(
@@ -426,7 +435,7 @@ async def test_the_backup_state_follows_the_assertions(
         client, "bo", SoftAuthenticator(origin=ORIGIN, rp_id=RP_ID, backup_eligible=True)
     )
     query = "SELECT passkey_backed_up, passkey_sign_count FROM devices WHERE user_id = 'bo'"
-    assert tuple(await db.fetchrow(query)) == (False, 0)
+    assert tuple(await one_row(db, query)) == (False, 0)
     for backed_up, count in ((True, 1), (False, 2)):
         challenge = await passkey_challenge(client, "bo")
         await verify(
@@ -435,7 +444,7 @@ async def test_the_backup_state_follows_the_assertions(
             authenticator.assertion(challenge.passkey_request_options_json, bs=backed_up),
             challenge.challenge_id,
         )
-        assert tuple(await db.fetchrow(query)) == (backed_up, count)
+        assert tuple(await one_row(db, query)) == (backed_up, count)
 
 
 async def test_failed_registrations_count_toward_lockout(client: Client, configured: None) -> None:
@@ -645,8 +654,8 @@ async def test_the_counter_write_decides_on_the_stored_counter_not_on_what_was_r
         challenge = await passkey_challenge(client, "rex")
         concluded = await verification_store.conclude(
             db,
-            ENV,
-            "rex",
+            EnvironmentId(ENV),
+            UserId("rex"),
             uuid.UUID(challenge.challenge_id),
             now=clock.now(),
             device_id=device_id,
@@ -727,7 +736,8 @@ async def test_concurrent_assertions_with_one_counter_succeed_at_most_once(
     )
     assert sum(isinstance(r, pb.VerifySessionResponse) for r in results) == 1
     assert all(
-        isinstance(r, pb.VerifySessionResponse) or r.reason == "ERROR_REASON_VERIFICATION_FAILED"
+        isinstance(r, pb.VerifySessionResponse)
+        or cast(MfaServiceError, r).reason == "ERROR_REASON_VERIFICATION_FAILED"
         for r in results
     )
 
@@ -895,7 +905,7 @@ async def test_a_challenge_for_one_device_takes_only_that_passkey(
         client, "dot", started.enrollment_id, second.register(started.passkey.creation_options_json)
     )
 
-    async def challenge_for(device: pb.Device) -> pb.ChallengeResponse:
+    async def challenge_for(device: types.Device) -> pb.ChallengeResponse:
         return await call(
             client.mfa_stub.Challenge(
                 pb.ChallengeRequest(
@@ -1224,7 +1234,7 @@ async def test_request_options_stay_small_with_ten_passkeys_of_the_worst_transpo
     """Ten passkeys (the most a user may have) with the longest credential ids and the
     worst transports a client can send; one of them a row stored before transports were
     filtered, 9,000 x "usb". Before: 63 KB for that one credential alone."""
-    authenticators = []
+    authenticators: list[SoftAuthenticator] = []
     for i in range(10):
         authenticator = SoftAuthenticator(
             origin=ORIGIN,

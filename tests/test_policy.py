@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from operator import attrgetter
 
 import pytest
 
@@ -23,7 +24,7 @@ CONFIGURED = dataclasses.replace(DEFAULTS, passkey=PASSKEYS)
 ALL = frozenset(Method)
 
 
-@pytest.mark.parametrize("action", sorted(ALWAYS_PROTECTED_ACTIONS, key=lambda a: a.name))
+@pytest.mark.parametrize("action", sorted(ALWAYS_PROTECTED_ACTIONS, key=attrgetter("name")))
 def test_the_credential_actions_are_always_protected(action: Action) -> None:
     assert is_protected(DEFAULTS, action)
     assert is_protected(dataclasses.replace(DEFAULTS, protected_actions=()), action)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import asyncpg
 import grpc
-import psutil
+import psutil  # type: ignore[import-untyped]  # no types-psutil in the dev dependencies
 import pytest
 from google.protobuf import field_mask_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -76,7 +76,8 @@ async def _health(target: str, service: str = "") -> int:
         response = await health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service=service), timeout=1
         )
-    return response.status
+    status: int = response.status
+    return status
 
 
 @asynccontextmanager
@@ -196,7 +197,7 @@ async def test_sigterm_drains_in_flight_calls_then_exits(tmp_path: Path, databas
                 changed = await asyncio.wait_for(watch.read(), 5)
                 assert changed.status == NOT_SERVING
                 # Having said so, the Watch ends: it must not hold the drain open.
-                assert await asyncio.wait_for(watch.read(), 5) == grpc.aio.EOF
+                assert await asyncio.wait_for(watch.read(), 5) == grpc.aio.EOF  # type: ignore[attr-defined]  # grpc-stubs lacks aio.EOF
                 assert await watch.code() == grpc.StatusCode.OK
 
                 # Draining: the call in flight is neither failed nor cut off ...

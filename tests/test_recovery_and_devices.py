@@ -74,7 +74,7 @@ async def verify_with_code(
 
 
 async def token_for(
-    client: Client, clock: FakeClock, device: TotpDevice, user: str, action: int
+    client: Client, clock: FakeClock, device: TotpDevice, user: str, action: types.Action.ValueType
 ) -> str:
     clock.advance(timedelta(seconds=30))
     issued = await call(

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
-import psutil
+import psutil  # type: ignore[import-untyped]  # no types-psutil in the dev dependencies
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from test_process import serve
 
@@ -119,7 +119,7 @@ async def test_one_allow_per_token_across_three_replicas(tmp_path: Path, databas
         ]
         limit = asyncio.Semaphore(IN_FLIGHT)
 
-        async def validate(stub: at_grpc.ActionTokenServiceStub, user: str, token: str) -> str:
+        async def validate(stub: at_grpc.ActionTokenServiceAsyncStub, user: str, token: str) -> str:
             async with limit:
                 reply = await stub.ValidateActionToken(
                     at_pb.ValidateActionTokenRequest(

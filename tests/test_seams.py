@@ -13,7 +13,7 @@ import functools
 import json
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -104,7 +104,7 @@ async def totp_token(
     clock: FakeClock,
     user: str,
     device: TotpDevice,
-    action: int,
+    action: types.Action.ValueType,
     *,
     single_use: bool = True,
 ) -> str:
@@ -125,7 +125,7 @@ async def totp_token(
     return str(issued.token)
 
 
-async def code_token(client: Client, user: str, code: str, action: int) -> str:
+async def code_token(client: Client, user: str, code: str, action: types.Action.ValueType) -> str:
     """An action token earned with a recovery code."""
     issued = await call(
         client.mfa_stub.IssueActionToken(
@@ -142,7 +142,9 @@ async def code_token(client: Client, user: str, code: str, action: int) -> str:
     return str(issued.token)
 
 
-async def validate(client: Client, user: str, action: int, token: str = "") -> Any:
+async def validate(
+    client: Client, user: str, action: types.Action.ValueType, token: str = ""
+) -> Any:
     return await call(
         client.action_tokens.stub.ValidateActionToken(
             at_pb.ValidateActionTokenRequest(
@@ -340,7 +342,7 @@ def claims_of(token: str) -> dict[str, Any]:
     ],
 )
 async def test_credential_tokens_are_single_use_whatever_is_asked(
-    client: Client, clock: FakeClock, action: int
+    client: Client, clock: FakeClock, action: types.Action.ValueType
 ) -> None:
     device = await enroll_totp(client, clock, ENV, "erin")
     token = await totp_token(client, clock, "erin", device, action, single_use=False)
@@ -457,7 +459,7 @@ async def test_deleting_a_device_revokes_the_tokens_it_earned(
 
 
 async def all_at_once(
-    database_url: str, hold: str, calls: list[Callable[[], Awaitable[Any]]]
+    database_url: str, hold: str, calls: Sequence[Callable[[], Awaitable[Any]]]
 ) -> list[Any]:
     """Start ``calls`` while another transaction holds the row locks ``hold`` takes, until
     each call waits on a lock (on a row, or behind another call), then let them go: the

@@ -7,7 +7,7 @@ import hashlib
 import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import jwt
@@ -191,6 +191,12 @@ async def test_the_typed_client_reports_errors_as_mfa_service_errors(client: Cli
 # --- retries through a real gRPC hop that loses answers ----------------------------
 
 
+def _pairs(metadata: object) -> tuple[tuple[str, str | bytes], ...]:
+    """An error's trailing metadata as the (key, value) pairs it holds at runtime
+    (grpc-stubs types each item as an opaque ``_Metadatum``)."""
+    return cast(tuple[tuple[str, str | bytes], ...], metadata or ())
+
+
 class LossyProxy:
     """A gRPC proxy in front of the server that forwards ValidateActionToken and then
     loses the answer of the first ``lose`` calls: the server has decided (and consumed
@@ -201,7 +207,8 @@ class LossyProxy:
         self._lose = lose
         self._how = how
         self._channel = grpc.aio.insecure_channel(upstream)
-        self._forward = self._channel.unary_unary(VALIDATE)  # raw bytes both ways
+        # Raw bytes both ways.
+        self._forward = self._channel.unary_unary(VALIDATE)  # type: ignore[call-arg]  # grpc-stubs: the serializers are optional
         self._server = grpc.aio.server()
         handler = grpc.method_handlers_generic_handler(
             "mfa.v1.ActionTokenService",
@@ -221,7 +228,7 @@ class LossyProxy:
             response = await self._forward(request)
         except grpc.aio.AioRpcError as error:  # the server's answer, ErrorInfo and all
             await context.abort(
-                error.code(), error.details() or "", tuple(error.trailing_metadata() or ())
+                error.code(), error.details() or "", tuple(_pairs(error.trailing_metadata()))
             )
         if self.calls <= self._lose:
             if self._how == "deadline":
@@ -234,9 +241,9 @@ class LossyProxy:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self._caller.close()
+        await self._caller.close()  # type: ignore[call-arg]  # grpc-stubs: grace is optional
         await self._server.stop(None)
-        await self._channel.close()
+        await self._channel.close()  # type: ignore[call-arg]  # grpc-stubs: grace is optional
 
 
 @pytest.mark.parametrize("how", ["unavailable", "deadline"])

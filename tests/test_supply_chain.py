@@ -10,6 +10,7 @@ import tomllib
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import cast
 
 import pytest
 from cyclonedx.schema import SchemaVersion
@@ -25,11 +26,13 @@ LOCAL_PACKAGES = {"mfa-client", "mfa-service"}  # installed from the tree, never
 HASH = re.compile(r"\s--hash=sha256:([0-9a-f]{64})(?=\s|$)")
 
 # Environments a universal lock must serve: this machine, newer Pythons, other systems.
-ENVIRONMENTS = [
-    default_environment(),
-    {**default_environment(), "python_version": "3.13", "python_full_version": "3.13.1"},
-    {**default_environment(), "sys_platform": "win32", "platform_system": "Windows"},
-    {**default_environment(), "sys_platform": "darwin", "platform_system": "Darwin"},
+# Every marker variable is a string (packaging types the environment as a TypedDict).
+_DEFAULT = cast(dict[str, str], default_environment())
+ENVIRONMENTS: list[dict[str, str]] = [
+    _DEFAULT,
+    {**_DEFAULT, "python_version": "3.13", "python_full_version": "3.13.1"},
+    {**_DEFAULT, "sys_platform": "win32", "platform_system": "Windows"},
+    {**_DEFAULT, "sys_platform": "darwin", "platform_system": "Darwin"},
 ]
 
 

@@ -31,6 +31,7 @@ from mfa.v1 import mfa_service_pb2 as pb
 from mfa.v1 import types_pb2 as types
 from mfa_client import Client, MfaServiceError
 from mfa_service.app import Application
+from mfa_service.domain.model import EnvironmentId, UserId
 from mfa_service.store import verifications as verification_store
 
 ENV = "env-races"
@@ -124,6 +125,7 @@ async def test_a_correct_code_cannot_slip_past_a_lockout_started_concurrently(
         state = await db.fetchrow(
             "SELECT failed_attempts, locked_until FROM mfa_users WHERE user_id = $1", user
         )
+        assert state is not None
         sessions = await db.fetchval(
             "SELECT count(*) FROM verified_sessions WHERE user_id = $1", user
         )
@@ -190,6 +192,7 @@ async def test_a_failure_after_an_ended_lockout_goes_on_counting(
     state = await db.fetchrow(
         "SELECT failed_attempts, locked_until FROM mfa_users WHERE user_id = 'di'"
     )
+    assert state is not None
     assert (state["failed_attempts"], state["locked_until"]) == (6, None)
     for i in range(4):
         with pytest.raises(MfaServiceError) as caught:
@@ -198,6 +201,7 @@ async def test_a_failure_after_an_ended_lockout_goes_on_counting(
     state = await db.fetchrow(
         "SELECT failed_attempts, locked_until FROM mfa_users WHERE user_id = 'di'"
     )
+    assert state is not None
     assert (state["failed_attempts"], state["locked_until"]) == (
         10,
         clock.now() + timedelta(minutes=30),
@@ -216,8 +220,8 @@ async def test_the_totp_step_write_decides_on_the_stored_step_not_on_what_was_re
     async def advance(step: int) -> verification_store.Outcome:
         concluded = await verification_store.conclude(
             db,
-            ENV,
-            "fay",
+            EnvironmentId(ENV),
+            UserId("fay"),
             uuid.UUID(await challenge(client, ENV, "fay")),
             now=clock.now(),
             device_id=device_id,

@@ -40,7 +40,7 @@ from typing import Any
 import asyncpg
 import grpc
 import jwt
-import psutil
+import psutil  # type: ignore[import-untyped]  # no types-psutil in the dev dependencies
 import pyotp
 import pytest
 from test_process import serve
@@ -207,7 +207,10 @@ def complete_request(
     env: str, user: str, enrollment_id: str, code: str | None
 ) -> pb.CompleteEnrollmentRequest:
     return pb.CompleteEnrollmentRequest(
-        environment_id=env, user_id=user, enrollment_id=enrollment_id, totp_code=code
+        environment_id=env,
+        user_id=user,
+        enrollment_id=enrollment_id,
+        totp_code=code,  # type: ignore[arg-type]  # None leaves the field unset; the stub wants str
     )
 
 
@@ -322,7 +325,9 @@ async def validation_rate(target: str, env: str, user: str, token: str, pids: li
     return Rate(done / elapsed, 1000 * cpu / done)
 
 
-async def compare(variants: dict[str, tuple[str, list[int]]], *args: str) -> dict[str, Rate]:
+async def compare(
+    variants: dict[str, tuple[str, list[int]]], *args: *tuple[str, str, str]
+) -> dict[str, Rate]:
     """Each variant (name: target, server pids) measured ROUNDS times, taking turns; the
     median of each figure."""
     rates: dict[str, list[Rate]] = defaultdict(list)
