@@ -9,6 +9,7 @@ import binascii
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from mfa_service.clock import Clock
@@ -122,24 +123,15 @@ class SettingsService:
             created = await settings_store.insert(conn, settings, now=now)
             if created is None:
                 raise EnvironmentAlreadyExists()
-            # Every replica forgets what it knew of this id (nothing, as misses are not
-            # cached; this keeps it so if they ever are).
-            await notifications.notify_settings_changed(conn, environment_id)
-            await audit_store.append(
+            await self._announce(
                 conn,
-                AuditEvent(
-                    type=AuditEventType.ENVIRONMENT_CREATED,
-                    environment_id=environment_id,
-                    occurred_at=now,
-                    context=context,
-                    details={
-                        "fields": ",".join(policy.changed_paths(defaults, created)),
-                        "revision": str(created.revision),
-                    },
-                ),
+                AuditEventType.ENVIRONMENT_CREATED,
+                created,
+                policy.changed_paths(defaults, created),
+                context,
+                now=now,
             )
-        if self._cache is not None:
-            self._cache.invalidate(environment_id)
+        self._forget(environment_id)
         return created
 
     async def list(self, *, page_size: int, page_token: str) -> EnvironmentPage:
@@ -178,17 +170,37 @@ class SettingsService:
             if not changed:
                 return current
             saved = await settings_store.update(conn, updated, now=now)
-            await notifications.notify_settings_changed(conn, environment_id)
-            await audit_store.append(
-                conn,
-                AuditEvent(
-                    type=AuditEventType.SETTINGS_CHANGED,
-                    environment_id=environment_id,
-                    occurred_at=now,
-                    context=context,
-                    details={"fields": ",".join(changed), "revision": str(saved.revision)},
-                ),
+            await self._announce(
+                conn, AuditEventType.SETTINGS_CHANGED, saved, changed, context, now=now
             )
+        self._forget(environment_id)
+        return saved
+
+    @staticmethod
+    async def _announce(
+        conn: Connection,
+        event_type: AuditEventType,
+        saved: Settings,
+        fields: list[str],
+        context: CallContext,
+        *,
+        now: datetime,
+    ) -> None:
+        """A saved revision, in its transaction: every replica re-reads the environment
+        (NOTIFY, sent at commit), and the audit log records which fields it set."""
+        await notifications.notify_settings_changed(conn, saved.environment_id)
+        await audit_store.append(
+            conn,
+            AuditEvent(
+                type=event_type,
+                environment_id=saved.environment_id,
+                occurred_at=now,
+                context=context,
+                details={"fields": ",".join(fields), "revision": str(saved.revision)},
+            ),
+        )
+
+    def _forget(self, environment_id: EnvironmentId) -> None:
+        """This replica's cache re-reads the environment at once (the others on NOTIFY)."""
         if self._cache is not None:
             self._cache.invalidate(environment_id)
-        return saved

@@ -22,33 +22,26 @@ async def ensure(conn: Connection, env: EnvironmentId, user: UserId, *, now: dat
     )
 
 
-async def lock(conn: Connection, env: EnvironmentId, user: UserId, *, now: datetime) -> None:
-    """Create the user's row if it is missing and lock it until the transaction ends.
-
-    Every change to a user's factors and recovery codes (Enroll, CompleteEnrollment,
-    DeleteDevice, RegenerateRecoveryCodes, the verifications) takes this lock first, so
-    they apply one at a time per user. ``ON CONFLICT DO UPDATE`` locks the row it finds,
-    waiting for a concurrent insert to commit (``DO NOTHING`` would lock nothing).
-    """
-    await conn.execute(
-        """
-        INSERT INTO mfa_users (environment_id, user_id, created_at) VALUES ($1, $2, $3)
-        ON CONFLICT (environment_id, user_id) DO UPDATE SET created_at = mfa_users.created_at
-        """,
-        env,
-        user,
-        now,
-    )
-
-
-# $1 environment, $2 user, $3 now. Also the first part of verifications.begin. The
-# no-op update locks the row; an ended lockout changes nothing (the count goes on).
+# $1 environment, $2 user, $3 now: the one statement that locks a user's row (also the
+# first part of verifications.begin). ``ON CONFLICT DO UPDATE`` locks the row it finds,
+# waiting for a concurrent insert to commit (``DO NOTHING`` would lock nothing); the
+# no-op update changes nothing, and an ended lockout neither (the count goes on).
 LOCK_FOR_VERIFICATION = """
     INSERT INTO mfa_users (environment_id, user_id, created_at) VALUES ($1, $2, $3)
     ON CONFLICT (environment_id, user_id) DO UPDATE SET
         failed_attempts = mfa_users.failed_attempts
     RETURNING failed_attempts, locked_until
 """
+
+
+async def lock(conn: Connection, env: EnvironmentId, user: UserId, *, now: datetime) -> None:
+    """Create the user's row if it is missing and lock it until the transaction ends.
+
+    Every change to a user's factors and recovery codes (Enroll, CompleteEnrollment,
+    DeleteDevice, RegenerateRecoveryCodes, the verifications) takes this lock first, so
+    they apply one at a time per user.
+    """
+    await conn.execute(LOCK_FOR_VERIFICATION, env, user, now)
 
 
 async def lock_for_verification(
