@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import binascii
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -181,7 +181,7 @@ class SettingsService:
         conn: Connection,
         event_type: AuditEventType,
         saved: Settings,
-        fields: list[str],
+        fields: Sequence[str],
         context: CallContext,
         *,
         now: datetime,
