@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 import grpc
@@ -150,6 +150,34 @@ async def issue_action_token(
             )
         )
     )
+
+
+async def token_with_code(
+    client: Client,
+    clock: FakeClock,
+    env: str,
+    user: str,
+    device: TotpDevice,
+    action: types.Action.ValueType,
+    *,
+    single_use: bool = True,
+) -> str:
+    """An action token for ``action`` earned with ``device``'s code, at a fresh time step
+    (the clock moves 30 s first)."""
+    clock.advance(timedelta(seconds=30))
+    issued = await call(
+        client.mfa_stub.IssueActionToken(
+            pb.IssueActionTokenRequest(
+                environment_id=env,
+                user_id=user,
+                challenge_id=await challenge(client, env, user),
+                proof=types.Proof(totp_code=device.code(clock.now())),
+                actions=[action],
+                single_use=single_use,
+            )
+        )
+    )
+    return str(issued.token)
 
 
 async def enroll_passkey(

@@ -23,6 +23,7 @@ from flows import (
     enroll_totp,
     start_totp,
     status,
+    token_with_code,
     update_settings,
     verify_session,
 )
@@ -73,25 +74,6 @@ async def verify_with_code(
     )
 
 
-async def token_for(
-    client: Client, clock: FakeClock, device: TotpDevice, user: str, action: types.Action.ValueType
-) -> str:
-    clock.advance(timedelta(seconds=30))
-    issued = await call(
-        client.mfa_stub.IssueActionToken(
-            pb.IssueActionTokenRequest(
-                environment_id=ENV,
-                user_id=user,
-                challenge_id=await challenge(client, ENV, user),
-                proof=types.Proof(totp_code=device.code(clock.now())),
-                actions=[action],
-                single_use=True,
-            )
-        )
-    )
-    return str(issued.token)
-
-
 # --- recovery codes ------------------------------------------------------------------
 
 
@@ -104,7 +86,7 @@ async def test_ten_codes_with_the_first_device_only(
     assert len(set(codes)) == 10
     assert len({c[:5] for c in codes}) == 10  # distinct ids: one row per check
     assert all(CODE.match(c) for c in codes)
-    link = await token_for(client, clock, device, "alice", types.ACTION_CREDENTIAL_LINK)
+    link = await token_with_code(client, clock, ENV, "alice", device, types.ACTION_CREDENTIAL_LINK)
     started = await call(
         client.mfa_stub.Enroll(
             pb.EnrollRequest(
@@ -329,11 +311,15 @@ async def test_regeneration_needs_its_token_and_kills_the_old_set(
     await refused(
         regenerate(""), grpc.StatusCode.PERMISSION_DENIED, "ERROR_REASON_STEP_UP_REQUIRED"
     )
-    wrong = await token_for(client, clock, device, "hank", types.ACTION_CREDENTIAL_UNLINK)
+    wrong = await token_with_code(
+        client, clock, ENV, "hank", device, types.ACTION_CREDENTIAL_UNLINK
+    )
     await refused(
         regenerate(wrong), grpc.StatusCode.PERMISSION_DENIED, "ERROR_REASON_STEP_UP_REQUIRED"
     )
-    token = await token_for(client, clock, device, "hank", types.ACTION_RECOVERY_CODES_REGENERATE)
+    token = await token_with_code(
+        client, clock, ENV, "hank", device, types.ACTION_RECOVERY_CODES_REGENERATE
+    )
     new = await regenerate(token)
     assert len(new) == 10 and not set(new) & set(old)
     await refused(
@@ -359,7 +345,9 @@ async def test_acknowledgement_flow(client: Client, clock: FakeClock) -> None:
         )
     )
     assert not (await status(client, ENV, "ivy")).recovery_codes_pending_acknowledgement
-    token = await token_for(client, clock, device, "ivy", types.ACTION_RECOVERY_CODES_REGENERATE)
+    token = await token_with_code(
+        client, clock, ENV, "ivy", device, types.ACTION_RECOVERY_CODES_REGENERATE
+    )
     await call(
         client.mfa_stub.RegenerateRecoveryCodes(
             pb.RegenerateRecoveryCodesRequest(environment_id=ENV, user_id="ivy", action_token=token)
@@ -392,7 +380,7 @@ async def list_devices(client: Client, user: str) -> list[types.Device]:
 async def test_list_and_update_devices(client: Client, clock: FakeClock) -> None:
     await update_settings(client, ENV, totp__max_devices=2)
     first, _ = await enroll_with_codes(client, clock, "jack")
-    link = await token_for(client, clock, first, "jack", types.ACTION_CREDENTIAL_LINK)
+    link = await token_with_code(client, clock, ENV, "jack", first, types.ACTION_CREDENTIAL_LINK)
     started = await call(
         client.mfa_stub.Enroll(
             pb.EnrollRequest(
@@ -483,10 +471,12 @@ async def test_delete_needs_an_unlink_token_and_the_last_device_unenrolls(
         )
 
     await refused(delete(""), grpc.StatusCode.PERMISSION_DENIED, "ERROR_REASON_STEP_UP_REQUIRED")
-    link = await token_for(client, clock, device, "kate", types.ACTION_CREDENTIAL_LINK)
+    link = await token_with_code(client, clock, ENV, "kate", device, types.ACTION_CREDENTIAL_LINK)
     await refused(delete(link), grpc.StatusCode.PERMISSION_DENIED, "ERROR_REASON_STEP_UP_REQUIRED")
     assert len(await list_devices(client, "kate")) == 1
-    unlink = await token_for(client, clock, device, "kate", types.ACTION_CREDENTIAL_UNLINK)
+    unlink = await token_with_code(
+        client, clock, ENV, "kate", device, types.ACTION_CREDENTIAL_UNLINK
+    )
     await delete(unlink)
     assert await list_devices(client, "kate") == []
     after = await status(client, ENV, "kate")
@@ -520,7 +510,7 @@ async def test_reset_removes_devices_codes_and_sessions(
     device, codes = await enroll_with_codes(client, clock, "mike")
     clock.advance(timedelta(seconds=30))
     await verify_session(client, ENV, "mike", "s1", device.code(clock.now()))
-    link = await token_for(client, clock, device, "mike", types.ACTION_CREDENTIAL_LINK)
+    link = await token_with_code(client, clock, ENV, "mike", device, types.ACTION_CREDENTIAL_LINK)
     pending = await call(
         client.mfa_stub.Enroll(
             pb.EnrollRequest(
@@ -579,7 +569,7 @@ async def test_a_reset_that_fails_midway_changes_nothing(
     device, codes = await enroll_with_codes(client, clock, "nico")
     clock.advance(timedelta(seconds=30))
     await verify_session(client, ENV, "nico", "s1", device.code(clock.now()))
-    await token_for(client, clock, device, "nico", types.ACTION_CREDENTIAL_UNLINK)
+    await token_with_code(client, clock, ENV, "nico", device, types.ACTION_CREDENTIAL_UNLINK)
     await db.execute(
         "CREATE FUNCTION test_fail_reset() RETURNS trigger LANGUAGE plpgsql AS "
         "$$ BEGIN RAISE EXCEPTION 'reset interrupted by the test'; END $$"
@@ -673,7 +663,7 @@ async def test_every_event_type_is_recorded_and_holds_no_secret(
             )
         )
     )
-    sign = await token_for(client, clock, device, "nora", types.ACTION_WAAS_SIGN)
+    sign = await token_with_code(client, clock, ENV, "nora", device, types.ACTION_WAAS_SIGN)
     secrets.append(sign)
     await call(
         client.action_tokens_stub.ValidateActionToken(
@@ -683,7 +673,9 @@ async def test_every_event_type_is_recorded_and_holds_no_secret(
         )
     )
     await verify_with_code(client, "nora", done.recovery_codes[0])
-    regen = await token_for(client, clock, device, "nora", types.ACTION_RECOVERY_CODES_REGENERATE)
+    regen = await token_with_code(
+        client, clock, ENV, "nora", device, types.ACTION_RECOVERY_CODES_REGENERATE
+    )
     new_codes = await call(
         client.mfa_stub.RegenerateRecoveryCodes(
             pb.RegenerateRecoveryCodesRequest(
@@ -692,7 +684,7 @@ async def test_every_event_type_is_recorded_and_holds_no_secret(
         )
     )
     secrets += [regen] + [f for c in new_codes.recovery_codes for f in written_forms(c)]
-    link = await token_for(client, clock, device, "nora", types.ACTION_CREDENTIAL_LINK)
+    link = await token_with_code(client, clock, ENV, "nora", device, types.ACTION_CREDENTIAL_LINK)
     second = await call(
         client.mfa_stub.Enroll(
             pb.EnrollRequest(
@@ -742,7 +734,9 @@ async def test_every_event_type_is_recorded_and_holds_no_secret(
         "ERROR_REASON_LOCKED_OUT",
     )
     clock.advance(timedelta(minutes=15))
-    unlink = await token_for(client, clock, device, "nora", types.ACTION_CREDENTIAL_UNLINK)
+    unlink = await token_with_code(
+        client, clock, ENV, "nora", device, types.ACTION_CREDENTIAL_UNLINK
+    )
     secrets.append(unlink)
     await call(
         client.mfa_stub.DeleteDevice(
@@ -834,7 +828,7 @@ async def test_audit_rows_of_token_issues_and_recovery_proofs(
     """The verification's events and the issue's are written with the token, in order."""
     await update_settings(client, ENV, protected_actions=[types.ACTION_WAAS_SIGN])
     device, codes = await enroll_with_codes(client, clock, "auditor")
-    await token_for(client, clock, device, "auditor", types.ACTION_WAAS_SIGN)
+    await token_with_code(client, clock, ENV, "auditor", device, types.ACTION_WAAS_SIGN)
     by_code = await call(
         client.mfa_stub.IssueActionToken(
             pb.IssueActionTokenRequest(

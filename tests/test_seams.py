@@ -30,6 +30,7 @@ from flows import (
     enroll_totp,
     start_totp,
     status,
+    token_with_code,
     update_settings,
 )
 from helpers import FakeClock, eventually, refused
@@ -97,32 +98,6 @@ async def complete_passkey(
             )
         )
     )
-
-
-async def totp_token(
-    client: Client,
-    clock: FakeClock,
-    user: str,
-    device: TotpDevice,
-    action: types.Action.ValueType,
-    *,
-    single_use: bool = True,
-) -> str:
-    """An action token earned with ``device``'s code (a fresh step each time)."""
-    clock.advance(timedelta(seconds=30))
-    issued = await call(
-        client.mfa_stub.IssueActionToken(
-            pb.IssueActionTokenRequest(
-                environment_id=ENV,
-                user_id=user,
-                challenge_id=await challenge(client, ENV, user),
-                proof=types.Proof(totp_code=device.code(clock.now())),
-                actions=[action],
-                single_use=single_use,
-            )
-        )
-    )
-    return str(issued.token)
 
 
 async def code_token(client: Client, user: str, code: str, action: types.Action.ValueType) -> str:
@@ -214,7 +189,7 @@ async def test_completion_next_to_a_factor_needs_an_enrollment_begun_with_step_u
     made at completion, under the user's row lock, and the enrollment ends."""
     await update_settings(client, ENV, totp__max_devices=2)
     first = await enroll_totp(client, clock, ENV, "alice")
-    link = await totp_token(client, clock, "alice", first, types.ACTION_CREDENTIAL_LINK)
+    link = await token_with_code(client, clock, ENV, "alice", first, types.ACTION_CREDENTIAL_LINK)
     started = await call(
         client.mfa_stub.Enroll(
             pb.EnrollRequest(
@@ -345,7 +320,7 @@ async def test_credential_tokens_are_single_use_whatever_is_asked(
     client: Client, clock: FakeClock, action: types.Action.ValueType
 ) -> None:
     device = await enroll_totp(client, clock, ENV, "erin")
-    token = await totp_token(client, clock, "erin", device, action, single_use=False)
+    token = await token_with_code(client, clock, ENV, "erin", device, action, single_use=False)
     assert claims_of(token)["su"] is True
     first = await validate(client, "erin", action, token)
     again = await validate(client, "erin", action, token)
@@ -363,8 +338,8 @@ async def test_one_step_up_adds_one_factor_and_removes_one(
     deleted all of them, one REGENERATE token replaced the codes twice."""
     await update_settings(client, ENV, totp__max_devices=3)
     first = await enroll_totp(client, clock, ENV, "fay")
-    link = await totp_token(
-        client, clock, "fay", first, types.ACTION_CREDENTIAL_LINK, single_use=False
+    link = await token_with_code(
+        client, clock, ENV, "fay", first, types.ACTION_CREDENTIAL_LINK, single_use=False
     )
     enroll = pb.EnrollRequest(
         environment_id=ENV, user_id="fay", method=types.METHOD_TOTP, action_token=link
@@ -376,8 +351,8 @@ async def test_one_step_up_adds_one_factor_and_removes_one(
         grpc.StatusCode.PERMISSION_DENIED,
         "ERROR_REASON_STEP_UP_REQUIRED",
     )
-    unlink = await totp_token(
-        client, clock, "fay", first, types.ACTION_CREDENTIAL_UNLINK, single_use=False
+    unlink = await token_with_code(
+        client, clock, ENV, "fay", first, types.ACTION_CREDENTIAL_UNLINK, single_use=False
     )
     devices = [
         d.device_id
@@ -410,7 +385,7 @@ async def test_deleting_a_device_revokes_the_tokens_it_earned(
         client, ENV, totp__max_devices=2, protected_actions=[types.ACTION_WAAS_SIGN]
     )
     mine = await enroll_totp(client, clock, ENV, "gil")
-    link = await totp_token(client, clock, "gil", mine, types.ACTION_CREDENTIAL_LINK)
+    link = await token_with_code(client, clock, ENV, "gil", mine, types.ACTION_CREDENTIAL_LINK)
     started = await call(
         client.mfa_stub.Enroll(
             pb.EnrollRequest(
@@ -420,10 +395,12 @@ async def test_deleting_a_device_revokes_the_tokens_it_earned(
     )
     done = await complete_totp(client, clock, "gil", started)
     rogue = TotpDevice(done.device.device_id, started.totp.secret)
-    saved_link = await totp_token(client, clock, "gil", rogue, types.ACTION_CREDENTIAL_LINK)
-    saved_sign = await totp_token(client, clock, "gil", rogue, types.ACTION_WAAS_SIGN)
-    kept_sign = await totp_token(client, clock, "gil", mine, types.ACTION_WAAS_SIGN)
-    unlink = await totp_token(client, clock, "gil", mine, types.ACTION_CREDENTIAL_UNLINK)
+    saved_link = await token_with_code(
+        client, clock, ENV, "gil", rogue, types.ACTION_CREDENTIAL_LINK
+    )
+    saved_sign = await token_with_code(client, clock, ENV, "gil", rogue, types.ACTION_WAAS_SIGN)
+    kept_sign = await token_with_code(client, clock, ENV, "gil", mine, types.ACTION_WAAS_SIGN)
+    unlink = await token_with_code(client, clock, ENV, "gil", mine, types.ACTION_CREDENTIAL_UNLINK)
     await call(
         client.mfa_stub.DeleteDevice(
             pb.DeleteDeviceRequest(
@@ -494,7 +471,9 @@ async def test_concurrent_regenerations_leave_ten_live_codes(
 ) -> None:
     device = await enroll_totp(client, clock, ENV, "hal")
     tokens = [
-        await totp_token(client, clock, "hal", device, types.ACTION_RECOVERY_CODES_REGENERATE)
+        await token_with_code(
+            client, clock, ENV, "hal", device, types.ACTION_RECOVERY_CODES_REGENERATE
+        )
         for _ in range(4)  # the test server's pool has four connections
     ]
     regenerations = [
@@ -524,7 +503,7 @@ async def test_deleting_the_last_two_devices_at_once_takes_the_codes(
     started = await start_totp(client, ENV, "ivy")
     codes = list((await complete_totp(client, clock, "ivy", started)).recovery_codes)
     first = TotpDevice("", started.totp.secret)
-    link = await totp_token(client, clock, "ivy", first, types.ACTION_CREDENTIAL_LINK)
+    link = await token_with_code(client, clock, ENV, "ivy", first, types.ACTION_CREDENTIAL_LINK)
     second_started = await call(
         client.mfa_stub.Enroll(
             pb.EnrollRequest(
@@ -631,7 +610,9 @@ async def hashing_holds_no_connection(
     started = await start_totp(client, ENV, "jo")
     codes = list((await complete_totp(client, clock, "jo", started)).recovery_codes)
     device = TotpDevice("", started.totp.secret)
-    token = await totp_token(client, clock, "jo", device, types.ACTION_RECOVERY_CODES_REGENERATE)
+    token = await token_with_code(
+        client, clock, ENV, "jo", device, types.ACTION_RECOVERY_CODES_REGENERATE
+    )
     await call(
         client.mfa_stub.RegenerateRecoveryCodes(
             pb.RegenerateRecoveryCodesRequest(environment_id=ENV, user_id="jo", action_token=token)
