@@ -133,29 +133,6 @@ async def test_migrate_command_applies_then_finds_nothing_to_do(fresh_database_u
 # --- 0007: environments exist once created --------------------------------------------
 
 
-async def _migrate_to(conn: asyncpg.Connection, last: int) -> None:
-    """The schema as it was after migration ``last``, recorded as ``migrate`` records it."""
-    await conn.execute(
-        """
-        CREATE TABLE schema_migrations (
-            version    integer PRIMARY KEY,
-            name       text        NOT NULL,
-            checksum   text        NOT NULL,
-            applied_at timestamptz NOT NULL DEFAULT now()
-        )
-        """
-    )
-    for migration in load_migrations():
-        if migration.version <= last:
-            await conn.execute(migration.sql)
-            await conn.execute(
-                "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                migration.version,
-                migration.name,
-                migration.checksum,
-            )
-
-
 # One environment per place data can be: each must exist after the migration.
 DATA_ONLY_IN = {
     "mfa_users": "env-users",
@@ -249,7 +226,7 @@ async def test_0007_creates_every_environment_that_has_data(fresh_database_url: 
     secret = pyotp.random_base32()
     conn = await asyncpg.connect(fresh_database_url)
     try:
-        await _migrate_to(conn, 6)
+        await migrate(conn, up_to=6)
         code = await _write_data_at_0006(conn, clock.now(), secret)
     finally:
         await conn.close()

@@ -240,7 +240,7 @@ async def test_disabling_a_method_keeps_its_users_enrolled_and_enforced(
     await update_settings(
         client, ENV, protected_actions=[types.ACTION_WAAS_SIGN], session_mfa_enabled=True
     )
-    device = await enroll_totp(client, clock, ENV, "carol")
+    await enroll_totp(client, clock, ENV, "carol")
     assert (await validate(client, "carol", types.ACTION_WAAS_SIGN)).reason == (
         types.DECISION_REASON_MFA_REQUIRED
     )
@@ -270,7 +270,6 @@ async def test_disabling_a_method_keeps_its_users_enrolled_and_enforced(
         grpc.StatusCode.FAILED_PRECONDITION,
         "ERROR_REASON_METHOD_DISABLED",
     )
-    del device
 
 
 async def test_a_recovery_code_still_passes_for_the_users_of_a_disabled_method(

@@ -271,11 +271,12 @@ def load_migrations() -> list[Migration]:
     return found
 
 
-async def migrate(conn: Connection) -> list[int]:
+async def migrate(conn: Connection, *, up_to: int | None = None) -> list[int]:
     """Apply the migrations not applied yet, in one transaction; returns their numbers.
 
     Safe when several replicas start at once: the advisory lock makes them take turns,
-    and the later ones find nothing left to do.
+    and the later ones find nothing left to do. ``up_to``: stop after that version (the
+    schema of an older release, for testing a migration over its data).
     """
     applied_now = []
     async with conn.transaction():
@@ -293,6 +294,8 @@ async def migrate(conn: Connection) -> list[int]:
         rows = await conn.fetch("SELECT version, checksum FROM schema_migrations")
         applied: dict[int, Any] = {r["version"]: r["checksum"] for r in rows}
         for migration in load_migrations():
+            if up_to is not None and migration.version > up_to:
+                break
             if migration.version in applied:
                 if applied[migration.version] != migration.checksum:
                     raise MigrationError(
