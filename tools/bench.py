@@ -341,6 +341,7 @@ async def seed(
             await batch.send(conn)
 
         devices = []
+        challenges: list[Challenge] = []
         for i in range(n_users):
             user = UserId(f"totp-{label}-{i}")
             device_id = uuid.uuid4()
@@ -359,14 +360,18 @@ async def seed(
                 created_at=now,
                 expires_at=now + LIVE,
             )
-            await challenge_store.insert(batch.conn, challenge, limit=2**31 - 1)
+            challenges.append(challenge)
             seeded.totp_users.append((user, str(challenge.id), secret))
         async with db.transaction() as conn:
             await batch.send(conn)
 
-        async def insert_devices(part: list[tuple[UserId, uuid.UUID, bytes]]) -> None:
+        async def insert_devices(
+            part: list[tuple[tuple[UserId, uuid.UUID, bytes], Challenge]],
+        ) -> None:
             async with db.transaction() as conn:
-                for user, device_id, sealed in part:
+                for (user, device_id, sealed), challenge in part:
+                    # A statement that returns a row: not for ``Batch``.
+                    await challenge_store.insert(conn, challenge, limit=2**31 - 1)
                     await device_store.insert_totp(
                         conn,
                         device_id=device_id,
@@ -378,7 +383,8 @@ async def seed(
                         now=now,
                     )
 
-        await asyncio.gather(*(insert_devices(devices[i::4]) for i in range(4)))
+        paired = list(zip(devices, challenges, strict=True))
+        await asyncio.gather(*(insert_devices(paired[i::4]) for i in range(4)))
         # What the seeding leaves for later (autovacuum of the new rows, their dirty pages
         # in the next checkpoint) is done now, not while a scenario is measured.
         async with db.connection() as conn:
