@@ -160,7 +160,7 @@ async def start(
     servicers = Servicers(
         mfa=MfaServicer(
             status=StatusService(db, clock, settings_cache),
-            enrollment=EnrollmentService(db, clock, key_ring, verifier, tokens),
+            enrollment=EnrollmentService(db, clock, key_ring, tokens),
             verification=VerificationService(db, clock, verifier, settings_cache),
             tokens=tokens,
             devices=DeviceService(db, clock, tokens, settings_cache),

@@ -35,9 +35,16 @@ from mfa.v1 import types_pb2 as types
 from mfa_client import Client, MfaServiceError
 from mfa_service.app import Application
 from mfa_service.domain import lockout
+from mfa_service.domain.audit import AuditEvent, AuditEventType, CallContext
 from mfa_service.domain.model import EnvironmentId, UserId
-from mfa_service.domain.settings import LOCKOUT_DURATION_RANGE, MAX_FAILED_ATTEMPTS_RANGE
+from mfa_service.domain.settings import (
+    LOCKOUT_DURATION_RANGE,
+    MAX_FAILED_ATTEMPTS_RANGE,
+    LockoutSettings,
+)
+from mfa_service.domain.verification import TotpStep
 from mfa_service.store import verifications as verification_store
+from mfa_service.store.verifications import WrittenOn
 
 ENV = "env-lockout"
 pytestmark = pytest.mark.environments(ENV)
@@ -128,12 +135,54 @@ def test_the_hard_limit_is_100_consecutive_failures() -> None:
     assert not lockout.recovery_required(99)
     assert lockout.recovery_required(100)
     assert lockout.recovery_required(101)
-    state = lockout.AttemptState(100, None)
-    assert state.recovery_required
-    now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
-    # Reaching the limit is audited even when no temporary lockout starts with it.
-    assert state.lockout_details(now) == {"failed_attempts": "100", "recovery_required": "true"}
-    assert lockout.AttemptState(101, None).lockout_details(now) is None
+    assert lockout.AttemptState(100, None).recovery_required
+
+
+async def test_reaching_the_hard_limit_is_audited_without_a_lockout(
+    client: Client, clock: FakeClock, db: asyncpg.Connection
+) -> None:
+    """The 100th consecutive failure writes LOCKED_OUT even when no temporary lockout
+    starts with it (3 attempts a lockout: the 99th locked, the 100th does not); the 101st
+    writes none. Counted by the statement every transactional path uses."""
+    await db.execute(
+        "INSERT INTO mfa_users (environment_id, user_id, created_at, failed_attempts) "
+        "VALUES ($1, 'lim', $2, 99)",
+        ENV,
+        clock.now(),
+    )
+    context = CallContext("test", "r")
+
+    async def count() -> None:
+        def event(event_type: AuditEventType) -> AuditEvent:
+            return AuditEvent(event_type, ENV, clock.now(), context, user_id="lim")
+
+        async with db.transaction():
+            await verification_store.count_failure(
+                db,
+                EnvironmentId(ENV),
+                UserId("lim"),
+                now=clock.now(),
+                lockout=LockoutSettings(3, timedelta(minutes=1)),
+                events=[
+                    (WrittenOn.FAILURE, event(AuditEventType.VERIFICATION_FAILED)),
+                    (WrittenOn.LOCKOUT, event(AuditEventType.LOCKED_OUT)),
+                ],
+            )
+
+    await count()
+    assert await lockout_events(db, "lim") == [
+        {"failed_attempts": "100", "recovery_required": "true"}
+    ]
+    await count()
+    assert await failures(db, "lim") == 101
+    assert len(await lockout_events(db, "lim")) == 1
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM audit_events "
+            "WHERE user_id = 'lim' AND type = 'VERIFICATION_FAILED'"
+        )
+        == 2
+    )
 
 
 async def test_the_database_rule_is_the_domain_formula(db: asyncpg.Connection) -> None:
@@ -474,10 +523,9 @@ async def test_the_deciding_statement_refuses_at_the_hard_limit_whatever_was_rea
         uuid.UUID(pending),
         now=clock.now(),
         device_id=device_id,
-        advance=verification_store.TotpStep(stored + 10),
-        max_failed_attempts=100,
-        lockout_duration=timedelta(minutes=1),
-        success=None,
+        advance=TotpStep(stored + 10),
+        lockout=LockoutSettings(100, timedelta(minutes=1)),
+        grant=None,
         events=[],
     )
     assert concluded.outcome is verification_store.Outcome.RECOVERY_REQUIRED

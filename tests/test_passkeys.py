@@ -28,6 +28,8 @@ from mfa_client import Client, MfaServiceError
 from mfa_service.app import Application
 from mfa_service.domain import passkeys
 from mfa_service.domain.model import EnvironmentId, UserId
+from mfa_service.domain.settings import LockoutSettings
+from mfa_service.domain.verification import SignCount
 from mfa_service.store import verifications as verification_store
 
 ENV = "env-passkeys"
@@ -659,10 +661,9 @@ async def test_the_counter_write_decides_on_the_stored_counter_not_on_what_was_r
             uuid.UUID(challenge.challenge_id),
             now=clock.now(),
             device_id=device_id,
-            advance=verification_store.SignCount(new, backed_up=False),
-            max_failed_attempts=100,
-            lockout_duration=timedelta(minutes=15),
-            success=None,
+            advance=SignCount(new, backed_up=False),
+            lockout=LockoutSettings(100, timedelta(minutes=15)),
+            grant=None,
             events=[],
         )
         return concluded.outcome

@@ -32,6 +32,8 @@ from mfa.v1 import types_pb2 as types
 from mfa_client import Client, MfaServiceError
 from mfa_service.app import Application
 from mfa_service.domain.model import EnvironmentId, UserId
+from mfa_service.domain.settings import LockoutSettings
+from mfa_service.domain.verification import TotpStep
 from mfa_service.store import verifications as verification_store
 
 ENV = "env-races"
@@ -225,10 +227,9 @@ async def test_the_totp_step_write_decides_on_the_stored_step_not_on_what_was_re
             uuid.UUID(await challenge(client, ENV, "fay")),
             now=clock.now(),
             device_id=device_id,
-            advance=verification_store.TotpStep(step),
-            max_failed_attempts=100,
-            lockout_duration=timedelta(minutes=15),
-            success=None,
+            advance=TotpStep(step),
+            lockout=LockoutSettings(100, timedelta(minutes=15)),
+            grant=None,
             events=[],
         )
         return concluded.outcome

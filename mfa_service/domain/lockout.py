@@ -15,7 +15,7 @@ same function and ``tests/test_lockout.py`` holds the two to each other):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from mfa_service.domain.settings import LOCKOUT_DURATION_RANGE
 
@@ -57,21 +57,3 @@ class AttemptState:
     @property
     def recovery_required(self) -> bool:
         return recovery_required(self.failed_attempts)
-
-    def lockout_details(self, now: datetime) -> dict[str, str] | None:
-        """The LOCKED_OUT audit event's details when the failure that led to this state
-        started a lockout or reached the hard limit; None when it did neither."""
-        locked = self.retry_after(now) is not None
-        if not locked and self.failed_attempts != HARD_LIMIT:
-            return None
-        details = {"failed_attempts": str(self.failed_attempts)}
-        if locked and self.locked_until is not None:
-            details["locked_until"] = audit_time(self.locked_until)
-        if self.recovery_required:
-            details["recovery_required"] = "true"
-        return details
-
-
-def audit_time(at: datetime) -> str:
-    """A time in audit details: ISO 8601 in UTC, to the microsecond."""
-    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

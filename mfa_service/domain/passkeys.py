@@ -51,6 +51,7 @@ from webauthn.helpers.structs import (
     UserVerificationRequirement,
 )
 
+from mfa_service.domain.devices import PasskeyCredential
 from mfa_service.domain.settings import PasskeySettings, UserVerification
 from mfa_service.errors import InvalidArgument
 
@@ -92,18 +93,6 @@ def new_user_handle() -> bytes:
 class StoredCredential:
     credential_id: bytes
     transports: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class RegisteredPasskey:
-    credential_id: bytes
-    public_key: bytes
-    sign_count: int
-    transports: tuple[str, ...]
-    aaguid: str
-    backup_eligible: bool
-    backed_up: bool
-    user_verified: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,7 +298,7 @@ def load_public_key(cose_key: bytes) -> PublicKey | None:
 
 def verify_registration(
     settings: PasskeySettings, credential: RegistrationCredential, *, challenge: bytes
-) -> RegisteredPasskey | None:
+) -> PasskeyCredential | None:
     """The new credential, or None when the response does not verify.
 
     py_webauthn checks type, challenge (from clientDataJSON, never from the request
@@ -333,7 +322,7 @@ def verify_registration(
     # every later assertion is refused now, not stored.
     if load_public_key(bytes(verified.credential_public_key)) is None:
         return None
-    return RegisteredPasskey(
+    return PasskeyCredential(
         credential_id=bytes(verified.credential_id),
         public_key=bytes(verified.credential_public_key),
         sign_count=verified.sign_count,
@@ -341,7 +330,6 @@ def verify_registration(
         aaguid=str(verified.aaguid),
         backup_eligible=verified.credential_device_type is CredentialDeviceType.MULTI_DEVICE,
         backed_up=bool(verified.credential_backed_up),
-        user_verified=bool(verified.user_verified),
     )
 
 

@@ -29,20 +29,20 @@ from mfa_service.domain.model import (
 )
 from mfa_service.domain.settings import Settings
 from mfa_service.domain.tokens import ActionClaims, Reason
+from mfa_service.domain.verification import IssueToken
 from mfa_service.errors import (
     ActionNotProtected,
     DatabaseUnavailable,
     EnvironmentNotFound,
     InvalidArgument,
     MethodNotAllowed,
-    MfaError,
     StepUpRequired,
 )
 from mfa_service.services import audit
 from mfa_service.services.batching import MicroBatcher
 from mfa_service.services.keys import TokenKeys
 from mfa_service.services.settings import SettingsCache
-from mfa_service.services.verification import Success, Verified, Verifier
+from mfa_service.services.verification import Attempt, Verifier
 from mfa_service.store import action_tokens as token_store
 from mfa_service.store import devices as device_store
 from mfa_service.store.db import Connection, Database
@@ -156,53 +156,38 @@ class ActionTokenService:
         # A credential change is one change: its token is single use whatever was asked
         # (one step-up must not add two factors or remove them all).
         single_use = single_use or any(a in ALWAYS_PROTECTED_ACTIONS for a in actions)
-
-        def mint(verified: Verified) -> Success[IssuedToken]:
-            """The token this verification earns, recorded only if it holds."""
-            ttl = settings.single_use_token_ttl if single_use else settings.multi_use_token_ttl
-            claims = ActionClaims(
-                jti=uuid.uuid4(),
-                environment_id=env,
-                user_id=user,
-                actions=actions,
-                single_use=single_use,
-                issued_at=now,
-                expires_at=now + ttl,
-                method=verified.method,
-                payload_digest=payload_digest,
-                session_id=session_id,
-            )
-            token = tokens.encode(claims, key, issuer=self._issuer, audience=AUDIENCE)
-            issued = audit.event(
-                AuditEventType.TOKEN_ISSUED,
-                env=env,
-                user=user,
-                now=now,
-                context=context,
-                method=verified.method,
-                device_id=verified.device_id,
-                actions=",".join(a.name for a in actions),
-                single_use=str(single_use).lower(),
-                jti=str(claims.jti),
-            )
-            write = token_store.insert_on_success(
-                claims, token_hash=tokens.token_hash(token), device_id=verified.device_id
-            )
-            return Success(write, (issued,), IssuedToken(token=token, claims=claims))
-
-        outcome = await self._verifier.verify(
-            settings=settings,
+        ttl = settings.single_use_token_ttl if single_use else settings.multi_use_token_ttl
+        claims = ActionClaims(
+            jti=uuid.uuid4(),
+            environment_id=env,
+            user_id=user,
+            actions=actions,
+            single_use=single_use,
+            issued_at=now,
+            expires_at=now + ttl,
+            method=proof.method,
+            payload_digest=payload_digest,
+            session_id=session_id,
+        )
+        token = tokens.encode(claims, key, issuer=self._issuer, audience=AUDIENCE)
+        # Recorded, and its event written, only if the proof holds: the token is the
+        # grant of the verification (``domain.verification``), made in its statement.
+        issued = audit.event(
+            AuditEventType.TOKEN_ISSUED,
             env=env,
             user=user,
-            challenge_id=challenge_id,
-            proof=proof,
             now=now,
             context=context,
-            on_success=mint,
+            method=proof.method,
+            actions=",".join(a.name for a in actions),
+            single_use=str(single_use).lower(),
+            jti=str(claims.jti),
         )
-        if isinstance(outcome, MfaError):
-            raise outcome
-        return outcome
+        grant = IssueToken(claims, tokens.token_hash(token))
+        await self._verifier.verify(
+            Attempt(settings, user, challenge_id, proof, grant, now, context, (issued,))
+        )
+        return IssuedToken(token=token, claims=claims)
 
     # --- validate ----------------------------------------------------------------
 

@@ -16,24 +16,23 @@ from mfa_service.domain.devices import (
     ENROLLMENT_TTL,
     Device,
     Enrollment,
-    PasskeyCredential,
     secret_context,
 )
 from mfa_service.domain.model import Action, EnvironmentId, Method, UserId
 from mfa_service.domain.settings import Settings
+from mfa_service.domain.verification import device_factor_refusal
 from mfa_service.errors import (
     CredentialAlreadyRegistered,
     DeviceLimitReached,
     EnrollmentNotFound,
     InvalidArgument,
-    MfaError,
     StepUpRequired,
 )
 from mfa_service.services import audit
 from mfa_service.services import recovery as recovery_service
 from mfa_service.services.action_tokens import ActionTokenService
 from mfa_service.services.settings import load as load_settings
-from mfa_service.services.verification import Verifier
+from mfa_service.services.verification import Counted, count_failure, settle
 from mfa_service.store import devices as device_store
 from mfa_service.store import enrollments as enrollment_store
 from mfa_service.store import users as user_store
@@ -65,19 +64,27 @@ class EnrollmentCompleted:
     recovery_codes: tuple[str, ...]
 
 
+async def _lock_unless_refused(
+    conn: Connection, env: EnvironmentId, user: UserId, *, now: datetime
+) -> None:
+    """Lock the user's row for this transaction, or refuse a locked-out user (also at
+    the hard limit: a new factor waits for a recovery code or a reset)."""
+    state = await user_store.lock_for_verification(conn, env, user, now=now)
+    if (refusal := device_factor_refusal(state, now)) is not None:
+        raise refusal
+
+
 class EnrollmentService:
     def __init__(
         self,
         db: Database,
         clock: Clock,
         key_ring: KeyRing,
-        verifier: Verifier,
         tokens: ActionTokenService,
     ) -> None:
         self._db = db
         self._clock = clock
         self._key_ring = key_ring
-        self._verifier = verifier
         self._tokens = tokens
 
     async def enroll_totp(
@@ -141,16 +148,14 @@ class EnrollmentService:
         prepared = await self._first_factor_codes(env, user, enrollment_id, now=now, totp_code=code)
         async with self._db.transaction() as conn:
             settings = await load_settings(conn, env)
-            outcome: EnrollmentCompleted | MfaError
-            locked = await self._verifier.check_not_locked(conn, env, user, now=now)
+            await _lock_unless_refused(conn, env, user, now=now)
             enrollment = await enrollment_store.get_live(conn, enrollment_id, env, user, now=now)
-            if locked is not None:
-                outcome = locked
-            elif enrollment is None:
-                outcome = EnrollmentNotFound()
-            elif enrollment.method is not Method.TOTP:
+            if enrollment is None:
+                raise EnrollmentNotFound()
+            if enrollment.method is not Method.TOTP:
                 raise InvalidArgument.field("totp_code", "this enrollment is for a passkey")
-            elif (step_up := await self._step_up_missing(conn, enrollment)) is not None:
+            outcome: EnrollmentCompleted | Counted
+            if (step_up := await self._step_up_missing(conn, enrollment)) is not None:
                 outcome = step_up
             else:
                 policy.require_enabled(settings, Method.TOTP)
@@ -162,13 +167,8 @@ class EnrollmentService:
                     secret=secret, code=code, at=now, skew_steps=settings.totp.skew_steps
                 )
                 if step is None:
-                    outcome = await self._verifier.record_failure(
-                        conn,
-                        settings=settings,
-                        user=user,
-                        method=Method.TOTP,
-                        now=now,
-                        context=context,
+                    outcome = await count_failure(
+                        conn, settings, user, Method.TOTP, now=now, context=context
                     )
                 else:
                     count = await device_store.count(conn, env, user, Method.TOTP)
@@ -188,9 +188,7 @@ class EnrollmentService:
                     outcome = await self._completed(
                         conn, device, now=now, context=context, prepared=prepared
                     )
-        if isinstance(outcome, MfaError):
-            raise outcome
-        return outcome
+        return settle(outcome)
 
     async def _start(
         self,
@@ -254,17 +252,20 @@ class EnrollmentService:
                 return None
         return await recovery_service.prepare_set()
 
-    async def _step_up_missing(self, conn: Connection, enrollment: Enrollment) -> MfaError | None:
+    async def _step_up_missing(self, conn: Connection, enrollment: Enrollment) -> Counted | None:
         """Step-up is decided when a factor is added, under the user's row lock: next to
         an existing factor only an enrollment that consumed an ACTION_CREDENTIAL_LINK
-        token may complete. Another one is ended (its start was not authorized)."""
+        token may complete. Another one is ended (its start was not authorized), and
+        stays ended: the refusal is ``Counted``."""
         env, user = enrollment.environment_id, enrollment.user_id
         if enrollment.linked or not await device_store.list_for_user(conn, env, user):
             return None
         await enrollment_store.delete(conn, enrollment.id)
-        return StepUpRequired(
-            "the user has a factor now: start the enrollment again with an "
-            "ACTION_CREDENTIAL_LINK action token"
+        return Counted(
+            StepUpRequired(
+                "the user has a factor now: start the enrollment again with an "
+                "ACTION_CREDENTIAL_LINK action token"
+            )
         )
 
     @staticmethod
@@ -350,23 +351,18 @@ class EnrollmentService:
         prepared = await self._first_factor_codes(env, user, enrollment_id, now=now)
         async with self._db.transaction() as conn:
             settings = await load_settings(conn, env)
-            outcome: EnrollmentCompleted | MfaError
-            locked = await self._verifier.check_not_locked(conn, env, user, now=now)
-            # Taken out whatever happens next: a registration challenge is single use.
-            enrollment = (
-                None
-                if locked
-                else await enrollment_store.take_live(conn, enrollment_id, env, user, now=now)
-            )
-            if locked is not None:
-                outcome = locked
-            elif enrollment is None:
-                outcome = EnrollmentNotFound()
-            elif enrollment.method is not Method.PASSKEY:
+            await _lock_unless_refused(conn, env, user, now=now)
+            # Taken out whatever happens next: a registration challenge is single use, so
+            # from here a refusal is ``Counted`` (it keeps the enrollment spent).
+            enrollment = await enrollment_store.take_live(conn, enrollment_id, env, user, now=now)
+            if enrollment is None:
+                raise EnrollmentNotFound()
+            if enrollment.method is not Method.PASSKEY:
                 raise InvalidArgument.field(
                     "passkey_registration_json", "this enrollment is for an authenticator app"
                 )
-            elif (step_up := await self._step_up_missing(conn, enrollment)) is not None:
+            outcome: EnrollmentCompleted | Counted
+            if (step_up := await self._step_up_missing(conn, enrollment)) is not None:
                 outcome = step_up
             else:
                 policy.require_enabled(settings, Method.PASSKEY)
@@ -374,18 +370,13 @@ class EnrollmentService:
                     settings.passkey, credential, challenge=enrollment.webauthn_challenge or b""
                 )
                 if registered is None:
-                    outcome = await self._verifier.record_failure(
-                        conn,
-                        settings=settings,
-                        user=user,
-                        method=Method.PASSKEY,
-                        now=now,
-                        context=context,
+                    outcome = await count_failure(
+                        conn, settings, user, Method.PASSKEY, now=now, context=context
                     )
                 elif await device_store.passkey_credential_taken(conn, registered.credential_id):
-                    outcome = CredentialAlreadyRegistered()
+                    outcome = Counted(CredentialAlreadyRegistered())
                 elif await device_store.count(conn, env, user, Method.PASSKEY) >= MAX_PASSKEYS:
-                    outcome = DeviceLimitReached()
+                    outcome = Counted(DeviceLimitReached())
                 else:
                     device = await device_store.insert_passkey(
                         conn,
@@ -393,15 +384,7 @@ class EnrollmentService:
                         env=env,
                         user=user,
                         alias=alias or DEFAULT_PASSKEY_ALIAS,
-                        credential=PasskeyCredential(
-                            credential_id=registered.credential_id,
-                            public_key=registered.public_key,
-                            sign_count=registered.sign_count,
-                            transports=registered.transports,
-                            aaguid=registered.aaguid,
-                            backup_eligible=registered.backup_eligible,
-                            backed_up=registered.backed_up,
-                        ),
+                        credential=registered,
                         now=now,
                     )
                     if device is None:  # another user registered it in the meantime
@@ -409,9 +392,7 @@ class EnrollmentService:
                     outcome = await self._completed(
                         conn, device, now=now, context=context, prepared=prepared
                     )
-        if isinstance(outcome, MfaError):
-            raise outcome
-        return outcome
+        return settle(outcome)
 
     async def _completed(
         self,
@@ -426,7 +407,7 @@ class EnrollmentService:
         comes with ten recovery codes, shown this once, and ends every other pending
         enrollment (begun without step-up, when the user had no factor to step up with)."""
         env, user = device.environment_id, device.user_id
-        await user_store.record_success(conn, env, user)
+        await user_store.reset_failures(conn, env, user)
         await audit.record(
             conn,
             AuditEventType.ENROLLMENT_COMPLETED,

@@ -12,54 +12,48 @@ from mfa_service.domain.model import EnvironmentId, UserId
 from mfa_service.domain.tokens import ActionClaims
 from mfa_service.store import audit as audit_store
 from mfa_service.store.db import Connection
-from mfa_service.store.verifications import SuccessWrite
+from mfa_service.store.sql import named
+
+# Record an issued token if ``{when}`` holds, with the device whose proof earned it
+# (``:device``; None: a recovery code). A fragment of the statement that decides the
+# verification (store.verifications), and on its own in ``insert``.
+INSERT = """
+    INSERT INTO action_tokens (jti, environment_id, user_id, actions, single_use,
+                               session_id, payload_digest, method, issued_at, expires_at,
+                               token_hash, device_id)
+    SELECT :token_jti::uuid, :token_environment_id::text, :token_user_id::text,
+           :token_actions::text[], :token_single_use::boolean, :token_session_id::text,
+           :token_payload_digest::bytea, :token_method::text, :token_issued_at::timestamptz,
+           :token_expires_at::timestamptz, :token_hash::bytea, :device::uuid
+    WHERE {when}
+"""
+_INSERT = named(INSERT.format(when="true"))
 
 
-def _insert_if_sql(first: int, condition: str) -> str:
-    """Record an issued token if ``condition`` holds, parameters numbered from ``first``."""
-    n = [f"${first + i}" for i in range(12)]
-    return f"""
-        INSERT INTO action_tokens (jti, environment_id, user_id, actions, single_use,
-                                   session_id, payload_digest, method, issued_at,
-                                   expires_at, token_hash, device_id)
-        SELECT {n[0]}::uuid, {n[1]}::text, {n[2]}::text, {n[3]}::text[], {n[4]}::boolean,
-               {n[5]}::text, {n[6]}::bytea, {n[7]}::text, {n[8]}::timestamptz,
-               {n[9]}::timestamptz, {n[10]}::bytea, {n[11]}::uuid
-        WHERE {condition}
-    """
-
-
-def _args(claims: ActionClaims, token_hash: bytes, device_id: UUID | None) -> tuple[Any, ...]:
-    return (
-        claims.jti,
-        claims.environment_id,
-        claims.user_id,
-        [a.name for a in claims.actions],
-        claims.single_use,
-        claims.session_id,
-        claims.payload_digest,
-        claims.method.name,
-        claims.issued_at,
-        claims.expires_at,
-        token_hash,
-        device_id,
-    )
-
-
-def insert_on_success(
-    claims: ActionClaims, *, token_hash: bytes, device_id: UUID | None
-) -> SuccessWrite:
-    """Record an issued token in the statement that decides its verification, with the
-    device whose proof earned it (None: a recovery code)."""
-    return SuccessWrite(_insert_if_sql, _args(claims, token_hash, device_id))
+def values(claims: ActionClaims, token_hash: bytes) -> dict[str, Any]:
+    """The parameters of ``INSERT`` but ``:device``."""
+    return {
+        "token_jti": claims.jti,
+        "token_environment_id": claims.environment_id,
+        "token_user_id": claims.user_id,
+        "token_actions": [a.name for a in claims.actions],
+        "token_single_use": claims.single_use,
+        "token_session_id": claims.session_id,
+        "token_payload_digest": claims.payload_digest,
+        "token_method": claims.method.name,
+        "token_issued_at": claims.issued_at,
+        "token_expires_at": claims.expires_at,
+        "token_hash": token_hash,
+    }
 
 
 async def insert(
     conn: Connection, claims: ActionClaims, *, token_hash: bytes, device_id: UUID | None = None
 ) -> None:
     """Record an issued token on its own (seeding benchmarks and tests)."""
-    write = insert_on_success(claims, token_hash=token_hash, device_id=device_id)
-    await conn.execute(write.render(1, "true"), *write.args)
+    await conn.execute(
+        _INSERT.text, *_INSERT.args(values(claims, token_hash) | {"device": device_id})
+    )
 
 
 async def usable(

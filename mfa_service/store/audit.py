@@ -9,6 +9,7 @@ from typing import Any
 
 from mfa_service.domain.audit import AuditEvent
 from mfa_service.store.db import Connection
+from mfa_service.store.sql import named
 
 # Each column of an audit event, in the order every INSERT names it: the element type of
 # its array in ``insert_many_sql`` and how an event gives its value.
@@ -44,17 +45,16 @@ async def append(conn: Connection, event: AuditEvent) -> None:
     await append_many(conn, [event])
 
 
-# Several events in one INSERT (the details as JSON text, cast per row). ``$N`` numbering
-# starts at ``first`` so that another statement can carry it (verifications.conclude).
-# ``where`` and ``details`` may refer to the row as ``e`` (a conditional insert, see
-# verifications.conclude); ``extra`` names more parallel arrays, numbered after the columns.
 def insert_many_sql(
-    first: int, *, where: str = "true", details: str = "e.details::jsonb", extra: str = ""
+    *, where: str = "true", details: str = "e.details::jsonb", extra: str = ""
 ) -> str:
-    n = [f"${first + i}" for i in range(len(COLUMNS) + 1)]
-    arrays = [f"{n[i]}::{element}[]" for i, (element, _) in enumerate(_COLUMNS.values())]
+    """Several events in one INSERT, in order: each column's values are the array
+    parameter ``:audit_<column>`` (``many_values``), the details JSON text cast per row.
+    ``where`` and ``details`` may refer to the row as ``e`` (a conditional insert, see
+    store.verifications); ``extra`` names one more text array, ``:audit_<extra>``."""
+    arrays = [f":audit_{column}::{element}[]" for column, (element, _) in _COLUMNS.items()]
     if extra:
-        arrays.append(f"{n[len(COLUMNS)]}::text[]")
+        arrays.append(f":audit_{extra}::text[]")
     names = [*COLUMNS, *([extra] if extra else []), "position"]
     values = {c: f"e.{c}" for c in COLUMNS} | {"details": details}
     return insert_sql(
@@ -66,12 +66,17 @@ def insert_many_sql(
     )
 
 
-def many_args(events: Sequence[AuditEvent]) -> list[list[Any]]:
-    """The arrays of ``insert_many_sql``, one per column of ``COLUMNS``, in order."""
-    return [[value(e) for e in events] for _, value in _COLUMNS.values()]
+def many_values(events: Sequence[AuditEvent]) -> dict[str, list[Any]]:
+    """The arrays of ``insert_many_sql`` by parameter name, one per column."""
+    return {
+        f"audit_{column}": [value(e) for e in events] for column, (_, value) in _COLUMNS.items()
+    }
+
+
+_APPEND_MANY = named(insert_many_sql())
 
 
 async def append_many(conn: Connection, events: Sequence[AuditEvent]) -> None:
     """Write ``events`` in one statement, in order."""
     if events:
-        await conn.execute(insert_many_sql(1), *many_args(events))
+        await conn.execute(_APPEND_MANY.text, *_APPEND_MANY.args(many_values(events)))

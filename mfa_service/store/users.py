@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from mfa_service.domain.lockout import AttemptState
 from mfa_service.domain.model import EnvironmentId, UserId
 from mfa_service.store.db import Connection
+from mfa_service.store.sql import named
 
 
 async def ensure(conn: Connection, env: EnvironmentId, user: UserId, *, now: datetime) -> None:
@@ -22,16 +23,42 @@ async def ensure(conn: Connection, env: EnvironmentId, user: UserId, *, now: dat
     )
 
 
-# $1 environment, $2 user, $3 now: the one statement that locks a user's row (also the
-# first part of verifications.begin). ``ON CONFLICT DO UPDATE`` locks the row it finds,
-# waiting for a concurrent insert to commit (``DO NOTHING`` would lock nothing); the
-# no-op update changes nothing, and an ended lockout neither (the count goes on).
-LOCK_FOR_VERIFICATION = """
-    INSERT INTO mfa_users (environment_id, user_id, created_at) VALUES ($1, $2, $3)
+# The one statement that locks a user's row (also the first part of
+# verifications.begin). ``ON CONFLICT DO UPDATE`` locks the row it finds, waiting for a
+# concurrent insert to commit (``DO NOTHING`` would lock nothing); the no-op update
+# changes nothing, and an ended lockout neither (the count goes on).
+LOCK = """
+    INSERT INTO mfa_users (environment_id, user_id, created_at) VALUES (:env, :user, :now)
     ON CONFLICT (environment_id, user_id) DO UPDATE SET
         failed_attempts = mfa_users.failed_attempts
     RETURNING failed_attempts, locked_until
 """
+_LOCK = named(LOCK)
+
+# Applying the lockout rule, written once and used by every statement that counts (as a
+# CTE of store.verifications), ``{when}`` its condition. A failure counts one more
+# consecutive failure (an upsert: an unknown user is counted too, as a known one would
+# be) and may start a lockout, by the one rule ``mfa_lockout_duration`` (domain.lockout);
+# a success resets the count (NIST SP 800-63B §3.2.2: on success only).
+COUNT_FAILURE = """
+    INSERT INTO mfa_users AS m (environment_id, user_id, created_at, failed_attempts,
+                                locked_until)
+    SELECT :env, :user, :now, 1,
+           :now::timestamptz + mfa_lockout_duration(1, :max_failed_attempts,
+                                                    :lockout_duration)
+    WHERE {when}
+    ON CONFLICT (environment_id, user_id) DO UPDATE SET
+        failed_attempts = m.failed_attempts + 1,
+        locked_until = :now::timestamptz + mfa_lockout_duration(
+            m.failed_attempts + 1, :max_failed_attempts, :lockout_duration)
+    RETURNING failed_attempts, locked_until
+"""
+RESET_FAILURES = """
+    UPDATE mfa_users SET failed_attempts = 0, locked_until = NULL
+    WHERE environment_id = :env AND user_id = :user AND {when}
+      AND (failed_attempts <> 0 OR locked_until IS NOT NULL)
+"""
+_RESET_FAILURES = named(RESET_FAILURES.format(when="true"))
 
 
 async def lock(conn: Connection, env: EnvironmentId, user: UserId, *, now: datetime) -> None:
@@ -41,7 +68,7 @@ async def lock(conn: Connection, env: EnvironmentId, user: UserId, *, now: datet
     DeleteDevice, RegenerateRecoveryCodes, the verifications) takes this lock first, so
     they apply one at a time per user.
     """
-    await conn.execute(LOCK_FOR_VERIFICATION, env, user, now)
+    await lock_for_verification(conn, env, user, now=now)
 
 
 async def lock_for_verification(
@@ -52,52 +79,15 @@ async def lock_for_verification(
     Verifications of one user therefore run one at a time, so the failure count and
     the replay checks they make are exact under any concurrency.
     """
-    row = await conn.fetchrow(LOCK_FOR_VERIFICATION, env, user, now)
+    row = await conn.fetchrow(_LOCK.text, *_LOCK.args({"env": env, "user": user, "now": now}))
     if row is None:  # INSERT ... ON CONFLICT DO UPDATE always returns the row
         raise LookupError("mfa_users upsert returned no row")
     return AttemptState(row["failed_attempts"], row["locked_until"])
 
 
-async def record_failure(
-    conn: Connection,
-    env: EnvironmentId,
-    user: UserId,
-    *,
-    now: datetime,
-    max_failed_attempts: int,
-    lockout_duration: timedelta,
-) -> AttemptState:
-    """Count one consecutive failure; the lockout rule (``mfa_lockout_duration``,
-    domain.lockout) decides whether it starts a lockout."""
-    row = await conn.fetchrow(
-        """
-        UPDATE mfa_users SET
-            failed_attempts = failed_attempts + 1,
-            locked_until = $4::timestamptz
-                           + mfa_lockout_duration(failed_attempts + 1, $3, $5)
-        WHERE environment_id = $1 AND user_id = $2
-        RETURNING failed_attempts, locked_until
-        """,
-        env,
-        user,
-        max_failed_attempts,
-        now,
-        lockout_duration,
-    )
-    if row is None:
-        raise LookupError("record_failure before lock_for_verification")
-    return AttemptState(row["failed_attempts"], row["locked_until"])
-
-
-async def record_success(conn: Connection, env: EnvironmentId, user: UserId) -> None:
-    """NIST SP 800-63B §3.2.2: the count resets on success only."""
-    await conn.execute(
-        "UPDATE mfa_users SET failed_attempts = 0, locked_until = NULL "
-        "WHERE environment_id = $1 AND user_id = $2 "
-        "AND (failed_attempts <> 0 OR locked_until IS NOT NULL)",
-        env,
-        user,
-    )
+async def reset_failures(conn: Connection, env: EnvironmentId, user: UserId) -> None:
+    """A success (an enrollment completed): the failure count starts again."""
+    await conn.execute(_RESET_FAILURES.text, *_RESET_FAILURES.args({"env": env, "user": user}))
 
 
 async def locked_until(conn: Connection, env: EnvironmentId, user: UserId) -> datetime | None:
