@@ -190,6 +190,19 @@ class RecoveryRequired(FailedPrecondition):
     )
 
 
+class ApprovalMismatch(FailedPrecondition):
+    reason = "ERROR_REASON_APPROVAL_MISMATCH"
+    default_message = (
+        "the challenge is bound to an approval and this request asks for something else "
+        "(actions, payload_digest, single_use or session_id); the challenge is spent"
+    )
+
+
+class ApprovalRequired(FailedPrecondition):
+    reason = "ERROR_REASON_APPROVAL_REQUIRED"
+    default_message = "this action's policy requires an approval: bind the challenge to one"
+
+
 class VerificationFailed(PermissionDenied):
     reason = "ERROR_REASON_VERIFICATION_FAILED"
     default_message = "verification failed"

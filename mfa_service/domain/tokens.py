@@ -187,6 +187,8 @@ class Reason(enum.Enum):
     SESSION_MISMATCH = "session_mismatch"
     TOKEN_REVOKED = "token_revoked"
     ENVIRONMENT_UNKNOWN = "environment_unknown"
+    APPROVAL_REQUIRED = "approval_required"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
 
     @property
     def allows(self) -> bool:

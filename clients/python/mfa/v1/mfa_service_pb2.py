@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from mfa.v1 import types_pb2 as mfa_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18mfa/v1/mfa_service.proto\x12\x06mfa.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x12mfa/v1/types.proto\"O\n\x10GetStatusRequest\x12\x16\n\x0e\x65nvironment_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\"\xc1\x02\n\x11GetStatusResponse\x12\x1b\n\x13\x65nrollment_required\x18\x01 \x01(\x08\x12\x1b\n\x13session_mfa_pending\x18\x02 \x01(\x08\x12(\n\x10\x65nrolled_methods\x18\x03 \x03(\x0e\x32\x0e.mfa.v1.Method\x12.\n&recovery_codes_pending_acknowledgement\x18\x04 \x01(\x08\x12)\n\x11protected_actions\x18\x05 \x03(\x0e\x32\x0e.mfa.v1.Action\x12\x30\n\x0clocked_until\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12 \n\x18recovery_codes_remaining\x18\x07 \x01(\r\x12\x19\n\x11recovery_required\x18\x08 \x01(\x08\"\x84\x01\n\rEnrollRequest\x12\x16\n\x0e\x65nvironment_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x1e\n\x06method\x18\x03 \x01(\x0e\x32\x0e.mfa.v1.Method\x12\x14\n\x0c\x61\x63tion_token\x18\x04 \x01(\t\x12\x14\n\x0c\x61\x63\x63ount_name\x18\x05 \x01(\t\"\xb8\x01\n\x0e\x45nrollResponse\x12\x15\n\renrollment_id\x18\x01 \x01(\t\x12&\n\x04totp\x18\x02 \x01(\x0b\x32\x16.mfa.v1.TotpEnrollmentH\x00\x12,\n\x07passkey\x18\x03 \x01(\x0b\x32\x19.mfa.v1.PasskeyEnrollmentH\x00\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\t\n\x07\x64\x65tails\"5\n\x0eTotpEnrollment\x12\x0e\n\x06secret\x18\x01 \x01(\t\x12\x13\n\x0botpauth_uri\x18\x02 \x01(\t\"2\n\x11PasskeyEnrollment\x12\x1d\n\x15\x63reation_options_json\x18\x01 \x01(\t\"\xa0\x01\n\x19\x43ompleteEnrollmentRequest\x12\x16\n\x0e\x65nvironment_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x15\n\renrollment_id\x18\x03 \x01(\t\x12\x11\n\ttotp_code\x18\x04 \x01(\t\x12!\n\x19passkey_registration_json\x18\x05 \x01(\t\x12\r\n\x05\x61lias\x18\x06 \x01(\t\"T\n\x1a\x43ompleteEnrollmentResponse\x12\x1e\n\x06\x64\x65vice\x18\x01 \x01(\x0b\x32\x0e.mfa.v1.Device\x12\x16\n\x0erecovery_codes\x18\x02 \x03(\t\"n\n\x10\x43hallengeRequest\x12\x16\n\x0e\x65nvironment_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x1e\n\x06method\x18\x03 \x01(\x0e\x32\x0e.mfa.v1.Method\x12\x11\n\tdevice_id\x18\x04 \x01(\t\"\x7f\n\x11\x43hallengeResponse\x12\x14\n\x0c\x63hallenge_id\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x1cpasskey_request_options_json\x18\x03 \x01(\t\"\x87\x01\n\x14VerifySessionRequest\x12\x16\n\x0e\x65nvironment_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x14\n\x0c\x63hallenge_id\x18\x04 \x01(\t\x12\x1c\n\x05proof\x18\x05 \x01(\x0b\x32\r.mfa.v1.Proof\"{\n\x15VerifySessionResponse\x12\x1e\n\x06method\x18\x01 \x01(\x0e\x32\x0e.mfa.v1.Method\x12/\n\x0bverified_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tdevice_id\x18\x03 \x01(\t\"\xd7\x01\n\x17IssueActionTokenRequest\x12\x16\n\x0e\x65nvironment_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x14\n\x0c\x63hallenge_id\x18\x03 \x01(\t\x12\x1c\n\x05proof\x18\x04 \x01(\x0b\x32\r.mfa.v1.Proof\x12\x1f\n\x07\x61\x63tions\x18\x05 \x03(\x0e\x32\x0e.mfa.v1.Action\x12\x12\n\nsingle_use\x18\x06 \x01(\x08\x12\x16\n\x0epayload_digest\x18\x07 \x01(\x0c\x12\x12\n\nsession_id\x18\x08 \x01(\t\"Y\n\x18IssueActionTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"=\n\x12ListDevicesRequest\x12\x16\n\x0e\x65nvironment_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\"6\n\x13ListDevicesResponse\x12\x1f\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x0e.mfa.v1.Device\"v\n\x13UpdateDeviceRequest\x12\x16\n\x0e\x65nvironment_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x11\n\tdevice_id\x18\x03 \x01(\t\x12\r\n\x05\x61lias\x18\x04 \x01(\t\x12\x14\n\x0cmake_default\x18\x05 \x01(\x08\"6\n\x14UpdateDeviceResponse\x12\x1e\n\x06\x64\x65vice\x18\x01 \x01(\x0b\x32\x0e.mfa.v1.Device\"g\n\x13\x44\x65leteDeviceRequest\x12\x16\n\x0e\x65nvironment_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x11\n\tdevice_id\x18\x03 \x01(\t\x12\x14\n\x0c\x61\x63tion_token\x18\x04 \x01(\t\"\x16\n\x14\x44\x65leteDeviceResponse\"_\n\x1eRegenerateRecoveryCodesRequest\x12\x16\n\x0e\x65nvironment_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x14\n\x0c\x61\x63tion_token\x18\x03 \x01(\t\"9\n\x1fRegenerateRecoveryCodesResponse\x12\x16\n\x0erecovery_codes\x18\x01 \x03(\t\"J\n\x1f\x41\x63knowledgeRecoveryCodesRequest\x12\x16\n\x0e\x65nvironment_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\"\"\n AcknowledgeRecoveryCodesResponse2\x84\x07\n\nMfaService\x12@\n\tGetStatus\x12\x18.mfa.v1.GetStatusRequest\x1a\x19.mfa.v1.GetStatusResponse\x12\x37\n\x06\x45nroll\x12\x15.mfa.v1.EnrollRequest\x1a\x16.mfa.v1.EnrollResponse\x12[\n\x12\x43ompleteEnrollment\x12!.mfa.v1.CompleteEnrollmentRequest\x1a\".mfa.v1.CompleteEnrollmentResponse\x12@\n\tChallenge\x12\x18.mfa.v1.ChallengeRequest\x1a\x19.mfa.v1.ChallengeResponse\x12L\n\rVerifySession\x12\x1c.mfa.v1.VerifySessionRequest\x1a\x1d.mfa.v1.VerifySessionResponse\x12U\n\x10IssueActionToken\x12\x1f.mfa.v1.IssueActionTokenRequest\x1a .mfa.v1.IssueActionTokenResponse\x12\x46\n\x0bListDevices\x12\x1a.mfa.v1.ListDevicesRequest\x1a\x1b.mfa.v1.ListDevicesResponse\x12I\n\x0cUpdateDevice\x12\x1b.mfa.v1.UpdateDeviceRequest\x1a\x1c.mfa.v1.UpdateDeviceResponse\x12I\n\x0c\x44\x65leteDevice\x12\x1b.mfa.v1.DeleteDeviceRequest\x1a\x1c.mfa.v1.DeleteDeviceResponse\x12j\n\x17RegenerateRecoveryCodes\x12&.mfa.v1.RegenerateRecoveryCodesRequest\x1a\'.mfa.v1.RegenerateRecoveryCodesResponse\x12m\n\x18\x41\x63knowledgeRecoveryCodes\x12\'.mfa.v1.AcknowledgeRecoveryCodesRequest\x1a(.mfa.v1.AcknowledgeRecoveryCodesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18mfa/v1/mfa_service.proto\x12\x06mfa.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x12mfa/v1/types.proto\"O\n\x10GetStatusRequest\x12\x16\n\x0e\x65nvironment_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\"\xc1\x02\n\x11GetStatusResponse\x12\x1b\n\x13\x65nrollment_required\x18\x01 \x01(\x08\x12\x1b\n\x13session_mfa_pending\x18\x02 \x01(\x08\x12(\n\x10\x65nrolled_methods\x18\x03 \x03(\x0e\x32\x0e.mfa.v1.Method\x12.\n&recovery_codes_pending_acknowledgement\x18\x04 \x01(\x08\x12)\n\x11protected_actions\x18\x05 \x03(\x0e\x32\x0e.mfa.v1.Action\x12\x30\n\x0clocked_until\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12 \n\x18recovery_codes_remaining\x18\x07 \x01(\r\x12\x19\n\x11recovery_required\x18\x08 \x01(\x08\"\x84\x01\n\rEnrollRequest\x12\x16\n\x0e\x65nvironment_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x1e\n\x06method\x18\x03 \x01(\x0e\x32\x0e.mfa.v1.Method\x12\x14\n\x0c\x61\x63tion_token\x18\x04 \x01(\t\x12\x14\n\x0c\x61\x63\x63ount_name\x18\x05 \x01(\t\"\xb8\x01\n\x0e\x45nrollResponse\x12\x15\n\renrollment_id\x18\x01 \x01(\t\x12&\n\x04totp\x18\x02 \x01(\x0b\x32\x16.mfa.v1.TotpEnrollmentH\x00\x12,\n\x07passkey\x18\x03 \x01(\x0b\x32\x19.mfa.v1.PasskeyEnrollmentH\x00\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\t\n\x07\x64\x65tails\"5\n\x0eTotpEnrollment\x12\x0e\n\x06secret\x18\x01 \x01(\t\x12\x13\n\x0botpauth_uri\x18\x02 \x01(\t\"2\n\x11PasskeyEnrollment\x12\x1d\n\x15\x63reation_options_json\x18\x01 \x01(\t\"\xa0\x01\n\x19\x43ompleteEnrollmentRequest\x12\x16\n\x0e\x65nvironment_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x15\n\renrollment_id\x18\x03 \x01(\t\x12\x11\n\ttotp_code\x18\x04 \x01(\t\x12!\n\x19passkey_registration_json\x18\x05 \x01(\t\x12\r\n\x05\x61lias\x18\x06 \x01(\t\"T\n\x1a\x43ompleteEnrollmentResponse\x12\x1e\n\x06\x64\x65vice\x18\x01 \x01(\x0b\x32\x0e.mfa.v1.Device\x12\x16\n\x0erecovery_codes\x18\x02 \x03(\t\"\x92\x01\n\x10\x43hallengeRequest\x12\x16\n\x0e\x65nvironment_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x1e\n\x06method\x18\x03 \x01(\x0e\x32\x0e.mfa.v1.Method\x12\x11\n\tdevice_id\x18\x04 \x01(\t\x12\"\n\x08\x61pproval\x18\x05 \x01(\x0b\x32\x10.mfa.v1.Approval\"\x96\x01\n\x11\x43hallengeResponse\x12\x14\n\x0c\x63hallenge_id\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x1cpasskey_request_options_json\x18\x03 \x01(\t\x12\x15\n\rapproval_hash\x18\x04 \x01(\x0c\"\x87\x01\n\x14VerifySessionRequest\x12\x16\n\x0e\x65nvironment_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x14\n\x0c\x63hallenge_id\x18\x04 \x01(\t\x12\x1c\n\x05proof\x18\x05 \x01(\x0b\x32\r.mfa.v1.Proof\"{\n\x15VerifySessionResponse\x12\x1e\n\x06method\x18\x01 \x01(\x0e\x32\x0e.mfa.v1.Method\x12/\n\x0bverified_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tdevice_id\x18\x03 \x01(\t\"\xd7\x01\n\x17IssueActionTokenRequest\x12\x16\n\x0e\x65nvironment_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x14\n\x0c\x63hallenge_id\x18\x03 \x01(\t\x12\x1c\n\x05proof\x18\x04 \x01(\x0b\x32\r.mfa.v1.Proof\x12\x1f\n\x07\x61\x63tions\x18\x05 \x03(\x0e\x32\x0e.mfa.v1.Action\x12\x12\n\nsingle_use\x18\x06 \x01(\x08\x12\x16\n\x0epayload_digest\x18\x07 \x01(\x0c\x12\x12\n\nsession_id\x18\x08 \x01(\t\"Y\n\x18IssueActionTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"=\n\x12ListDevicesRequest\x12\x16\n\x0e\x65nvironment_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\"6\n\x13ListDevicesResponse\x12\x1f\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x0e.mfa.v1.Device\"v\n\x13UpdateDeviceRequest\x12\x16\n\x0e\x65nvironment_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x11\n\tdevice_id\x18\x03 \x01(\t\x12\r\n\x05\x61lias\x18\x04 \x01(\t\x12\x14\n\x0cmake_default\x18\x05 \x01(\x08\"6\n\x14UpdateDeviceResponse\x12\x1e\n\x06\x64\x65vice\x18\x01 \x01(\x0b\x32\x0e.mfa.v1.Device\"g\n\x13\x44\x65leteDeviceRequest\x12\x16\n\x0e\x65nvironment_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x11\n\tdevice_id\x18\x03 \x01(\t\x12\x14\n\x0c\x61\x63tion_token\x18\x04 \x01(\t\"\x16\n\x14\x44\x65leteDeviceResponse\"_\n\x1eRegenerateRecoveryCodesRequest\x12\x16\n\x0e\x65nvironment_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x14\n\x0c\x61\x63tion_token\x18\x03 \x01(\t\"9\n\x1fRegenerateRecoveryCodesResponse\x12\x16\n\x0erecovery_codes\x18\x01 \x03(\t\"J\n\x1f\x41\x63knowledgeRecoveryCodesRequest\x12\x16\n\x0e\x65nvironment_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\"\"\n AcknowledgeRecoveryCodesResponse2\x84\x07\n\nMfaService\x12@\n\tGetStatus\x12\x18.mfa.v1.GetStatusRequest\x1a\x19.mfa.v1.GetStatusResponse\x12\x37\n\x06\x45nroll\x12\x15.mfa.v1.EnrollRequest\x1a\x16.mfa.v1.EnrollResponse\x12[\n\x12\x43ompleteEnrollment\x12!.mfa.v1.CompleteEnrollmentRequest\x1a\".mfa.v1.CompleteEnrollmentResponse\x12@\n\tChallenge\x12\x18.mfa.v1.ChallengeRequest\x1a\x19.mfa.v1.ChallengeResponse\x12L\n\rVerifySession\x12\x1c.mfa.v1.VerifySessionRequest\x1a\x1d.mfa.v1.VerifySessionResponse\x12U\n\x10IssueActionToken\x12\x1f.mfa.v1.IssueActionTokenRequest\x1a .mfa.v1.IssueActionTokenResponse\x12\x46\n\x0bListDevices\x12\x1a.mfa.v1.ListDevicesRequest\x1a\x1b.mfa.v1.ListDevicesResponse\x12I\n\x0cUpdateDevice\x12\x1b.mfa.v1.UpdateDeviceRequest\x1a\x1c.mfa.v1.UpdateDeviceResponse\x12I\n\x0c\x44\x65leteDevice\x12\x1b.mfa.v1.DeleteDeviceRequest\x1a\x1c.mfa.v1.DeleteDeviceResponse\x12j\n\x17RegenerateRecoveryCodes\x12&.mfa.v1.RegenerateRecoveryCodesRequest\x1a\'.mfa.v1.RegenerateRecoveryCodesResponse\x12m\n\x18\x41\x63knowledgeRecoveryCodes\x12\'.mfa.v1.AcknowledgeRecoveryCodesRequest\x1a(.mfa.v1.AcknowledgeRecoveryCodesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,38 +49,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COMPLETEENROLLMENTREQUEST']._serialized_end=1084
   _globals['_COMPLETEENROLLMENTRESPONSE']._serialized_start=1086
   _globals['_COMPLETEENROLLMENTRESPONSE']._serialized_end=1170
-  _globals['_CHALLENGEREQUEST']._serialized_start=1172
-  _globals['_CHALLENGEREQUEST']._serialized_end=1282
-  _globals['_CHALLENGERESPONSE']._serialized_start=1284
-  _globals['_CHALLENGERESPONSE']._serialized_end=1411
-  _globals['_VERIFYSESSIONREQUEST']._serialized_start=1414
-  _globals['_VERIFYSESSIONREQUEST']._serialized_end=1549
-  _globals['_VERIFYSESSIONRESPONSE']._serialized_start=1551
-  _globals['_VERIFYSESSIONRESPONSE']._serialized_end=1674
-  _globals['_ISSUEACTIONTOKENREQUEST']._serialized_start=1677
-  _globals['_ISSUEACTIONTOKENREQUEST']._serialized_end=1892
-  _globals['_ISSUEACTIONTOKENRESPONSE']._serialized_start=1894
-  _globals['_ISSUEACTIONTOKENRESPONSE']._serialized_end=1983
-  _globals['_LISTDEVICESREQUEST']._serialized_start=1985
-  _globals['_LISTDEVICESREQUEST']._serialized_end=2046
-  _globals['_LISTDEVICESRESPONSE']._serialized_start=2048
-  _globals['_LISTDEVICESRESPONSE']._serialized_end=2102
-  _globals['_UPDATEDEVICEREQUEST']._serialized_start=2104
-  _globals['_UPDATEDEVICEREQUEST']._serialized_end=2222
-  _globals['_UPDATEDEVICERESPONSE']._serialized_start=2224
-  _globals['_UPDATEDEVICERESPONSE']._serialized_end=2278
-  _globals['_DELETEDEVICEREQUEST']._serialized_start=2280
-  _globals['_DELETEDEVICEREQUEST']._serialized_end=2383
-  _globals['_DELETEDEVICERESPONSE']._serialized_start=2385
-  _globals['_DELETEDEVICERESPONSE']._serialized_end=2407
-  _globals['_REGENERATERECOVERYCODESREQUEST']._serialized_start=2409
-  _globals['_REGENERATERECOVERYCODESREQUEST']._serialized_end=2504
-  _globals['_REGENERATERECOVERYCODESRESPONSE']._serialized_start=2506
-  _globals['_REGENERATERECOVERYCODESRESPONSE']._serialized_end=2563
-  _globals['_ACKNOWLEDGERECOVERYCODESREQUEST']._serialized_start=2565
-  _globals['_ACKNOWLEDGERECOVERYCODESREQUEST']._serialized_end=2639
-  _globals['_ACKNOWLEDGERECOVERYCODESRESPONSE']._serialized_start=2641
-  _globals['_ACKNOWLEDGERECOVERYCODESRESPONSE']._serialized_end=2675
-  _globals['_MFASERVICE']._serialized_start=2678
-  _globals['_MFASERVICE']._serialized_end=3578
+  _globals['_CHALLENGEREQUEST']._serialized_start=1173
+  _globals['_CHALLENGEREQUEST']._serialized_end=1319
+  _globals['_CHALLENGERESPONSE']._serialized_start=1322
+  _globals['_CHALLENGERESPONSE']._serialized_end=1472
+  _globals['_VERIFYSESSIONREQUEST']._serialized_start=1475
+  _globals['_VERIFYSESSIONREQUEST']._serialized_end=1610
+  _globals['_VERIFYSESSIONRESPONSE']._serialized_start=1612
+  _globals['_VERIFYSESSIONRESPONSE']._serialized_end=1735
+  _globals['_ISSUEACTIONTOKENREQUEST']._serialized_start=1738
+  _globals['_ISSUEACTIONTOKENREQUEST']._serialized_end=1953
+  _globals['_ISSUEACTIONTOKENRESPONSE']._serialized_start=1955
+  _globals['_ISSUEACTIONTOKENRESPONSE']._serialized_end=2044
+  _globals['_LISTDEVICESREQUEST']._serialized_start=2046
+  _globals['_LISTDEVICESREQUEST']._serialized_end=2107
+  _globals['_LISTDEVICESRESPONSE']._serialized_start=2109
+  _globals['_LISTDEVICESRESPONSE']._serialized_end=2163
+  _globals['_UPDATEDEVICEREQUEST']._serialized_start=2165
+  _globals['_UPDATEDEVICEREQUEST']._serialized_end=2283
+  _globals['_UPDATEDEVICERESPONSE']._serialized_start=2285
+  _globals['_UPDATEDEVICERESPONSE']._serialized_end=2339
+  _globals['_DELETEDEVICEREQUEST']._serialized_start=2341
+  _globals['_DELETEDEVICEREQUEST']._serialized_end=2444
+  _globals['_DELETEDEVICERESPONSE']._serialized_start=2446
+  _globals['_DELETEDEVICERESPONSE']._serialized_end=2468
+  _globals['_REGENERATERECOVERYCODESREQUEST']._serialized_start=2470
+  _globals['_REGENERATERECOVERYCODESREQUEST']._serialized_end=2565
+  _globals['_REGENERATERECOVERYCODESRESPONSE']._serialized_start=2567
+  _globals['_REGENERATERECOVERYCODESRESPONSE']._serialized_end=2624
+  _globals['_ACKNOWLEDGERECOVERYCODESREQUEST']._serialized_start=2626
+  _globals['_ACKNOWLEDGERECOVERYCODESREQUEST']._serialized_end=2700
+  _globals['_ACKNOWLEDGERECOVERYCODESRESPONSE']._serialized_start=2702
+  _globals['_ACKNOWLEDGERECOVERYCODESRESPONSE']._serialized_end=2736
+  _globals['_MFASERVICE']._serialized_start=2739
+  _globals['_MFASERVICE']._serialized_end=3639
 # @@protoc_insertion_point(module_scope)

@@ -287,11 +287,16 @@ class ChallengeRequest(_message.Message):
     USER_ID_FIELD_NUMBER: _builtins.int
     METHOD_FIELD_NUMBER: _builtins.int
     DEVICE_ID_FIELD_NUMBER: _builtins.int
+    APPROVAL_FIELD_NUMBER: _builtins.int
     environment_id: _builtins.str
     user_id: _builtins.str
     method: _types_pb2.Method.ValueType
     device_id: _builtins.str
     """Optional: restrict the challenge to one device."""
+    @_builtins.property
+    def approval(self) -> _types_pb2.Approval:
+        """Optional: bind the challenge to what the user approves (IssueActionToken only)."""
+
     def __init__(
         self,
         *,
@@ -299,10 +304,11 @@ class ChallengeRequest(_message.Message):
         user_id: _builtins.str = ...,
         method: _types_pb2.Method.ValueType = ...,
         device_id: _builtins.str = ...,
+        approval: _types_pb2.Approval | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "environment_id", b"environment_id", "method", b"method", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval", "device_id", b"device_id", "environment_id", b"environment_id", "method", b"method", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -315,9 +321,15 @@ class ChallengeResponse(_message.Message):
     CHALLENGE_ID_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     PASSKEY_REQUEST_OPTIONS_JSON_FIELD_NUMBER: _builtins.int
+    APPROVAL_HASH_FIELD_NUMBER: _builtins.int
     challenge_id: _builtins.str
     passkey_request_options_json: _builtins.str
     """Passkeys: PublicKeyCredentialRequestOptions as JSON."""
+    approval_hash: _builtins.bytes
+    """Set when an approval was given: the SHA-256 of its canonical encoding with the
+    environment, user, challenge id and expiry (docs/approvals.md). For a passkey it is
+    the WebAuthn challenge the authenticator signs.
+    """
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -326,10 +338,11 @@ class ChallengeResponse(_message.Message):
         challenge_id: _builtins.str = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         passkey_request_options_json: _builtins.str = ...,
+        approval_hash: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["challenge_id", b"challenge_id", "expires_at", b"expires_at", "passkey_request_options_json", b"passkey_request_options_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_hash", b"approval_hash", "challenge_id", b"challenge_id", "expires_at", b"expires_at", "passkey_request_options_json", b"passkey_request_options_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

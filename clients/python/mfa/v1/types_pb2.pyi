@@ -142,6 +142,12 @@ class _DecisionReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Decisi
     """DENY: the token was revoked (user reset, session ended)."""
     DECISION_REASON_ENVIRONMENT_UNKNOWN: _DecisionReason.ValueType  # 13
     """DENY: no environment with this id was created (a typo never allows anything)."""
+    DECISION_REASON_APPROVAL_REQUIRED: _DecisionReason.ValueType  # 14
+    """The action's policy requires an approval (a challenge bound to the payload, see
+    Approval) and the token carries none.
+    """
+    DECISION_REASON_METHOD_NOT_ALLOWED: _DecisionReason.ValueType  # 15
+    """The token was earned with a method the action's policy does not allow now."""
 
 class DecisionReason(_DecisionReason, metaclass=_DecisionReasonEnumTypeWrapper):
     """Why a decision was taken."""
@@ -173,6 +179,12 @@ DECISION_REASON_TOKEN_REVOKED: DecisionReason.ValueType  # 12
 """DENY: the token was revoked (user reset, session ended)."""
 DECISION_REASON_ENVIRONMENT_UNKNOWN: DecisionReason.ValueType  # 13
 """DENY: no environment with this id was created (a typo never allows anything)."""
+DECISION_REASON_APPROVAL_REQUIRED: DecisionReason.ValueType  # 14
+"""The action's policy requires an approval (a challenge bound to the payload, see
+Approval) and the token carries none.
+"""
+DECISION_REASON_METHOD_NOT_ALLOWED: DecisionReason.ValueType  # 15
+"""The token was earned with a method the action's policy does not allow now."""
 Global___DecisionReason: _TypeAlias = DecisionReason  # noqa: Y015
 
 class _ErrorReason:
@@ -232,6 +244,13 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The user has as many open challenges as allowed; google.rpc.RetryInfo says when
     the oldest expires.
     """
+    ERROR_REASON_APPROVAL_MISMATCH: _ErrorReason.ValueType  # 24
+    """IssueActionToken on a challenge bound to an approval asked for other actions, another
+    payload digest, use or session; or VerifySession answered a bound challenge. The
+    challenge is spent.
+    """
+    ERROR_REASON_APPROVAL_REQUIRED: _ErrorReason.ValueType  # 25
+    """The action's policy requires an approval: the challenge must carry one."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Machine-readable reason of an error, sent as google.rpc.ErrorInfo.reason
@@ -289,6 +308,13 @@ ERROR_REASON_TOO_MANY_CHALLENGES: ErrorReason.ValueType  # 23
 """The user has as many open challenges as allowed; google.rpc.RetryInfo says when
 the oldest expires.
 """
+ERROR_REASON_APPROVAL_MISMATCH: ErrorReason.ValueType  # 24
+"""IssueActionToken on a challenge bound to an approval asked for other actions, another
+payload digest, use or session; or VerifySession answered a bound challenge. The
+challenge is spent.
+"""
+ERROR_REASON_APPROVAL_REQUIRED: ErrorReason.ValueType  # 25
+"""The action's policy requires an approval: the challenge must carry one."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 class _UserVerification:
@@ -380,6 +406,7 @@ class Device(_message.Message):
     PASSKEY_AAGUID_FIELD_NUMBER: _builtins.int
     PASSKEY_BACKUP_ELIGIBLE_FIELD_NUMBER: _builtins.int
     PASSKEY_BACKED_UP_FIELD_NUMBER: _builtins.int
+    PASSKEY_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     method: Global___Method.ValueType
     alias: _builtins.str
@@ -390,6 +417,10 @@ class Device(_message.Message):
     """Passkeys only: the credential may be synced between devices (BE flag)."""
     passkey_backed_up: _builtins.bool
     """Passkeys only: the credential is currently backed up (BS flag)."""
+    passkey_public_key: _builtins.bytes
+    """Passkeys only: the credential's public key (COSE_Key, RFC 9052), to check offline
+    that this authenticator signed an approval (docs/approvals.md). Public.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -406,14 +437,101 @@ class Device(_message.Message):
         passkey_aaguid: _builtins.str = ...,
         passkey_backup_eligible: _builtins.bool = ...,
         passkey_backed_up: _builtins.bool = ...,
+        passkey_public_key: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "last_used_at", b"last_used_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "created_at", b"created_at", "device_id", b"device_id", "is_default", b"is_default", "last_used_at", b"last_used_at", "method", b"method", "passkey_aaguid", b"passkey_aaguid", "passkey_backed_up", b"passkey_backed_up", "passkey_backup_eligible", b"passkey_backup_eligible"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "created_at", b"created_at", "device_id", b"device_id", "is_default", b"is_default", "last_used_at", b"last_used_at", "method", b"method", "passkey_aaguid", b"passkey_aaguid", "passkey_backed_up", b"passkey_backed_up", "passkey_backup_eligible", b"passkey_backup_eligible", "passkey_public_key", b"passkey_public_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Device: _TypeAlias = Device  # noqa: Y015
+
+@_typing.final
+class Approval(_message.Message):
+    """What the user approves with a factor (DESIGN 3d): the actions, the exact payload (its
+    SHA-256) and the words they were shown. Given to Challenge, it binds the challenge:
+    its approval_hash commits to all of it (docs/approvals.md), a passkey signs that hash,
+    and IssueActionToken on it must ask for exactly this.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTIONS_FIELD_NUMBER: _builtins.int
+    PAYLOAD_DIGEST_FIELD_NUMBER: _builtins.int
+    DISPLAY_TEXT_FIELD_NUMBER: _builtins.int
+    SINGLE_USE_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    payload_digest: _builtins.bytes
+    """Required: the SHA-256 (32 bytes) of the exact payload the action will act on."""
+    display_text: _builtins.str
+    """What the user is shown and approves, e.g. "Send 1.5 ETH to 0x12...ab on Base":
+    1..256 characters, printable (no control characters).
+    """
+    single_use: _builtins.bool
+    session_id: _builtins.str
+    """Optional: the token may only be used in this login session."""
+    @_builtins.property
+    def actions(self) -> _containers.RepeatedScalarFieldContainer[Global___Action.ValueType]:
+        """At least one; no duplicates."""
+
+    def __init__(
+        self,
+        *,
+        actions: _abc.Iterable[Global___Action.ValueType] | None = ...,
+        payload_digest: _builtins.bytes = ...,
+        display_text: _builtins.str = ...,
+        single_use: _builtins.bool = ...,
+        session_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "display_text", b"display_text", "payload_digest", b"payload_digest", "session_id", b"session_id", "single_use", b"single_use"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Approval: _TypeAlias = Approval  # noqa: Y015
+
+@_typing.final
+class ActionPolicy(_message.Message):
+    """One action's policy (DESIGN 3e)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTION_FIELD_NUMBER: _builtins.int
+    ALLOWED_METHODS_FIELD_NUMBER: _builtins.int
+    REQUIRE_APPROVAL_FIELD_NUMBER: _builtins.int
+    MAX_TOKEN_TTL_FIELD_NUMBER: _builtins.int
+    action: Global___Action.ValueType
+    require_approval: _builtins.bool
+    """Tokens for this action must come from a challenge bound to an approval."""
+    @_builtins.property
+    def allowed_methods(self) -> _containers.RepeatedScalarFieldContainer[Global___Method.ValueType]:
+        """Empty: the environment's action_methods (and recovery codes). Listed: exactly these
+        methods (recovery codes only if listed).
+        """
+
+    @_builtins.property
+    def max_token_ttl(self) -> _duration_pb2.Duration:
+        """Optional cap on the lifetime of tokens for this action, under the environment's
+        TTLs: 10 s..1 h, whole seconds.
+        """
+
+    def __init__(
+        self,
+        *,
+        action: Global___Action.ValueType = ...,
+        allowed_methods: _abc.Iterable[Global___Method.ValueType] | None = ...,
+        require_approval: _builtins.bool = ...,
+        max_token_ttl: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["max_token_ttl", b"max_token_ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "allowed_methods", b"allowed_methods", "max_token_ttl", b"max_token_ttl", "require_approval", b"require_approval"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ActionPolicy: _TypeAlias = ActionPolicy  # noqa: Y015
 
 @_typing.final
 class TotpSettings(_message.Message):
@@ -539,6 +657,7 @@ class Settings(_message.Message):
     LOCKOUT_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
+    ACTION_POLICIES_FIELD_NUMBER: _builtins.int
     environment_id: _builtins.str
     totp_enabled: _builtins.bool
     """Users may enroll authenticator apps and verify with them (default true). Switched
@@ -587,6 +706,12 @@ class Settings(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """Output only: when the settings were last changed (unset for defaults)."""
 
+    @_builtins.property
+    def action_policies(self) -> _containers.RepeatedCompositeFieldContainer[Global___ActionPolicy]:
+        """Per-action policies (at most one per action); an action without one follows the
+        settings above.
+        """
+
     def __init__(
         self,
         *,
@@ -604,10 +729,11 @@ class Settings(_message.Message):
         lockout: Global___LockoutSettings | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         revision: _builtins.int = ...,
+        action_policies: _abc.Iterable[Global___ActionPolicy] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["lockout", b"lockout", "multi_use_token_ttl", b"multi_use_token_ttl", "passkey", b"passkey", "single_use_token_ttl", b"single_use_token_ttl", "totp", b"totp", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_methods", b"action_methods", "environment_id", b"environment_id", "lockout", b"lockout", "multi_use_token_ttl", b"multi_use_token_ttl", "passkey", b"passkey", "passkey_enabled", b"passkey_enabled", "protected_actions", b"protected_actions", "require_at_onboarding", b"require_at_onboarding", "revision", b"revision", "session_mfa_enabled", b"session_mfa_enabled", "single_use_token_ttl", b"single_use_token_ttl", "totp", b"totp", "totp_enabled", b"totp_enabled", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_methods", b"action_methods", "action_policies", b"action_policies", "environment_id", b"environment_id", "lockout", b"lockout", "multi_use_token_ttl", b"multi_use_token_ttl", "passkey", b"passkey", "passkey_enabled", b"passkey_enabled", "protected_actions", b"protected_actions", "require_at_onboarding", b"require_at_onboarding", "revision", b"revision", "session_mfa_enabled", b"session_mfa_enabled", "single_use_token_ttl", b"single_use_token_ttl", "totp", b"totp", "totp_enabled", b"totp_enabled", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -19,7 +19,17 @@ import {
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
 import { Timestamp } from "../../google/protobuf/timestamp";
-import { Action, actionFromJSON, actionToJSON, Device, Method, methodFromJSON, methodToJSON, Proof } from "./types";
+import {
+  Action,
+  actionFromJSON,
+  actionToJSON,
+  Approval,
+  Device,
+  Method,
+  methodFromJSON,
+  methodToJSON,
+  Proof,
+} from "./types";
 
 export const protobufPackage = "mfa.v1";
 
@@ -121,6 +131,8 @@ export interface ChallengeRequest {
   method: Method;
   /** Optional: restrict the challenge to one device. */
   deviceId: string;
+  /** Optional: bind the challenge to what the user approves (IssueActionToken only). */
+  approval: Approval | undefined;
 }
 
 export interface ChallengeResponse {
@@ -130,6 +142,12 @@ export interface ChallengeResponse {
     | undefined;
   /** Passkeys: PublicKeyCredentialRequestOptions as JSON. */
   passkeyRequestOptionsJson: string;
+  /**
+   * Set when an approval was given: the SHA-256 of its canonical encoding with the
+   * environment, user, challenge id and expiry (docs/approvals.md). For a passkey it is
+   * the WebAuthn challenge the authenticator signs.
+   */
+  approvalHash: Uint8Array;
 }
 
 export interface VerifySessionRequest {
@@ -1291,7 +1309,7 @@ export const CompleteEnrollmentResponse: MessageFns<CompleteEnrollmentResponse> 
 };
 
 function createBaseChallengeRequest(): ChallengeRequest {
-  return { environmentId: "", userId: "", method: 0, deviceId: "" };
+  return { environmentId: "", userId: "", method: 0, deviceId: "", approval: undefined };
 }
 
 export const ChallengeRequest: MessageFns<ChallengeRequest> = {
@@ -1307,6 +1325,9 @@ export const ChallengeRequest: MessageFns<ChallengeRequest> = {
     }
     if (message.deviceId !== "") {
       writer.uint32(34).string(message.deviceId);
+    }
+    if (message.approval !== undefined) {
+      Approval.encode(message.approval, writer.uint32(42).fork()).join();
     }
     return writer;
   },
@@ -1356,6 +1377,14 @@ export const ChallengeRequest: MessageFns<ChallengeRequest> = {
             message.deviceId = reader.string();
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.approval = Approval.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1386,6 +1415,7 @@ export const ChallengeRequest: MessageFns<ChallengeRequest> = {
         : isSet(object.device_id)
         ? globalThis.String(object.device_id)
         : "",
+      approval: isSet(object.approval) ? Approval.fromJSON(object.approval) : undefined,
     };
   },
 
@@ -1403,6 +1433,9 @@ export const ChallengeRequest: MessageFns<ChallengeRequest> = {
     if (message.deviceId !== "") {
       obj.deviceId = message.deviceId;
     }
+    if (message.approval !== undefined) {
+      obj.approval = Approval.toJSON(message.approval);
+    }
     return obj;
   },
 
@@ -1415,12 +1448,15 @@ export const ChallengeRequest: MessageFns<ChallengeRequest> = {
     message.userId = object.userId ?? "";
     message.method = object.method ?? 0;
     message.deviceId = object.deviceId ?? "";
+    message.approval = (object.approval !== undefined && object.approval !== null)
+      ? Approval.fromPartial(object.approval)
+      : undefined;
     return message;
   },
 };
 
 function createBaseChallengeResponse(): ChallengeResponse {
-  return { challengeId: "", expiresAt: undefined, passkeyRequestOptionsJson: "" };
+  return { challengeId: "", expiresAt: undefined, passkeyRequestOptionsJson: "", approvalHash: new Uint8Array(0) };
 }
 
 export const ChallengeResponse: MessageFns<ChallengeResponse> = {
@@ -1433,6 +1469,9 @@ export const ChallengeResponse: MessageFns<ChallengeResponse> = {
     }
     if (message.passkeyRequestOptionsJson !== "") {
       writer.uint32(26).string(message.passkeyRequestOptionsJson);
+    }
+    if (message.approvalHash.length !== 0) {
+      writer.uint32(34).bytes(message.approvalHash);
     }
     return writer;
   },
@@ -1474,6 +1513,14 @@ export const ChallengeResponse: MessageFns<ChallengeResponse> = {
             message.passkeyRequestOptionsJson = reader.string();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.approvalHash = reader.bytes();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1503,6 +1550,11 @@ export const ChallengeResponse: MessageFns<ChallengeResponse> = {
         : isSet(object.passkey_request_options_json)
         ? globalThis.String(object.passkey_request_options_json)
         : "",
+      approvalHash: isSet(object.approvalHash)
+        ? bytesFromBase64(object.approvalHash)
+        : isSet(object.approval_hash)
+        ? bytesFromBase64(object.approval_hash)
+        : new Uint8Array(0),
     };
   },
 
@@ -1517,6 +1569,9 @@ export const ChallengeResponse: MessageFns<ChallengeResponse> = {
     if (message.passkeyRequestOptionsJson !== "") {
       obj.passkeyRequestOptionsJson = message.passkeyRequestOptionsJson;
     }
+    if (message.approvalHash.length !== 0) {
+      obj.approvalHash = base64FromBytes(message.approvalHash);
+    }
     return obj;
   },
 
@@ -1528,6 +1583,7 @@ export const ChallengeResponse: MessageFns<ChallengeResponse> = {
     message.challengeId = object.challengeId ?? "";
     message.expiresAt = object.expiresAt ?? undefined;
     message.passkeyRequestOptionsJson = object.passkeyRequestOptionsJson ?? "";
+    message.approvalHash = object.approvalHash ?? new Uint8Array(0);
     return message;
   },
 };

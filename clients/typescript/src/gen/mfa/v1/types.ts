@@ -213,6 +213,13 @@ export enum DecisionReason {
   DECISION_REASON_TOKEN_REVOKED = 12,
   /** DECISION_REASON_ENVIRONMENT_UNKNOWN - DENY: no environment with this id was created (a typo never allows anything). */
   DECISION_REASON_ENVIRONMENT_UNKNOWN = 13,
+  /**
+   * DECISION_REASON_APPROVAL_REQUIRED - The action's policy requires an approval (a challenge bound to the payload, see
+   * Approval) and the token carries none.
+   */
+  DECISION_REASON_APPROVAL_REQUIRED = 14,
+  /** DECISION_REASON_METHOD_NOT_ALLOWED - The token was earned with a method the action's policy does not allow now. */
+  DECISION_REASON_METHOD_NOT_ALLOWED = 15,
   UNRECOGNIZED = -1,
 }
 
@@ -260,6 +267,12 @@ export function decisionReasonFromJSON(object: any): DecisionReason {
     case 13:
     case "DECISION_REASON_ENVIRONMENT_UNKNOWN":
       return DecisionReason.DECISION_REASON_ENVIRONMENT_UNKNOWN;
+    case 14:
+    case "DECISION_REASON_APPROVAL_REQUIRED":
+      return DecisionReason.DECISION_REASON_APPROVAL_REQUIRED;
+    case 15:
+    case "DECISION_REASON_METHOD_NOT_ALLOWED":
+      return DecisionReason.DECISION_REASON_METHOD_NOT_ALLOWED;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -297,6 +310,10 @@ export function decisionReasonToJSON(object: DecisionReason): string {
       return "DECISION_REASON_TOKEN_REVOKED";
     case DecisionReason.DECISION_REASON_ENVIRONMENT_UNKNOWN:
       return "DECISION_REASON_ENVIRONMENT_UNKNOWN";
+    case DecisionReason.DECISION_REASON_APPROVAL_REQUIRED:
+      return "DECISION_REASON_APPROVAL_REQUIRED";
+    case DecisionReason.DECISION_REASON_METHOD_NOT_ALLOWED:
+      return "DECISION_REASON_METHOD_NOT_ALLOWED";
     case DecisionReason.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
@@ -361,6 +378,14 @@ export enum ErrorReason {
    * the oldest expires.
    */
   ERROR_REASON_TOO_MANY_CHALLENGES = 23,
+  /**
+   * ERROR_REASON_APPROVAL_MISMATCH - IssueActionToken on a challenge bound to an approval asked for other actions, another
+   * payload digest, use or session; or VerifySession answered a bound challenge. The
+   * challenge is spent.
+   */
+  ERROR_REASON_APPROVAL_MISMATCH = 24,
+  /** ERROR_REASON_APPROVAL_REQUIRED - The action's policy requires an approval: the challenge must carry one. */
+  ERROR_REASON_APPROVAL_REQUIRED = 25,
   UNRECOGNIZED = -1,
 }
 
@@ -438,6 +463,12 @@ export function errorReasonFromJSON(object: any): ErrorReason {
     case 23:
     case "ERROR_REASON_TOO_MANY_CHALLENGES":
       return ErrorReason.ERROR_REASON_TOO_MANY_CHALLENGES;
+    case 24:
+    case "ERROR_REASON_APPROVAL_MISMATCH":
+      return ErrorReason.ERROR_REASON_APPROVAL_MISMATCH;
+    case 25:
+    case "ERROR_REASON_APPROVAL_REQUIRED":
+      return ErrorReason.ERROR_REASON_APPROVAL_REQUIRED;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -495,6 +526,10 @@ export function errorReasonToJSON(object: ErrorReason): string {
       return "ERROR_REASON_RECOVERY_REQUIRED";
     case ErrorReason.ERROR_REASON_TOO_MANY_CHALLENGES:
       return "ERROR_REASON_TOO_MANY_CHALLENGES";
+    case ErrorReason.ERROR_REASON_APPROVAL_MISMATCH:
+      return "ERROR_REASON_APPROVAL_MISMATCH";
+    case ErrorReason.ERROR_REASON_APPROVAL_REQUIRED:
+      return "ERROR_REASON_APPROVAL_REQUIRED";
     case ErrorReason.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
@@ -627,6 +662,49 @@ export interface Device {
   passkeyBackupEligible: boolean;
   /** Passkeys only: the credential is currently backed up (BS flag). */
   passkeyBackedUp: boolean;
+  /**
+   * Passkeys only: the credential's public key (COSE_Key, RFC 9052), to check offline
+   * that this authenticator signed an approval (docs/approvals.md). Public.
+   */
+  passkeyPublicKey: Uint8Array;
+}
+
+/**
+ * What the user approves with a factor (DESIGN 3d): the actions, the exact payload (its
+ * SHA-256) and the words they were shown. Given to Challenge, it binds the challenge:
+ * its approval_hash commits to all of it (docs/approvals.md), a passkey signs that hash,
+ * and IssueActionToken on it must ask for exactly this.
+ */
+export interface Approval {
+  /** At least one; no duplicates. */
+  actions: Action[];
+  /** Required: the SHA-256 (32 bytes) of the exact payload the action will act on. */
+  payloadDigest: Uint8Array;
+  /**
+   * What the user is shown and approves, e.g. "Send 1.5 ETH to 0x12...ab on Base":
+   * 1..256 characters, printable (no control characters).
+   */
+  displayText: string;
+  singleUse: boolean;
+  /** Optional: the token may only be used in this login session. */
+  sessionId: string;
+}
+
+/** One action's policy (DESIGN 3e). */
+export interface ActionPolicy {
+  action: Action;
+  /**
+   * Empty: the environment's action_methods (and recovery codes). Listed: exactly these
+   * methods (recovery codes only if listed).
+   */
+  allowedMethods: Method[];
+  /** Tokens for this action must come from a challenge bound to an approval. */
+  requireApproval: boolean;
+  /**
+   * Optional cap on the lifetime of tokens for this action, under the environment's
+   * TTLs: 10 s..1 h, whole seconds.
+   */
+  maxTokenTtl: Duration | undefined;
 }
 
 export interface TotpSettings {
@@ -715,6 +793,11 @@ export interface Settings {
     | undefined;
   /** Output only: increases with every change. */
   revision: number;
+  /**
+   * Per-action policies (at most one per action); an action without one follows the
+   * settings above.
+   */
+  actionPolicies: ActionPolicy[];
 }
 
 function createBaseProof(): Proof {
@@ -841,6 +924,7 @@ function createBaseDevice(): Device {
     passkeyAaguid: "",
     passkeyBackupEligible: false,
     passkeyBackedUp: false,
+    passkeyPublicKey: new Uint8Array(0),
   };
 }
 
@@ -872,6 +956,9 @@ export const Device: MessageFns<Device> = {
     }
     if (message.passkeyBackedUp !== false) {
       writer.uint32(72).bool(message.passkeyBackedUp);
+    }
+    if (message.passkeyPublicKey.length !== 0) {
+      writer.uint32(82).bytes(message.passkeyPublicKey);
     }
     return writer;
   },
@@ -961,6 +1048,14 @@ export const Device: MessageFns<Device> = {
             message.passkeyBackedUp = reader.bool();
             continue;
           }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.passkeyPublicKey = reader.bytes();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1012,6 +1107,11 @@ export const Device: MessageFns<Device> = {
         : isSet(object.passkey_backed_up)
         ? globalThis.Boolean(object.passkey_backed_up)
         : false,
+      passkeyPublicKey: isSet(object.passkeyPublicKey)
+        ? bytesFromBase64(object.passkeyPublicKey)
+        : isSet(object.passkey_public_key)
+        ? bytesFromBase64(object.passkey_public_key)
+        : new Uint8Array(0),
     };
   },
 
@@ -1044,6 +1144,9 @@ export const Device: MessageFns<Device> = {
     if (message.passkeyBackedUp !== false) {
       obj.passkeyBackedUp = message.passkeyBackedUp;
     }
+    if (message.passkeyPublicKey.length !== 0) {
+      obj.passkeyPublicKey = base64FromBytes(message.passkeyPublicKey);
+    }
     return obj;
   },
 
@@ -1061,6 +1164,315 @@ export const Device: MessageFns<Device> = {
     message.passkeyAaguid = object.passkeyAaguid ?? "";
     message.passkeyBackupEligible = object.passkeyBackupEligible ?? false;
     message.passkeyBackedUp = object.passkeyBackedUp ?? false;
+    message.passkeyPublicKey = object.passkeyPublicKey ?? new Uint8Array(0);
+    return message;
+  },
+};
+
+function createBaseApproval(): Approval {
+  return { actions: [], payloadDigest: new Uint8Array(0), displayText: "", singleUse: false, sessionId: "" };
+}
+
+export const Approval: MessageFns<Approval> = {
+  encode(message: Approval, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.actions.length !== 0) {
+      writer.uint32(10).fork();
+      for (const v of message.actions) {
+        writer.int32(v);
+      }
+      writer.join();
+    }
+    if (message.payloadDigest.length !== 0) {
+      writer.uint32(18).bytes(message.payloadDigest);
+    }
+    if (message.displayText !== "") {
+      writer.uint32(26).string(message.displayText);
+    }
+    if (message.singleUse !== false) {
+      writer.uint32(32).bool(message.singleUse);
+    }
+    if (message.sessionId !== "") {
+      writer.uint32(42).string(message.sessionId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Approval {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseApproval();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag === 8) {
+              message.actions.push(reader.int32() as any);
+
+              continue;
+            }
+
+            if (tag === 10) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.actions.push(reader.int32() as any);
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.payloadDigest = reader.bytes();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.displayText = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.singleUse = reader.bool();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.sessionId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Approval {
+    return {
+      actions: globalThis.Array.isArray(object?.actions) ? object.actions.map((e: any) => actionFromJSON(e)) : [],
+      payloadDigest: isSet(object.payloadDigest)
+        ? bytesFromBase64(object.payloadDigest)
+        : isSet(object.payload_digest)
+        ? bytesFromBase64(object.payload_digest)
+        : new Uint8Array(0),
+      displayText: isSet(object.displayText)
+        ? globalThis.String(object.displayText)
+        : isSet(object.display_text)
+        ? globalThis.String(object.display_text)
+        : "",
+      singleUse: isSet(object.singleUse)
+        ? globalThis.Boolean(object.singleUse)
+        : isSet(object.single_use)
+        ? globalThis.Boolean(object.single_use)
+        : false,
+      sessionId: isSet(object.sessionId)
+        ? globalThis.String(object.sessionId)
+        : isSet(object.session_id)
+        ? globalThis.String(object.session_id)
+        : "",
+    };
+  },
+
+  toJSON(message: Approval): unknown {
+    const obj: any = {};
+    if (message.actions?.length) {
+      obj.actions = message.actions.map((e) => actionToJSON(e));
+    }
+    if (message.payloadDigest.length !== 0) {
+      obj.payloadDigest = base64FromBytes(message.payloadDigest);
+    }
+    if (message.displayText !== "") {
+      obj.displayText = message.displayText;
+    }
+    if (message.singleUse !== false) {
+      obj.singleUse = message.singleUse;
+    }
+    if (message.sessionId !== "") {
+      obj.sessionId = message.sessionId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<Approval>, I>>(base?: I): Approval {
+    return Approval.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<Approval>, I>>(object: I): Approval {
+    const message = createBaseApproval();
+    message.actions = object.actions?.map((e) => e) || [];
+    message.payloadDigest = object.payloadDigest ?? new Uint8Array(0);
+    message.displayText = object.displayText ?? "";
+    message.singleUse = object.singleUse ?? false;
+    message.sessionId = object.sessionId ?? "";
+    return message;
+  },
+};
+
+function createBaseActionPolicy(): ActionPolicy {
+  return { action: 0, allowedMethods: [], requireApproval: false, maxTokenTtl: undefined };
+}
+
+export const ActionPolicy: MessageFns<ActionPolicy> = {
+  encode(message: ActionPolicy, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.action !== 0) {
+      writer.uint32(8).int32(message.action);
+    }
+    if (message.allowedMethods.length !== 0) {
+      writer.uint32(18).fork();
+      for (const v of message.allowedMethods) {
+        writer.int32(v);
+      }
+      writer.join();
+    }
+    if (message.requireApproval !== false) {
+      writer.uint32(24).bool(message.requireApproval);
+    }
+    if (message.maxTokenTtl !== undefined) {
+      Duration.encode(message.maxTokenTtl, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ActionPolicy {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseActionPolicy();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.action = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag === 16) {
+              message.allowedMethods.push(reader.int32() as any);
+
+              continue;
+            }
+
+            if (tag === 18) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.allowedMethods.push(reader.int32() as any);
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.requireApproval = reader.bool();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.maxTokenTtl = Duration.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ActionPolicy {
+    return {
+      action: isSet(object.action) ? actionFromJSON(object.action) : 0,
+      allowedMethods: globalThis.Array.isArray(object?.allowedMethods)
+        ? object.allowedMethods.map((e: any) => methodFromJSON(e))
+        : globalThis.Array.isArray(object?.allowed_methods)
+        ? object.allowed_methods.map((e: any) => methodFromJSON(e))
+        : [],
+      requireApproval: isSet(object.requireApproval)
+        ? globalThis.Boolean(object.requireApproval)
+        : isSet(object.require_approval)
+        ? globalThis.Boolean(object.require_approval)
+        : false,
+      maxTokenTtl: isSet(object.maxTokenTtl)
+        ? Duration.fromJSON(object.maxTokenTtl)
+        : isSet(object.max_token_ttl)
+        ? Duration.fromJSON(object.max_token_ttl)
+        : undefined,
+    };
+  },
+
+  toJSON(message: ActionPolicy): unknown {
+    const obj: any = {};
+    if (message.action !== 0) {
+      obj.action = actionToJSON(message.action);
+    }
+    if (message.allowedMethods?.length) {
+      obj.allowedMethods = message.allowedMethods.map((e) => methodToJSON(e));
+    }
+    if (message.requireApproval !== false) {
+      obj.requireApproval = message.requireApproval;
+    }
+    if (message.maxTokenTtl !== undefined) {
+      obj.maxTokenTtl = Duration.toJSON(message.maxTokenTtl);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ActionPolicy>, I>>(base?: I): ActionPolicy {
+    return ActionPolicy.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ActionPolicy>, I>>(object: I): ActionPolicy {
+    const message = createBaseActionPolicy();
+    message.action = object.action ?? 0;
+    message.allowedMethods = object.allowedMethods?.map((e) => e) || [];
+    message.requireApproval = object.requireApproval ?? false;
+    message.maxTokenTtl = (object.maxTokenTtl !== undefined && object.maxTokenTtl !== null)
+      ? Duration.fromPartial(object.maxTokenTtl)
+      : undefined;
     return message;
   },
 };
@@ -1468,6 +1880,7 @@ function createBaseSettings(): Settings {
     lockout: undefined,
     updateTime: undefined,
     revision: 0,
+    actionPolicies: [],
   };
 }
 
@@ -1522,6 +1935,9 @@ export const Settings: MessageFns<Settings> = {
     }
     if (message.revision !== 0) {
       writer.uint32(112).int64(message.revision);
+    }
+    for (const v of message.actionPolicies) {
+      ActionPolicy.encode(v!, writer.uint32(122).fork()).join();
     }
     return writer;
   },
@@ -1671,6 +2087,14 @@ export const Settings: MessageFns<Settings> = {
             message.revision = longToNumber(reader.int64());
             continue;
           }
+          case 15: {
+            if (tag !== 122) {
+              break;
+            }
+
+            message.actionPolicies.push(ActionPolicy.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1739,6 +2163,11 @@ export const Settings: MessageFns<Settings> = {
         ? fromJsonTimestamp(object.update_time)
         : undefined,
       revision: isSet(object.revision) ? globalThis.Number(object.revision) : 0,
+      actionPolicies: globalThis.Array.isArray(object?.actionPolicies)
+        ? object.actionPolicies.map((e: any) => ActionPolicy.fromJSON(e))
+        : globalThis.Array.isArray(object?.action_policies)
+        ? object.action_policies.map((e: any) => ActionPolicy.fromJSON(e))
+        : [],
     };
   },
 
@@ -1786,6 +2215,9 @@ export const Settings: MessageFns<Settings> = {
     if (message.revision !== 0) {
       obj.revision = Math.round(message.revision);
     }
+    if (message.actionPolicies?.length) {
+      obj.actionPolicies = message.actionPolicies.map((e) => ActionPolicy.toJSON(e));
+    }
     return obj;
   },
 
@@ -1818,9 +2250,35 @@ export const Settings: MessageFns<Settings> = {
       : undefined;
     message.updateTime = object.updateTime ?? undefined;
     message.revision = object.revision ?? 0;
+    message.actionPolicies = object.actionPolicies?.map((e) => ActionPolicy.fromPartial(e)) || [];
     return message;
   },
 };
+
+function bytesFromBase64(b64: string): Uint8Array {
+  if ((globalThis as any).Buffer) {
+    return Uint8Array.from((globalThis as any).Buffer.from(b64, "base64"));
+  } else {
+    const bin = globalThis.atob(b64);
+    const arr = new Uint8Array(bin.length);
+    for (let i = 0; i < bin.length; ++i) {
+      arr[i] = bin.charCodeAt(i);
+    }
+    return arr;
+  }
+}
+
+function base64FromBytes(arr: Uint8Array): string {
+  if ((globalThis as any).Buffer) {
+    return (globalThis as any).Buffer.from(arr).toString("base64");
+  } else {
+    const bin: string[] = [];
+    arr.forEach((byte) => {
+      bin.push(globalThis.String.fromCharCode(byte));
+    });
+    return globalThis.btoa(bin.join(""));
+  }
+}
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | undefined;
 
