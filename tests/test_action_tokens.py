@@ -649,7 +649,7 @@ async def test_issue_input_errors_name_the_field(
         ("action", {"action": types.ACTION_UNSPECIFIED}),
         ("payload_digest", {"payload_digest": b"short"}),
         ("user_id", {"user_id": ""}),
-        ("token", {"token": "x" * 5000}),
+        ("token", {"token": "x" * 9000}),
     ],
 )
 async def test_validate_input_errors_name_the_field(

@@ -13,6 +13,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from mfa.v1 import admin_service_pb2 as admin_pb
 from mfa.v1 import types_pb2 as pb
+from mfa_service.domain import approvals
 from mfa_service.domain.audit import AuditEvent, AuditEventType
 from mfa_service.domain.devices import Device
 from mfa_service.domain.model import Action, EnvironmentId, Method, Proof, UserId
@@ -288,7 +289,7 @@ def _values(message: pb.Settings, paths: Sequence[str]) -> dict[str, Any]:
 MAX_SESSION_ID = 256
 MAX_ALIAS = 64
 MAX_PROOF = 64 * 1024  # passkey assertions are a few KiB
-MAX_ACTION_TOKEN = 4096  # an action token is about 600 characters
+MAX_ACTION_TOKEN = 8192  # about 600 characters; with an approval and its evidence, up to 4 KiB
 
 
 def uuid_field(value: str, field: str) -> UUID:
@@ -355,6 +356,7 @@ def device_to_proto(device: Device) -> pb.Device:
         message.passkey_aaguid = device.passkey.aaguid
         message.passkey_backup_eligible = device.passkey.backup_eligible
         message.passkey_backed_up = device.passkey.backed_up
+        message.passkey_public_key = device.passkey.public_key
     return message
 
 
@@ -367,9 +369,11 @@ def payload_digest(value: bytes, field: str = "payload_digest") -> bytes | None:
     return bytes(value)
 
 
-def actions(values: Iterable[int], field: str = "actions") -> tuple[Action, ...]:
+def actions(
+    values: Iterable[int], field: str = "actions", *, required: bool = True
+) -> tuple[Action, ...]:
     converted = _each(values, field, action_from_proto)
-    if not converted:
+    if not converted and required:
         raise InvalidArgument.field(field, "at least one action is required")
     if len(set(converted)) != len(converted):
         raise InvalidArgument.field(field, "must not list an action twice")
@@ -394,4 +398,17 @@ def audit_event_to_proto(event_id: str, event: AuditEvent) -> admin_pb.AuditEven
         caller=event.context.caller,
         request_id=event.context.request_id,
         details=dict(event.details),
+    )
+
+
+def approval_from_proto(message: pb.Approval, field: str = "approval") -> approvals.Approval:
+    """What the user approves (DESIGN §3d); every part checked, naming ``field.part``."""
+    session = message.session_id
+    return approvals.approval(
+        actions(message.actions, f"{field}.actions"),
+        bytes(message.payload_digest),
+        message.display_text,
+        single_use=message.single_use,
+        session_id=session_id(session, f"{field}.session_id") if session else None,
+        field=field,
     )

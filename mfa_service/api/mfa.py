@@ -139,11 +139,13 @@ class MfaServicer(pb_grpc.MfaServiceServicer):
             convert.user_id(request.user_id),
             convert.method_from_proto(request.method, "method"),
             convert.optional_uuid(request.device_id, "device_id"),
+            convert.approval_from_proto(request.approval) if request.HasField("approval") else None,
         )
         return pb.ChallengeResponse(
             challenge_id=str(challenge.id),
             expires_at=convert.timestamp(challenge.expires_at),
             passkey_request_options_json=options,
+            approval_hash=challenge.approval.hash if challenge.approval else b"",
         )
 
     async def VerifySession(
@@ -179,7 +181,7 @@ class MfaServicer(pb_grpc.MfaServiceServicer):
             user,
             challenge_id=challenge_id,
             proof=proof,
-            actions=convert.actions(request.actions),
+            actions=convert.actions(request.actions, required=False),
             single_use=request.single_use,
             payload_digest=convert.payload_digest(request.payload_digest),
             session_id=convert.session_id(request.session_id) if request.session_id else None,

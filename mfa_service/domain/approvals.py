@@ -18,7 +18,7 @@ from uuid import UUID
 
 import rfc8785
 
-from mfa_service.domain.model import Action, EnvironmentId, UserId
+from mfa_service.domain.model import ALWAYS_PROTECTED_ACTIONS, Action, EnvironmentId, UserId
 from mfa_service.errors import InvalidArgument
 
 TYPE = "mfa.v1.approval"
@@ -54,6 +54,10 @@ def approval(
         raise InvalidArgument.field(f"{field}.actions", "at least one action is required")
     if len(set(actions)) != len(actions):
         raise InvalidArgument.field(f"{field}.actions", "must not list an action twice")
+    if not single_use and any(a in ALWAYS_PROTECTED_ACTIONS for a in actions):
+        raise InvalidArgument.field(
+            f"{field}.single_use", "an approval of a credential change is single use"
+        )
     if len(payload_digest) != DIGEST_BYTES:
         raise InvalidArgument.field(
             f"{field}.payload_digest", "required: the SHA-256 of the payload (32 bytes)"
@@ -141,6 +145,28 @@ def from_encoded(encoded: str) -> Approval:
         single_use=bool(document["single_use"]),
         session_id=document["session_id"] or None,
     )
+
+
+def fit(
+    approved: Approval,
+    *,
+    actions: tuple[Action, ...],
+    payload_digest: bytes | None,
+    single_use: bool,
+    session_id: str | None,
+) -> Approval | None:
+    """What a token minted on a bound challenge covers: exactly the approval, when the
+    request asks for its terms or leaves them empty (no actions, no digest, single use
+    not asked for, no session); None when the request asks for anything else."""
+    if actions and set(actions) != set(approved.actions):
+        return None
+    if payload_digest is not None and payload_digest != approved.payload_digest:
+        return None
+    if single_use and not approved.single_use:
+        return None
+    if session_id is not None and session_id != approved.session_id:
+        return None
+    return approved
 
 
 def whole_second(at: datetime) -> datetime:

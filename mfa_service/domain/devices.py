@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from uuid import UUID
 
+from mfa_service.domain.approvals import Bound
 from mfa_service.domain.model import EnvironmentId, Method, UserId
 
 ENROLLMENT_TTL = timedelta(minutes=10)
@@ -68,6 +69,9 @@ class Challenge:
     created_at: datetime
     expires_at: datetime
     webauthn_challenge: bytes | None = None
+    # Bound to what the user approves (DESIGN §3d): then a passkey's WebAuthn challenge
+    # is the approval's hash.
+    approval: Bound | None = None
 
 
 def secret_context(

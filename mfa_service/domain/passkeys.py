@@ -29,6 +29,7 @@ from webauthn import (
     verify_registration_response,
 )
 from webauthn.helpers import (
+    bytes_to_base64url,
     decode_credential_public_key,
     parse_authentication_credential_json,
     parse_registration_credential_json,
@@ -109,6 +110,19 @@ class Assertion:
     def user_handle(self) -> bytes | None:
         handle = self.credential.response.user_handle
         return None if handle is None else bytes(handle)
+
+
+def evidence(assertion: Assertion) -> dict[str, str]:
+    """The assertion as its authenticator returned it, base64url (no padding): with the
+    passkey's public key anyone can check the signature (docs/approvals.md)."""
+    response = assertion.credential.response
+    parts = {
+        "credential_id": assertion.credential_id,
+        "authenticator_data": bytes(response.authenticator_data),
+        "client_data_json": bytes(response.client_data_json),
+        "signature": bytes(response.signature),
+    }
+    return {name: bytes_to_base64url(value) for name, value in parts.items()}
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,12 @@ from datetime import datetime
 from mfa_service.domain.devices import SESSION_MFA_MAX_AGE
 from mfa_service.domain.model import ALWAYS_PROTECTED_ACTIONS, Action, Method
 from mfa_service.domain.settings import Settings
-from mfa_service.errors import MethodDisabled, PasskeyNotConfigured
+from mfa_service.errors import (
+    ActionNotProtected,
+    MethodDisabled,
+    MethodNotAllowed,
+    PasskeyNotConfigured,
+)
 
 
 def enrolled_methods(device_methods: Iterable[Method]) -> tuple[Method, ...]:
@@ -75,6 +80,21 @@ def allowed_methods(settings: Settings, actions: tuple[Action, ...]) -> frozense
     if any(a not in ALWAYS_PROTECTED_ACTIONS for a in actions):
         allowed &= set(settings.action_methods) | {Method.RECOVERY_CODE}
     return frozenset(allowed)
+
+
+def require_token_allowed(
+    settings: Settings, actions: tuple[Action, ...], method: Method, field: str = "actions"
+) -> None:
+    """Refuse a token for an action the environment does not protect
+    (``ActionNotProtected``, naming ``field[i]``), or earned with a method that may not
+    mint one for ``actions`` (``MethodNotAllowed``)."""
+    for i, action in enumerate(actions):
+        if not is_protected(settings, action):
+            raise ActionNotProtected(
+                f"{field}[{i}]: {action.name} is not protected in this environment"
+            )
+    if method not in allowed_methods(settings, actions):
+        raise MethodNotAllowed()
 
 
 def require_enabled(settings: Settings, method: Method) -> None:

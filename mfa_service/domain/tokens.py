@@ -13,7 +13,7 @@ import enum
 import hashlib
 import json
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -91,6 +91,19 @@ def load_private_key(der: bytes) -> PrivateKey:
 
 
 @dataclass(frozen=True, slots=True)
+class ApprovalClaims:
+    """What a token minted on a bound challenge carries of its approval (DESIGN §3d):
+    with the token's other claims, all that recomputes ``hash``; for a passkey, the
+    assertion that signed it."""
+
+    hash: bytes
+    challenge_id: uuid.UUID
+    expires_at: datetime
+    display_text: str
+    passkey_evidence: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ActionClaims:
     jti: uuid.UUID
     environment_id: EnvironmentId
@@ -102,6 +115,7 @@ class ActionClaims:
     method: Method
     payload_digest: bytes | None = None
     session_id: str | None = None
+    approval: ApprovalClaims | None = None
 
 
 def _b64(data: bytes) -> str:
@@ -131,6 +145,15 @@ def encode(claims: ActionClaims, key: SigningKey, *, issuer: str, audience: str)
         payload["pd"] = _b64(claims.payload_digest)
     if claims.session_id is not None:
         payload["sid"] = claims.session_id
+    if (approval := claims.approval) is not None:
+        payload["apv"] = _b64(approval.hash)
+        payload["approval"] = {
+            "challenge_id": str(approval.challenge_id),
+            "expires_at": int(approval.expires_at.timestamp()),
+            "display_text": approval.display_text,
+        }
+        if approval.passkey_evidence is not None:
+            payload["passkey_evidence"] = dict(approval.passkey_evidence)
     return jwt.encode(
         payload,
         key.private_key,

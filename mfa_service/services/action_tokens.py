@@ -9,6 +9,7 @@ in memory, then one conditional UPDATE that consumes a single-use token.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import uuid
 from collections.abc import Callable, Sequence
@@ -18,7 +19,7 @@ from datetime import datetime, timedelta
 from uuid import UUID
 
 from mfa_service.clock import Clock
-from mfa_service.domain import policy, tokens
+from mfa_service.domain import approvals, passkeys, policy, tokens
 from mfa_service.domain.audit import AuditEventType, CallContext
 from mfa_service.domain.model import (
     ALWAYS_PROTECTED_ACTIONS,
@@ -28,21 +29,20 @@ from mfa_service.domain.model import (
     UserId,
 )
 from mfa_service.domain.settings import Settings
-from mfa_service.domain.tokens import ActionClaims, Reason
+from mfa_service.domain.tokens import ActionClaims, ApprovalClaims, Reason
 from mfa_service.domain.verification import IssueToken
 from mfa_service.errors import (
-    ActionNotProtected,
+    ApprovalMismatch,
     DatabaseUnavailable,
     EnvironmentNotFound,
     InvalidArgument,
-    MethodNotAllowed,
     StepUpRequired,
 )
 from mfa_service.services import audit
 from mfa_service.services.batching import MicroBatcher
 from mfa_service.services.keys import TokenKeys
 from mfa_service.services.settings import SettingsCache
-from mfa_service.services.verification import Attempt, Verifier
+from mfa_service.services.verification import Attempt, Read, Verifier
 from mfa_service.store import action_tokens as token_store
 from mfa_service.store import devices as device_store
 from mfa_service.store.db import Connection, Database
@@ -97,6 +97,18 @@ def _scoped_key(key: str | None, context: CallContext) -> str | None:
     return f"{len(caller)}:{caller}:{key}"
 
 
+def _approval_claims(bound: approvals.Bound, read: Read) -> ApprovalClaims:
+    """What the token carries of its approval; a passkey's assertion signed its hash."""
+    evidence = passkeys.evidence(read.assertion) if read.assertion is not None else None
+    return ApprovalClaims(
+        hash=bound.hash,
+        challenge_id=read.challenge.id,
+        expires_at=read.challenge.expires_at,
+        display_text=bound.approval.display_text,
+        passkey_evidence=evidence,
+    )
+
+
 class ActionTokenService:
     def __init__(
         self,
@@ -143,16 +155,36 @@ class ActionTokenService:
         session_id: str | None,
         context: CallContext,
     ) -> IssuedToken:
+        """Verify the proof and mint a token for what was asked. A challenge bound to an
+        approval (DESIGN §3d) decides what the token covers: the request may repeat the
+        approval's terms or leave them empty, and asking for anything else spends the
+        challenge (``ApprovalMismatch``)."""
         now = self._clock.now()
         key = await self._keys.signing_key()
         settings = await self._settings.get(env)
-        for i, action in enumerate(actions):
-            if not policy.is_protected(settings, action):
-                raise ActionNotProtected(
-                    f"actions[{i}]: {action.name} is not protected in this environment"
-                )
-        if proof.method not in policy.allowed_methods(settings, actions):
-            raise MethodNotAllowed()
+        if actions:
+            policy.require_token_allowed(settings, actions, proof.method)
+        read = await self._verifier.read(settings, user, challenge_id, proof, now=now)
+        bound = read.challenge.approval
+        if bound is not None:
+            approved = approvals.fit(
+                bound.approval,
+                actions=actions,
+                payload_digest=payload_digest,
+                single_use=single_use,
+                session_id=session_id,
+            )
+            if approved is None:
+                await self._verifier.spend(read)
+                raise ApprovalMismatch()
+            if not actions:
+                policy.require_token_allowed(settings, approved.actions, proof.method)
+            actions, payload_digest = approved.actions, approved.payload_digest
+            single_use, session_id = approved.single_use, approved.session_id
+        elif not actions:
+            raise InvalidArgument.field(
+                "actions", "at least one action is required (or a challenge bound to an approval)"
+            )
         # A credential change is one change: its token is single use whatever was asked
         # (one step-up must not add two factors or remove them all).
         single_use = single_use or any(a in ALWAYS_PROTECTED_ACTIONS for a in actions)
@@ -168,6 +200,7 @@ class ActionTokenService:
             method=proof.method,
             payload_digest=payload_digest,
             session_id=session_id,
+            approval=_approval_claims(bound, read) if bound is not None else None,
         )
         token = tokens.encode(claims, key, issuer=self._issuer, audience=AUDIENCE)
         # Recorded, and its event written, only if the proof holds: the token is the
@@ -183,9 +216,13 @@ class ActionTokenService:
             single_use=str(single_use).lower(),
             jti=str(claims.jti),
         )
+        if bound is not None:
+            issued = dataclasses.replace(
+                issued, details={**issued.details, "approval_hash": bound.hash.hex()}
+            )
         grant = IssueToken(claims, tokens.token_hash(token))
         await self._verifier.verify(
-            Attempt(settings, user, challenge_id, proof, grant, now, context, (issued,))
+            Attempt(settings, user, proof, grant, now, context, (issued,)), read
         )
         return IssuedToken(token=token, claims=claims)
 

@@ -34,7 +34,7 @@ from uuid import UUID
 
 from mfa_service.clock import Clock
 from mfa_service.crypto import KeyRing
-from mfa_service.domain import passkeys, policy, recovery, totp
+from mfa_service.domain import approvals, passkeys, policy, recovery, totp
 from mfa_service.domain.audit import AuditEvent, AuditEventType, CallContext
 from mfa_service.domain.devices import (
     CHALLENGE_TTL,
@@ -54,6 +54,7 @@ from mfa_service.domain.verification import (
     match_totp,
 )
 from mfa_service.errors import (
+    ApprovalMismatch,
     ChallengeNotFound,
     DeviceNotFound,
     InvalidArgument,
@@ -142,12 +143,24 @@ class Attempt:
 
     settings: Settings
     user: UserId
-    challenge_id: UUID
     proof: Proof
     grant: Grant
     now: datetime
     context: CallContext
     grant_events: Sequence[AuditEvent] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    """What a verification reads before the proof is checked (``Verifier.read``): the
+    attempt state and the challenge, still open then (the concluding write decides
+    again); the user's devices that may answer it; the proof parsed (a passkey's
+    assertion) and, for a recovery code, the unused code of that id, if any."""
+
+    found: Found
+    challenge: Challenge
+    assertion: passkeys.Assertion | None = None
+    stored_code: recovery.HashedCode | None = None
 
 
 def _device_factor_events(
@@ -185,38 +198,68 @@ class Verifier:
         self._key_ring = key_ring
         self._kdf_slots = asyncio.Semaphore(KDF_SLOTS)
 
-    async def verify(self, attempt: Attempt) -> Verified:
-        """Verify the attempt's proof against its challenge and write the outcome; on
+    async def read(
+        self, settings: Settings, user: UserId, challenge_id: UUID, proof: Proof, *, now: datetime
+    ) -> Read:
+        """Read what the proof will be checked against, refusing what needs no check: a
+        malformed proof, a locked-out user, a challenge that is gone, a proof of another
+        method (a recovery code answers a challenge of any method)."""
+        env = settings.environment_id
+        if proof.method is Method.RECOVERY_CODE:
+            code_id, _ = recovery.split(proof.value, "proof.recovery_code")
+            async with self._db.connection() as conn:
+                found = await verification_store.read(conn, env, user, challenge_id, now=now)
+                stored = await recovery_store.find_unused(conn, env, user, code_id)
+            if (retry_after := found.attempts.retry_after(now)) is not None:
+                raise LockedOut(retry_after)  # decided again when concluding
+            if found.challenge is None:
+                raise ChallengeNotFound()
+            return Read(found, found.challenge, stored_code=stored)
+        async with self._db.connection() as conn:
+            found = await verification_store.read(conn, env, user, challenge_id, now=now)
+        if (refusal := device_factor_refusal(found.attempts, now)) is not None:
+            raise refusal  # the challenge is left as it was, nothing counted
+        challenge = found.challenge
+        if challenge is None:
+            raise ChallengeNotFound()
+        if proof.method is not challenge.method:
+            raise InvalidArgument.field(
+                "proof",
+                f"a {proof.method.name} proof does not answer a {challenge.method.name} challenge",
+            )
+        policy.require_enabled(settings, challenge.method)
+        if proof.method is Method.TOTP:
+            totp.check_code_format(proof.value, "proof.totp_code")
+            return Read(found, challenge)
+        assertion = passkeys.parse_assertion(proof.value, "proof.passkey_assertion_json")
+        return Read(found, challenge, assertion=assertion)
+
+    async def spend(self, read: Read) -> None:
+        """Use the challenge up without checking the proof (a request it does not fit)."""
+        challenge = read.challenge
+        async with self._db.connection() as conn:
+            await challenge_store.take(
+                conn, challenge.environment_id, challenge.user_id, challenge.id
+            )
+
+    async def verify(self, attempt: Attempt, read: Read) -> Verified:
+        """Check the attempt's proof against what was read and write the outcome; on
         success also its grant and grant events, in the same statement or transaction.
         Raises the refusal, once written."""
         if attempt.proof.method is Method.RECOVERY_CODE:
-            outcome = await self._recovery_code(attempt)
+            outcome = await self._recovery_code(attempt, read)
         else:
-            outcome = await self._device_factor(attempt)
+            outcome = await self._device_factor(attempt, read)
         return settle(outcome)
 
-    async def _device_factor(self, attempt: Attempt) -> Verified | Counted:
-        settings, user, proof, now = attempt.settings, attempt.user, attempt.proof, attempt.now
-        env = settings.environment_id
+    async def _device_factor(self, attempt: Attempt, read: Read) -> Verified | Counted:
+        settings, user, now, challenge = attempt.settings, attempt.user, attempt.now, read.challenge
+        matched = self._match(settings, read, attempt.proof, now=now)
+        device = matched.device if matched.holds else None
         async with self._db.connection() as conn:
-            found = await verification_store.read(conn, env, user, attempt.challenge_id, now=now)
-            if (refusal := device_factor_refusal(found.attempts, now)) is not None:
-                raise refusal  # the challenge is left as it was, nothing counted
-            challenge = found.challenge
-            if challenge is None:
-                raise ChallengeNotFound()
-            if proof.method is not challenge.method:
-                raise InvalidArgument.field(
-                    "proof",
-                    f"a {proof.method.name} proof does not answer a "
-                    f"{challenge.method.name} challenge",
-                )
-            policy.require_enabled(settings, challenge.method)
-            matched = self._match(settings, found, challenge, proof, now=now)
-            device = matched.device if matched.holds else None
             concluded = await verification_store.conclude(
                 conn,
-                env,
+                settings.environment_id,
                 user,
                 challenge.id,
                 now=now,
@@ -238,49 +281,38 @@ class Verifier:
         # RFC 6238 §5.2, keycloak#13867: a reused code fails exactly like a wrong one.
         return Counted(VerificationFailed())
 
-    def _match(
-        self, settings: Settings, found: Found, challenge: Challenge, proof: Proof, *, now: datetime
-    ) -> Match:
+    def _match(self, settings: Settings, read: Read, proof: Proof, *, now: datetime) -> Match:
         """Which device answered the challenge, and how (``domain.verification``)."""
-        devices = found.devices
+        challenge, devices = read.challenge, read.found.devices
         if challenge.device_id is not None:
             devices = [d for d in devices if d.id == challenge.device_id]
-        if challenge.method is Method.TOTP:
-            code = totp.check_code_format(proof.value, "proof.totp_code")
+        if read.assertion is None:
             return match_totp(
                 [(d, self.totp_secret(d)) for d in devices],
-                code,
+                proof.value,
                 now=now,
                 skew_steps=settings.totp.skew_steps,
             )
-        assertion = passkeys.parse_assertion(proof.value, "proof.passkey_assertion_json")
         return match_passkey(
             settings.passkey,
             devices,
-            assertion,
+            read.assertion,
             webauthn_challenge=challenge.webauthn_challenge,
-            user_handle=found.webauthn_user_handle,
+            user_handle=read.found.webauthn_user_handle,
         )
 
-    async def _recovery_code(self, attempt: Attempt) -> Verified | Counted:
+    async def _recovery_code(self, attempt: Attempt, read: Read) -> Verified | Counted:
         """The fallback answers a challenge of any method (a user who lost the device
         finds out at the prompt).
 
-        A read finds the attempt state, the challenge and the code's row; scrypt (about
-        8 ms, one call per attempt whatever is stored) then runs off the event loop and
-        holds no pooled connection; one transaction, the user's row locked first,
-        decides: the code is spent only if it is still the unused row that was checked.
+        The read found the code's row; scrypt (about 8 ms, one call per attempt whatever
+        is stored) runs off the event loop and holds no pooled connection; one
+        transaction, the user's row locked first, decides: the code is spent only if it
+        is still the unused row that was checked.
         """
         settings, user, now, context = attempt.settings, attempt.user, attempt.now, attempt.context
-        env, challenge_id = settings.environment_id, attempt.challenge_id
-        code_id, secret = recovery.split(attempt.proof.value, "proof.recovery_code")
-        async with self._db.connection() as conn:
-            found = await verification_store.read(conn, env, user, challenge_id, now=now)
-            stored = await recovery_store.find_unused(conn, env, user, code_id)
-        if (retry_after := found.attempts.retry_after(now)) is not None:
-            raise LockedOut(retry_after)  # decided again below; nothing spent here
-        if found.challenge is None:
-            raise ChallengeNotFound()
+        env, challenge_id, stored = settings.environment_id, read.challenge.id, read.stored_code
+        _, secret = recovery.split(attempt.proof.value, "proof.recovery_code")
         async with self._kdf_slots:
             matched = await asyncio.to_thread(recovery.matches, secret, stored)
         async with self._db.transaction() as conn:
@@ -337,11 +369,30 @@ class VerificationService:
         self._settings = settings
 
     async def challenge(
-        self, env: EnvironmentId, user: UserId, method: Method, device_id: UUID | None
+        self,
+        env: EnvironmentId,
+        user: UserId,
+        method: Method,
+        device_id: UUID | None,
+        approval: approvals.Approval | None = None,
     ) -> tuple[Challenge, str]:
-        """A new challenge, and for passkeys the WebAuthn request options (JSON)."""
+        """A new challenge, and for passkeys the WebAuthn request options (JSON). With an
+        approval it is bound to it (DESIGN §3d): it expires at a whole second, and a
+        passkey's WebAuthn challenge is the approval's hash."""
         now = self._clock.now()
         settings = await self._settings.get(env)
+        challenge_id, expires_at = uuid.uuid4(), now + CHALLENGE_TTL
+        bound = None
+        if approval is not None:
+            policy.require_token_allowed(settings, approval.actions, method, "approval.actions")
+            expires_at = approvals.whole_second(expires_at)
+            bound = approvals.bind(
+                approval,
+                environment_id=env,
+                user_id=user,
+                challenge_id=challenge_id,
+                expires_at=expires_at,
+            )
         async with self._db.transaction() as conn:
             if method is Method.RECOVERY_CODE and device_id is not None:
                 raise InvalidArgument.field("device_id", "recovery codes are not a device")
@@ -351,16 +402,19 @@ class VerificationService:
                 owned = [d for d in owned if d.id == device_id]
                 if not owned:
                     raise DeviceNotFound()
-            webauthn_challenge = passkeys.new_challenge() if method is Method.PASSKEY else None
+            webauthn_challenge = None
+            if method is Method.PASSKEY:
+                webauthn_challenge = bound.hash if bound else passkeys.new_challenge()
             challenge = Challenge(
-                id=uuid.uuid4(),
+                id=challenge_id,
                 environment_id=env,
                 user_id=user,
                 method=method,
                 device_id=device_id,
                 created_at=now,
-                expires_at=now + CHALLENGE_TTL,
+                expires_at=expires_at,
                 webauthn_challenge=webauthn_challenge,
+                approval=bound,
             )
             oldest = await challenge_store.insert(conn, challenge, limit=MAX_OPEN_CHALLENGES)
             if oldest is not None:
@@ -389,7 +443,14 @@ class VerificationService:
     ) -> Verified:
         now = self._clock.now()
         settings = await self._settings.get(env)
+        read = await self._verifier.read(settings, user, challenge_id, proof, now=now)
+        if read.challenge.approval is not None:
+            await self._verifier.spend(read)
+            raise ApprovalMismatch(
+                "the challenge is bound to an approval: it answers IssueActionToken, not a "
+                "login; the challenge is spent"
+            )
         grant = MarkSession(session_id, proof.method)
         return await self._verifier.verify(
-            Attempt(settings, user, challenge_id, proof, grant, now, context)
+            Attempt(settings, user, proof, grant, now, context), read
         )

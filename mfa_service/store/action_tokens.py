@@ -20,11 +20,12 @@ from mfa_service.store.sql import named
 INSERT = """
     INSERT INTO action_tokens (jti, environment_id, user_id, actions, single_use,
                                session_id, payload_digest, method, issued_at, expires_at,
-                               token_hash, device_id)
+                               token_hash, device_id, approval_hash)
     SELECT :token_jti::uuid, :token_environment_id::text, :token_user_id::text,
            :token_actions::text[], :token_single_use::boolean, :token_session_id::text,
            :token_payload_digest::bytea, :token_method::text, :token_issued_at::timestamptz,
-           :token_expires_at::timestamptz, :token_hash::bytea, :device::uuid
+           :token_expires_at::timestamptz, :token_hash::bytea, :device::uuid,
+           :token_approval_hash::bytea
     WHERE {when}
 """
 _INSERT = named(INSERT.format(when="true"))
@@ -44,6 +45,7 @@ def values(claims: ActionClaims, token_hash: bytes) -> dict[str, Any]:
         "token_issued_at": claims.issued_at,
         "token_expires_at": claims.expires_at,
         "token_hash": token_hash,
+        "token_approval_hash": claims.approval.hash if claims.approval else None,
     }
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
+from mfa_service.domain import approvals
 from mfa_service.domain.devices import Challenge
 from mfa_service.domain.model import EnvironmentId, Method, UserId
 from mfa_service.store.db import Connection
@@ -22,8 +24,9 @@ async def insert(conn: Connection, challenge: Challenge, *, limit: int) -> datet
         ),
         stored AS (
             INSERT INTO challenges (id, environment_id, user_id, method, device_id,
-                                    created_at, expires_at, webauthn_challenge)
-            SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE (SELECT n FROM open) < $9
+                                    created_at, expires_at, webauthn_challenge,
+                                    approval_json, approval_hash)
+            SELECT $1, $2, $3, $4, $5, $6, $7, $8, $10, $11 WHERE (SELECT n FROM open) < $9
             RETURNING id
         )
         SELECT EXISTS (SELECT 1 FROM stored) AS stored, (SELECT oldest FROM open) AS oldest
@@ -37,6 +40,8 @@ async def insert(conn: Connection, challenge: Challenge, *, limit: int) -> datet
         challenge.expires_at,
         challenge.webauthn_challenge,
         limit,
+        challenge.approval.encoded if challenge.approval else None,
+        challenge.approval.hash if challenge.approval else None,
     )
     if row is None:  # a SELECT of two subqueries always yields its row
         raise LookupError("challenge insert returned no row")
@@ -44,8 +49,22 @@ async def insert(conn: Connection, challenge: Challenge, *, limit: int) -> datet
     return None if row["stored"] else oldest
 
 
+async def take(conn: Connection, env: EnvironmentId, user: UserId, challenge_id: UUID) -> None:
+    """Use a challenge up without a verification (a request that does not fit its
+    approval spends it)."""
+    await conn.execute(
+        "DELETE FROM challenges WHERE id = $3 AND environment_id = $1 AND user_id = $2",
+        env,
+        user,
+        challenge_id,
+    )
+
+
 # What a verification takes out of a challenge row (verifications.begin).
-TAKEN_COLUMNS = "id, method, device_id, created_at, expires_at, webauthn_challenge"
+TAKEN_COLUMNS = (
+    "id, method, device_id, created_at, expires_at, webauthn_challenge, approval_json, "
+    "approval_hash"
+)
 
 
 def challenge_from_row(
@@ -61,4 +80,11 @@ def challenge_from_row(
         created_at=row[f"{prefix}created_at"],
         expires_at=row[f"{prefix}expires_at"],
         webauthn_challenge=row[f"{prefix}webauthn_challenge"],
+        approval=_bound(row[f"{prefix}approval_json"], row[f"{prefix}approval_hash"]),
     )
+
+
+def _bound(encoded: str | None, approval_hash: bytes | None) -> approvals.Bound | None:
+    if encoded is None or approval_hash is None:
+        return None
+    return approvals.Bound(approvals.from_encoded(encoded), encoded, approval_hash)
