@@ -10,6 +10,9 @@ in flight, a warm-up, a fixed duration):
   baseline_health_check    grpc.health.v1 Check: the empty-RPC ceiling of this server
   validate_action_token    ValidateActionToken, a fresh pre-issued single-use token per call
   issue_action_token_totp  IssueActionToken with a valid TOTP code, a distinct user per call
+  issue_action_token_totp_approval
+                           Challenge bound to an approval (DESIGN 3d), then IssueActionToken
+                           with a TOTP code: two calls, a distinct user per pair
   get_status               GetStatus of an enrolled user
 
 Server CPU per call is the utime+stime of the server process and its workers
@@ -30,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import json
 import multiprocessing
@@ -85,12 +89,13 @@ SCENARIOS = (
     "baseline_health_check",
     "validate_action_token",
     "issue_action_token_totp",
+    "issue_action_token_totp_approval",
     "get_status",
 )
 # Seeded per measurement round for the most calls/s a scenario could reach here, so the
 # load never runs dry (checked: a generator that does says so).
 TOKENS_PER_SECOND = 5000
-TOTP_USERS_PER_SECOND = 1500
+TOTP_USERS_PER_SECOND = 2600  # two thirds for the plain issue, a third with approvals
 LIVE = timedelta(hours=2)  # seeded tokens and challenges outlive any run
 CALL_TIMEOUT_SECONDS = 10.0
 START_TIMEOUT_SECONDS = 60.0
@@ -535,6 +540,40 @@ def _issue(channel: grpc.aio.Channel) -> Caller:
     return call
 
 
+def _issue_with_approval(channel: grpc.aio.Channel) -> Caller:
+    stub = mfa_service_pb2_grpc.MfaServiceStub(channel)
+
+    async def call(item: tuple[str, str, str]) -> str | None:
+        user, _, secret = item
+        challenge = await stub.Challenge(
+            mfa_service_pb2.ChallengeRequest(
+                environment_id=ENV,
+                user_id=user,
+                method=types_pb2.METHOD_TOTP,
+                approval=types_pb2.Approval(
+                    actions=[types_pb2.ACTION_WAAS_SIGN],
+                    payload_digest=hashlib.sha256(f"transfer for {user}".encode()).digest(),
+                    display_text=f"Send 1.5 ETH to 0x12\u2026ab for {user}",
+                    single_use=True,
+                ),
+            ),
+            timeout=CALL_TIMEOUT_SECONDS,
+        )
+        code = totp.code_at_step(secret, totp.time_step(datetime.now(UTC)))
+        reply = await stub.IssueActionToken(
+            mfa_service_pb2.IssueActionTokenRequest(
+                environment_id=ENV,
+                user_id=user,
+                challenge_id=challenge.challenge_id,
+                proof=types_pb2.Proof(totp_code=code),
+            ),
+            timeout=CALL_TIMEOUT_SECONDS,
+        )
+        return None if reply.token else "no token"
+
+    return call
+
+
 def _get_status(channel: grpc.aio.Channel) -> Caller:
     stub = mfa_service_pb2_grpc.MfaServiceStub(channel)
 
@@ -552,9 +591,14 @@ CALLERS: dict[str, Callable[[grpc.aio.Channel], Caller]] = {
     "baseline_health_check": _health_check,
     "validate_action_token": _validate,
     "issue_action_token_totp": _issue,
+    "issue_action_token_totp_approval": _issue_with_approval,
     "get_status": _get_status,
 }
-SINGLE_USE = {"validate_action_token", "issue_action_token_totp"}
+SINGLE_USE = {
+    "validate_action_token",
+    "issue_action_token_totp",
+    "issue_action_token_totp_approval",
+}
 
 
 def load_process(job: Job, barrier: Barrier, results: Any) -> None:
@@ -733,7 +777,8 @@ def run_round(
     items: dict[str, Sequence[Any]] = {
         "baseline_health_check": [None],
         "validate_action_token": seeded.tokens,
-        "issue_action_token_totp": seeded.totp_users,
+        "issue_action_token_totp": [u for i, u in enumerate(seeded.totp_users) if i % 3],
+        "issue_action_token_totp_approval": seeded.totp_users[::3],
         "get_status": [user for user, _, _ in seeded.totp_users[:1000]],
     }
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
