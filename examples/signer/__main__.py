@@ -10,6 +10,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from examples.signer.approval import ApprovalNotVerified, b64url_decode
 from examples.signer.signer import Signer, SigningRefused
 from mfa_client import Client, MfaServiceError
 
@@ -32,10 +33,28 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         help="Ed25519 private key, PKCS#8 PEM (default: a new key; its public key goes to stderr)",
     )
+    parser.add_argument(
+        "--verify-approval",
+        action="store_true",
+        help="first check offline that the user's passkey approved this message "
+        "(docs/approvals.md); needs --passkey-public-key",
+    )
+    parser.add_argument(
+        "--passkey-public-key",
+        type=_cose_key,
+        help="the user's passkey public key: COSE, base64url (Device.passkey_public_key)",
+    )
     parser.add_argument("--ca-cert", type=Path, help="CA of the server certificate: use TLS")
     parser.add_argument("--client-cert", type=Path, help="client certificate for mutual TLS")
     parser.add_argument("--client-key", type=Path, help="client key for mutual TLS")
     return parser
+
+
+def _cose_key(text: str) -> bytes:
+    try:
+        return b64url_decode(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError("not base64url") from error
 
 
 def _signing_key(path: Path | None) -> Ed25519PrivateKey:
@@ -69,10 +88,17 @@ async def _run(args: argparse.Namespace) -> int:
         signer = Signer(client, args.env, key)
         try:
             signature = await signer.sign(
-                args.user, args.message.encode(), args.token, session_id=args.session
+                args.user,
+                args.message.encode(),
+                args.token,
+                session_id=args.session,
+                passkey_public_key=args.passkey_public_key if args.verify_approval else None,
             )
         except SigningRefused as refused:
             print(f"refused: {refused.reason_name}", file=sys.stderr)
+            return EXIT_REFUSED
+        except ApprovalNotVerified as refused:
+            print(f"refused: {refused}", file=sys.stderr)
             return EXIT_REFUSED
         except MfaServiceError as error:
             print(f"mfa-service error: {error}", file=sys.stderr)
@@ -82,7 +108,11 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return asyncio.run(_run(_parser().parse_args(argv)))
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.verify_approval != (args.passkey_public_key is not None):
+        parser.error("--verify-approval and --passkey-public-key go together")
+    return asyncio.run(_run(args))
 
 
 if __name__ == "__main__":

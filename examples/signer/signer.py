@@ -6,6 +6,7 @@ import hashlib
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from examples.signer.approval import check_token_approval
 from mfa.v1 import types_pb2
 from mfa_client import Client, Validation
 
@@ -39,14 +40,27 @@ class Signer:
         return self._key.public_key()
 
     async def sign(
-        self, user_id: str, message: bytes, mfa_token: str, session_id: str = ""
+        self,
+        user_id: str,
+        message: bytes,
+        mfa_token: str,
+        session_id: str = "",
+        *,
+        passkey_public_key: bytes | None = None,
     ) -> bytes:
         """The signature of ``message``, or ``SigningRefused``.
 
         The digest binds the token to this exact message: a token the user got for
         another message is refused with ``PAYLOAD_MISMATCH``. A single-use token is
         consumed by the check, so it signs once.
+
+        With ``passkey_public_key`` (the user's passkey, COSE), the token must first pass
+        the offline check of a passkey approval of this message
+        (``examples.signer.approval``), else ``ApprovalNotVerified`` and the service is
+        not asked.
         """
+        if passkey_public_key is not None:
+            check_token_approval(mfa_token, message, passkey_public_key)
         validation = await self._mfa.action_tokens.validate(
             environment_id=self._environment_id,
             user_id=user_id,

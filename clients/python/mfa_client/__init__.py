@@ -11,8 +11,12 @@ Reads that fail with ``UNAVAILABLE`` are sent again by the channel (``READ_METHO
 ``ValidateActionToken`` is retried under one idempotency key. Every failed call raises
 ``MfaServiceError`` carrying the status code, the ``mfa.v1.ErrorReason``, the request
 id, field violations and any retry delay.
+
+``approval_hash(...)`` computes an approval's hash (docs/approvals.md) as the service
+does, from the ``Challenge`` request and response: what a passkey signs.
 """
 
+from mfa_client._approvals import approval_hash
 from mfa_client._client import (
     CHANNEL_OPTIONS,
     READ_METHODS,
@@ -32,4 +36,5 @@ __all__ = [
     "FieldViolation",
     "MfaServiceError",
     "Validation",
+    "approval_hash",
 ]

@@ -3,3 +3,5 @@ export * as actionTokenService from "./gen/mfa/v1/action_token_service";
 export * as adminService from "./gen/mfa/v1/admin_service";
 export * as mfaService from "./gen/mfa/v1/mfa_service";
 export * as types from "./gen/mfa/v1/types";
+// The approval hash (docs/approvals.md): what a passkey signs for an approval.
+export { approvalEncoding, approvalHash, type ApprovalBinding } from "./approval";
