@@ -43,6 +43,17 @@ EXAMPLE_DIGEST_HEX = "3a8f29f0be4a758d9b19602662ca93a9789643e31f49dc9aaa6917f7cb
 EXAMPLE_HASH_HEX = "36d04533117bcf5966626dd3738d729187f7b2ba18ec06e6849019c41227c01f"
 
 ACTIONS = [a for a in types.Action.values() if a != types.ACTION_UNSPECIFIED]
+# The service binds an approval of a credential change only as single use.
+CREDENTIAL_ACTIONS = {
+    types.ACTION_CREDENTIAL_LINK,
+    types.ACTION_CREDENTIAL_UNLINK,
+    types.ACTION_RECOVERY_CODES_REGENERATE,
+}
+
+
+def bindable_use(actions: tuple[types.Action.ValueType, ...], single_use: bool) -> bool:
+    return single_use or bool(CREDENTIAL_ACTIONS.intersection(actions))
+
 
 # Reads the vectors (JSON) on stdin, writes one {"encoding", "hash"} or {"error"} each.
 NODE_RUNNER = """
@@ -178,10 +189,10 @@ def random_vectors(count: int, seed: int) -> list[Vector]:
             user_id=rng.choice(["alice", "bob", f"user-{rng.randrange(10**6)}", "zoë"]),
             challenge_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
             expires_at=rng.randrange(1_700_000_000, 4_000_000_000),
-            actions=tuple(rng.sample(ACTIONS, rng.randint(1, len(ACTIONS)))),
+            actions=(actions := tuple(rng.sample(ACTIONS, rng.randint(1, len(ACTIONS))))),
             payload_digest=rng.randbytes(32),
             display_text=_random_text(rng),
-            single_use=rng.random() < 0.5,
+            single_use=bindable_use(actions, rng.random() < 0.5),
             session_id=rng.choice(["", "", f"session-{rng.randrange(1000)}", "sé😀"]),
         )
         for _ in range(count)
@@ -353,7 +364,7 @@ def test_the_python_client_agrees_with_the_service(
         tuple(actions),
         payload_digest,
         display_text,
-        single_use,
+        bindable_use(tuple(actions), single_use),
         session_id,
     )
     bound = service_bound(vector)

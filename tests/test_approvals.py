@@ -28,6 +28,7 @@ from webauthn.helpers.decoded_public_key_to_cryptography import (
 )
 from webauthn.helpers.verify_signature import verify_signature
 
+from examples.signer import ApprovalNotVerified, check_token_approval
 from flows import TotpDevice, call, enroll_passkey, start_totp, update_settings
 from helpers import FakeClock, refused
 from mfa.v1 import action_token_service_pb2 as apb
@@ -320,6 +321,8 @@ async def test_a_wrong_code_on_a_bound_challenge_counts_and_mints_nothing(
         ("approval.display_text", {"display_text": ""}),
         ("approval.display_text", {"display_text": "x" * 257}),
         ("approval.display_text", {"display_text": "Send\n1 ETH"}),
+        # A bidirectional override would show "Send 1 ETH to exe.gnp" (Trojan Source).
+        ("approval.display_text", {"display_text": "Send 1 ETH to \u202epng.exe"}),
         ("approval.session_id", {"session_id": " s"}),
         ("approval.single_use", {"actions": [types.ACTION_CREDENTIAL_LINK], "single_use": False}),
     ],
@@ -405,6 +408,15 @@ async def test_a_passkey_signs_the_approval_and_anyone_can_check_it_offline(
     assert cose_key  # public: ListDevices returns it
 
     check_evidence(issued.token, MESSAGE, cose_key, "ivy")
+    # The signer's own check (examples/signer), with the service's JWKS: it passes for
+    # this message only.
+    jwks = json.loads(
+        (await call(client.action_tokens_stub.GetJwks(apb.GetJwksRequest()))).jwks_json
+    )
+    verified = check_token_approval(issued.token, MESSAGE, cose_key, jwks=jwks)
+    assert verified.display_text == TEXT
+    with pytest.raises(ApprovalNotVerified):
+        check_token_approval(issued.token, MESSAGE + b"0", cose_key, jwks=jwks)
     with pytest.raises(AssertionError, match="does not match"):
         check_evidence(issued.token, MESSAGE + b"0", cose_key, "ivy")  # another payload
     # Another display text, as a front end that showed other words would have it.

@@ -466,7 +466,9 @@ class Approval(_message.Message):
     """Required: the SHA-256 (32 bytes) of the exact payload the action will act on."""
     display_text: _builtins.str
     """What the user is shown and approves, e.g. "Send 1.5 ETH to 0x12...ab on Base":
-    1..256 characters, printable (no control characters).
+    1..256 characters, printable: no control or format character (no bidirectional
+    mark or zero-width joiner, which could make a screen show other words than those
+    signed) and no space but U+0020.
     """
     single_use: _builtins.bool
     session_id: _builtins.str

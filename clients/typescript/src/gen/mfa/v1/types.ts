@@ -682,7 +682,9 @@ export interface Approval {
   payloadDigest: Uint8Array;
   /**
    * What the user is shown and approves, e.g. "Send 1.5 ETH to 0x12...ab on Base":
-   * 1..256 characters, printable (no control characters).
+   * 1..256 characters, printable: no control or format character (no bidirectional
+   * mark or zero-width joiner, which could make a screen show other words than those
+   * signed) and no space but U+0020.
    */
   displayText: string;
   singleUse: boolean;
