@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
+from typing import Any, Concatenate, ParamSpec
 from uuid import UUID
 
 from mfa_service.domain.audit import AuditEvent, AuditEventType, CallContext
 from mfa_service.domain.model import EnvironmentId, Method, UserId
 from mfa_service.store import audit as audit_store
 from mfa_service.store.db import Connection
+
+_P = ParamSpec("_P")
 
 
 def event(
@@ -36,31 +39,20 @@ def event(
     )
 
 
-async def record(
-    conn: Connection,
-    event_type: AuditEventType,
-    *,
-    env: EnvironmentId,
-    user: UserId,
-    now: datetime,
-    context: CallContext,
-    method: Method | None = None,
-    device_id: UUID | None = None,
-    **details: str,
-) -> None:
-    await audit_store.append(
-        conn,
-        event(
-            event_type,
-            env=env,
-            user=user,
-            now=now,
-            context=context,
-            method=method,
-            device_id=device_id,
-            **details,
-        ),
-    )
+def _written(
+    build: Callable[_P, AuditEvent],
+) -> Callable[Concatenate[Connection, _P], Coroutine[Any, Any, None]]:
+    """``build`` with a connection first: the event it builds, written at once."""
+
+    async def write_built(conn: Connection, /, *args: _P.args, **kwargs: _P.kwargs) -> None:
+        await audit_store.append(conn, build(*args, **kwargs))
+
+    return write_built
+
+
+# An event written at once: ``record(conn, ...)`` takes ``event``'s arguments after the
+# connection (and is type-checked against them).
+record = _written(event)
 
 
 async def write(conn: Connection, events: Sequence[AuditEvent]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from uuid import UUID
 
 from mfa_service.clock import Clock
@@ -17,7 +18,30 @@ from mfa_service.store import devices as device_store
 from mfa_service.store import enrollments as enrollment_store
 from mfa_service.store import recovery_codes as recovery_store
 from mfa_service.store import users as user_store
-from mfa_service.store.db import Database
+from mfa_service.store.db import Connection, Database
+
+
+async def _record(
+    conn: Connection,
+    event_type: AuditEventType,
+    device: Device,
+    *,
+    now: datetime,
+    context: CallContext,
+    **details: str,
+) -> None:
+    """An event about one device, naming its owner, method and id."""
+    await audit.record(
+        conn,
+        event_type,
+        env=device.environment_id,
+        user=device.user_id,
+        now=now,
+        context=context,
+        method=device.method,
+        device_id=device.id,
+        **details,
+    )
 
 
 class DeviceService:
@@ -55,15 +79,12 @@ class DeviceService:
             changed = [
                 name for name, on in (("alias", bool(alias)), ("default", make_default)) if on
             ]
-            await audit.record(
+            await _record(
                 conn,
                 AuditEventType.DEVICE_UPDATED,
-                env=env,
-                user=user,
+                device,
                 now=now,
                 context=context,
-                method=device.method,
-                device_id=device.id,
                 fields=",".join(changed),
             )
         return device
@@ -103,15 +124,12 @@ class DeviceService:
                 await recovery_store.delete_all(conn, env, user)
             elif device.is_default:
                 await device_store.make_oldest_default(conn, env, user)
-            await audit.record(
+            await _record(
                 conn,
                 AuditEventType.DEVICE_DELETED,
-                env=env,
-                user=user,
+                device,
                 now=now,
                 context=context,
-                method=device.method,
-                device_id=device.id,
                 remaining_devices=str(len(owned) - 1),
                 tokens_revoked=str(revoked),
             )
