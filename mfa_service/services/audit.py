@@ -8,6 +8,7 @@ from typing import Any, Concatenate, ParamSpec
 from uuid import UUID
 
 from mfa_service.domain.audit import AuditEvent, AuditEventType, CallContext
+from mfa_service.domain.devices import Device, Enrollment
 from mfa_service.domain.model import EnvironmentId, Method, UserId
 from mfa_service.store import audit as audit_store
 from mfa_service.store.db import Connection
@@ -53,6 +54,31 @@ def _written(
 # An event written at once: ``record(conn, ...)`` takes ``event``'s arguments after the
 # connection (and is type-checked against them).
 record = _written(event)
+
+
+def device_event(
+    event_type: AuditEventType,
+    device: Device | Enrollment,
+    *,
+    now: datetime,
+    context: CallContext,
+    **details: str,
+) -> AuditEvent:
+    """An event about one device (or the enrollment that becomes it), naming its owner,
+    method and id."""
+    return event(
+        event_type,
+        env=device.environment_id,
+        user=device.user_id,
+        now=now,
+        context=context,
+        method=device.method,
+        device_id=device.id,
+        **details,
+    )
+
+
+record_device_event = _written(device_event)
 
 
 async def write(conn: Connection, events: Sequence[AuditEvent]) -> None:

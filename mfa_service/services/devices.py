@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from uuid import UUID
 
 from mfa_service.clock import Clock
@@ -18,30 +17,7 @@ from mfa_service.store import devices as device_store
 from mfa_service.store import enrollments as enrollment_store
 from mfa_service.store import recovery_codes as recovery_store
 from mfa_service.store import users as user_store
-from mfa_service.store.db import Connection, Database
-
-
-async def _record(
-    conn: Connection,
-    event_type: AuditEventType,
-    device: Device,
-    *,
-    now: datetime,
-    context: CallContext,
-    **details: str,
-) -> None:
-    """An event about one device, naming its owner, method and id."""
-    await audit.record(
-        conn,
-        event_type,
-        env=device.environment_id,
-        user=device.user_id,
-        now=now,
-        context=context,
-        method=device.method,
-        device_id=device.id,
-        **details,
-    )
+from mfa_service.store.db import Database
 
 
 class DeviceService:
@@ -79,7 +55,7 @@ class DeviceService:
             changed = [
                 name for name, on in (("alias", bool(alias)), ("default", make_default)) if on
             ]
-            await _record(
+            await audit.record_device_event(
                 conn,
                 AuditEventType.DEVICE_UPDATED,
                 device,
@@ -124,7 +100,7 @@ class DeviceService:
                 await recovery_store.delete_all(conn, env, user)
             elif device.is_default:
                 await device_store.make_oldest_default(conn, env, user)
-            await _record(
+            await audit.record_device_event(
                 conn,
                 AuditEventType.DEVICE_DELETED,
                 device,
