@@ -30,9 +30,9 @@ contain a secret, a code or a token.
     │   └── CallerNotAuthorized
     ├── Unauthenticated            UNAUTHENTICATED      (the calling service, never a user)
     │   └── CallerUnauthenticated
-    ├── ResourceExhausted          RESOURCE_EXHAUSTED
-    │   ├── LockedOut                                   (retry delay attached)
-    │   └── TooManyChallenges                           (retry delay attached)
+    ├── ResourceExhausted          RESOURCE_EXHAUSTED   (retry delay attached)
+    │   ├── LockedOut
+    │   └── TooManyChallenges
     ├── Unavailable                UNAVAILABLE
     │   └── DatabaseUnavailable
     └── Unimplemented              UNIMPLEMENTED
@@ -89,7 +89,11 @@ class Unauthenticated(MfaError):
 
 
 class ResourceExhausted(MfaError):
-    pass
+    """Refused for now: ``retry_after`` says when to try again (google.rpc.RetryInfo)."""
+
+    def __init__(self, retry_after: timedelta) -> None:
+        self.retry_after = retry_after
+        super().__init__()
 
 
 class Unavailable(MfaError):
@@ -227,18 +231,10 @@ class LockedOut(ResourceExhausted):
     reason = "ERROR_REASON_LOCKED_OUT"
     default_message = "too many failed attempts; try again later"
 
-    def __init__(self, retry_after: timedelta) -> None:
-        self.retry_after = retry_after
-        super().__init__()
-
 
 class TooManyChallenges(ResourceExhausted):
     reason = "ERROR_REASON_TOO_MANY_CHALLENGES"
     default_message = "too many open challenges for this user; retry when the oldest expires"
-
-    def __init__(self, retry_after: timedelta) -> None:
-        self.retry_after = retry_after
-        super().__init__()
 
 
 class DatabaseUnavailable(Unavailable):

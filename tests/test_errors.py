@@ -34,7 +34,7 @@ def instance(cls: type[errors.MfaError]) -> errors.MfaError:
     """One instance of a leaf (a new leaf with a required argument belongs here)."""
     if issubclass(cls, errors.InvalidArgument):
         return cls.field("x", "bad")
-    if issubclass(cls, errors.LockedOut | errors.TooManyChallenges):
+    if issubclass(cls, errors.ResourceExhausted):
         return cls(timedelta(seconds=30))
     if issubclass(cls, errors.NotImplementedYet):
         return cls("SomeRpc")

@@ -72,7 +72,7 @@ from mfa_service.app import run_loop
 from mfa_service.clock import SystemClock
 from mfa_service.crypto import KeyRing
 from mfa_service.domain import tokens, totp
-from mfa_service.domain.devices import Challenge, secret_context
+from mfa_service.domain.devices import Challenge, Enrollment, secret_context
 from mfa_service.domain.model import Action, EnvironmentId, Method, UserId
 from mfa_service.services.action_tokens import AUDIENCE, DEFAULT_ISSUER
 from mfa_service.services.keys import TokenKeys
@@ -377,13 +377,19 @@ async def seed(
                 for (user, device_id, sealed), challenge in part:
                     # A statement that returns a row: not for ``Batch``.
                     await challenge_store.insert(conn, challenge, limit=2**31 - 1)
+                    enrollment = Enrollment(
+                        id=device_id,
+                        environment_id=ENV,
+                        user_id=user,
+                        method=Method.TOTP,
+                        created_at=now,
+                        expires_at=now + LIVE,
+                        totp_secret_sealed=sealed,
+                    )
                     await device_store.insert_totp(
                         conn,
-                        device_id=device_id,
-                        env=ENV,
-                        user=user,
+                        enrollment,
                         alias="bench",
-                        sealed_secret=sealed,
                         accepted_step=0,  # far in the past: every current code is fresh
                         now=now,
                     )

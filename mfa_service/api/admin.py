@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from grpc import aio
 
 from mfa.v1 import admin_service_pb2 as pb
 from mfa.v1 import admin_service_pb2_grpc as pb_grpc
+from mfa.v1 import types_pb2 as types_pb
 from mfa_service.api import context as call_context
 from mfa_service.api.convert import (
     audit_event_to_proto,
@@ -18,6 +20,9 @@ from mfa_service.api.convert import (
     settings_to_proto,
     user_id,
 )
+from mfa_service.domain.audit import CallContext
+from mfa_service.domain.model import EnvironmentId
+from mfa_service.domain.settings import Settings
 from mfa_service.errors import InvalidArgument
 from mfa_service.services.admin import AdminService
 from mfa_service.services.audit_log import AuditLogService
@@ -50,6 +55,25 @@ def _fitting(items: list[Any]) -> int:
     return len(items)
 
 
+async def _write_settings(
+    request: pb.CreateEnvironmentRequest | pb.UpdateSettingsRequest,
+    read: Callable[[types_pb.Settings, Sequence[str]], dict[str, Any]],
+    write: Callable[[EnvironmentId, Mapping[str, Any], CallContext], Awaitable[Settings]],
+) -> types_pb.Settings:
+    """CreateEnvironment and UpdateSettings: the fields ``read`` takes from the request's
+    settings and update mask, given to ``write``, which names the fields it refuses as
+    fields of Settings (under ``settings`` in the request)."""
+    if not request.HasField("settings"):
+        raise InvalidArgument.field("settings", "required")
+    env = environment_id(request.settings.environment_id, "settings.environment_id")
+    values = read(request.settings, list(request.update_mask.paths))
+    try:
+        written = await write(env, values, call_context.current())
+    except InvalidArgument as error:
+        raise error.prefixed("settings") from None
+    return settings_to_proto(written)
+
+
 class AdminServicer(pb_grpc.AdminServiceServicer):
     def __init__(
         self, settings: SettingsService, admin: AdminService, audit_log: AuditLogService
@@ -61,15 +85,8 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     async def CreateEnvironment(
         self, request: pb.CreateEnvironmentRequest, context: Context
     ) -> pb.CreateEnvironmentResponse:
-        if not request.HasField("settings"):
-            raise InvalidArgument.field("settings", "required")
-        env = environment_id(request.settings.environment_id, "settings.environment_id")
-        fields = new_settings_fields(request.settings, list(request.update_mask.paths))
-        try:
-            created = await self._settings.create(env, fields, call_context.current())
-        except InvalidArgument as error:
-            raise error.prefixed("settings") from None
-        return pb.CreateEnvironmentResponse(settings=settings_to_proto(created))
+        created = await _write_settings(request, new_settings_fields, self._settings.create)
+        return pb.CreateEnvironmentResponse(settings=created)
 
     async def ListEnvironments(
         self, request: pb.ListEnvironmentsRequest, context: Context
@@ -97,15 +114,8 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     async def UpdateSettings(
         self, request: pb.UpdateSettingsRequest, context: Context
     ) -> pb.UpdateSettingsResponse:
-        if not request.HasField("settings"):
-            raise InvalidArgument.field("settings", "required")
-        env = environment_id(request.settings.environment_id, "settings.environment_id")
-        changes = settings_changes(request.settings, list(request.update_mask.paths))
-        try:
-            updated = await self._settings.update(env, changes, call_context.current())
-        except InvalidArgument as error:
-            raise error.prefixed("settings") from None
-        return pb.UpdateSettingsResponse(settings=settings_to_proto(updated))
+        updated = await _write_settings(request, settings_changes, self._settings.update)
+        return pb.UpdateSettingsResponse(settings=updated)
 
     async def ResetUserMfa(
         self, request: pb.ResetUserMfaRequest, context: Context

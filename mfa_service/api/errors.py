@@ -100,7 +100,7 @@ def status_of(error: errors.MfaError, request_id: str) -> tuple[grpc.StatusCode,
                 error_details_pb2.BadRequest(field_violations=_bounded_violations(error.violations))
             )
         )
-    if isinstance(error, errors.LockedOut | errors.TooManyChallenges):
+    if isinstance(error, errors.ResourceExhausted):
         delay = duration_pb2.Duration()
         delay.FromTimedelta(error.retry_after)
         status.details.append(_packed(error_details_pb2.RetryInfo(retry_delay=delay)))

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -225,12 +226,6 @@ def _streaming(
     of the handler it wraps."""
     behavior: Any = handler.unary_stream or handler.stream_stream or handler.stream_unary
 
-    def begin(context: aio.ServicerContext[Any, Any]) -> tuple[float, str, str]:
-        request_id = _request_id(metadata)
-        context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
-        caller = peer_identity(context) or f"unauthenticated@{context.peer()}"
-        return time.perf_counter(), request_id, caller
-
     def outcome(error: BaseException, context: aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
         if isinstance(error, asyncio.CancelledError | GeneratorExit):
             return grpc.StatusCode.CANCELLED
@@ -250,40 +245,38 @@ def _streaming(
             context, grpc.StatusCode.INTERNAL, message, status.SerializeToString(), request_id
         )
 
+    @contextlib.asynccontextmanager
+    async def observed(context: aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
+        """The call's request id, its log line when it ends, and its error mapping."""
+        started = time.perf_counter()
+        request_id = _request_id(metadata)
+        context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
+        caller = peer_identity(context) or f"unauthenticated@{context.peer()}"
+        code = grpc.StatusCode.OK
+        try:
+            yield
+            code = context.code() or grpc.StatusCode.OK
+        except BaseException as error:
+            code = outcome(error, context)
+            if not isinstance(error, Exception):
+                raise
+            await fail(error, context, request_id)
+        finally:
+            _log_call(method, caller, code, time.perf_counter() - started, request_id)
+
     serve: Any
     if inspect.iscoroutinefunction(behavior):
 
         async def serve(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-            started, request_id, caller = begin(context)
-            code = grpc.StatusCode.OK
-            try:
-                result = await behavior(request, context)
-                code = context.code() or grpc.StatusCode.OK
-                return result
-            except BaseException as error:
-                code = outcome(error, context)
-                if not isinstance(error, Exception):
-                    raise
-                await fail(error, context, request_id)
-            finally:
-                _log_call(method, caller, code, time.perf_counter() - started, request_id)
+            async with observed(context):
+                return await behavior(request, context)
 
     else:
 
         async def serve(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-            started, request_id, caller = begin(context)
-            code = grpc.StatusCode.OK
-            try:
+            async with observed(context):
                 async for response in behavior(request, context):
                     yield response
-                code = context.code() or grpc.StatusCode.OK
-            except BaseException as error:
-                code = outcome(error, context)
-                if not isinstance(error, Exception):
-                    raise
-                await fail(error, context, request_id)
-            finally:
-                _log_call(method, caller, code, time.perf_counter() - started, request_id)
 
     options = {
         "request_deserializer": handler.request_deserializer,

@@ -68,31 +68,24 @@ class MfaServicer(pb_grpc.MfaServiceServicer):
             raise InvalidArgument.field("method", "recovery codes come with the first device")
         account_field = "account_name" if request.account_name else "user_id"
         account_name = totp.check_label_part(request.account_name or user, account_field)
-        if method is Method.PASSKEY:
-            passkey = await self._enrollment.enroll_passkey(
-                env,
-                user,
-                account_name=account_name,
-                action_token=action_token,
-                context=call_context.current(),
-            )
-            return pb.EnrollResponse(
-                enrollment_id=str(passkey.enrollment_id),
-                passkey=pb.PasskeyEnrollment(creation_options_json=passkey.creation_options_json),
-                expires_at=convert.timestamp(passkey.expires_at),
-            )
-        started = await self._enrollment.enroll_totp(
+        started = await self._enrollment.enroll(
             env,
             user,
+            method,
             account_name=account_name,
             action_token=action_token,
             context=call_context.current(),
         )
-        return pb.EnrollResponse(
+        response = pb.EnrollResponse(
             enrollment_id=str(started.enrollment_id),
-            totp=pb.TotpEnrollment(secret=started.secret, otpauth_uri=started.otpauth_uri),
             expires_at=convert.timestamp(started.expires_at),
         )
+        if method is Method.PASSKEY:
+            response.passkey.creation_options_json = started.creation_options_json
+        else:
+            response.totp.secret = started.totp_secret
+            response.totp.otpauth_uri = started.otpauth_uri
+        return response
 
     async def CompleteEnrollment(
         self, request: pb.CompleteEnrollmentRequest, context: Context
@@ -103,29 +96,21 @@ class MfaServicer(pb_grpc.MfaServiceServicer):
         alias = convert.alias(request.alias)
         if request.passkey_registration_json and request.totp_code:
             raise InvalidArgument.field("totp_code", "give a TOTP code or a passkey, not both")
-        if request.passkey_registration_json:
-            if len(request.passkey_registration_json) > convert.MAX_PROOF:
-                raise InvalidArgument.field(
-                    "passkey_registration_json", f"at most {convert.MAX_PROOF} characters"
-                )
-            completed = await self._enrollment.complete_passkey(
-                env,
-                user,
-                enrollment_id=enrollment_id,
-                registration_json=request.passkey_registration_json,
-                alias=alias,
-                context=call_context.current(),
+        registration = request.passkey_registration_json or None
+        if registration is not None and len(registration) > convert.MAX_PROOF:
+            raise InvalidArgument.field(
+                "passkey_registration_json", f"at most {convert.MAX_PROOF} characters"
             )
-        else:
-            code = totp.check_code_format(request.totp_code, "totp_code")
-            completed = await self._enrollment.complete_totp(
-                env,
-                user,
-                enrollment_id=enrollment_id,
-                code=code,
-                alias=alias,
-                context=call_context.current(),
-            )
+        code = None if registration else totp.check_code_format(request.totp_code, "totp_code")
+        completed = await self._enrollment.complete(
+            env,
+            user,
+            enrollment_id=enrollment_id,
+            totp_code=code,
+            registration_json=registration,
+            alias=alias,
+            context=call_context.current(),
+        )
         return pb.CompleteEnrollmentResponse(
             device=convert.device_to_proto(completed.device),
             recovery_codes=list(completed.recovery_codes),

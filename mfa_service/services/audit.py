@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
+from typing import Any, Concatenate, ParamSpec
 from uuid import UUID
 
 from mfa_service.domain.audit import AuditEvent, AuditEventType, CallContext
+from mfa_service.domain.devices import Device, Enrollment
 from mfa_service.domain.model import EnvironmentId, Method, UserId
 from mfa_service.store import audit as audit_store
 from mfa_service.store.db import Connection
+
+_P = ParamSpec("_P")
 
 
 def event(
@@ -36,31 +40,45 @@ def event(
     )
 
 
-async def record(
-    conn: Connection,
+def _written(
+    build: Callable[_P, AuditEvent],
+) -> Callable[Concatenate[Connection, _P], Coroutine[Any, Any, None]]:
+    """``build`` with a connection first: the event it builds, written at once."""
+
+    async def write_built(conn: Connection, /, *args: _P.args, **kwargs: _P.kwargs) -> None:
+        await audit_store.append(conn, build(*args, **kwargs))
+
+    return write_built
+
+
+# An event written at once: ``record(conn, ...)`` takes ``event``'s arguments after the
+# connection (and is type-checked against them).
+record = _written(event)
+
+
+def device_event(
     event_type: AuditEventType,
+    device: Device | Enrollment,
     *,
-    env: EnvironmentId,
-    user: UserId,
     now: datetime,
     context: CallContext,
-    method: Method | None = None,
-    device_id: UUID | None = None,
     **details: str,
-) -> None:
-    await audit_store.append(
-        conn,
-        event(
-            event_type,
-            env=env,
-            user=user,
-            now=now,
-            context=context,
-            method=method,
-            device_id=device_id,
-            **details,
-        ),
+) -> AuditEvent:
+    """An event about one device (or the enrollment that becomes it), naming its owner,
+    method and id."""
+    return event(
+        event_type,
+        env=device.environment_id,
+        user=device.user_id,
+        now=now,
+        context=context,
+        method=device.method,
+        device_id=device.id,
+        **details,
     )
+
+
+record_device_event = _written(device_event)
 
 
 async def write(conn: Connection, events: Sequence[AuditEvent]) -> None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mfa_service.domain.audit import AuditEvent, AuditEventType
 from mfa_service.domain.model import EnvironmentId
 from mfa_service.errors import InvalidArgument
+from mfa_service.services import page_tokens
 from mfa_service.services.settings import SettingsCache
 from mfa_service.store import audit_log
 from mfa_service.store.db import Database
@@ -34,18 +33,15 @@ class EventPage:
 
 
 def _encode_cursor(event_row_id: int) -> str:
-    return base64.urlsafe_b64encode(f"v1:{event_row_id}".encode()).decode().rstrip("=")
+    return page_tokens.encode(str(event_row_id))
+
+
+def _is_row_id(number: str) -> bool:
+    return number.isdecimal() and 0 < int(number) < 2**63  # row ids are bigint
 
 
 def _decode_cursor(token: str) -> int:
-    try:
-        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        version, _, number = text.partition(":")
-        if version != "v1" or not number.isdecimal() or not 0 < int(number) < 2**63:
-            raise ValueError(token)  # row ids are bigint
-        return int(number)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidArgument.field("page_token", "not a token from a previous page") from None
+    return int(page_tokens.decode(token, _is_row_id))
 
 
 class AuditLogService:

@@ -55,15 +55,12 @@ class DeviceService:
             changed = [
                 name for name, on in (("alias", bool(alias)), ("default", make_default)) if on
             ]
-            await audit.record(
+            await audit.record_device_event(
                 conn,
                 AuditEventType.DEVICE_UPDATED,
-                env=env,
-                user=user,
+                device,
                 now=now,
                 context=context,
-                method=device.method,
-                device_id=device.id,
                 fields=",".join(changed),
             )
         return device
@@ -103,15 +100,12 @@ class DeviceService:
                 await recovery_store.delete_all(conn, env, user)
             elif device.is_default:
                 await device_store.make_oldest_default(conn, env, user)
-            await audit.record(
+            await audit.record_device_event(
                 conn,
                 AuditEventType.DEVICE_DELETED,
-                env=env,
-                user=user,
+                device,
                 now=now,
                 context=context,
-                method=device.method,
-                device_id=device.id,
                 remaining_devices=str(len(owned) - 1),
                 tokens_revoked=str(revoked),
             )

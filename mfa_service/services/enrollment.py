@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
+
+from webauthn.helpers.structs import RegistrationCredential
 
 from mfa_service.clock import Clock
 from mfa_service.crypto import KeyRing
@@ -44,18 +47,15 @@ MAX_PASSKEYS = 10
 
 
 @dataclass(frozen=True, slots=True)
-class TotpEnrollmentStarted:
-    enrollment_id: UUID
-    secret: str
-    otpauth_uri: str
-    expires_at: datetime
+class EnrollmentStarted:
+    """A pending enrollment: for an authenticator app its secret and ``otpauth://`` URI,
+    for a passkey the WebAuthn creation options (JSON)."""
 
-
-@dataclass(frozen=True, slots=True)
-class PasskeyEnrollmentStarted:
     enrollment_id: UUID
-    creation_options_json: str
     expires_at: datetime
+    totp_secret: str = ""
+    otpauth_uri: str = ""
+    creation_options_json: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,15 +87,17 @@ class EnrollmentService:
         self._key_ring = key_ring
         self._tokens = tokens
 
-    async def enroll_totp(
+    async def enroll(
         self,
         env: EnvironmentId,
         user: UserId,
+        method: Method,
         *,
         account_name: str,
         action_token: str,
         context: CallContext,
-    ) -> TotpEnrollmentStarted:
+    ) -> EnrollmentStarted:
+        """Start enrolling a factor of ``method`` (replacing the user's pending one)."""
         now = self._clock.now()
         async with self._db.transaction() as conn:
             settings = await load_settings(conn, env)
@@ -104,91 +106,191 @@ class EnrollmentService:
                 settings,
                 env,
                 user,
-                method=Method.TOTP,
+                method=method,
                 action_token=action_token,
                 now=now,
                 context=context,
             )
-            enrollment_id = uuid.uuid4()
-            secret = totp.new_secret()
-            sealed = self._key_ring.encrypt(
-                secret.encode(), context=secret_context("totp", env, user, enrollment_id)
-            )
             enrollment = Enrollment(
-                id=enrollment_id,
+                id=uuid.uuid4(),
                 environment_id=env,
                 user_id=user,
-                method=Method.TOTP,
+                method=method,
                 created_at=now,
-                expires_at=now + ENROLLMENT_TTL,
-                totp_secret_sealed=sealed,
+                expires_at=now + (ENROLLMENT_TTL if method is Method.TOTP else CHALLENGE_TTL),
                 linked=linked,
             )
+            if method is Method.TOTP:
+                enrollment, started = self._pending_totp(enrollment, settings, account_name)
+            else:
+                enrollment, started = await self._pending_passkey(
+                    conn, enrollment, settings, account_name
+                )
             await self._save_pending(conn, enrollment, context=context)
-        return TotpEnrollmentStarted(
-            enrollment_id=enrollment_id,
-            secret=secret,
+        return started
+
+    def _pending_totp(
+        self, enrollment: Enrollment, settings: Settings, account_name: str
+    ) -> tuple[Enrollment, EnrollmentStarted]:
+        """A new secret, sealed for the pending row and shown once to the user."""
+        env, user = enrollment.environment_id, enrollment.user_id
+        secret = totp.new_secret()
+        sealed = self._key_ring.encrypt(
+            secret.encode(), context=secret_context("totp", env, user, enrollment.id)
+        )
+        started = EnrollmentStarted(
+            enrollment_id=enrollment.id,
+            expires_at=enrollment.expires_at,
+            totp_secret=secret,
             otpauth_uri=totp.provisioning_uri(
                 secret=secret, account_name=account_name, issuer=settings.totp.issuer
             ),
-            expires_at=enrollment.expires_at,
         )
+        return dataclasses.replace(enrollment, totp_secret_sealed=sealed), started
 
-    async def complete_totp(
+    @staticmethod
+    async def _pending_passkey(
+        conn: Connection, enrollment: Enrollment, settings: Settings, account_name: str
+    ) -> tuple[Enrollment, EnrollmentStarted]:
+        """A registration challenge, and the options that exclude the user's passkeys."""
+        env, user = enrollment.environment_id, enrollment.user_id
+        handle = await user_store.webauthn_user_handle(
+            conn, env, user, new_handle=passkeys.new_user_handle()
+        )
+        existing = await device_store.list_for_user(conn, env, user, methods=[Method.PASSKEY])
+        challenge = passkeys.new_challenge()
+        options = passkeys.registration_options(
+            settings.passkey,
+            rp_name=settings.rp_name,
+            user_handle=handle,
+            user_name=account_name,
+            exclude=[
+                passkeys.StoredCredential(d.passkey.credential_id, d.passkey.transports)
+                for d in existing
+                if d.passkey is not None
+            ],
+            challenge=challenge,
+        )
+        started = EnrollmentStarted(
+            enrollment_id=enrollment.id,
+            expires_at=enrollment.expires_at,
+            creation_options_json=options,
+        )
+        return dataclasses.replace(enrollment, webauthn_challenge=challenge), started
+
+    async def complete(
         self,
         env: EnvironmentId,
         user: UserId,
         *,
         enrollment_id: UUID,
-        code: str,
+        totp_code: str | None = None,
+        registration_json: str | None = None,
         alias: str,
         context: CallContext,
     ) -> EnrollmentCompleted:
+        """CompleteEnrollment: an authenticator app's first code, or a passkey's
+        registration response (``registration_json``)."""
+        method, field = Method.TOTP, "totp_code"
+        credential = None
+        if registration_json is not None:
+            method, field = Method.PASSKEY, "passkey_registration_json"
+            credential = passkeys.parse_registration(registration_json, field)
         now = self._clock.now()
-        prepared = await self._first_factor_codes(env, user, enrollment_id, now=now, totp_code=code)
+        prepared = await self._first_factor_codes(
+            env, user, enrollment_id, now=now, totp_code=totp_code
+        )
         async with self._db.transaction() as conn:
             settings = await load_settings(conn, env)
             await _lock_unless_refused(conn, env, user, now=now)
-            enrollment = await enrollment_store.get_live(conn, enrollment_id, env, user, now=now)
+            # A registration challenge is single use: taken out whatever happens next, so
+            # from here a refusal is ``Counted`` (it keeps the enrollment spent). A TOTP
+            # enrollment stays until its code is right.
+            find = enrollment_store.get_live if credential is None else enrollment_store.take_live
+            enrollment = await find(conn, enrollment_id, env, user, now=now)
             if enrollment is None:
                 raise EnrollmentNotFound()
-            if enrollment.method is not Method.TOTP:
-                raise InvalidArgument.field("totp_code", "this enrollment is for a passkey")
-            outcome: EnrollmentCompleted | Counted
-            if (step_up := await self._step_up_missing(conn, enrollment)) is not None:
-                outcome = step_up
-            else:
-                policy.require_enabled(settings, Method.TOTP)
-                secret = self._key_ring.decrypt(
-                    enrollment.totp_secret_sealed or b"",
-                    context=secret_context("totp", env, user, enrollment.id),
-                ).decode()
-                step = totp.matching_step(
-                    secret=secret, code=code, at=now, skew_steps=settings.totp.skew_steps
-                )
-                if step is None:
-                    outcome = await count_failure(
-                        conn, settings, user, Method.TOTP, now=now, context=context
+            if enrollment.method is not method:
+                other = "a passkey" if credential is None else "an authenticator app"
+                raise InvalidArgument.field(field, f"this enrollment is for {other}")
+            added: Device | Counted | None = await self._step_up_missing(conn, enrollment)
+            if added is None:
+                policy.require_enabled(settings, method)
+                if credential is None:
+                    added = await self._add_totp(
+                        conn, settings, enrollment, totp_code or "", alias, now, context
                     )
                 else:
-                    count = await device_store.count(conn, env, user, Method.TOTP)
-                    if count >= settings.totp.max_devices:
-                        raise DeviceLimitReached()
-                    device = await device_store.insert_totp(
-                        conn,
-                        device_id=enrollment.id,
-                        env=env,
-                        user=user,
-                        alias=alias or DEFAULT_TOTP_ALIAS,
-                        sealed_secret=enrollment.totp_secret_sealed or b"",
-                        accepted_step=step,
-                        now=now,
+                    added = await self._add_passkey(
+                        conn, settings, enrollment, credential, alias, now, context
                     )
-                    await enrollment_store.delete(conn, enrollment.id)
-                    outcome = await self._completed(
-                        conn, device, now=now, context=context, prepared=prepared
-                    )
-        return settle(outcome)
+            if isinstance(added, Counted):
+                outcome: EnrollmentCompleted | Counted = added
+            else:
+                outcome = await self._completed(
+                    conn, added, now=now, context=context, prepared=prepared
+                )
+        return settle(outcome)  # a Counted refusal is raised once its writes committed
+
+    async def _add_totp(
+        self,
+        conn: Connection,
+        settings: Settings,
+        enrollment: Enrollment,
+        code: str,
+        alias: str,
+        now: datetime,
+        context: CallContext,
+    ) -> Device | Counted:
+        """The authenticator app, if the code fits its secret (a wrong code counts)."""
+        env, user = enrollment.environment_id, enrollment.user_id
+        secret = self._key_ring.decrypt(
+            enrollment.totp_secret_sealed or b"",
+            context=secret_context("totp", env, user, enrollment.id),
+        ).decode()
+        step = totp.matching_step(
+            secret=secret, code=code, at=now, skew_steps=settings.totp.skew_steps
+        )
+        if step is None:
+            return await count_failure(conn, settings, user, Method.TOTP, now=now, context=context)
+        if await device_store.count(conn, env, user, Method.TOTP) >= settings.totp.max_devices:
+            raise DeviceLimitReached()
+        device = await device_store.insert_totp(
+            conn, enrollment, alias=alias or DEFAULT_TOTP_ALIAS, accepted_step=step, now=now
+        )
+        await enrollment_store.delete(conn, enrollment.id)
+        return device
+
+    @staticmethod
+    async def _add_passkey(
+        conn: Connection,
+        settings: Settings,
+        enrollment: Enrollment,
+        credential: RegistrationCredential,
+        alias: str,
+        now: datetime,
+        context: CallContext,
+    ) -> Device | Counted:
+        """The passkey, if its registration verifies against the enrollment's challenge
+        (a failed one counts; the enrollment is spent either way)."""
+        env, user = enrollment.environment_id, enrollment.user_id
+        registered = passkeys.verify_registration(
+            settings.passkey, credential, challenge=enrollment.webauthn_challenge or b""
+        )
+        if registered is None:
+            return await count_failure(
+                conn, settings, user, Method.PASSKEY, now=now, context=context
+            )
+        if await device_store.passkey_credential_taken(conn, registered.credential_id):
+            return Counted(CredentialAlreadyRegistered())
+        if await device_store.count(conn, env, user, Method.PASSKEY) >= MAX_PASSKEYS:
+            return Counted(DeviceLimitReached())
+        device = await device_store.insert_passkey(
+            conn, enrollment, alias=alias or DEFAULT_PASSKEY_ALIAS, credential=registered, now=now
+        )
+        if device is None:  # another user registered it in the meantime
+            raise CredentialAlreadyRegistered()
+        return device
 
     async def _start(
         self,
@@ -274,125 +376,13 @@ class EnrollmentService:
     ) -> None:
         """Store a started enrollment (replacing the user's other pending one) and audit it."""
         await enrollment_store.replace(conn, enrollment)
-        await audit.record(
+        await audit.record_device_event(
             conn,
             AuditEventType.ENROLLMENT_STARTED,
-            env=enrollment.environment_id,
-            user=enrollment.user_id,
+            enrollment,
             now=enrollment.created_at,
             context=context,
-            method=enrollment.method,
-            device_id=enrollment.id,
         )
-
-    async def enroll_passkey(
-        self,
-        env: EnvironmentId,
-        user: UserId,
-        *,
-        account_name: str,
-        action_token: str,
-        context: CallContext,
-    ) -> PasskeyEnrollmentStarted:
-        now = self._clock.now()
-        async with self._db.transaction() as conn:
-            settings = await load_settings(conn, env)
-            linked = await self._start(
-                conn,
-                settings,
-                env,
-                user,
-                method=Method.PASSKEY,
-                action_token=action_token,
-                now=now,
-                context=context,
-            )
-            handle = await user_store.webauthn_user_handle(
-                conn, env, user, new_handle=passkeys.new_user_handle()
-            )
-            existing = await device_store.list_for_user(conn, env, user, methods=[Method.PASSKEY])
-            enrollment = Enrollment(
-                id=uuid.uuid4(),
-                environment_id=env,
-                user_id=user,
-                method=Method.PASSKEY,
-                created_at=now,
-                expires_at=now + CHALLENGE_TTL,
-                webauthn_challenge=passkeys.new_challenge(),
-                linked=linked,
-            )
-            await self._save_pending(conn, enrollment, context=context)
-        options = passkeys.registration_options(
-            settings.passkey,
-            rp_name=settings.rp_name,
-            user_handle=handle,
-            user_name=account_name,
-            exclude=[
-                passkeys.StoredCredential(d.passkey.credential_id, d.passkey.transports)
-                for d in existing
-                if d.passkey is not None
-            ],
-            challenge=enrollment.webauthn_challenge or b"",
-        )
-        return PasskeyEnrollmentStarted(enrollment.id, options, enrollment.expires_at)
-
-    async def complete_passkey(
-        self,
-        env: EnvironmentId,
-        user: UserId,
-        *,
-        enrollment_id: UUID,
-        registration_json: str,
-        alias: str,
-        context: CallContext,
-    ) -> EnrollmentCompleted:
-        credential = passkeys.parse_registration(registration_json, "passkey_registration_json")
-        now = self._clock.now()
-        prepared = await self._first_factor_codes(env, user, enrollment_id, now=now)
-        async with self._db.transaction() as conn:
-            settings = await load_settings(conn, env)
-            await _lock_unless_refused(conn, env, user, now=now)
-            # Taken out whatever happens next: a registration challenge is single use, so
-            # from here a refusal is ``Counted`` (it keeps the enrollment spent).
-            enrollment = await enrollment_store.take_live(conn, enrollment_id, env, user, now=now)
-            if enrollment is None:
-                raise EnrollmentNotFound()
-            if enrollment.method is not Method.PASSKEY:
-                raise InvalidArgument.field(
-                    "passkey_registration_json", "this enrollment is for an authenticator app"
-                )
-            outcome: EnrollmentCompleted | Counted
-            if (step_up := await self._step_up_missing(conn, enrollment)) is not None:
-                outcome = step_up
-            else:
-                policy.require_enabled(settings, Method.PASSKEY)
-                registered = passkeys.verify_registration(
-                    settings.passkey, credential, challenge=enrollment.webauthn_challenge or b""
-                )
-                if registered is None:
-                    outcome = await count_failure(
-                        conn, settings, user, Method.PASSKEY, now=now, context=context
-                    )
-                elif await device_store.passkey_credential_taken(conn, registered.credential_id):
-                    outcome = Counted(CredentialAlreadyRegistered())
-                elif await device_store.count(conn, env, user, Method.PASSKEY) >= MAX_PASSKEYS:
-                    outcome = Counted(DeviceLimitReached())
-                else:
-                    device = await device_store.insert_passkey(
-                        conn,
-                        device_id=enrollment.id,
-                        env=env,
-                        user=user,
-                        alias=alias or DEFAULT_PASSKEY_ALIAS,
-                        credential=registered,
-                        now=now,
-                    )
-                    if device is None:  # another user registered it in the meantime
-                        raise CredentialAlreadyRegistered()
-                    outcome = await self._completed(
-                        conn, device, now=now, context=context, prepared=prepared
-                    )
-        return settle(outcome)
 
     async def _completed(
         self,
@@ -408,15 +398,8 @@ class EnrollmentService:
         enrollment (begun without step-up, when the user had no factor to step up with)."""
         env, user = device.environment_id, device.user_id
         await user_store.reset_failures(conn, env, user)
-        await audit.record(
-            conn,
-            AuditEventType.ENROLLMENT_COMPLETED,
-            env=env,
-            user=user,
-            now=now,
-            context=context,
-            method=device.method,
-            device_id=device.id,
+        await audit.record_device_event(
+            conn, AuditEventType.ENROLLMENT_COMPLETED, device, now=now, context=context
         )
         codes: tuple[str, ...] = ()
         if len(await device_store.list_for_user(conn, env, user)) == 1:

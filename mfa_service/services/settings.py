@@ -4,8 +4,6 @@ exists once created; a name never created is refused, never given defaults)."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,6 +16,7 @@ from mfa_service.domain.audit import AuditEvent, AuditEventType, CallContext
 from mfa_service.domain.model import EnvironmentId
 from mfa_service.domain.settings import Settings
 from mfa_service.errors import EnvironmentAlreadyExists, EnvironmentNotFound, InvalidArgument
+from mfa_service.services import page_tokens
 from mfa_service.store import audit as audit_store
 from mfa_service.store import notifications
 from mfa_service.store import settings as settings_store
@@ -87,18 +86,15 @@ class EnvironmentPage:
 
 def page_token_after(environment_id: EnvironmentId) -> str:
     """The page token of the environments after this one (AIP-158: opaque to callers)."""
-    return base64.urlsafe_b64encode(f"v1:{environment_id}".encode()).decode().rstrip("=")
+    return page_tokens.encode(environment_id)
+
+
+def _is_environment_id(after: str) -> bool:
+    return bool(after) and after.isascii() and after.isprintable()
 
 
 def _decode_page_token(token: str) -> EnvironmentId:
-    try:
-        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        version, _, after = text.partition(":")
-        if version != "v1" or not after or not after.isascii() or not after.isprintable():
-            raise ValueError(token)
-        return EnvironmentId(after)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidArgument.field("page_token", "not a token from a previous page") from None
+    return EnvironmentId(page_tokens.decode(token, _is_environment_id))
 
 
 class SettingsService:

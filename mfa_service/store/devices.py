@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from mfa_service.domain.devices import Device, PasskeyCredential
+from mfa_service.domain.devices import Device, Enrollment, PasskeyCredential
 from mfa_service.domain.model import EnvironmentId, Method, UserId
 from mfa_service.store.db import Connection
 
@@ -75,17 +75,10 @@ async def count(conn: Connection, env: EnvironmentId, user: UserId, method: Meth
 
 
 async def insert_totp(
-    conn: Connection,
-    *,
-    device_id: UUID,
-    env: EnvironmentId,
-    user: UserId,
-    alias: str,
-    sealed_secret: bytes,
-    accepted_step: int,
-    now: datetime,
+    conn: Connection, enrollment: Enrollment, *, alias: str, accepted_step: int, now: datetime
 ) -> Device:
-    """A verified TOTP device; the enrollment's code step counts as already used.
+    """The verified TOTP device ``enrollment`` becomes (its id and sealed secret); the
+    enrollment's code step counts as already used.
 
     The first device of a user becomes the default.
     """
@@ -98,12 +91,12 @@ async def insert_totp(
                 $5, $5, $6, $7)
         RETURNING {COLUMNS}
         """,  # noqa: S608 (a constant column list)
-        device_id,
-        env,
-        user,
+        enrollment.id,
+        enrollment.environment_id,
+        enrollment.user_id,
         alias,
         now,
-        sealed_secret,
+        enrollment.totp_secret_sealed,
         accepted_step,
     )
     return device_from_row(row)
@@ -118,16 +111,15 @@ async def passkey_credential_taken(conn: Connection, credential_id: bytes) -> bo
 
 async def insert_passkey(
     conn: Connection,
+    enrollment: Enrollment,
     *,
-    device_id: UUID,
-    env: EnvironmentId,
-    user: UserId,
     alias: str,
     credential: PasskeyCredential,
     now: datetime,
 ) -> Device | None:
-    """A verified passkey, or None if the credential id is taken (unique across all
-    users and environments). The first device of a user becomes the default."""
+    """The verified passkey ``enrollment`` becomes, or None if the credential id is
+    taken (unique across all users and environments). The first device of a user
+    becomes the default."""
     row = await conn.fetchrow(
         f"""
         INSERT INTO devices (id, environment_id, user_id, method, alias, is_default,
@@ -140,9 +132,9 @@ async def insert_passkey(
         ON CONFLICT (passkey_credential_id) WHERE passkey_credential_id IS NOT NULL DO NOTHING
         RETURNING {COLUMNS}
         """,  # noqa: S608 (a constant column list)
-        device_id,
-        env,
-        user,
+        enrollment.id,
+        enrollment.environment_id,
+        enrollment.user_id,
         alias,
         now,
         credential.credential_id,
