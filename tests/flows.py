@@ -72,6 +72,14 @@ async def start_totp(client: Client, env: str, user: str) -> pb.EnrollResponse:
 
 
 async def enroll_totp(client: Client, clock: FakeClock, env: str, user: str) -> TotpDevice:
+    device, _ = await enroll_totp_with_codes(client, clock, env, user)
+    return device
+
+
+async def enroll_totp_with_codes(
+    client: Client, clock: FakeClock, env: str, user: str
+) -> tuple[TotpDevice, list[str]]:
+    """Enroll the user's first (TOTP) device: the device, and its 10 recovery codes."""
     started = await start_totp(client, env, user)
     code = pyotp.TOTP(started.totp.secret).at(clock.now())
     done = await call(
@@ -84,7 +92,8 @@ async def enroll_totp(client: Client, clock: FakeClock, env: str, user: str) -> 
             )
         )
     )
-    return TotpDevice(device_id=done.device.device_id, secret=started.totp.secret)
+    device = TotpDevice(device_id=done.device.device_id, secret=started.totp.secret)
+    return device, list(done.recovery_codes)
 
 
 async def challenge(

@@ -22,8 +22,17 @@ import grpc
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
+from google.protobuf import duration_pb2
 
-from flows import TotpDevice, call, challenge, enroll_totp, issue_action_token, update_settings
+from flows import (
+    TotpDevice,
+    call,
+    challenge,
+    enroll_totp,
+    enroll_totp_with_codes,
+    issue_action_token,
+    update_settings,
+)
 from helpers import TEST_KEY_RING, FakeClock, eventually, last_audit_type, refused
 from mfa.v1 import action_token_service_pb2 as at_pb
 from mfa.v1 import admin_service_pb2 as admin_pb
@@ -39,6 +48,7 @@ from mfa_service.services.keys import RETIRED_KEY_KEPT
 ENV = "env-tokens"
 pytestmark = pytest.mark.environments(ENV)
 SIGN, EXPORT, REFRESH = types.ACTION_WAAS_SIGN, types.ACTION_WAAS_EXPORT, types.ACTION_WAAS_REFRESH
+TOTP, PASSKEY, RECOVERY = types.METHOD_TOTP, types.METHOD_PASSKEY, types.METHOD_RECOVERY_CODE
 DIGEST = hashlib.sha256(b"transfer 1 ETH to bob").digest()
 OTHER_DIGEST = hashlib.sha256(b"transfer 100 ETH to mallory").digest()
 
@@ -552,6 +562,140 @@ async def test_the_method_must_be_allowed_for_action_mfa(
     # Credential actions guard the factors themselves: any enabled method will do.
     linked = await issue(client, clock, alice, actions=(types.ACTION_CREDENTIAL_LINK,))
     assert linked.token
+
+
+# --- per-action policies (DESIGN §3e) ----------------------------------------------------
+
+PASSKEYS_CONFIGURED: dict[str, object] = {
+    "passkey__rp_id": "example.com",
+    "passkey__allowed_origins": ["https://app.example.com"],
+}
+
+
+async def set_policies(client: Client, *policies: types.ActionPolicy) -> None:
+    await update_settings(client, ENV, action_policies=list(policies))
+
+
+async def consumed(db: asyncpg.Connection, token: str) -> bool:
+    jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+    return bool(
+        await db.fetchval(
+            "SELECT consumed_at IS NOT NULL FROM action_tokens WHERE jti = $1", uuid.UUID(jti)
+        )
+    )
+
+
+async def test_an_action_whose_policy_wants_passkeys_takes_no_code(
+    client: Client, clock: FakeClock, alice: TotpDevice
+) -> None:
+    bob, codes = await enroll_totp_with_codes(client, clock, ENV, "bob")
+    await update_settings(client, ENV, **PASSKEYS_CONFIGURED)
+    await set_policies(client, types.ActionPolicy(action=EXPORT, allowed_methods=[PASSKEY]))
+    for actions in ((EXPORT,), (SIGN, EXPORT)):
+        await refused(
+            issue(client, clock, bob, user="bob", actions=actions),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "ERROR_REASON_METHOD_NOT_ALLOWED",
+        )
+    with_code = pb.IssueActionTokenRequest(
+        environment_id=ENV,
+        user_id="bob",
+        challenge_id=await challenge(client, ENV, "bob", types.METHOD_RECOVERY_CODE),
+        proof=types.Proof(recovery_code=codes[0]),
+        actions=[EXPORT],
+        single_use=True,
+    )
+    await refused(
+        call(client.mfa_stub.IssueActionToken(with_code)),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "ERROR_REASON_METHOD_NOT_ALLOWED",
+    )
+    # Other actions follow the environment's methods: a code, and the recovery code too.
+    assert (await issue(client, clock, bob, user="bob")).token
+    with_code.actions[:] = [SIGN]
+    with_code.challenge_id = await challenge(client, ENV, "bob", types.METHOD_RECOVERY_CODE)
+    assert (await call(client.mfa_stub.IssueActionToken(with_code))).token
+
+
+async def test_a_policy_tightened_after_issue_holds_for_the_token(
+    client: Client, clock: FakeClock, alice: TotpDevice, db: asyncpg.Connection
+) -> None:
+    issued = await issue(client, clock, alice, payload_digest=DIGEST)
+    await set_policies(client, types.ActionPolicy(action=SIGN, allowed_methods=[RECOVERY]))
+    # The token's own bindings are checked first.
+    assert await validate(client, issued.token, action=EXPORT, payload_digest=DIGEST) == (
+        "DENY",
+        "ACTION_MISMATCH",
+    )
+    assert await validate(client, issued.token) == ("DENY", "PAYLOAD_MISMATCH")
+    for _ in range(2):
+        assert await validate(client, issued.token, payload_digest=DIGEST) == (
+            "DENY",
+            "METHOD_NOT_ALLOWED",
+        )
+    assert not await consumed(db, issued.token)
+    # Loosened again (the code's method listed), the unspent token works, once.
+    await set_policies(client, types.ActionPolicy(action=SIGN, allowed_methods=[TOTP, RECOVERY]))
+    assert await validate(client, issued.token, payload_digest=DIGEST) == ("ALLOW", "TOKEN_VALID")
+    assert await consumed(db, issued.token)
+
+
+async def test_a_policy_tightened_after_issue_holds_for_a_credential_change(
+    client: Client, clock: FakeClock, alice: TotpDevice
+) -> None:
+    unlink = await issue(client, clock, alice, actions=(types.ACTION_CREDENTIAL_UNLINK,))
+    await set_policies(
+        client,
+        types.ActionPolicy(action=types.ACTION_CREDENTIAL_UNLINK, allowed_methods=[RECOVERY]),
+    )
+    delete = pb.DeleteDeviceRequest(
+        environment_id=ENV, user_id="alice", device_id=alice.device_id, action_token=unlink.token
+    )
+    await refused(
+        call(client.mfa_stub.DeleteDevice(delete)),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "ERROR_REASON_STEP_UP_REQUIRED",
+    )
+    await set_policies(client)
+    await call(client.mfa_stub.DeleteDevice(delete))  # the token was not spent
+
+
+async def test_an_approval_required_after_issue_holds_for_the_token(
+    client: Client, clock: FakeClock, alice: TotpDevice, db: asyncpg.Connection
+) -> None:
+    issued = await issue(client, clock, alice, single_use=False, actions=(SIGN, EXPORT))
+    await set_policies(client, types.ActionPolicy(action=SIGN, require_approval=True))
+    assert await validate(client, issued.token) == ("DENY", "APPROVAL_REQUIRED")
+    assert await validate(client, issued.token, action=EXPORT) == ("ALLOW", "TOKEN_VALID")
+    single = await issue(client, clock, alice, actions=(EXPORT,))
+    await set_policies(client, types.ActionPolicy(action=EXPORT, require_approval=True))
+    assert await validate(client, single.token, action=EXPORT) == ("DENY", "APPROVAL_REQUIRED")
+    assert not await consumed(db, single.token)
+    await set_policies(client, types.ActionPolicy(action=EXPORT))
+    assert await validate(client, single.token, action=EXPORT) == ("ALLOW", "TOKEN_VALID")
+
+
+async def test_a_policy_caps_the_token_lifetime(
+    client: Client, clock: FakeClock, alice: TotpDevice
+) -> None:
+    await set_policies(
+        client,
+        types.ActionPolicy(action=SIGN, max_token_ttl=duration_pb2.Duration(seconds=60)),
+        types.ActionPolicy(action=EXPORT, max_token_ttl=duration_pb2.Duration(seconds=3600)),
+    )
+    for actions, single_use in (((SIGN,), True), ((EXPORT, SIGN), False)):
+        issued = await issue(client, clock, alice, actions=actions, single_use=single_use)
+        claims = jwt.decode(issued.token, options={"verify_signature": False})
+        assert claims["exp"] - claims["iat"] == 60
+        assert issued.expires_at.ToDatetime(tzinfo=UTC) == clock.now() + timedelta(seconds=60)
+        clock.advance(timedelta(seconds=59))
+        assert await validate(client, issued.token) == ("ALLOW", "TOKEN_VALID")
+        clock.advance(timedelta(seconds=1))
+        assert await validate(client, issued.token) == ("DENY", "TOKEN_EXPIRED")
+    # Under the environment's lifetime (5 min single use), a longer cap changes nothing.
+    export = await issue(client, clock, alice, actions=(EXPORT,))
+    claims = jwt.decode(export.token, options={"verify_signature": False})
+    assert claims["exp"] - claims["iat"] == 300
 
 
 async def test_a_wrong_code_gets_no_token_and_counts_toward_lockout(

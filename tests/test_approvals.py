@@ -348,6 +348,48 @@ async def test_an_approval_of_an_unprotected_action_is_refused(
     )
 
 
+async def test_an_action_whose_policy_requires_approval_takes_no_plain_challenge(
+    client: Client, clock: FakeClock, configured: None, db: asyncpg.Connection
+) -> None:
+    """DESIGN §3e: Sign with require_approval. A plain challenge mints nothing (and is
+    not spent: it may still serve a login); a bound one mints a token that validates."""
+    await update_settings(
+        client, ENV, action_policies=[types.ActionPolicy(action=SIGN, require_approval=True)]
+    )
+    device, _ = await totp_user(client, clock, "kai")
+    plain = await call(
+        client.mfa_stub.Challenge(
+            pb.ChallengeRequest(environment_id=ENV, user_id="kai", method=types.METHOD_TOTP)
+        )
+    )
+    code = device.code(clock.now())
+    await refused(
+        issue(
+            client,
+            "kai",
+            plain.challenge_id,
+            types.Proof(totp_code=code),
+            actions=[SIGN],
+            payload_digest=DIGEST,
+        ),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "ERROR_REASON_APPROVAL_REQUIRED",
+    )
+    assert await tokens_of(db, "kai") == 0
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM challenges WHERE id = $1", uuid.UUID(plain.challenge_id)
+        )
+        == 1
+    )
+    bound = await bound_challenge(client, "kai")
+    issued = await issue(client, "kai", bound.challenge_id, types.Proof(totp_code=code))
+    assert await validate(client, "kai", issued.token) == (
+        "DECISION_ALLOW",
+        "DECISION_REASON_TOKEN_VALID",
+    )
+
+
 # --- passkeys: the authenticator signs the approval -------------------------------------
 
 

@@ -33,8 +33,9 @@ from mfa.v1 import mfa_service_pb2 as pb
 from mfa.v1 import types_pb2 as types
 from mfa_client import Client, MfaServiceError
 from mfa_service import app as app_module
-from mfa_service.domain.model import EnvironmentId
+from mfa_service.domain.model import Action, EnvironmentId, Method
 from mfa_service.domain.settings import (
+    ActionPolicy,
     PasskeySettings,
     Settings,
     TotpSettings,
@@ -146,6 +147,7 @@ async def test_without_a_mask_every_non_zero_field_is_taken(client: Client) -> N
             rp_id="example.com", allowed_origins=["https://app.example.com"]
         ),
         lockout=types.LockoutSettings(lockout_duration=seconds(3600)),
+        action_policies=[types.ActionPolicy(action=SIGN, max_token_ttl=seconds(60))],
     )
     created = await client.admin.create_environment(given)
     expected = types.Settings()
@@ -278,6 +280,33 @@ INVALID_CREATIONS: list[Any] = [
         id="lockout-101",
     ),
     pytest.param(
+        _new(
+            action_policies=[
+                types.ActionPolicy(action=SIGN),
+                types.ActionPolicy(action=SIGN, require_approval=True),
+            ]
+        ),
+        [],
+        "settings.action_policies[1].action",
+        id="policy-action-twice",
+    ),
+    pytest.param(
+        _new(
+            action_policies=[
+                types.ActionPolicy(action=SIGN, allowed_methods=[types.METHOD_TOTP] * 2)
+            ]
+        ),
+        ["action_policies"],
+        "settings.action_policies[0].allowed_methods",
+        id="policy-method-twice",
+    ),
+    pytest.param(
+        _new(action_policies=[types.ActionPolicy(action=SIGN, max_token_ttl=seconds(7200))]),
+        [],
+        "settings.action_policies[0].max_token_ttl",
+        id="policy-ttl-too-long",
+    ),
+    pytest.param(
         _new(single_use_token_ttl=duration_pb2.Duration(seconds=10**15)),
         [],
         "settings.single_use_token_ttl",
@@ -371,7 +400,8 @@ async def test_a_full_page_of_the_largest_settings_fits_the_send_limit(
     client: Client, db: asyncpg.Connection
 ) -> None:
     """500 environments with settings at their largest (20 origins of 253-character
-    hosts): a page may hold fewer than page_size, never more than the server may send."""
+    hosts, a policy for every action listing every method): a page may hold fewer than
+    page_size, never more than the server may send."""
     origins = tuple(
         "https://" + f"{i:02}" + "a" * 61 + "." + "b" * 63 + "." + "c" * 63 + "." + "d" * 49
         + ".example.com"
@@ -381,6 +411,9 @@ async def test_a_full_page_of_the_largest_settings_fits_the_send_limit(
         environment_id=EnvironmentId("e" * 128),
         totp=TotpSettings(issuer="i" * 64),
         passkey=PasskeySettings(rp_id="example.com", rp_name="r" * 64, allowed_origins=origins),
+        action_policies=tuple(
+            ActionPolicy(a, tuple(Method), True, timedelta(minutes=30)) for a in Action
+        ),
     )
     validate(largest)  # a configuration the service accepts
     await db.execute(

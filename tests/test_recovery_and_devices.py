@@ -21,6 +21,7 @@ from flows import (
     challenge,
     enroll_passkey,
     enroll_totp,
+    enroll_totp_with_codes,
     start_totp,
     status,
     token_with_code,
@@ -44,18 +45,7 @@ CODE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{5}(-[0-9A-HJKMNP-TV-Z]{5}){3}$")
 async def enroll_with_codes(
     client: Client, clock: FakeClock, user: str
 ) -> tuple[TotpDevice, list[str]]:
-    started = await start_totp(client, ENV, user)
-    done = await call(
-        client.mfa_stub.CompleteEnrollment(
-            pb.CompleteEnrollmentRequest(
-                environment_id=ENV,
-                user_id=user,
-                enrollment_id=started.enrollment_id,
-                totp_code=pyotp.TOTP(started.totp.secret).at(clock.now()),
-            )
-        )
-    )
-    return TotpDevice(done.device.device_id, started.totp.secret), list(done.recovery_codes)
+    return await enroll_totp_with_codes(client, clock, ENV, user)
 
 
 async def verify_with_code(

@@ -31,6 +31,7 @@ from mfa_service.domain.model import Action, EnvironmentId, Method
 from mfa_service.domain.settings import (
     SECTIONS,
     UPDATABLE_PATHS,
+    ActionPolicy,
     Attestation,
     LockoutSettings,
     PasskeySettings,
@@ -103,6 +104,14 @@ def full_settings(environment_id: str) -> pb.Settings:
             attestation=pb.ATTESTATION_DIRECT,
         ),
         lockout=pb.LockoutSettings(max_failed_attempts=8, lockout_duration=seconds(3600)),
+        action_policies=[
+            pb.ActionPolicy(
+                action=pb.ACTION_WAAS_EXPORT,
+                allowed_methods=[pb.METHOD_PASSKEY],
+                require_approval=True,
+                max_token_ttl=seconds(60),
+            )
+        ],
     )
 
 
@@ -177,12 +186,37 @@ async def test_top_level_leaf_path(client: Client) -> None:
     assert without_output_only(after) == expected
 
 
+async def test_action_policies_round_trip_and_are_replaced_as_a_whole(client: Client) -> None:
+    configured = await configure(client)  # with a policy for ACTION_WAAS_EXPORT
+    assert [p.action for p in configured.action_policies] == [pb.ACTION_WAAS_EXPORT]
+    policies = [
+        pb.ActionPolicy(
+            action=pb.ACTION_WAAS_SIGN,
+            allowed_methods=[pb.METHOD_TOTP, pb.METHOD_RECOVERY_CODE],
+            max_token_ttl=seconds(30),
+        ),
+        pb.ActionPolicy(action=pb.ACTION_CREDENTIAL_LINK, require_approval=True),
+    ]
+    after = await client.admin.update_settings(_set(action_policies=policies), ["action_policies"])
+    assert list(after.action_policies) == policies  # the EXPORT policy is gone
+    read = await client.admin.get_settings(ENV)
+    assert read == after
+    assert not read.action_policies[1].HasField("max_token_ttl")  # no cap stays no cap
+    expected = without_output_only(configured)
+    expected.ClearField("action_policies")
+    expected.action_policies.extend(policies)
+    assert without_output_only(read) == expected  # nothing else changed
+    emptied = await client.admin.update_settings(_set(), ["action_policies"])
+    assert list(emptied.action_policies) == []
+
+
 async def test_section_path_replaces_the_whole_section(client: Client) -> None:
     await configure(client)
-    # TOTP may answer the protected actions too, so passkeys may lose their rp_id below.
+    # TOTP may answer the protected actions too, and no policy needs passkeys only, so
+    # passkeys may lose their rp_id below.
     before = await client.admin.update_settings(
         pb.Settings(environment_id=ENV, action_methods=[pb.METHOD_TOTP, pb.METHOD_PASSKEY]),
-        ["action_methods"],
+        ["action_methods", "action_policies"],
     )
     section_only = pb.Settings(
         environment_id=ENV,
@@ -298,6 +332,18 @@ def _set(**fields: Any) -> pb.Settings:
     return pb.Settings(environment_id=ENV, **fields)
 
 
+def _sign(**fields: Any) -> pb.ActionPolicy:
+    return pb.ActionPolicy(action=pb.ACTION_WAAS_SIGN, **fields)
+
+
+def _refused_policy(
+    name: str, field: str, *each: pb.ActionPolicy, paths: tuple[str, ...] = ("action_policies",)
+) -> Any:
+    """A refusal case: settings with the policies ``each``, the mask, the field named."""
+    message = _set(action_policies=list(each))
+    return pytest.param(message, list(paths), f"settings.action_policies{field}", id=name)
+
+
 UNSPECIFIED_ENUMS: list[Any] = [
     pytest.param(
         _set(passkey=pb.PasskeySettings(user_verification=pb.USER_VERIFICATION_UNSPECIFIED)),
@@ -339,6 +385,17 @@ UNSPECIFIED_ENUMS: list[Any] = [
         ["protected_actions"],
         "settings.protected_actions[1]",
         id="action",
+    ),
+    _refused_policy(
+        "policy-action", "[1].action", _sign(), pb.ActionPolicy(allowed_methods=[pb.METHOD_TOTP])
+    ),
+    _refused_policy(
+        "policy-method",
+        "[0].allowed_methods[1]",
+        _sign(allowed_methods=[pb.METHOD_TOTP, pb.METHOD_UNSPECIFIED]),
+    ),
+    _refused_policy(
+        "policy-method-unknown-number", "[0].allowed_methods[0]", _sign(allowed_methods=[99])
     ),
 ]
 
@@ -478,6 +535,38 @@ REFUSALS: list[Any] = [
         "settings.lockout.lockout_duration",
         id="lockout-duration-30s",
     ),
+    _refused_policy(
+        "policy-action-twice",
+        "[2].action",
+        _sign(),
+        pb.ActionPolicy(action=pb.ACTION_WAAS_EXPORT),
+        _sign(require_approval=True),
+    ),
+    _refused_policy(
+        "policy-method-twice",
+        "[0].allowed_methods",
+        _sign(allowed_methods=[pb.METHOD_RECOVERY_CODE, pb.METHOD_RECOVERY_CODE]),
+    ),
+    # Passkeys are enabled but not configured (no rp_id): nobody could pass.
+    _refused_policy(
+        "policy-passkey-not-configured",
+        "[0].allowed_methods",
+        _sign(allowed_methods=[pb.METHOD_PASSKEY]),
+    ),
+    _refused_policy(
+        "policy-method-disabled",
+        "[0].allowed_methods[0]",
+        _sign(allowed_methods=[pb.METHOD_TOTP]),
+        paths=("totp_enabled", "action_policies"),
+    ),
+    _refused_policy("policy-ttl-too-long", "[0].max_token_ttl", _sign(max_token_ttl=seconds(3601))),
+    _refused_policy(
+        "policy-ttl-too-short",
+        "[1].max_token_ttl",
+        _sign(),
+        pb.ActionPolicy(action=pb.ACTION_WAAS_EXPORT, max_token_ttl=seconds(9)),
+    ),
+    _refused_policy("policy-ttl-fraction", "[0].max_token_ttl", _sign(max_token_ttl=seconds(60.5))),
     pytest.param(
         # Past google.protobuf.Duration's range and past what a timedelta holds.
         _set(lockout=pb.LockoutSettings(lockout_duration=duration_pb2.Duration(seconds=10**15))),
@@ -831,6 +920,10 @@ ALL_CHANGED = Settings(
         attestation=Attestation.DIRECT,
     ),
     lockout=LockoutSettings(max_failed_attempts=9, lockout_duration=timedelta(hours=2)),
+    action_policies=(
+        ActionPolicy(Action.WAAS_EXPORT, (Method.PASSKEY,), True, timedelta(seconds=60)),
+        ActionPolicy(Action.WAAS_SIGN),
+    ),
     revision=4,
 )
 

@@ -12,6 +12,7 @@ import pytest
 from mfa_service.domain.model import ALWAYS_PROTECTED_ACTIONS, Action, EnvironmentId, Method
 from mfa_service.domain.settings import (
     UPDATABLE_PATHS,
+    ActionPolicy,
     Attestation,
     LockoutSettings,
     PasskeySettings,
@@ -58,6 +59,13 @@ def lockout(**changes: Any) -> Settings:
 
 
 NO_METHOD: dict[str, Any] = {"totp_enabled": False, "passkey_enabled": False, "action_methods": ()}
+
+
+def policies(*each: ActionPolicy, base: Settings = DEFAULTS) -> Settings:
+    return with_(base, action_policies=each)
+
+
+SIGN_POLICY = ActionPolicy(Action.WAAS_SIGN)
 
 
 # --- defaults ----------------------------------------------------------------------
@@ -113,6 +121,7 @@ def test_updatable_paths() -> None:
         "lockout",
         "lockout.max_failed_attempts",
         "lockout.lockout_duration",
+        "action_policies",
     )
     for output_only in ("environment_id", "revision", "update_time"):
         assert output_only not in UPDATABLE_PATHS
@@ -383,6 +392,44 @@ REFUSED: list[Any] = [
         ["lockout.lockout_duration"],
         id="lockout-duration-too-long",
     ),
+    # Per-action policies (DESIGN §3e).
+    pytest.param(
+        policies(SIGN_POLICY, ActionPolicy(Action.WAAS_EXPORT), SIGN_POLICY),
+        ["action_policies[2].action"],
+        id="policy-action-twice",
+    ),
+    pytest.param(
+        policies(SIGN_POLICY, ActionPolicy(Action.WAAS_EXPORT, (Method.TOTP, Method.TOTP))),
+        ["action_policies[1].allowed_methods"],
+        id="policy-method-twice",
+    ),
+    pytest.param(
+        policies(
+            ActionPolicy(Action.WAAS_SIGN, (Method.RECOVERY_CODE, Method.PASSKEY)),
+            base=with_(passkey_enabled=False, action_methods=(Method.TOTP,)),
+        ),
+        ["action_policies[0].allowed_methods[1]"],
+        id="policy-method-not-enabled",
+    ),
+    pytest.param(
+        # Passkeys enabled but not configured: nobody could earn a token for the action.
+        policies(ActionPolicy(Action.WAAS_SIGN, (Method.PASSKEY,))),
+        ["action_policies[0].allowed_methods"],
+        id="policy-method-nobody-can-pass",
+    ),
+    pytest.param(
+        policies(ActionPolicy(Action.WAAS_SIGN, max_token_ttl=timedelta(seconds=9))),
+        ["action_policies[0].max_token_ttl"],
+        id="policy-ttl-too-short",
+    ),
+    pytest.param(
+        policies(
+            SIGN_POLICY,
+            ActionPolicy(Action.WAAS_EXPORT, max_token_ttl=timedelta(hours=1, seconds=1)),
+        ),
+        ["action_policies[1].max_token_ttl"],
+        id="policy-ttl-too-long",
+    ),
 ]
 
 
@@ -448,6 +495,22 @@ ACCEPTED: list[Any] = [
     pytest.param(lockout(max_failed_attempts=100), id="lockout-attempts-100"),
     pytest.param(lockout(lockout_duration=timedelta(minutes=1)), id="lockout-duration-1m"),
     pytest.param(lockout(lockout_duration=timedelta(hours=24)), id="lockout-duration-24h"),
+    pytest.param(
+        policies(
+            ActionPolicy(Action.WAAS_EXPORT, (Method.PASSKEY,), True, timedelta(seconds=10)),
+            ActionPolicy(Action.WAAS_SIGN, (Method.RECOVERY_CODE,), False, timedelta(hours=1)),
+            ActionPolicy(Action.CREDENTIAL_LINK, require_approval=True),
+            base=passkey(),
+        ),
+        id="policies",
+    ),
+    # Recovery codes are always passable; a policy may name an action not protected yet.
+    pytest.param(
+        policies(
+            ActionPolicy(Action.WAAS_RESHARE, (Method.RECOVERY_CODE,)), base=with_(**NO_METHOD)
+        ),
+        id="policy-recovery-codes-only",
+    ),
 ]
 
 
@@ -550,6 +613,34 @@ STORED_SETTINGS = Settings(
     ),
     lockout=LockoutSettings(max_failed_attempts=9, lockout_duration=timedelta(hours=2)),
 )
+
+
+def test_action_policies_round_trip_through_the_document() -> None:
+    settings = policies(
+        ActionPolicy(Action.WAAS_EXPORT, (Method.PASSKEY,), True, timedelta(seconds=60)),
+        ActionPolicy(Action.WAAS_SIGN),
+        base=STORED_SETTINGS,
+    )
+    document = json.loads(json.dumps(to_document(settings)))
+    assert document == STORED_DOCUMENT | {
+        "action_policies": [
+            {
+                "action": "WAAS_EXPORT",
+                "allowed_methods": ["PASSKEY"],
+                "require_approval": True,
+                "max_token_ttl": 60.0,
+            },
+            {
+                "action": "WAAS_SIGN",
+                "allowed_methods": [],
+                "require_approval": False,
+                "max_token_ttl": None,
+            },
+        ]
+    }
+    assert from_document(ENV, document, revision=0, update_time=None) == settings
+    # Emptied again: the document is what it was before the field existed.
+    assert to_document(with_(settings, action_policies=())) == STORED_DOCUMENT
 
 
 def test_a_stored_document_reads_and_writes_as_before() -> None:

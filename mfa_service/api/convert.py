@@ -27,6 +27,7 @@ from mfa_service.domain.settings import (
     UserVerification,
     field_kinds,
     is_section,
+    optional_of,
 )
 from mfa_service.errors import InvalidArgument
 
@@ -140,7 +141,13 @@ _PROTO_ENUMS: dict[type[enum.Enum], tuple[Any, str]] = {
 def _to_proto(kind: Any, value: Any) -> Any:
     if is_section(kind):
         message = getattr(pb, kind.__name__)
-        return message(**{n: _to_proto(sub, getattr(value, n)) for n, sub in field_kinds(kind)})
+        return message(
+            **{
+                n: _to_proto(sub, getattr(value, n))
+                for n, sub in field_kinds(kind)
+                if getattr(value, n) is not None  # an optional field left out
+            }
+        )
     if typing.get_origin(kind) is tuple:
         element = typing.get_args(kind)[0]
         return [_to_proto(element, v) for v in value]
@@ -153,6 +160,16 @@ def _to_proto(kind: Any, value: Any) -> Any:
 
 
 def _from_proto(kind: Any, value: Any, field: str) -> Any:
+    if is_section(kind):  # an element of a repeated message (action_policies)
+        return kind(
+            **{
+                n: _from_proto(sub, getattr(value, n), f"{field}.{n}")
+                for n, sub in field_kinds(kind)
+                if optional_of(sub) is None or value.HasField(n)
+            }
+        )
+    if (inner := optional_of(kind)) is not None:
+        kind = inner
     if typing.get_origin(kind) is tuple:
         element = typing.get_args(kind)[0]
         return tuple(_from_proto(element, v, f"{field}[{i}]") for i, v in enumerate(value))
@@ -202,7 +219,7 @@ _F = "settings."
 # Settings -> the domain value of that field.
 _LEAVES = _leaves()
 _READ_ONLY_PATHS = ("environment_id", "update_time", "revision", "totp.digits", "totp.period")
-# More than a mask needs: every updatable path once is 21 (UPDATABLE_PATHS).
+# More than a mask needs: every updatable path once is 22 (UPDATABLE_PATHS).
 MAX_MASK_PATHS = 64
 MAX_MASK_PATH = 64  # the longest path, "lockout.max_failed_attempts", has 27 characters
 

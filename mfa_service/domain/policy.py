@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from mfa_service.domain.devices import SESSION_MFA_MAX_AGE
 from mfa_service.domain.model import ALWAYS_PROTECTED_ACTIONS, Action, Method
@@ -69,17 +69,50 @@ def is_protected(settings: Settings, action: Action) -> bool:
     return action in ALWAYS_PROTECTED_ACTIONS or action in settings.protected_actions
 
 
-def allowed_methods(settings: Settings, actions: tuple[Action, ...]) -> frozenset[Method]:
-    """Methods that may mint a token for ``actions``.
+def allowed_methods(settings: Settings, actions: Iterable[Action]) -> frozenset[Method]:
+    """Methods that may earn a token for ``actions`` (DESIGN §3e), at issue and again at
+    each validation.
 
-    WaaS actions take the environment's action methods; credential actions take any
-    usable method (they guard the factors themselves). Recovery codes are the fallback
-    everywhere, also for the users of a method the environment has switched off.
+    Per action: its policy's ``allowed_methods`` when it lists some (exactly these;
+    recovery codes only if listed); else WaaS actions take the environment's action
+    methods and credential actions any method (they guard the factors themselves), with
+    recovery codes as the fallback everywhere, also for the users of a method the
+    environment has switched off. Only usable methods count, and a token for several
+    actions needs a method every one of them allows.
     """
     allowed = set(settings.usable_methods) | {Method.RECOVERY_CODE}
-    if any(a not in ALWAYS_PROTECTED_ACTIONS for a in actions):
-        allowed &= set(settings.action_methods) | {Method.RECOVERY_CODE}
+    for action in actions:
+        allowed &= _methods_for(settings, action)
     return frozenset(allowed)
+
+
+def _methods_for(settings: Settings, action: Action) -> frozenset[Method]:
+    listed = settings.policy_for(action)
+    if listed is not None and listed.allowed_methods:
+        return frozenset(listed.allowed_methods)
+    if action in ALWAYS_PROTECTED_ACTIONS:
+        return frozenset(Method)
+    return frozenset(settings.action_methods) | {Method.RECOVERY_CODE}
+
+
+def approval_required(settings: Settings, actions: Iterable[Action]) -> bool:
+    """A token for ``actions`` must come from an approval (DESIGN §3d): the policy of one
+    of them says so."""
+    return any(
+        (listed := settings.policy_for(action)) is not None and listed.require_approval
+        for action in actions
+    )
+
+
+def token_ttl(settings: Settings, actions: Iterable[Action], *, single_use: bool) -> timedelta:
+    """How long a token for ``actions`` lives: the environment's single- or multi-use
+    lifetime, capped by the smallest ``max_token_ttl`` of the actions' policies."""
+    ttl = settings.single_use_token_ttl if single_use else settings.multi_use_token_ttl
+    for action in actions:
+        listed = settings.policy_for(action)
+        if listed is not None and listed.max_token_ttl is not None:
+            ttl = min(ttl, listed.max_token_ttl)
+    return ttl
 
 
 def require_token_allowed(

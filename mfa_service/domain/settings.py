@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import re
+import types
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ TOTP_PERIOD = timedelta(seconds=30)
 SINGLE_USE_TTL_RANGE = (timedelta(seconds=10), timedelta(minutes=5))  # ASVS 9.2.1
 MULTI_USE_TTL_RANGE = (timedelta(seconds=10), timedelta(hours=1))  # NIST 800-63B-4: 1 h idle
 LOCKOUT_DURATION_RANGE = (timedelta(minutes=1), timedelta(hours=24))
+MAX_TOKEN_TTL_RANGE = (timedelta(seconds=10), timedelta(hours=1))  # under MULTI_USE_TTL_RANGE
 MAX_FAILED_ATTEMPTS_RANGE = (1, 100)  # NIST 800-63B §3.2.2 caps it at 100
 MAX_TOTP_DEVICES_RANGE = (1, 10)
 MAX_ISSUER_LENGTH = 64
@@ -77,6 +79,27 @@ class LockoutSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ActionPolicy:
+    """One action's policy (DESIGN §3e); ``domain.policy`` applies it.
+
+    ``allowed_methods`` empty: the environment's action methods (and recovery codes), as
+    for an action without a policy; listed: exactly these (recovery codes only if
+    listed). ``max_token_ttl`` (None: none) caps the lifetime of its tokens.
+    """
+
+    action: Action
+    allowed_methods: tuple[Method, ...] = ()
+    require_approval: bool = False
+    max_token_ttl: timedelta | None = None
+
+
+# Fields added to ``Settings`` after its stored document was pinned (issue 18) are
+# written only when they differ from their default: the document of settings that do not
+# use them stays, byte for byte, what earlier releases wrote and read.
+_WRITTEN_WHEN_SET = {"written_when_set": True}
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """One environment's configuration. ``Settings(environment_id=...)`` is the default."""
 
@@ -92,6 +115,8 @@ class Settings:
     totp: TotpSettings = field(default_factory=TotpSettings)
     passkey: PasskeySettings = field(default_factory=PasskeySettings)
     lockout: LockoutSettings = field(default_factory=LockoutSettings)
+    # At most one per action; an action without one follows the fields above.
+    action_policies: tuple[ActionPolicy, ...] = field(default=(), metadata=_WRITTEN_WHEN_SET)
     # Output only.
     revision: int = 0
     update_time: datetime | None = None
@@ -114,6 +139,13 @@ class Settings:
     @property
     def rp_name(self) -> str:
         return self.passkey.rp_name or self.totp.issuer
+
+    def policy_for(self, action: Action) -> ActionPolicy | None:
+        """The action's policy, if it has one."""
+        for candidate in self.action_policies:
+            if candidate.action is action:
+                return candidate
+        return None
 
 
 #: The sections of ``Settings``: each a dataclass of its own, stored and sent nested.
@@ -237,6 +269,35 @@ def _violations(s: Settings) -> Iterable[FieldViolation]:
     yield from _in_range(
         "lockout.lockout_duration", s.lockout.lockout_duration, LOCKOUT_DURATION_RANGE
     )
+
+    yield from _policy_violations(s)
+
+
+def _policy_violations(s: Settings) -> Iterable[FieldViolation]:
+    passable = s.usable_methods | {Method.RECOVERY_CODE}
+    seen: set[Action] = set()
+    for i, p in enumerate(s.action_policies):
+        at = f"action_policies[{i}]"
+        if p.action in seen:
+            yield FieldViolation(
+                f"{at}.action", f"{p.action.name} has a policy already: one policy per action"
+            )
+        seen.add(p.action)
+        yield from _distinct(f"{at}.allowed_methods", p.allowed_methods)
+        for j, method in enumerate(p.allowed_methods):
+            if method is not Method.RECOVERY_CODE and method not in s.enabled_methods:
+                yield FieldViolation(
+                    f"{at}.allowed_methods[{j}]",
+                    f"{method.name} is not enabled for this environment",
+                )
+        if p.allowed_methods and not set(p.allowed_methods) & passable:
+            yield FieldViolation(
+                f"{at}.allowed_methods",
+                "needs a method users can pass: passkeys need passkey.rp_id and "
+                "passkey.allowed_origins",
+            )
+        if p.max_token_ttl is not None:
+            yield from _in_range(f"{at}.max_token_ttl", p.max_token_ttl, MAX_TOKEN_TTL_RANGE)
 
 
 def _passkey_violations(p: PasskeySettings) -> Iterable[FieldViolation]:
@@ -369,9 +430,11 @@ def _show(value: int | timedelta) -> str:
 # --- the stored document: derived from the fields, one codec per type ------------------
 #
 # Every field but the output-only ones is stored under its own name, a section as a
-# nested object: enums by member name, durations as seconds (a float), tuples as lists.
-# A field missing from an older document keeps its default; a duration stored as null
-# too. Keys the code does not know are ignored.
+# nested object: enums by member name, durations as seconds (a float), tuples as lists
+# (of objects, for a tuple of sections such as ``action_policies``), an optional value
+# absent as null. A field missing from an older document keeps its default; a duration
+# stored as null too. A field added later (``_WRITTEN_WHEN_SET``) is left out while it
+# holds its default. Keys the code does not know are ignored.
 
 
 @cache
@@ -387,9 +450,30 @@ def is_section(kind: Any) -> bool:
     return isinstance(kind, type) and dataclasses.is_dataclass(kind)
 
 
+def optional_of(kind: Any) -> Any | None:
+    """``X`` for a field of type ``X | None``, else None."""
+    if isinstance(kind, types.UnionType) and type(None) in typing.get_args(kind):
+        [inner] = [a for a in typing.get_args(kind) if a is not type(None)]
+        return inner
+    return None
+
+
+@cache
+def _written_when_set(cls: type[Any]) -> dict[str, Any]:
+    """The default of each field of ``cls`` left out of the document while it holds it."""
+    return {
+        f.name: f.default for f in dataclasses.fields(cls) if f.metadata.get("written_when_set")
+    }
+
+
 def _encode(kind: Any, value: Any) -> Any:
     if is_section(kind):
-        return {name: _encode(sub, getattr(value, name)) for name, sub in field_kinds(kind)}
+        sparse = _written_when_set(kind)
+        return {
+            name: _encode(sub, getattr(value, name))
+            for name, sub in field_kinds(kind)
+            if name not in sparse or getattr(value, name) != sparse[name]
+        }
     if typing.get_origin(kind) is tuple:
         element = typing.get_args(kind)[0]
         return [_encode(element, v) for v in value]
@@ -402,14 +486,15 @@ def _encode(kind: Any, value: Any) -> Any:
 
 def _decode(kind: Any, stored: Any, default: Any) -> Any:
     if is_section(kind):
-        return dataclasses.replace(
-            default,
-            **{
-                name: _decode(sub, stored[name], getattr(default, name))
-                for name, sub in field_kinds(kind)
-                if name in stored
-            },
-        )
+        # An element of a tuple of sections has no default: it is made of what is stored.
+        read = {
+            name: _decode(sub, stored[name], getattr(default, name, None))
+            for name, sub in field_kinds(kind)
+            if name in stored
+        }
+        return kind(**read) if default is None else dataclasses.replace(default, **read)
+    if (inner := optional_of(kind)) is not None:
+        return None if stored is None else _decode(inner, stored, default)
     if typing.get_origin(kind) is tuple:
         element = typing.get_args(kind)[0]
         return tuple(_decode(element, v, None) for v in stored)

@@ -33,6 +33,7 @@ from mfa_service.domain.tokens import ActionClaims, ApprovalClaims, Reason
 from mfa_service.domain.verification import IssueToken
 from mfa_service.errors import (
     ApprovalMismatch,
+    ApprovalRequired,
     DatabaseUnavailable,
     EnvironmentNotFound,
     InvalidArgument,
@@ -86,6 +87,11 @@ class ValidationRequest:
             self.session_id or "",
         )
         return hashlib.sha256("\x00".join(parts).encode()).digest()
+
+
+def _methods_text(settings: Settings, action: Action) -> str:
+    """The methods the action's policy allows now, as ``token_store`` takes them."""
+    return token_store.methods_text(policy.allowed_methods(settings, (action,)))
 
 
 def _scoped_key(key: str | None, context: CallContext) -> str | None:
@@ -185,10 +191,12 @@ class ActionTokenService:
             raise InvalidArgument.field(
                 "actions", "at least one action is required (or a challenge bound to an approval)"
             )
+        elif policy.approval_required(settings, actions):
+            raise ApprovalRequired()  # nothing spent: the challenge may still serve a login
         # A credential change is one change: its token is single use whatever was asked
         # (one step-up must not add two factors or remove them all).
         single_use = single_use or any(a in ALWAYS_PROTECTED_ACTIONS for a in actions)
-        ttl = settings.single_use_token_ttl if single_use else settings.multi_use_token_ttl
+        ttl = policy.token_ttl(settings, actions, single_use=single_use)
         claims = ActionClaims(
             jti=uuid.uuid4(),
             environment_id=env,
@@ -248,7 +256,7 @@ class ActionTokenService:
         if not policy.is_protected(settings, request.action):
             return Reason.MFA_NOT_REQUIRED
         if request.token:
-            return await self._with_token(None, request, context, now=now)
+            return await self._with_token(None, settings, request, context, now=now)
         async with self._db.connection() as conn:
             reason = await self._without_token(conn, settings, request)
             if not reason.allows:
@@ -269,13 +277,15 @@ class ActionTokenService:
     async def _with_token(
         self,
         conn: Connection | None,
+        settings: Settings,
         request: ValidationRequest,
         context: CallContext,
         *,
         now: datetime,
     ) -> Reason:
         """Decide a validation with a token: in ``conn``'s transaction when given (a
-        step-up inside a credential change), else batched with concurrent validations."""
+        step-up inside a credential change), else batched with concurrent validations.
+        The action's policy as ``settings`` say now holds for tokens issued before it."""
         key = _scoped_key(request.idempotency_key, context)
         jti = tokens.peek(request.token, algorithms=await self._keys.algorithms())
         if jti is None:
@@ -290,6 +300,8 @@ class ActionTokenService:
             jti=jti,
             token_hash=tokens.token_hash(request.token),
             action=request.action.name,
+            allowed_methods=_methods_text(settings, request.action),
+            require_approval=policy.approval_required(settings, (request.action,)),
             session_id=request.session_id,
             payload_digest=request.payload_digest,
             idempotency_key=key,
@@ -392,16 +404,18 @@ class ActionTokenService:
         action: Action,
         token: str,
         *,
+        settings: Settings,
         now: datetime,
         context: CallContext,
     ) -> None:
         """Consume a token for a credential action in the caller's transaction, or refuse.
 
         DESIGN §2: adding or removing a factor needs the factor the user already has.
+        ``settings``: the environment's, read before the transaction (the action's policy).
         """
         request = ValidationRequest(env, user, action, token, None, None, None)
         reason = (
-            await self._with_token(conn, request, context, now=now)
+            await self._with_token(conn, settings, request, context, now=now)
             if token
             else Reason.MFA_REQUIRED
         )
@@ -411,16 +425,25 @@ class ActionTokenService:
             )
 
     async def may_step_up(
-        self, env: EnvironmentId, user: UserId, action: Action, token: str, *, now: datetime
+        self, settings: Settings, user: UserId, action: Action, token: str, *, now: datetime
     ) -> bool:
-        """Whether ``token`` could pass ``require_step_up`` now: a read, nothing consumed
-        (to spend costly work only on a change that may happen)."""
+        """Whether ``token`` could pass ``require_step_up`` now in the environment of
+        ``settings``: a read, nothing consumed (to spend costly work only on a change that
+        may happen)."""
         jti = tokens.peek(token, algorithms=await self._keys.algorithms()) if token else None
         if jti is None:
             return False
         async with self._db.connection() as conn:
             return await token_store.usable(
-                conn, env, user, jti, tokens.token_hash(token), action.name, now=now
+                conn,
+                settings.environment_id,
+                user,
+                jti,
+                tokens.token_hash(token),
+                action.name,
+                allowed_methods=_methods_text(settings, action),
+                require_approval=policy.approval_required(settings, (action,)),
+                now=now,
             )
 
     async def jwks(self) -> str:

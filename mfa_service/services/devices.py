@@ -83,7 +83,7 @@ class DeviceService:
         deletes of the last two devices cannot both see one left.
         """
         now = self._clock.now()
-        await self._settings.require(env)
+        settings = await self._settings.get(env)
         async with self._db.transaction() as conn:
             await user_store.lock(conn, env, user, now=now)
             owned = await device_store.list_for_user(conn, env, user)
@@ -91,7 +91,14 @@ class DeviceService:
             if device is None:
                 raise DeviceNotFound()
             await self._tokens.require_step_up(
-                conn, env, user, Action.CREDENTIAL_UNLINK, action_token, now=now, context=context
+                conn,
+                env,
+                user,
+                Action.CREDENTIAL_UNLINK,
+                action_token,
+                settings=settings,
+                now=now,
+                context=context,
             )
             await device_store.delete(conn, device.id)
             revoked = await token_store.revoke_for_device(conn, env, user, device.id, now=now)

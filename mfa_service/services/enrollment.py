@@ -314,7 +314,14 @@ class EnrollmentService:
         if await device_store.list_for_user(conn, env, user):
             # DESIGN §2: a factor next to an existing one needs that factor first.
             await self._tokens.require_step_up(
-                conn, env, user, Action.CREDENTIAL_LINK, action_token, now=now, context=context
+                conn,
+                env,
+                user,
+                Action.CREDENTIAL_LINK,
+                action_token,
+                settings=settings,
+                now=now,
+                context=context,
             )
             linked = True
         limit = settings.totp.max_devices if method is Method.TOTP else MAX_PASSKEYS

@@ -79,13 +79,13 @@ class RecoveryService:
         self, env: EnvironmentId, user: UserId, *, action_token: str, context: CallContext
     ) -> tuple[str, ...]:
         now = self._clock.now()
-        await self._settings.require(env)
+        settings = await self._settings.get(env)
         # The new set is hashed before the transaction, and only for a token that could
         # pass (a read, nothing consumed): a forged one costs no scrypt. A token that
         # cannot pass gets the transaction's refusal, as before.
         prepared = None
         if await self._tokens.may_step_up(
-            env, user, Action.RECOVERY_CODES_REGENERATE, action_token, now=now
+            settings, user, Action.RECOVERY_CODES_REGENERATE, action_token, now=now
         ):
             prepared = await prepare_set()
         async with self._db.transaction() as conn:
@@ -101,6 +101,7 @@ class RecoveryService:
                 user,
                 Action.RECOVERY_CODES_REGENERATE,
                 action_token,
+                settings=settings,
                 now=now,
                 context=context,
             )

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from operator import attrgetter
 from typing import Any
 from uuid import UUID
 
-from mfa_service.domain.model import EnvironmentId, UserId
+from mfa_service.domain.model import EnvironmentId, Method, UserId
 from mfa_service.domain.tokens import ActionClaims
 from mfa_service.store import audit as audit_store
 from mfa_service.store.db import Connection
@@ -58,6 +59,29 @@ async def insert(
     )
 
 
+def methods_text(methods: Iterable[Method]) -> str:
+    """Methods as one text value the statements below test a token's ``method`` against
+    (``strpos``): each name between commas, ",TOTP,RECOVERY_CODE,"."""
+    return "," + "".join(f"{m.name}," for m in sorted(methods, key=attrgetter("name")))
+
+
+# A token's method is one the action's policy allows now (``:methods``, ``methods_text``),
+# and it carries an approval if the policy requires one (DESIGN §3e): a policy tightened
+# after a token was issued holds for it.
+_POLICY_PROBLEM = """
+        WHEN strpos({methods}, ',' || t.method || ',') = 0 THEN 'METHOD_NOT_ALLOWED'
+        WHEN {require_approval} AND t.approval_hash IS NULL THEN 'APPROVAL_REQUIRED'
+"""
+
+_USABLE = f"""
+    SELECT true FROM action_tokens t
+    WHERE jti = $3 AND token_hash = $4 AND environment_id = $1 AND user_id = $2
+      AND $5 = ANY(actions) AND expires_at > $6 AND revoked_at IS NULL
+      AND NOT (single_use AND consumed_at IS NOT NULL)
+      AND CASE{_POLICY_PROBLEM.format(methods="$7", require_approval="$8")}      END IS NULL
+"""  # noqa: S608 (constant fragments)
+
+
 async def usable(
     conn: Connection,
     env: EnvironmentId,
@@ -66,22 +90,22 @@ async def usable(
     token_hash: bytes,
     action: str,
     *,
+    allowed_methods: str,
+    require_approval: bool,
     now: datetime,
 ) -> bool:
-    """Whether this exact token is live for ``action``: a read, nothing consumed."""
+    """Whether this exact token is live for ``action`` and its policy now
+    (``allowed_methods``: ``methods_text``): a read, nothing consumed."""
     found = await conn.fetchval(
-        """
-        SELECT true FROM action_tokens
-        WHERE jti = $3 AND token_hash = $4 AND environment_id = $1 AND user_id = $2
-          AND $5 = ANY(actions) AND expires_at > $6 AND revoked_at IS NULL
-          AND NOT (single_use AND consumed_at IS NOT NULL)
-        """,
+        _USABLE,
         env,
         user,
         jti,
         token_hash,
         action,
         now,
+        allowed_methods,
+        require_approval,
     )
     return bool(found)
 
@@ -119,6 +143,10 @@ class Consumption:
     jti: UUID
     token_hash: bytes
     action: str
+    # The action's policy now: the methods it allows (``methods_text``), and whether the
+    # token must carry an approval.
+    allowed_methods: str
+    require_approval: bool
     session_id: str | None
     payload_digest: bytes | None
     idempotency_key: str | None
@@ -173,16 +201,17 @@ _AUDITED = audit_store.insert_sql(
 # skip it; within one statement a row is updated at most once, for one of the requests).
 # The checks come in the order the README gives: a token we did not issue (no row),
 # expired, revoked, then what it is bound to (environment and user, action, session,
-# payload digest), and consumption last, so a refusal never consumes.
+# payload digest), then the action's policy now (method, approval), and consumption
+# last, so a refusal never consumes.
 # Idempotency keys must be distinct within a batch (ON CONFLICT may touch a row once).
 _DECIDE = f"""
 WITH req AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::bytea[], $5::text[],
                          $6::text[], $7::bytea[], $8::text[], $9::bytea[], $10::text[],
-                         $11::text[])
+                         $11::text[], $14::text[], $15::boolean[])
         WITH ORDINALITY AS r(environment_id, user_id, jti, token_hash, action, session_id,
                              payload_digest, idempotency_key, fingerprint, caller,
-                             request_id, i)
+                             request_id, allowed_methods, require_approval, i)
 ),
 prior AS (
     SELECT r.i, v.fingerprint, v.reason
@@ -200,8 +229,9 @@ fits AS (
         WHEN t.session_id IS NOT NULL AND t.session_id IS DISTINCT FROM r.session_id
             THEN 'SESSION_MISMATCH'
         WHEN t.payload_digest IS NOT NULL AND t.payload_digest IS DISTINCT FROM r.payload_digest
-            THEN 'PAYLOAD_MISMATCH'
-    END AS problem
+            THEN 'PAYLOAD_MISMATCH'{
+    _POLICY_PROBLEM.format(methods="r.allowed_methods", require_approval="r.require_approval")
+}    END AS problem
     FROM req r JOIN action_tokens t ON t.jti = r.jti AND t.token_hash = r.token_hash
 ),
 consumed AS (
@@ -277,6 +307,8 @@ async def decide(
         [c.request_id for c in batch],
         now,
         remembered_since,
+        [c.allowed_methods for c in batch],
+        [c.require_approval for c in batch],
     )
     if len(rows) != len(batch):  # every request row yields one decision row
         raise LookupError("token decision returned the wrong number of rows")
