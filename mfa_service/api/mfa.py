@@ -13,7 +13,7 @@ from mfa_service.api import convert
 from mfa_service.domain import totp
 from mfa_service.domain.model import Method
 from mfa_service.errors import InvalidArgument
-from mfa_service.services.action_tokens import ActionTokenService
+from mfa_service.services.action_tokens import ActionTokenService, Coverage
 from mfa_service.services.devices import DeviceService
 from mfa_service.services.enrollment import EnrollmentService
 from mfa_service.services.recovery import RecoveryService
@@ -166,10 +166,12 @@ class MfaServicer(pb_grpc.MfaServiceServicer):
             user,
             challenge_id=challenge_id,
             proof=proof,
-            actions=convert.actions(request.actions, required=False),
-            single_use=request.single_use,
-            payload_digest=convert.payload_digest(request.payload_digest),
-            session_id=convert.session_id(request.session_id) if request.session_id else None,
+            asked=Coverage(
+                actions=convert.actions(request.actions, required=False),
+                payload_digest=convert.payload_digest(request.payload_digest),
+                single_use=request.single_use,
+                session_id=convert.session_id(request.session_id) if request.session_id else None,
+            ),
             context=call_context.current(),
         )
         return pb.IssueActionTokenResponse(

@@ -67,6 +67,16 @@ class IssuedToken:
 
 
 @dataclass(frozen=True, slots=True)
+class Coverage:
+    """What an action token covers."""
+
+    actions: tuple[Action, ...]
+    payload_digest: bytes | None
+    single_use: bool
+    session_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class ValidationRequest:
     environment_id: EnvironmentId
     user_id: UserId
@@ -155,47 +165,20 @@ class ActionTokenService:
         *,
         challenge_id: UUID,
         proof: Proof,
-        actions: tuple[Action, ...],
-        single_use: bool,
-        payload_digest: bytes | None,
-        session_id: str | None,
+        asked: Coverage,
         context: CallContext,
     ) -> IssuedToken:
-        """Verify the proof and mint a token for what was asked. A challenge bound to an
-        approval (DESIGN §3d) decides what the token covers: the request may repeat the
-        approval's terms or leave them empty, and asking for anything else spends the
-        challenge (``ApprovalMismatch``)."""
+        """Verify the proof and mint a token for what was ``asked`` (on a challenge bound
+        to an approval, for the approval: ``_covered``)."""
         now = self._clock.now()
         key = await self._keys.signing_key()
         settings = await self._settings.get(env)
-        if actions:
-            policy.require_token_allowed(settings, actions, proof.method)
+        if asked.actions:
+            policy.require_token_allowed(settings, asked.actions, proof.method)
         read = await self._verifier.read(settings, user, challenge_id, proof, now=now)
         bound = read.challenge.approval
-        if bound is not None:
-            approved = approvals.fit(
-                bound.approval,
-                actions=actions,
-                payload_digest=payload_digest,
-                single_use=single_use,
-                session_id=session_id,
-            )
-            if approved is None:
-                await self._verifier.spend(read)
-                raise ApprovalMismatch()
-            if not actions:
-                policy.require_token_allowed(settings, approved.actions, proof.method)
-            actions, payload_digest = approved.actions, approved.payload_digest
-            single_use, session_id = approved.single_use, approved.session_id
-        elif not actions:
-            raise InvalidArgument.field(
-                "actions", "at least one action is required (or a challenge bound to an approval)"
-            )
-        elif policy.approval_required(settings, actions):
-            raise ApprovalRequired()  # nothing spent: the challenge may still serve a login
-        # A credential change is one change: its token is single use whatever was asked
-        # (one step-up must not add two factors or remove them all).
-        single_use = single_use or any(a in ALWAYS_PROTECTED_ACTIONS for a in actions)
+        covered = await self._covered(settings, read, proof, asked)
+        actions, single_use = covered.actions, covered.single_use
         ttl = policy.token_ttl(settings, actions, single_use=single_use)
         claims = ActionClaims(
             jti=uuid.uuid4(),
@@ -206,8 +189,8 @@ class ActionTokenService:
             issued_at=now,
             expires_at=now + ttl,
             method=proof.method,
-            payload_digest=payload_digest,
-            session_id=session_id,
+            payload_digest=covered.payload_digest,
+            session_id=covered.session_id,
             approval=_approval_claims(bound, read) if bound is not None else None,
         )
         token = tokens.encode(claims, key, issuer=self._issuer, audience=AUDIENCE)
@@ -233,6 +216,42 @@ class ActionTokenService:
             Attempt(settings, user, proof, grant, now, context, (issued,)), read
         )
         return IssuedToken(token=token, claims=claims)
+
+    async def _covered(
+        self, settings: Settings, read: Read, proof: Proof, asked: Coverage
+    ) -> Coverage:
+        """What the token will cover. A challenge bound to an approval covers exactly
+        the approval: the request may repeat its terms or leave them empty, and asking
+        for anything else spends the challenge (``ApprovalMismatch``). A plain challenge
+        covers what was asked, unless an action's policy requires an approval. A
+        credential change's token is single use whatever was asked (one step-up must not
+        add two factors or remove them all)."""
+        bound = read.challenge.approval
+        if bound is not None:
+            approved = approvals.fit(
+                bound.approval,
+                actions=asked.actions,
+                payload_digest=asked.payload_digest,
+                single_use=asked.single_use,
+                session_id=asked.session_id,
+            )
+            if approved is None:
+                await self._verifier.spend(read)
+                raise ApprovalMismatch()
+            if not asked.actions:
+                policy.require_token_allowed(settings, approved.actions, proof.method)
+            asked = Coverage(
+                approved.actions, approved.payload_digest, approved.single_use, approved.session_id
+            )
+        elif not asked.actions:
+            raise InvalidArgument.field(
+                "actions", "at least one action is required (or a challenge bound to an approval)"
+            )
+        elif policy.approval_required(settings, asked.actions):
+            raise ApprovalRequired()  # nothing spent: the challenge may still serve a login
+        if not asked.single_use and any(a in ALWAYS_PROTECTED_ACTIONS for a in asked.actions):
+            return dataclasses.replace(asked, single_use=True)
+        return asked
 
     # --- validate ----------------------------------------------------------------
 
