@@ -10,15 +10,11 @@ node process (JSON in on stdin, JSON out), so the whole batch costs one spawn.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import re
-import shutil
-import subprocess
 import uuid
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,10 +27,8 @@ from mfa.v1 import types_pb2 as types
 from mfa_client import approval_hash
 from mfa_service.domain import approvals
 from mfa_service.domain.model import Action, EnvironmentId, UserId
+from typescript_client import ROOT, compile_client, node_approval_hashes
 
-ROOT = Path(__file__).resolve().parent.parent
-CLIENT_DIR = ROOT / "clients" / "typescript"
-TSC = ROOT / "node_modules" / ".bin" / "tsc"
 DOC = ROOT / "docs" / "approvals.md"
 
 # docs/approvals.md's example: pay 1.5 ETH to 0x12ab, shown as "Send 1.5 ETH to 0x12…ab on Base".
@@ -53,32 +47,6 @@ CREDENTIAL_ACTIONS = {
 
 def bindable_use(actions: tuple[types.Action.ValueType, ...], single_use: bool) -> bool:
     return single_use or bool(CREDENTIAL_ACTIONS.intersection(actions))
-
-
-# Reads the vectors (JSON) on stdin, writes one {"encoding", "hash"} or {"error"} each.
-NODE_RUNNER = """
-const { approvalEncoding, approvalHash, types } = require(process.argv[1]);
-let input = "";
-process.stdin.setEncoding("utf8");
-process.stdin.on("data", (chunk) => { input += chunk; });
-process.stdin.on("end", () => {
-  const out = JSON.parse(input).map((v) => {
-    const binding = {
-      environmentId: v.environmentId,
-      userId: v.userId,
-      challengeId: v.challengeId,
-      expiresAt: v.asDate ? new Date(v.expiresAt * 1000) : v.expiresAt,
-      approval: types.Approval.fromJSON(v.approval),
-    };
-    try {
-      return { encoding: approvalEncoding(binding), hash: approvalHash(binding).toString("hex") };
-    } catch (error) {
-      return { error: String(error.message) };
-    }
-  });
-  process.stdout.write(JSON.stringify(out));
-});
-"""
 
 
 @dataclass(frozen=True)
@@ -233,36 +201,22 @@ def client_kwargs(v: Vector, *, as_timestamp: bool) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def node_hashes() -> Any:
     """A function sending vectors to the TypeScript client in one node process."""
-    node = shutil.which("node")
-    assert node is not None, "node is not on PATH"
-    if not TSC.exists():
-        pytest.fail("node_modules is missing: run `make node-deps` (npm ci)")
-    subprocess.run([str(TSC), "-p", str(CLIENT_DIR)], check=True, timeout=120)
+    compile_client()
 
     def run(vectors: list[Vector]) -> list[dict[str, str]]:
-        batch = [
-            {
-                "environmentId": v.environment_id,
-                "userId": v.user_id,
-                "challengeId": v.challenge_id,
-                "expiresAt": v.expires_at,
-                "asDate": i % 2 == 0,
-                "approval": json_format.MessageToDict(v.approval()),
-            }
-            for i, v in enumerate(vectors)
-        ]
-        done = subprocess.run(
-            [node, "-e", NODE_RUNNER, str(CLIENT_DIR / "dist" / "index.js")],
-            input=json.dumps(batch),
-            capture_output=True,
-            text=True,
-            encoding="utf-8",
-            check=True,
-            timeout=60,
+        return node_approval_hashes(
+            [
+                {
+                    "environmentId": v.environment_id,
+                    "userId": v.user_id,
+                    "challengeId": v.challenge_id,
+                    "expiresAt": v.expires_at,
+                    "asDate": i % 2 == 0,
+                    "approval": json_format.MessageToDict(v.approval()),
+                }
+                for i, v in enumerate(vectors)
+            ]
         )
-        results: list[dict[str, str]] = json.loads(done.stdout)
-        assert len(results) == len(vectors)
-        return results
 
     return run
 

@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import shutil
-import subprocess
 from datetime import timedelta
 from pathlib import Path
 
@@ -24,10 +23,8 @@ from mfa.v1 import mfa_service_pb2 as pb
 from mfa.v1 import types_pb2 as types
 from mfa_client import Client
 from mfa_service import app as app_module
+from typescript_client import compile_client
 
-ROOT = Path(__file__).resolve().parent.parent
-CLIENT_DIR = ROOT / "clients" / "typescript"
-TSC = ROOT / "node_modules" / ".bin" / "tsc"
 ENV = "env-node"
 pytestmark = pytest.mark.environments(ENV)
 
@@ -35,10 +32,7 @@ pytestmark = pytest.mark.environments(ENV)
 @pytest.fixture(scope="module")
 def validate_script() -> Path:
     """dist/validate.js, compiled from the committed generated code."""
-    if not TSC.exists():
-        pytest.fail("node_modules is missing: run `make node-deps` (npm ci)")
-    subprocess.run([str(TSC), "-p", str(CLIENT_DIR)], check=True, timeout=120)
-    return CLIENT_DIR / "dist" / "validate.js"
+    return compile_client() / "validate.js"
 
 
 async def node_validate(
