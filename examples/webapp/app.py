@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,13 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from google.protobuf import timestamp_pb2
 
-from examples.signer import Signer, SigningRefused
+from examples.signer import (
+    ApprovalNotVerified,
+    Signer,
+    SigningRefused,
+    VerifiedApproval,
+    check_token_approval,
+)
 from mfa.v1 import mfa_service_pb2 as pb
 from mfa.v1 import mfa_service_pb2_grpc, types_pb2
 from mfa_client import Client, MfaServiceError
@@ -29,6 +36,11 @@ RP_ID = "localhost"  # browsers treat http://localhost as a secure context
 MAX_MESSAGE_BYTES = 4096
 RPC_TIMEOUT_SECONDS = 5.0
 STATIC = Path(__file__).parent / "static"
+# The payment form of the approval flow: what the backend accepts to build a transfer.
+NETWORKS = ("Base", "Ethereum", "Optimism", "Arbitrum")
+_AMOUNT = re.compile(r"[0-9]{1,12}(\.[0-9]{1,18})?")
+_ASSET = re.compile(r"[A-Z][A-Z0-9]{1,9}")
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 
 CLIENT = web.AppKey("client", Client)
 ENVIRONMENT = web.AppKey("environment_id", str)
@@ -72,6 +84,9 @@ def create_app(client: Client, environment_id: str, signer: Signer) -> web.Appli
     app.router.add_post("/api/token/challenge", _challenge)
     app.router.add_post("/api/token/issue", _issue_token)
     app.router.add_post("/api/sign", _sign)
+    app.router.add_post("/api/approval/start", _approval_start)
+    app.router.add_post("/api/approval/issue", _approval_issue)
+    app.router.add_post("/api/approval/sign", _approval_sign)
     return app
 
 
@@ -279,6 +294,135 @@ async def _sign(request: web.Request) -> web.StreamResponse:
     return web.json_response({"signature": signature.hex(), "public_key": _public_hex(signer)})
 
 
+# --- approvals: the passkey signs the transfer and the words shown (docs/approvals.md) --
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """A transfer the page asks for: the exact payload the signer signs, and the words
+    the user is shown. Both are built here, by the backend, never taken from the page."""
+
+    message: bytes
+    display_text: str
+
+
+def transfer(body: Json) -> Transfer:
+    amount, asset, to = _text(body, "amount"), _text(body, "asset"), _text(body, "to")
+    network = _text(body, "network")
+    for name, value, pattern in (
+        ("amount", amount, _AMOUNT),
+        ("asset", asset, _ASSET),
+        ("to", to, _ADDRESS),
+    ):
+        if not pattern.fullmatch(value):
+            raise _BadRequest(f"{name}: not a valid {name}")
+    if network not in NETWORKS:
+        raise _BadRequest(f"network: one of {', '.join(NETWORKS)}")
+    payload = {"amount": amount, "asset": asset, "network": network, "to": to}
+    return Transfer(
+        message=json.dumps(payload, sort_keys=True, separators=(",", ":")).encode(),
+        display_text=f"Send {amount} {asset} to {to} on {network}",
+    )
+
+
+async def _approval_start(request: web.Request) -> web.StreamResponse:
+    """A passkey challenge bound to an approval of one transfer: single use, in this
+    session, for ACTION_WAAS_SIGN on SHA-256 of the transfer's message. The WebAuthn
+    challenge in the options is the approval hash: the passkey signs the words shown.
+
+    The demo keeps no state, so the message goes to the page and comes back to
+    ``/api/approval/sign``; the signer's offline check refuses any other message."""
+    body = await _body(request)
+    pending = transfer(body)
+    response = await _rpc(
+        _mfa(request).Challenge(
+            pb.ChallengeRequest(
+                environment_id=request.app[ENVIRONMENT],
+                user_id=_text(body, "user_id"),
+                method=types_pb2.METHOD_PASSKEY,
+                approval=types_pb2.Approval(
+                    actions=[types_pb2.ACTION_WAAS_SIGN],
+                    payload_digest=hashlib.sha256(pending.message).digest(),
+                    display_text=pending.display_text,
+                    single_use=True,
+                    session_id=_text(body, "session_id"),
+                ),
+            ),
+            timeout=RPC_TIMEOUT_SECONDS,
+        )
+    )
+    return web.json_response(
+        {
+            "challenge_id": response.challenge_id,
+            "expires_at": _time(response.expires_at),
+            "approval_hash": response.approval_hash.hex(),
+            "display_text": pending.display_text,
+            "message": pending.message.decode(),
+            "options": json.loads(response.passkey_request_options_json),
+        }
+    )
+
+
+async def _approval_issue(request: web.Request) -> web.StreamResponse:
+    """The token of a bound challenge: its actions, digest, use and session are the
+    approval's, so the request names none of them."""
+    body = await _body(request)
+    response = await _rpc(
+        _mfa(request).IssueActionToken(
+            pb.IssueActionTokenRequest(
+                environment_id=request.app[ENVIRONMENT],
+                user_id=_text(body, "user_id"),
+                challenge_id=_text(body, "challenge_id"),
+                proof=types_pb2.Proof(passkey_assertion_json=_credential(body)),
+            ),
+            timeout=RPC_TIMEOUT_SECONDS,
+        )
+    )
+    return web.json_response({"token": response.token, "expires_at": _time(response.expires_at)})
+
+
+async def _approval_sign(request: web.Request) -> web.StreamResponse:
+    """The signer checks offline that one of the user's passkeys (their COSE keys from
+    ListDevices) approved this message, then validates the token and signs."""
+    body = await _body(request)
+    user, message, token = _text(body, "user_id"), _message(body), _text(body, "token")
+    devices = await _rpc(
+        _mfa(request).ListDevices(
+            pb.ListDevicesRequest(environment_id=request.app[ENVIRONMENT], user_id=user),
+            timeout=RPC_TIMEOUT_SECONDS,
+        )
+    )
+    keys = [
+        device.passkey_public_key
+        for device in devices.devices
+        if device.method == types_pb2.METHOD_PASSKEY and device.passkey_public_key
+    ]
+    key, verified = _approving_key(token, message, keys)
+    signer = request.app[SIGNER]
+    signature = await signer.sign(
+        user, message, token, session_id=_text(body, "session_id"), passkey_public_key=key
+    )
+    return web.json_response(
+        {
+            "signature": signature.hex(),
+            "public_key": _public_hex(signer),
+            "display_text": verified.display_text,
+        }
+    )
+
+
+def _approving_key(token: str, message: bytes, keys: list[bytes]) -> tuple[bytes, VerifiedApproval]:
+    """The passkey key (of ``keys``) whose signature approves ``message``, and what it
+    approved; ``ApprovalNotVerified`` (the last key's reason) when none does."""
+    refused = ApprovalNotVerified("the user has no passkey")
+    for key in keys:
+        try:
+            return key, check_token_approval(token, message, key)
+        except ApprovalNotVerified as error:
+            refused = error
+    raise refused
+
+
 # --- plumbing -------------------------------------------------------------------------
 
 
@@ -291,6 +435,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(400, "INVALID_ARGUMENT", "", str(error))
     except SigningRefused as refused:
         return _error(403, "PERMISSION_DENIED", refused.reason_name, "the signer refused")
+    except ApprovalNotVerified as refused:
+        return _error(403, "PERMISSION_DENIED", "APPROVAL_NOT_VERIFIED", refused.reason)
     except MfaServiceError as error:
         response = _error(
             _HTTP_STATUS.get(error.code, 502), error.code.name, error.reason, error.message
