@@ -516,6 +516,13 @@ async def test_the_signer_refuses_another_transfer_than_the_one_approved(
         body["message"] = body["message"].replace('"1.5"', '"9.5"')
         await route.continue_(post_data=json.dumps(body))
 
+    # The backend writes the words from a transfer it accepts: no address, no approval.
+    await page.fill("#to", "0x12…ab")
+    bad = await click_step(page, "#approval-start", "#approval-review")
+    assert (bad.state, bad.reason) == ("error", "INVALID_ARGUMENT"), bad.text
+    assert not await page.is_enabled("#approve")
+
+    await page.fill("#to", TO)
     await page.route("**/api/approval/sign", tamper)
     assert await review(page) == SHOWN
     refused = await click_step(page, "#approve", "#approval-result")
