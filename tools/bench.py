@@ -830,16 +830,17 @@ def _median_of(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 def table(scenarios: dict[str, dict[str, Any]], compare: dict[str, dict[str, Any]] | None) -> str:
     db = any("db_cpu_us_per_call" in r for r in scenarios.values())
-    head = f"{'scenario':<25}{'calls/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
+    w = max(25, *(len(name) + 2 for name in scenarios))  # the name column
+    head = f"{'scenario':<{w}}{'calls/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
     head += f"{'server CPU':>12}" + (f"{'db CPU':>9}" if db else "") + f"{'load CPU':>10}"
     head += f"{'vs baseline':>13}"
     if compare is not None:
         head += f"{'vs empty':>10}"
-    lines = [head, f"{'':<25}{'':>9}{'':>9}{'':>9}{'':>8}{'µs/call':>12}"]
+    lines = [head, f"{'':<{w}}{'':>9}{'':>9}{'':>9}{'':>8}{'µs/call':>12}"]
     lines[-1] += (f"{'µs/call':>9}" if db else "") + f"{'µs/call':>10}"
     for name, r in scenarios.items():
         line = (
-            f"{name:<25}{r['rps']:>9.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['errors']:>8}"
+            f"{name:<{w}}{r['rps']:>9.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['errors']:>8}"
             f"{r['server_cpu_us_per_call']:>12.0f}"
         )
         if db:
