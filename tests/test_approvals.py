@@ -207,6 +207,7 @@ async def test_a_totp_approval_mints_exactly_what_was_approved(
     )
 
 
+@pytest.mark.parametrize("method", ["passkey", "totp", "recovery_code"])
 @pytest.mark.parametrize(
     "asked",
     [
@@ -219,18 +220,60 @@ async def test_a_totp_approval_mints_exactly_what_was_approved(
     ids=["digest", "action", "more-actions", "session", "single-use"],
 )
 async def test_asking_a_bound_challenge_for_anything_else_spends_it(
-    client: Client, clock: FakeClock, configured: None, db: asyncpg.Connection, asked: Any
+    client: Client,
+    clock: FakeClock,
+    configured: None,
+    db: asyncpg.Connection,
+    asked: Any,
+    method: str,
 ) -> None:
-    device, _ = await totp_user(client, clock, "bo")
-    challenge = await bound_challenge(client, "bo", single_use=False, session_id="s-1")
-    code = device.code(clock.now())
-    await refused(
-        issue(client, "bo", challenge.challenge_id, types.Proof(totp_code=code), **asked),
-        *MISMATCH,
-    )
+    """Whatever the factor: the mismatch is refused and spends the challenge, no token is
+    minted, and the right request afterwards on that challenge is refused too."""
+    user = f"bo-{method}"
+    device, codes = await totp_user(client, clock, user)
+    if method == "passkey":
+        authenticator = SoftAuthenticator(origin=ORIGIN, rp_id=RP_ID)
+        link = await token_for_link(client, clock, user, device)
+        await enroll_passkey(client, ENV, user, authenticator, link)
+    kind = {
+        "passkey": types.METHOD_PASSKEY,
+        "totp": types.METHOD_TOTP,
+        "recovery_code": types.METHOD_RECOVERY_CODE,
+    }[method]
+    challenge = await bound_challenge(client, user, kind, single_use=False, session_id="s-1")
+    if method == "passkey":
+        proof = types.Proof(
+            passkey_assertion_json=authenticator.assertion(challenge.passkey_request_options_json)
+        )
+    elif method == "totp":
+        proof = types.Proof(totp_code=device.code(clock.now()))
+    else:
+        proof = types.Proof(recovery_code=codes[0])
+    before = await tokens_of(db, user)
+    await refused(issue(client, user, challenge.challenge_id, proof, **asked), *MISMATCH)
     # Spent: the right request on that challenge is refused, and no token was minted.
-    await refused(issue(client, "bo", challenge.challenge_id, types.Proof(totp_code=code)), *GONE)
-    assert await tokens_of(db, "bo") == 0
+    await refused(issue(client, user, challenge.challenge_id, proof), *GONE)
+    assert await tokens_of(db, user) == before
+
+
+async def token_for_link(client: Client, clock: FakeClock, user: str, device: TotpDevice) -> str:
+    """An ACTION_CREDENTIAL_LINK token with the user's authenticator app (a second factor
+    needs the first)."""
+    challenge = await call(
+        client.mfa_stub.Challenge(
+            pb.ChallengeRequest(environment_id=ENV, user_id=user, method=types.METHOD_TOTP)
+        )
+    )
+    issued = await issue(
+        client,
+        user,
+        challenge.challenge_id,
+        types.Proof(totp_code=device.code(clock.now())),
+        actions=[types.ACTION_CREDENTIAL_LINK],
+        single_use=True,
+    )
+    clock.advance(timedelta(seconds=30))
+    return issued.token
 
 
 async def test_repeating_the_approval_terms_is_allowed(
