@@ -1,14 +1,16 @@
 """Challenge and VerifySession, and the one verification path every proof goes through.
 
-``Verifier.verify`` reads top to bottom. A device factor (TOTP, passkey): read the
-attempt state, the challenge and the user's devices (``store.verifications.read``);
-match the proof against them (pure: ``domain.verification``); conclude in one statement
+A use case reads top to bottom. ``Verifier.read``: the attempt state, the challenge and
+the user's devices (``store.verifications.read``), refusing what needs no proof check
+(locked out, no such challenge, a malformed proof). Then the use case decides what a
+success records, its ``Grant`` (the action token, the verified session; on a challenge
+bound to an approval, exactly the approval). ``Verifier.verify``: match the proof
+against what was read (pure: ``domain.verification``) and conclude in one statement
 under the user's row lock (``store.verifications.conclude``): the challenge used up, the
 device's replay state moved forward, the failure counted or the count reset, the audit
-events and, on success, the caller's ``Grant`` (the action token, the verified session).
-Nothing it decides rests on the read: a stale read can only make it refuse. A recovery
-code is read, checked with scrypt while no pooled connection is held, and decided in a
-transaction that locks the user first.
+events and, on success, the grant. Nothing it decides rests on the read: a stale read
+can only make it refuse. A recovery code is checked with scrypt while no pooled
+connection is held, and decided in a transaction that locks the user first.
 
 Why a refusal is sometimes returned and not raised: a refused attempt must still count.
 Its challenge (or enrollment) stays spent, its failure stays counted, its audit events
