@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from grpc import aio
@@ -23,7 +23,7 @@ from mfa_service.api.convert import (
 from mfa_service.domain.audit import CallContext
 from mfa_service.domain.model import EnvironmentId
 from mfa_service.domain.settings import Settings
-from mfa_service.errors import InvalidArgument
+from mfa_service.errors import InvalidArgument, NotImplementedYet
 from mfa_service.services.admin import AdminService
 from mfa_service.services.audit_log import AuditLogService
 from mfa_service.services.settings import SettingsService, page_token_after
@@ -153,3 +153,26 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         if fit < len(events):
             next_page_token = page.events[fit - 1].page_token_after
         return pb.ListAuditEventsResponse(events=events[:fit], next_page_token=next_page_token)
+
+    # Issue 20: the events out. Each is built on its own branch and lands with its tests.
+
+    async def WatchAuditEvents(
+        self, request: pb.WatchAuditEventsRequest, context: Context
+    ) -> AsyncIterator[pb.WatchAuditEventsResponse]:
+        raise NotImplementedYet("WatchAuditEvents")
+        yield pb.WatchAuditEventsResponse()  # pragma: no cover - makes this a stream
+
+    async def CreateWebhook(
+        self, request: pb.CreateWebhookRequest, context: Context
+    ) -> pb.CreateWebhookResponse:
+        raise NotImplementedYet("CreateWebhook")
+
+    async def ListWebhooks(
+        self, request: pb.ListWebhooksRequest, context: Context
+    ) -> pb.ListWebhooksResponse:
+        raise NotImplementedYet("ListWebhooks")
+
+    async def DeleteWebhook(
+        self, request: pb.DeleteWebhookRequest, context: Context
+    ) -> pb.DeleteWebhookResponse:
+        raise NotImplementedYet("DeleteWebhook")

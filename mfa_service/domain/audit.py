@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from mfa_service.domain.model import Method
 
@@ -38,6 +38,8 @@ class AuditEventType(enum.Enum):
     USER_RESET = "user_reset"
     SIGN_COUNT_REGRESSION = "sign_count_regression"
     ENVIRONMENT_CREATED = "environment_created"
+    WEBHOOK_CREATED = "webhook_created"
+    WEBHOOK_DELETED = "webhook_deleted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,3 +64,8 @@ class LoggedEvent:
     row_id: int
     event_id: str
     event: AuditEvent
+
+
+def audit_time(at: datetime) -> str:
+    """A time as events show it: ISO 8601 in UTC, to the microsecond."""
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
