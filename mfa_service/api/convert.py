@@ -13,7 +13,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from mfa.v1 import admin_service_pb2 as admin_pb
 from mfa.v1 import types_pb2 as pb
-from mfa_service.domain import approvals
+from mfa_service.domain import approvals, events
 from mfa_service.domain.audit import AuditEvent, AuditEventType
 from mfa_service.domain.devices import Device
 from mfa_service.domain.model import Action, EnvironmentId, Method, Proof, UserId
@@ -415,6 +415,9 @@ def audit_event_to_proto(event_id: str, event: AuditEvent) -> admin_pb.AuditEven
         caller=event.context.caller,
         request_id=event.context.request_id,
         details=dict(event.details),
+        notify_user=events.notify_user(event),
+        client_ip=event.context.client_ip or "",
+        client_user_agent=event.context.client_user_agent or "",
     )
 
 

@@ -23,11 +23,18 @@ from mfa_service.api import context as call_context
 from mfa_service.api.authorization import Authorizer, peer_identity
 from mfa_service.api.errors import rich_status, status_of
 from mfa_service.api.metrics import Metrics
+from mfa_service.domain import audit
 from mfa_service.domain.audit import CallContext
 
 log = logging.getLogger("mfa_service.rpc")
 
 REQUEST_ID_HEADER = "x-request-id"
+# Where the user's request came from (DESIGN §3f), read on the user RPCs only: the
+# calling service says it for the user it acts for; on admin and signer calls there is
+# no such user.
+CLIENT_IP_HEADER = "mfa-client-ip"
+CLIENT_USER_AGENT_HEADER = "mfa-client-user-agent"
+USER_SERVICE = "mfa.v1.MfaService"
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
@@ -64,6 +71,32 @@ def _request_id(metadata: tuple[Any, ...] | None) -> str:
         if key == REQUEST_ID_HEADER and isinstance(value, str) and _SAFE_REQUEST_ID.match(value):
             return value
     return uuid.uuid4().hex
+
+
+def _client_source(metadata: tuple[Any, ...] | None) -> tuple[str | None, str | None]:
+    """The ``mfa-client-ip`` and ``mfa-client-user-agent`` of a call, checked (None: not
+    given, or given empty). A bad one is refused naming its key, never recorded
+    half-right; the message never repeats the value (it reaches logs and clients)."""
+    given: dict[str, list[str]] = {CLIENT_IP_HEADER: [], CLIENT_USER_AGENT_HEADER: []}
+    for key, value in metadata or ():
+        if key in given:
+            given[key].append(value if isinstance(value, str) else "")
+    found: list[str | None] = []
+    for key, check in (
+        (CLIENT_IP_HEADER, audit.client_ip),
+        (CLIENT_USER_AGENT_HEADER, audit.client_user_agent),
+    ):
+        values = given[key]
+        if len(values) > 1:
+            raise errors.InvalidArgument.field(key, "given more than once")
+        if not values or not values[0]:
+            found.append(None)
+            continue
+        try:
+            found.append(check(values[0]))
+        except ValueError as error:
+            raise errors.InvalidArgument.field(key, str(error)) from None
+    return found[0], found[1]
 
 
 if TYPE_CHECKING:
@@ -161,6 +194,13 @@ def _wrap(
             context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
             if authorizer is not None:
                 authorizer.check(_service(method), identity)
+            if _service(method) == USER_SERVICE:
+                ip, agent = _client_source(metadata)
+                if ip is not None or agent is not None:
+                    # Reset with the call's token below, like the context it replaces.
+                    call_context.set_current(
+                        CallContext(caller, request_id, client_ip=ip, client_user_agent=agent)
+                    )
             if request is _MALFORMED:
                 raise errors.InvalidArgument.field(
                     "request", "not a valid message (corrupt, or a string that is not UTF-8)"

@@ -43,7 +43,7 @@ async def page(
 
 # The columns ``logged_event`` reads.
 LOGGED_COLUMNS = """id, event_id, environment_id, user_id, type, occurred_at, method, device_id,
-    caller, request_id, details::text AS details"""
+    caller, request_id, client_ip, client_user_agent, details::text AS details"""
 
 
 def logged_event(row: Any) -> LoggedEvent:
@@ -55,7 +55,12 @@ def logged_event(row: Any) -> LoggedEvent:
             type=AuditEventType[row["type"]],
             environment_id=row["environment_id"],
             occurred_at=row["occurred_at"],
-            context=CallContext(caller=row["caller"], request_id=row["request_id"]),
+            context=CallContext(
+                caller=row["caller"],
+                request_id=row["request_id"],
+                client_ip=row["client_ip"],
+                client_user_agent=row["client_user_agent"],
+            ),
             user_id=row["user_id"],
             method=Method[row["method"]] if row["method"] else None,
             device_id=row["device_id"],
