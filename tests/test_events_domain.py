@@ -1,18 +1,21 @@
 """domain.events and the client source, pure: what an event says when it leaves (DESIGN
-§3f) and the user's notification."""
+§3f), the user's notification, the CAEP credential-change claims and their SET."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
+import jwt
 import pytest
 
-from mfa_service.domain import audit, events
+from mfa_service.domain import audit, events, tokens
 from mfa_service.domain.audit import AuditEvent, AuditEventType, CallContext, LoggedEvent
 from mfa_service.domain.model import Method
 
 AT = datetime(2026, 12, 7, 15, 0, 0, 123456, tzinfo=UTC)
 EVENT_ID = "4f7c2a52-51a8-4f8e-9c57-0d1e6f3a9b10"
+AAGUID = "accced6a-63f5-490a-9eea-e59bc1896cfc"
 
 
 def logged(
@@ -119,3 +122,183 @@ def test_a_webhook_names_the_device_when_and_the_client() -> None:
         None,
         None,
     )
+
+
+# --- CAEP credential change ---------------------------------------------------------------
+
+
+def change_of(event: LoggedEvent) -> Mapping[str, object]:
+    claims = events.caep_set_claims(event, issuer="mfa-service", audience="https://rx")
+    assert claims is not None
+    change: Mapping[str, object] = claims["events"][events.CREDENTIAL_CHANGE]
+    return change
+
+
+@pytest.mark.parametrize(
+    ("event", "credential_type", "change_type", "initiating_entity"),
+    [
+        (logged(AuditEventType.ENROLLMENT_COMPLETED, Method.TOTP), "app", "create", "user"),
+        (logged(AuditEventType.DEVICE_DELETED, Method.TOTP), "app", "delete", "user"),
+        (
+            logged(AuditEventType.ENROLLMENT_COMPLETED, Method.PASSKEY, transports="internal"),
+            "fido2-platform",
+            "create",
+            "user",
+        ),
+        (
+            logged(AuditEventType.DEVICE_DELETED, Method.PASSKEY, transports="usb,nfc"),
+            "fido2-roaming",
+            "delete",
+            "user",
+        ),
+        (
+            logged(AuditEventType.DEVICE_DELETED, Method.PASSKEY, transports="hybrid,internal"),
+            "fido2-roaming",
+            "delete",
+            "user",
+        ),
+        (  # transports unknown: roaming, the conservative reading
+            logged(AuditEventType.ENROLLMENT_COMPLETED, Method.PASSKEY, transports=""),
+            "fido2-roaming",
+            "create",
+            "user",
+        ),
+        (
+            logged(AuditEventType.RECOVERY_CODES_GENERATED, regenerated="false"),
+            "recovery-code",
+            "create",
+            "user",
+        ),
+        (
+            logged(AuditEventType.RECOVERY_CODES_GENERATED, regenerated="true"),
+            "recovery-code",
+            "update",
+            "user",
+        ),
+        (
+            logged(AuditEventType.USER_RESET, devices_removed="2", reason=""),
+            "mfa-all",
+            "revoke",
+            "admin",
+        ),
+    ],
+    ids=[
+        "totp-added",
+        "totp-deleted",
+        "platform-passkey-added",
+        "roaming-passkey-deleted",
+        "hybrid-passkey-deleted",
+        "unknown-passkey-added",
+        "first-codes",
+        "regenerated-codes",
+        "admin-reset",
+    ],
+)
+def test_a_credential_change_maps_to_caep(
+    event: LoggedEvent, credential_type: str, change_type: str, initiating_entity: str
+) -> None:
+    change = change_of(event)
+    assert (
+        change["credential_type"],
+        change["change_type"],
+        change["initiating_entity"],
+    ) == (credential_type, change_type, initiating_entity)
+    assert change["event_timestamp"] == int(AT.timestamp())
+    assert "reason_admin" not in change  # an empty reason says nothing
+
+
+NOT_CHANGES = sorted(
+    set(AuditEventType)
+    - {
+        AuditEventType.ENROLLMENT_COMPLETED,
+        AuditEventType.DEVICE_DELETED,
+        AuditEventType.RECOVERY_CODES_GENERATED,
+        AuditEventType.USER_RESET,
+    },
+    key=lambda t: t.value,
+)
+
+
+@pytest.mark.parametrize("event_type", NOT_CHANGES, ids=lambda t: t.value)
+def test_other_events_are_no_credential_change(event_type: AuditEventType) -> None:
+    event = logged(event_type, Method.TOTP)
+    assert events.caep_set_claims(event, issuer="mfa-service", audience="https://rx") is None
+
+
+def test_a_reset_that_removed_nothing_is_no_credential_change() -> None:
+    event = logged(AuditEventType.USER_RESET, devices_removed="0", reason="T-1")
+    assert events.caep_set_claims(event, issuer="mfa-service", audience="https://rx") is None
+
+
+def test_the_set_claims_name_the_event_the_user_and_the_device() -> None:
+    event = logged(
+        AuditEventType.ENROLLMENT_COMPLETED,
+        Method.PASSKEY,
+        alias="YubiKey",
+        aaguid=AAGUID,
+        transports="usb",
+    )
+    claims = events.caep_set_claims(event, issuer="mfa-service", audience="https://rx")
+    subject = {
+        "format": "complex",
+        "user": {"format": "iss_sub", "iss": "mfa-service", "sub": "u-1"},
+        "tenant": {"format": "opaque", "id": "env-1"},
+    }
+    assert claims == {
+        "iss": "mfa-service",
+        "iat": int(AT.timestamp()),
+        "jti": EVENT_ID,
+        "aud": "https://rx",
+        "txn": "req-1",
+        "sub_id": subject,
+        "events": {
+            events.CREDENTIAL_CHANGE: {
+                "subject": subject,
+                "credential_type": "fido2-roaming",
+                "change_type": "create",
+                "initiating_entity": "user",
+                "friendly_name": "YubiKey",
+                "fido2_aaguid": AAGUID,
+                "event_timestamp": int(AT.timestamp()),
+            }
+        },
+    }
+    later = datetime(2026, 12, 8, tzinfo=UTC)
+    again = events.caep_set_claims(
+        event, issuer="mfa-service", audience="https://rx", issued_at=later
+    )
+    assert again is not None and again["iat"] == int(later.timestamp())
+    # "none" attestation: no authenticator model to name.
+    anonymous = logged(
+        AuditEventType.ENROLLMENT_COMPLETED,
+        Method.PASSKEY,
+        aaguid="00000000-0000-0000-0000-000000000000",
+    )
+    assert "fido2_aaguid" not in change_of(anonymous)
+
+
+def test_an_admin_reset_gives_the_admins_reason() -> None:
+    event = logged(AuditEventType.USER_RESET, devices_removed="1", reason="ticket 7")
+    assert change_of(event)["reason_admin"] == {"und": "ticket 7"}
+
+
+@pytest.mark.parametrize("algorithm", tokens.ALGORITHMS)
+def test_a_set_is_signed_typed_and_never_an_action_token(algorithm: str) -> None:
+    key = tokens.generate_key(algorithm, now=AT)
+    claims = events.caep_set_claims(
+        logged(AuditEventType.DEVICE_DELETED, Method.TOTP), issuer="mfa-service", audience="rx"
+    )
+    assert claims is not None
+    token = tokens.encode_security_event(claims, key)
+    assert jwt.get_unverified_header(token) == {
+        "alg": algorithm,
+        "kid": key.kid,
+        "typ": "secevent+jwt",
+    }
+    jwk = jwt.PyJWK.from_dict(key.public_jwk())
+    assert jwt.decode(token, jwk.key, algorithms=[algorithm], audience="rx") == claims
+    # Same keys as action tokens: the explicit typ keeps a SET from passing for one.
+    assert tokens.peek(token, algorithms=tokens.ALGORITHMS) is None
+    retired = tokens.SigningKey(key.kid, algorithm, None, key.public_key, created_at=AT)
+    with pytest.raises(ValueError, match="cannot sign"):
+        tokens.encode_security_event(claims, retired)

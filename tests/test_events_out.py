@@ -1,37 +1,49 @@
 """Security events out (DESIGN §3f), through the real server: where a user's request came
-from (``mfa-client-ip``, ``mfa-client-user-agent``) on the events it wrote, and what the user
-must be told of (``notify_user``)."""
+from (``mfa-client-ip``, ``mfa-client-user-agent``) on the events it wrote, what the user
+must be told of (``notify_user``), and credential changes as CAEP Security Event Tokens
+that verify with the service's JWKS."""
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Sequence
 from datetime import timedelta
 
 import grpc
+import jwt
 import pyotp
 import pytest
+from authenticator import SoftAuthenticator
 
 from flows import (
     TotpDevice,
     call,
     challenge,
+    enroll_passkey,
     enroll_totp_with_codes,
     token_with_code,
     update_settings,
 )
-from helpers import FakeClock, refused
+from helpers import TEST_KEY_RING, FakeClock, refused
 from mfa.v1 import action_token_service_pb2 as at_pb
 from mfa.v1 import admin_service_pb2 as admin_pb
 from mfa.v1 import mfa_service_pb2 as pb
 from mfa.v1 import types_pb2 as types
 from mfa_client import Client
-from mfa_service.domain.audit import MAX_CLIENT_USER_AGENT
+from mfa_service import app as app_module
+from mfa_service.domain import events
+from mfa_service.domain.audit import MAX_CLIENT_USER_AGENT, LoggedEvent
+from mfa_service.services.keys import TokenKeys
+from mfa_service.store import audit_log
 
 ENV = "env-events-out"
 pytestmark = pytest.mark.environments(ENV)
 
 AGENT = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
 FROM_PHONE = (("mfa-client-ip", "2001:DB8:0::7"), ("mfa-client-user-agent", AGENT))
+ISSUER = "mfa-service"  # the default MFA_TOKEN_ISSUER, as the app fixture runs
+RECEIVER = "https://receiver.example.com/caep"
 
 
 def type_name(event: admin_pb.AuditEvent) -> str:
@@ -296,3 +308,90 @@ async def test_the_user_is_told_of_the_listed_events_only(client: Client, clock:
     for name in ("ENROLLMENT_COMPLETED", "DEVICE_DELETED"):
         assert events_of[name].details["alias"] == "Work phone"
         assert events_of[name].device_id == device_id
+
+
+async def logged(app: app_module.Application, user: str) -> list[LoggedEvent]:
+    """The user's events as the audit log holds them, oldest first."""
+    async with app.db.transaction() as conn:
+        page = await audit_log.page(conn, ENV, user_id=user, types=None, before_id=None, limit=100)
+    return list(reversed(page))
+
+
+def verified(token: str, jwks_json: str) -> dict[str, object]:
+    """``token`` checked with nothing but pyjwt and the JWKS: signature by the key its
+    ``kid`` names, ``typ``, issuer and audience."""
+    header = jwt.get_unverified_header(token)
+    assert header["typ"] == "secevent+jwt"
+    key = jwt.PyJWKSet.from_json(jwks_json)[header["kid"]]
+    claims: dict[str, object] = jwt.decode(
+        token,
+        key.key,
+        algorithms=["ES256", "EdDSA"],
+        audience=RECEIVER,
+        issuer=ISSUER,
+        options={"require": ["iss", "iat", "jti", "aud"]},
+    )
+    return claims
+
+
+def changes(sets: Sequence[dict[str, object]]) -> list[tuple[object, object, object]]:
+    out = []
+    for claims in sets:
+        change = claims["events"][events.CREDENTIAL_CHANGE]  # type: ignore[index]
+        out.append((change["credential_type"], change["change_type"], change["initiating_entity"]))
+    return out
+
+
+async def test_credential_changes_leave_as_caep_sets_that_verify_with_the_jwks(
+    app: app_module.Application, client: Client, clock: FakeClock
+) -> None:
+    """Signed with the service's current token key, checked against GetJwks: a TOTP
+    device and a platform passkey added, codes regenerated, a device deleted, an admin
+    reset; the events that are no credential change give no SET."""
+    await update_settings(
+        client,
+        ENV,
+        passkey__rp_id="example.com",
+        passkey__allowed_origins=["https://app.example.com"],
+    )
+    device_id, secret = await enroll_from_phone(client, clock, "eve")
+    device = TotpDevice(device_id, secret)
+    link = await token_with_code(client, clock, ENV, "eve", device, types.ACTION_CREDENTIAL_LINK)
+    authenticator = SoftAuthenticator(origin="https://app.example.com", rp_id="example.com")
+    await enroll_passkey(client, ENV, "eve", authenticator, action_token=link)
+    await regenerate_codes(client, clock, "eve", device)
+    await delete_then_reset(client, clock, "eve", device, "ticket 7")
+
+    keys = TokenKeys(app.db, clock, TEST_KEY_RING, "ES256")
+    await keys.reload()  # the key the server signs with, read as a replica does
+    jwks = (await call(client.action_tokens_stub.GetJwks(at_pb.GetJwksRequest()))).jwks_json
+    sets = []
+    for event in await logged(app, "eve"):
+        claims = events.caep_set_claims(event, issuer=ISSUER, audience=RECEIVER)
+        if claims is None:
+            continue
+        token = await keys.sign_security_event(claims)
+        got = verified(token, jwks)
+        assert got["jti"] == event.event_id
+        assert got["sub_id"] == {
+            "format": "complex",
+            "user": {"format": "iss_sub", "iss": ISSUER, "sub": "eve"},
+            "tenant": {"format": "opaque", "id": ENV},
+        }
+        sets.append(got)
+    assert changes(sets) == [
+        ("app", "create", "user"),
+        ("recovery-code", "create", "user"),  # the first set, with the first factor
+        ("fido2-platform", "create", "user"),
+        ("recovery-code", "update", "user"),
+        ("app", "delete", "user"),
+        ("mfa-all", "revoke", "admin"),
+    ]
+    first = sets[0]["events"][events.CREDENTIAL_CHANGE]  # type: ignore[index]
+    assert first["friendly_name"] == "Work phone"
+    reset = sets[-1]["events"][events.CREDENTIAL_CHANGE]  # type: ignore[index]
+    assert reset["reason_admin"] == {"und": "ticket 7"}
+    # The JWKS holds the one active key: it is the one that signed.
+    assert [k["kid"] for k in json.loads(jwks)["keys"]] == [
+        jwt.get_unverified_header(await keys.sign_security_event(sets[0]))["kid"]
+    ]
