@@ -23,6 +23,7 @@ from mfa_service.api.mfa import MfaServicer
 from mfa_service.clock import Clock, SystemClock
 from mfa_service.config import Config, TlsConfig, parse_host_port
 from mfa_service.crypto import KeyRing
+from mfa_service.domain.webhooks import RetryPolicy
 from mfa_service.embedded_pg import EmbeddedPostgres
 from mfa_service.errors import DatabaseUnavailable
 from mfa_service.server import Server, Servicers
@@ -37,6 +38,7 @@ from mfa_service.services.recovery import RecoveryService
 from mfa_service.services.settings import SettingsCache, SettingsService
 from mfa_service.services.status import StatusService
 from mfa_service.services.verification import VerificationService, Verifier
+from mfa_service.services.webhooks import Dispatcher, WebhookOptions, WebhookService
 from mfa_service.store.db import (
     DEFAULT_STATEMENT_CACHE_SIZE,
     Database,
@@ -106,6 +108,7 @@ async def start(
     tracer: trace.Tracer | None = None,
     statement_cache_size: int = DEFAULT_STATEMENT_CACHE_SIZE,
     listen_url: str | None = None,
+    webhooks: WebhookOptions | None = None,
 ) -> Application:
     """Migrate, connect and serve; the returned application knows its bound port.
 
@@ -115,8 +118,10 @@ async def start(
     statement (see ``mfa_service.tracing``); None: no tracing. ``statement_cache_size``:
     0 behind pgbouncer in transaction mode. ``listen_url``: where the listener of settings
     changes and new signing keys connects (a session of its own); None: ``database_url``.
+    ``webhooks``: how webhooks are created and delivered; None: the defaults (https only).
     """
     clock = clock or SystemClock()
+    webhooks = webhooks or WebhookOptions()
     await migrate_url(database_url, statement_cache_size=statement_cache_size)
     query_logger = tracing.query_logger(tracer) if tracer is not None else None
     db = Database(
@@ -171,6 +176,7 @@ async def start(
             SettingsService(db, clock, settings_cache),
             AdminService(db, clock, settings_cache),
             AuditLogService(db, settings_cache),
+            WebhookService(db, clock, key_ring, webhooks),
         ),
     )
     server = Server(
@@ -206,6 +212,7 @@ async def start(
     background = [
         asyncio.create_task(_keep_listening(settings_cache.listener, health_interval_seconds)),
         asyncio.create_task(Purger(db, clock).run_forever(purge_interval)),
+        asyncio.create_task(Dispatcher(db, clock, key_ring, webhooks).run_forever()),
     ]
     return Application(
         db=db,
@@ -363,6 +370,11 @@ async def serve(
             tracer=traces.tracer if traces is not None else None,
             statement_cache_size=config.db_statement_cache_size,
             listen_url=config.db_listen_url,
+            webhooks=WebhookOptions(
+                allow_loopback_http=config.dev_mode,
+                timeout=timedelta(seconds=config.webhook_timeout_seconds),
+                retry=RetryPolicy(horizon=config.webhook_retry_horizon),
+            ),
         )
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()

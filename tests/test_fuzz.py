@@ -643,6 +643,18 @@ def _cursor(value: object) -> str:
 
 # --- the RPCs ----------------------------------------------------------------------------------
 
+ODD_WEBHOOK_URLS = [
+    "https://[::1",
+    "https://a:0/",
+    "https://a:65536/",
+    "https://@/",
+    "http://127.0.0.1:9/hook",
+    "https://u:p@127.0.0.1/",
+    "HTTPS://127.0.0.1/#",
+    "javascript:alert(1)",
+    "https://" + "a" * 2041,
+]
+
 PROOF_KINDS = ["totp_code", "passkey_assertion_json", "recovery_code"]
 PROOF = Field(
     st.one_of(
@@ -952,6 +964,41 @@ RPC_LIST = [
             # A cursor beyond bigint: asyncpg's OverflowError, was INTERNAL.
             {"environment_id": ENV, "page_token": _cursor(10**23)},
         ),
+    ),
+    Rpc(
+        "AdminService",
+        "CreateWebhook",
+        {
+            "environment_id": ENV_ID,
+            # https to a closed loopback port: a delivery is refused at once.
+            "url": Field(
+                st.just("https://127.0.0.1:9/hook"),
+                strings(4096) | st.sampled_from(ODD_WEBHOOK_URLS),
+            ),
+            "event_types": Field(
+                st.lists(
+                    st.sampled_from(range(1, len(admin_pb.AuditEventType.values()))),
+                    min_size=1,
+                    max_size=4,
+                    unique=True,
+                ),
+                enum_lists(admin_pb.AuditEventType),
+            ),
+            "format": enum(admin_pb.WebhookFormat),
+        },
+        plain(admin_pb.CreateWebhookRequest),
+    ),
+    Rpc(
+        "AdminService",
+        "ListWebhooks",
+        {"environment_id": ENV_ID},
+        plain(admin_pb.ListWebhooksRequest),
+    ),
+    Rpc(
+        "AdminService",
+        "DeleteWebhook",
+        {"environment_id": ENV_ID, "webhook_id": Field(st.uuids().map(str), uuids())},
+        plain(admin_pb.DeleteWebhookRequest),
     ),
 ]
 RPCS = {rpc.name: rpc for rpc in RPC_LIST}

@@ -19,6 +19,9 @@ from mfa_service.api.convert import (
     settings_changes,
     settings_to_proto,
     user_id,
+    uuid_field,
+    webhook_format_from_proto,
+    webhook_to_proto,
 )
 from mfa_service.domain.audit import CallContext
 from mfa_service.domain.model import EnvironmentId
@@ -27,6 +30,7 @@ from mfa_service.errors import InvalidArgument, NotImplementedYet
 from mfa_service.services.admin import AdminService
 from mfa_service.services.audit_log import AuditLogService
 from mfa_service.services.settings import SettingsService, page_token_after
+from mfa_service.services.webhooks import WebhookService
 
 Context = aio.ServicerContext[Any, Any]
 
@@ -41,6 +45,8 @@ MAX_ENVIRONMENT_PAGE_TOKEN = 256
 # 256 KiB); the largest event is a few KiB (ids, caller and request id at their caps, a
 # 256-character reason), the largest settings about 6 KiB (20 origins at their cap).
 MAX_PAGE_BYTES = 128 * 1024
+# CreateWebhook: each event type at most once.
+MAX_WEBHOOK_EVENT_TYPES = len(pb.AuditEventType.values()) - 1
 # Each item is a length-delimited field of the response: a tag byte and its length.
 _ITEM_FRAMING_BYTES = 1 + 5
 
@@ -76,11 +82,16 @@ async def _write_settings(
 
 class AdminServicer(pb_grpc.AdminServiceServicer):
     def __init__(
-        self, settings: SettingsService, admin: AdminService, audit_log: AuditLogService
+        self,
+        settings: SettingsService,
+        admin: AdminService,
+        audit_log: AuditLogService,
+        webhooks: WebhookService,
     ) -> None:
         self._settings = settings
         self._admin = admin
         self._audit_log = audit_log
+        self._webhooks = webhooks
 
     async def CreateEnvironment(
         self, request: pb.CreateEnvironmentRequest, context: Context
@@ -165,14 +176,37 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     async def CreateWebhook(
         self, request: pb.CreateWebhookRequest, context: Context
     ) -> pb.CreateWebhookResponse:
-        raise NotImplementedYet("CreateWebhook")
+        env = environment_id(request.environment_id)
+        if len(request.event_types) > MAX_WEBHOOK_EVENT_TYPES:
+            raise InvalidArgument.field(
+                "event_types", f"at most {MAX_WEBHOOK_EVENT_TYPES}, each once"
+            )
+        created = await self._webhooks.create(
+            env,
+            url=request.url,
+            event_types=[
+                audit_event_type_from_proto(t, f"event_types[{i}]")
+                for i, t in enumerate(request.event_types)
+            ],
+            format=webhook_format_from_proto(request.format),
+            context=call_context.current(),
+        )
+        return pb.CreateWebhookResponse(
+            webhook=webhook_to_proto(created.webhook), signing_secret=created.signing_secret
+        )
 
     async def ListWebhooks(
         self, request: pb.ListWebhooksRequest, context: Context
     ) -> pb.ListWebhooksResponse:
-        raise NotImplementedYet("ListWebhooks")
+        webhooks = await self._webhooks.list(environment_id(request.environment_id))
+        return pb.ListWebhooksResponse(webhooks=[webhook_to_proto(w) for w in webhooks])
 
     async def DeleteWebhook(
         self, request: pb.DeleteWebhookRequest, context: Context
     ) -> pb.DeleteWebhookResponse:
-        raise NotImplementedYet("DeleteWebhook")
+        await self._webhooks.delete(
+            environment_id(request.environment_id),
+            uuid_field(request.webhook_id, "webhook_id"),
+            context=call_context.current(),
+        )
+        return pb.DeleteWebhookResponse()
