@@ -212,7 +212,9 @@ async def start(
     background = [
         asyncio.create_task(_keep_listening(settings_cache.listener, health_interval_seconds)),
         asyncio.create_task(Purger(db, clock).run_forever(purge_interval)),
-        asyncio.create_task(Dispatcher(db, clock, key_ring, webhooks).run_forever()),
+        asyncio.create_task(
+            Dispatcher(db, clock, key_ring, webhooks, keys=keys, issuer=token_issuer).run_forever()
+        ),
     ]
     return Application(
         db=db,

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import grpc
+import jwt
 import pytest
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 from standardwebhooks.webhooks import WebhookVerificationError
@@ -140,6 +141,50 @@ async def test_a_delivery_verifies_with_its_secret_and_not_with_another(
         StandardWebhook(secret).verify(tampered, delivery.headers)
 
 
+async def test_a_caep_webhook_pushes_credential_changes_as_security_event_tokens(
+    client: Client, clock: FakeClock, receiver: Receiver
+) -> None:
+    """WEBHOOK_FORMAT_CAEP: each credential change is an OpenID CAEP credential-change SET
+    (RFC 8417) signed with the token keys, pushed as RFC 8935 says; it verifies with plain
+    pyjwt against GetJwks. A reset that removed nothing changes no credential: nothing is
+    sent for it, and the events after it still go."""
+    await create_webhook(
+        client, receiver.url(), (COMPLETED, RESET), format=admin_pb.WEBHOOK_FORMAT_CAEP
+    )
+    await enroll_totp(client, clock, ENV, "carl")
+    await reset(client, "nobody")  # no device: no credential changed
+    await reset(client, "carl")
+    await eventually(lambda: len(receiver.delivered()) >= 2, what="two SETs delivered")
+    deliveries = receiver.delivered()
+    keys = jwt.PyJWKSet.from_dict(await client.action_tokens.jwks())
+    changes = []
+    for delivery in deliveries:
+        assert delivery.headers["content-type"] == "application/secevent+jwt"
+        token = delivery.body.decode()
+        header = jwt.get_unverified_header(token)
+        assert header["typ"] == "secevent+jwt"
+        claims = jwt.decode(
+            token,
+            keys[header["kid"]].key,
+            algorithms=[header["alg"]],
+            audience=receiver.url(),
+            issuer="mfa-service",
+        )
+        assert claims["sub_id"]["user"]["sub"] == "carl"
+        [(kind, change)] = claims["events"].items()
+        assert kind == "https://schemas.openid.net/secevent/caep/event-type/credential-change"
+        changes.append((change["credential_type"], change["change_type"]))
+    assert changes == [("app", "create"), ("mfa-all", "revoke")]
+    forged = deliveries[0].body.decode()[:-4] + "AAAA"
+    with pytest.raises(jwt.InvalidSignatureError):
+        jwt.decode(
+            forged,
+            keys[jwt.get_unverified_header(forged)["kid"]].key,
+            algorithms=["ES256", "EdDSA", "RS256"],
+            audience=receiver.url(),
+        )
+
+
 async def test_the_secret_is_sealed_at_rest_and_never_listed(
     client: Client, db: asyncpg.Connection, receiver: Receiver
 ) -> None:
@@ -197,8 +242,12 @@ def test_http_to_loopback_only_in_development_mode() -> None:
         ([COMPLETED, 999], {}, "event_types[1]"),
         ([COMPLETED, RESET, COMPLETED], {}, "event_types[2]"),
         ([COMPLETED], {"format": 7}, "format"),
-        # CAEP waits for domain.events.caep_set_claims (another branch of issue 20).
-        ([COMPLETED], {"format": admin_pb.WEBHOOK_FORMAT_CAEP}, "format"),
+        # CAEP has a Security Event Token for credential changes only.
+        (
+            [COMPLETED, T.AUDIT_EVENT_TYPE_TOKEN_VALIDATED],
+            {"format": admin_pb.WEBHOOK_FORMAT_CAEP},
+            "event_types[1]",
+        ),
     ],
 )
 async def test_bad_event_types_or_format_are_refused_naming_the_field(

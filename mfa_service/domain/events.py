@@ -146,6 +146,19 @@ def _credential_change(event: AuditEvent) -> dict[str, Any] | None:
     return None
 
 
+# The event types a CAEP credential-change SET can be made of (a CAEP webhook takes only
+# these; ``caep_set_claims`` may still find one of them to be no change, e.g. a reset
+# that removed nothing).
+CAEP_EVENT_TYPES: frozenset[AuditEventType] = frozenset(
+    {
+        AuditEventType.ENROLLMENT_COMPLETED,
+        AuditEventType.DEVICE_DELETED,
+        AuditEventType.RECOVERY_CODES_GENERATED,
+        AuditEventType.USER_RESET,
+    }
+)
+
+
 def caep_subject(issuer: str, environment_id: str, user_id: str) -> dict[str, Any]:
     """The user as SSF 1.0 §3 subjects name it: a complex subject, the user as our
     tokens name them (``iss`` and ``sub``, RFC 9493 ``iss_sub``) within the environment

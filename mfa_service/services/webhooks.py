@@ -28,6 +28,7 @@ import aiohttp
 
 from mfa_service.clock import Clock
 from mfa_service.crypto import KeyRing
+from mfa_service.domain import events
 from mfa_service.domain import webhooks as policy
 from mfa_service.domain.audit import AuditEventType, CallContext, LoggedEvent
 from mfa_service.domain.model import EnvironmentId, UserId
@@ -41,6 +42,7 @@ from mfa_service.domain.webhooks import (
 )
 from mfa_service.errors import DatabaseUnavailable, InvalidArgument, WebhookNotFound
 from mfa_service.services import audit
+from mfa_service.services.keys import TokenKeys
 from mfa_service.services.settings import load as load_settings
 from mfa_service.store import audit_stream
 from mfa_service.store import webhooks as webhook_store
@@ -102,10 +104,12 @@ class WebhookService:
         url = policy.check_url(url, allow_loopback_http=self._options.allow_loopback_http)
         types = policy.check_event_types(event_types)
         if format is WebhookFormat.CAEP:
-            # SEAM (issue 20, CAEP): deliveries as RFC 8935 Security Event Tokens need
-            # domain.events.caep_set_claims (another branch). When it lands, accept CAEP
-            # here and build the body in Dispatcher._delivery; until then it is refused.
-            raise InvalidArgument.field("format", "WEBHOOK_FORMAT_CAEP is not available yet")
+            for i, event_type in enumerate(types):
+                if event_type not in events.CAEP_EVENT_TYPES:
+                    raise InvalidArgument.field(
+                        f"event_types[{i}]",
+                        f"{event_type.name} is no credential change: CAEP has no event for it",
+                    )
         now = self._clock.now()
         webhook = Webhook(
             id=uuid.uuid4(),
@@ -188,6 +192,11 @@ class Answer:
         return f"HTTP {self.status}"
 
 
+# What a CAEP webhook's event that changed no credential comes to: delivered, with
+# nothing sent.
+NOTHING_TO_SEND = Answer(status=204, error=None)
+
+
 async def post(
     session: aiohttp.ClientSession, url: str, delivery: Delivery, within: timedelta
 ) -> Answer:
@@ -215,12 +224,23 @@ class Dispatcher:
     """Delivers every webhook's events; one per server process, any number of them."""
 
     def __init__(
-        self, db: Database, clock: Clock, key_ring: KeyRing, options: WebhookOptions
+        self,
+        db: Database,
+        clock: Clock,
+        key_ring: KeyRing,
+        options: WebhookOptions,
+        *,
+        keys: TokenKeys,
+        issuer: str,
     ) -> None:
+        """``keys``: the token keys, which sign CAEP Security Event Tokens; ``issuer``:
+        their ``iss`` (the action tokens' issuer)."""
         self._db = db
         self._clock = clock
         self._key_ring = key_ring
         self._options = options
+        self._keys = keys
+        self._issuer = issuer
 
     async def run_forever(self) -> None:
         async with aiohttp.ClientSession(
@@ -270,8 +290,11 @@ class Dispatcher:
         )
         attempts = webhook.state.attempts
         for cursor, logged in events:
-            answer = await post(
-                session, webhook.url, self._delivery(webhook, logged, secret), self._options.timeout
+            delivery = await self._delivery(webhook, logged, secret)
+            answer = (
+                await post(session, webhook.url, delivery, self._options.timeout)
+                if delivery is not None
+                else NOTHING_TO_SEND
             )
             now = self._clock.now()
             decision: Retry | GiveUp | None = None  # None: delivered
@@ -326,12 +349,18 @@ class Dispatcher:
         async with self._db.connection() as conn:
             await webhook_store.release(conn, held)
 
-    def _delivery(self, webhook: Webhook, logged: LoggedEvent, secret: bytes) -> Delivery:
-        """The POST of ``logged``, signed now (a retry is signed anew, under the same id)."""
+    async def _delivery(
+        self, webhook: Webhook, logged: LoggedEvent, secret: bytes
+    ) -> Delivery | None:
+        """The POST of ``logged``, signed now (a retry is signed anew, under the same id);
+        None: a CAEP webhook has nothing to say of this event (no credential changed)."""
         if webhook.format is WebhookFormat.CAEP:
-            # SEAM (issue 20, CAEP): the Security Event Token of domain.events.caep_set_claims,
-            # signed with the token keys, goes out through
-            # policy.security_event_token_delivery(logged.event_id, set_jwt). CreateWebhook
-            # refuses CAEP until then, so no such webhook exists.
-            raise NotImplementedError("CAEP deliveries need domain.events.caep_set_claims")
+            # OpenID CAEP credential-change SET (RFC 8417), signed with the token keys
+            # (receivers verify it with GetJwks), pushed as RFC 8935 says; its audience is
+            # the receiver's URL.
+            claims = events.caep_set_claims(logged, issuer=self._issuer, audience=webhook.url)
+            if claims is None:
+                return None
+            set_jwt = await self._keys.sign_security_event(claims)
+            return policy.security_event_token_delivery(logged.event_id, set_jwt)
         return policy.standard_webhooks_delivery(logged, secret=secret, now=self._clock.now())
