@@ -6,6 +6,9 @@ running (``pg_snapshot_xmin``): all of those have ended, so no event can later a
 before the last one returned. A cursor therefore misses nothing and repeats nothing,
 whatever the order transactions commit in; a long transaction only delays what follows
 it. Migration 0011.
+
+Each INSERT into audit_events notifies ``CHANNEL`` with the environment's id when its
+transaction commits (migration 0012): what wakes a waiting stream.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ class Cursor:
 
 
 START = Cursor(0, 0)  # before every event
+CHANNEL = "mfa_audit_events"  # migration 0012's trigger notifies it
 
 _AFTER = named(f"""
 SELECT {LOGGED_COLUMNS}, xid::text AS xid_text
