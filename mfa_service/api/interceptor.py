@@ -133,12 +133,9 @@ class CallInterceptor(_Interceptor):
         if handler is None:
             return handler
         if handler.unary_unary is None:
-            # Streaming RPCs: health Watch and reflection, open to every TLS client. No
-            # mfa.v1 RPC streams; should one ever, it is refused (UNIMPLEMENTED) under
-            # mTLS rather than served unauthorized.
-            if self._authorizer is None or Authorizer.is_open(_service(method)):
-                return _streaming(method, metadata, handler)
-            return None  # type: ignore[return-value]  # grpc.aio: no handler, UNIMPLEMENTED
+            # Streaming RPCs: health Watch and reflection, open to every TLS client, and
+            # AdminService.WatchAuditEvents, authorized as its service's unary calls.
+            return _streaming(method, metadata, handler, self._authorizer)
         return grpc.unary_unary_rpc_method_handler(
             _wrap(
                 method,
@@ -258,10 +255,14 @@ def _log_call(
 
 
 def _streaming(
-    method: str, metadata: tuple[Any, ...] | None, handler: grpc.RpcMethodHandler[Any, Any]
+    method: str,
+    metadata: tuple[Any, ...] | None,
+    handler: grpc.RpcMethodHandler[Any, Any],
+    authorizer: Authorizer | None,
 ) -> grpc.RpcMethodHandler[Any, Any]:
-    """A streaming handler (health Watch, reflection) with a request id and its log line,
-    written when the stream ends. grpc.aio serves a coroutine handler (it writes with
+    """A streaming handler (health Watch, reflection, WatchAuditEvents) with a request id,
+    the caller's authorization, the error mapping of unary calls and its log line, written
+    when the stream ends. grpc.aio serves a coroutine handler (it writes with
     ``context.write``) and an async generator differently, so the wrapper keeps the shape
     of the handler it wraps."""
     behavior: Any = handler.unary_stream or handler.stream_stream or handler.stream_unary
@@ -271,6 +272,8 @@ def _streaming(
             return grpc.StatusCode.CANCELLED
         if isinstance(error, aio.AbortError):
             return context.code() or grpc.StatusCode.UNKNOWN
+        if isinstance(error, errors.MfaError):
+            return status_of(error, "")[0]
         return grpc.StatusCode.INTERNAL
 
     async def fail(
@@ -278,6 +281,9 @@ def _streaming(
     ) -> None:
         if isinstance(error, aio.AbortError):
             raise error
+        if isinstance(error, errors.MfaError):
+            code, status = status_of(error, request_id)
+            await _abort(context, code, status.message, status.SerializeToString(), request_id)
         log.exception("unexpected error in %s request_id=%s", method, request_id)
         message = f"internal error; request id {request_id}"
         status = rich_status(grpc.StatusCode.INTERNAL, message, "ERROR_REASON_INTERNAL", request_id)
@@ -291,9 +297,12 @@ def _streaming(
         started = time.perf_counter()
         request_id = _request_id(metadata)
         context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
-        caller = peer_identity(context) or f"unauthenticated@{context.peer()}"
+        identity = peer_identity(context)
+        caller = identity or f"unauthenticated@{context.peer()}"
         code = grpc.StatusCode.OK
         try:
+            if authorizer is not None:
+                authorizer.check(_service(method), identity)
             yield
             code = context.code() or grpc.StatusCode.OK
         except BaseException as error:
