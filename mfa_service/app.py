@@ -30,6 +30,11 @@ from mfa_service.server import Server, Servicers
 from mfa_service.services.action_tokens import ActionTokenService
 from mfa_service.services.admin import AdminService
 from mfa_service.services.audit_log import AuditLogService
+from mfa_service.services.audit_stream import (
+    WAKE_INTERVAL_SECONDS,
+    AuditStreamService,
+    Wakeups,
+)
 from mfa_service.services.devices import DeviceService
 from mfa_service.services.enrollment import EnrollmentService
 from mfa_service.services.keys import TokenKeys
@@ -39,6 +44,7 @@ from mfa_service.services.settings import SettingsCache, SettingsService
 from mfa_service.services.status import StatusService
 from mfa_service.services.verification import VerificationService, Verifier
 from mfa_service.services.webhooks import Dispatcher, WebhookOptions, WebhookService
+from mfa_service.store import audit_stream
 from mfa_service.store.db import (
     DEFAULT_STATEMENT_CACHE_SIZE,
     Database,
@@ -59,6 +65,7 @@ class Application:
     server: Server
     settings_cache: SettingsCache
     background: list[asyncio.Task[None]]
+    audit_stream: AuditStreamService
     metrics: Metrics | None = None
     metrics_server: Any = None  # prometheus-client's WSGIServer, in a daemon thread
 
@@ -72,6 +79,9 @@ class Application:
         return int(self.metrics_server.server_port) if self.metrics_server is not None else 0
 
     async def stop(self, grace_seconds: float = 0) -> None:
+        # WatchAuditEvents streams never end on their own: ended first, they do not hold
+        # the graceful stop for its whole grace period (clients resume elsewhere).
+        self.audit_stream.close()
         await self.server.stop(grace_seconds)
         if self.metrics_server is not None:
             await asyncio.to_thread(self.metrics_server.shutdown)
@@ -109,6 +119,7 @@ async def start(
     statement_cache_size: int = DEFAULT_STATEMENT_CACHE_SIZE,
     listen_url: str | None = None,
     webhooks: WebhookOptions | None = None,
+    audit_wake_interval_seconds: float = WAKE_INTERVAL_SECONDS,
 ) -> Application:
     """Migrate, connect and serve; the returned application knows its bound port.
 
@@ -119,6 +130,8 @@ async def start(
     0 behind pgbouncer in transaction mode. ``listen_url``: where the listener of settings
     changes and new signing keys connects (a session of its own); None: ``database_url``.
     ``webhooks``: how webhooks are created and delivered; None: the defaults (https only).
+    ``audit_wake_interval_seconds``: how long a WatchAuditEvents stream waits for a
+    notification before it reads again anyway (services.audit_stream).
     """
     clock = clock or SystemClock()
     webhooks = webhooks or WebhookOptions()
@@ -145,12 +158,14 @@ async def start(
         await db.close()
         raise
     settings_cache = SettingsCache(db)
-    # One listening session for both: settings changes, and new signing keys (a rotation
-    # by ``mfa-service keys rotate`` or another replica reaches this one at once).
+    wakeups = Wakeups()
+    # One listening session for all: settings changes, new signing keys (a rotation by
+    # ``mfa-service keys rotate`` or another replica reaches this one at once), and new
+    # audit events for the WatchAuditEvents streams of this process.
     settings_cache.listener = SettingsListener(
         listen_url or database_url,
         settings_cache.invalidate,
-        other_channels={KEYS_CHANNEL: keys.invalidate},
+        other_channels={KEYS_CHANNEL: keys.invalidate, audit_stream.CHANNEL: wakeups.notified},
     )
     await settings_cache.listener.ensure()
     tokens = ActionTokenService(
@@ -161,6 +176,9 @@ async def start(
         settings=settings_cache,
         issuer=token_issuer,
         on_validation_batch=metrics.observe_validation_batch if metrics is not None else None,
+    )
+    watch = AuditStreamService(
+        db, settings_cache, wakeups, wake_interval_seconds=audit_wake_interval_seconds
     )
     servicers = Servicers(
         mfa=MfaServicer(
@@ -177,6 +195,7 @@ async def start(
             AdminService(db, clock, settings_cache),
             AuditLogService(db, settings_cache),
             WebhookService(db, clock, key_ring, webhooks),
+            watch,
         ),
     )
     server = Server(
@@ -221,6 +240,7 @@ async def start(
         server=server,
         settings_cache=settings_cache,
         background=background,
+        audit_stream=watch,
         metrics=metrics,
         metrics_server=metrics_server,
     )

@@ -26,9 +26,10 @@ from mfa_service.api.convert import (
 from mfa_service.domain.audit import CallContext
 from mfa_service.domain.model import EnvironmentId
 from mfa_service.domain.settings import Settings
-from mfa_service.errors import InvalidArgument, NotImplementedYet
+from mfa_service.errors import InvalidArgument
 from mfa_service.services.admin import AdminService
 from mfa_service.services.audit_log import AuditLogService
+from mfa_service.services.audit_stream import AuditStreamService
 from mfa_service.services.settings import SettingsService, page_token_after
 from mfa_service.services.webhooks import WebhookService
 
@@ -36,6 +37,7 @@ Context = aio.ServicerContext[Any, Any]
 
 MAX_REASON = 256
 MAX_PAGE_TOKEN = 64  # the service's page tokens have about 30 characters
+MAX_CURSOR = 64  # WatchAuditEvents' cursors have about 40
 # ListEnvironments' tokens carry an environment id (128 characters at most): base64 of
 # "v1:" and the id has at most 176.
 MAX_ENVIRONMENT_PAGE_TOKEN = 256
@@ -87,11 +89,13 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         admin: AdminService,
         audit_log: AuditLogService,
         webhooks: WebhookService,
+        audit_stream: AuditStreamService,
     ) -> None:
         self._settings = settings
         self._admin = admin
         self._audit_log = audit_log
         self._webhooks = webhooks
+        self._audit_stream = audit_stream
 
     async def CreateEnvironment(
         self, request: pb.CreateEnvironmentRequest, context: Context
@@ -170,8 +174,17 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     async def WatchAuditEvents(
         self, request: pb.WatchAuditEventsRequest, context: Context
     ) -> AsyncIterator[pb.WatchAuditEventsResponse]:
-        raise NotImplementedYet("WatchAuditEvents")
-        yield pb.WatchAuditEventsResponse()  # pragma: no cover - makes this a stream
+        env = environment_id(request.environment_id)
+        if len(request.after_cursor) > MAX_CURSOR:
+            raise InvalidArgument.field("after_cursor", f"at most {MAX_CURSOR} characters")
+        # grpc.aio resumes this generator once the previous message went out under flow
+        # control: a slow reader holds back the next page's read (services.audit_stream).
+        async for page in self._audit_stream.watch(env, request.after_cursor):
+            for streamed in page:
+                yield pb.WatchAuditEventsResponse(
+                    event=audit_event_to_proto(streamed.event.event_id, streamed.event.event),
+                    cursor=streamed.cursor,
+                )
 
     async def CreateWebhook(
         self, request: pb.CreateWebhookRequest, context: Context
