@@ -292,7 +292,7 @@ def _streaming(
         )
 
     @contextlib.asynccontextmanager
-    async def observed(context: aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
+    async def observed(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
         """The call's request id, its log line when it ends, and its error mapping."""
         started = time.perf_counter()
         request_id = _request_id(metadata)
@@ -303,6 +303,10 @@ def _streaming(
         try:
             if authorizer is not None:
                 authorizer.check(_service(method), identity)
+            if request is _MALFORMED:
+                raise errors.InvalidArgument.field(
+                    "request", "not a valid message (corrupt, or a string that is not UTF-8)"
+                )
             yield
             code = context.code() or grpc.StatusCode.OK
         except BaseException as error:
@@ -317,13 +321,13 @@ def _streaming(
     if inspect.iscoroutinefunction(behavior):
 
         async def serve(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-            async with observed(context):
+            async with observed(request, context):
                 return await behavior(request, context)
 
     else:
 
         async def serve(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-            async with observed(context):
+            async with observed(request, context):
                 async for response in behavior(request, context):
                     yield response
 
@@ -332,6 +336,8 @@ def _streaming(
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_stream is not None:
+        # One request, refused as a unary call's when it does not parse.
+        options["request_deserializer"] = _tolerant(handler.request_deserializer)
         return grpc.unary_stream_rpc_method_handler(serve, **options)
     if handler.stream_stream is not None:
         return grpc.stream_stream_rpc_method_handler(serve, **options)
