@@ -514,6 +514,19 @@ def create_webhook(client: Client, env: str) -> Awaitable[admin_pb.CreateWebhook
     )
 
 
+async def first_watched(client: Client, env: str) -> admin_pb.WatchAuditEventsResponse:
+    """WatchAuditEvents' first response (in ENV, its creation), then hang up."""
+    stream = client.admin.stub.WatchAuditEvents(
+        admin_pb.WatchAuditEventsRequest(environment_id=env)
+    )
+    try:
+        response = await stream.read()
+    finally:
+        stream.cancel()
+    assert isinstance(response, admin_pb.WatchAuditEventsResponse), response
+    return response
+
+
 # Every RPC naming an environment, with a request that succeeds in ENV.
 REFUSING: dict[str, Send] = {
     "GetStatus": lambda c, env, k: c.mfa_stub.GetStatus(
@@ -594,6 +607,7 @@ REFUSING: dict[str, Send] = {
     "ListAuditEvents": lambda c, env, k: c.admin.stub.ListAuditEvents(
         admin_pb.ListAuditEventsRequest(environment_id=env)
     ),
+    "WatchAuditEvents": lambda c, env, k: first_watched(c, env),
     "CreateWebhook": lambda c, env, k: create_webhook(c, env),
     "ListWebhooks": lambda c, env, k: c.admin.stub.ListWebhooks(
         admin_pb.ListWebhooksRequest(environment_id=env)
