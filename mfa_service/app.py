@@ -23,12 +23,18 @@ from mfa_service.api.mfa import MfaServicer
 from mfa_service.clock import Clock, SystemClock
 from mfa_service.config import Config, TlsConfig, parse_host_port
 from mfa_service.crypto import KeyRing
+from mfa_service.domain.webhooks import RetryPolicy
 from mfa_service.embedded_pg import EmbeddedPostgres
 from mfa_service.errors import DatabaseUnavailable
 from mfa_service.server import Server, Servicers
 from mfa_service.services.action_tokens import ActionTokenService
 from mfa_service.services.admin import AdminService
 from mfa_service.services.audit_log import AuditLogService
+from mfa_service.services.audit_stream import (
+    WAKE_INTERVAL_SECONDS,
+    AuditStreamService,
+    Wakeups,
+)
 from mfa_service.services.devices import DeviceService
 from mfa_service.services.enrollment import EnrollmentService
 from mfa_service.services.keys import TokenKeys
@@ -37,6 +43,8 @@ from mfa_service.services.recovery import RecoveryService
 from mfa_service.services.settings import SettingsCache, SettingsService
 from mfa_service.services.status import StatusService
 from mfa_service.services.verification import VerificationService, Verifier
+from mfa_service.services.webhooks import Dispatcher, WebhookOptions, WebhookService
+from mfa_service.store import audit_stream
 from mfa_service.store.db import (
     DEFAULT_STATEMENT_CACHE_SIZE,
     Database,
@@ -57,6 +65,7 @@ class Application:
     server: Server
     settings_cache: SettingsCache
     background: list[asyncio.Task[None]]
+    audit_stream: AuditStreamService
     metrics: Metrics | None = None
     metrics_server: Any = None  # prometheus-client's WSGIServer, in a daemon thread
 
@@ -70,6 +79,9 @@ class Application:
         return int(self.metrics_server.server_port) if self.metrics_server is not None else 0
 
     async def stop(self, grace_seconds: float = 0) -> None:
+        # WatchAuditEvents streams never end on their own: ended first, they do not hold
+        # the graceful stop for its whole grace period (clients resume elsewhere).
+        self.audit_stream.close()
         await self.server.stop(grace_seconds)
         if self.metrics_server is not None:
             await asyncio.to_thread(self.metrics_server.shutdown)
@@ -106,6 +118,8 @@ async def start(
     tracer: trace.Tracer | None = None,
     statement_cache_size: int = DEFAULT_STATEMENT_CACHE_SIZE,
     listen_url: str | None = None,
+    webhooks: WebhookOptions | None = None,
+    audit_wake_interval_seconds: float = WAKE_INTERVAL_SECONDS,
 ) -> Application:
     """Migrate, connect and serve; the returned application knows its bound port.
 
@@ -115,8 +129,12 @@ async def start(
     statement (see ``mfa_service.tracing``); None: no tracing. ``statement_cache_size``:
     0 behind pgbouncer in transaction mode. ``listen_url``: where the listener of settings
     changes and new signing keys connects (a session of its own); None: ``database_url``.
+    ``webhooks``: how webhooks are created and delivered; None: the defaults (https only).
+    ``audit_wake_interval_seconds``: how long a WatchAuditEvents stream waits for a
+    notification before it reads again anyway (services.audit_stream).
     """
     clock = clock or SystemClock()
+    webhooks = webhooks or WebhookOptions()
     await migrate_url(database_url, statement_cache_size=statement_cache_size)
     query_logger = tracing.query_logger(tracer) if tracer is not None else None
     db = Database(
@@ -140,12 +158,14 @@ async def start(
         await db.close()
         raise
     settings_cache = SettingsCache(db)
-    # One listening session for both: settings changes, and new signing keys (a rotation
-    # by ``mfa-service keys rotate`` or another replica reaches this one at once).
+    wakeups = Wakeups()
+    # One listening session for all: settings changes, new signing keys (a rotation by
+    # ``mfa-service keys rotate`` or another replica reaches this one at once), and new
+    # audit events for the WatchAuditEvents streams of this process.
     settings_cache.listener = SettingsListener(
         listen_url or database_url,
         settings_cache.invalidate,
-        other_channels={KEYS_CHANNEL: keys.invalidate},
+        other_channels={KEYS_CHANNEL: keys.invalidate, audit_stream.CHANNEL: wakeups.notified},
     )
     await settings_cache.listener.ensure()
     tokens = ActionTokenService(
@@ -156,6 +176,9 @@ async def start(
         settings=settings_cache,
         issuer=token_issuer,
         on_validation_batch=metrics.observe_validation_batch if metrics is not None else None,
+    )
+    watch = AuditStreamService(
+        db, settings_cache, wakeups, wake_interval_seconds=audit_wake_interval_seconds
     )
     servicers = Servicers(
         mfa=MfaServicer(
@@ -171,6 +194,8 @@ async def start(
             SettingsService(db, clock, settings_cache),
             AdminService(db, clock, settings_cache),
             AuditLogService(db, settings_cache),
+            WebhookService(db, clock, key_ring, webhooks),
+            watch,
         ),
     )
     server = Server(
@@ -206,12 +231,16 @@ async def start(
     background = [
         asyncio.create_task(_keep_listening(settings_cache.listener, health_interval_seconds)),
         asyncio.create_task(Purger(db, clock).run_forever(purge_interval)),
+        asyncio.create_task(
+            Dispatcher(db, clock, key_ring, webhooks, keys=keys, issuer=token_issuer).run_forever()
+        ),
     ]
     return Application(
         db=db,
         server=server,
         settings_cache=settings_cache,
         background=background,
+        audit_stream=watch,
         metrics=metrics,
         metrics_server=metrics_server,
     )
@@ -363,6 +392,11 @@ async def serve(
             tracer=traces.tracer if traces is not None else None,
             statement_cache_size=config.db_statement_cache_size,
             listen_url=config.db_listen_url,
+            webhooks=WebhookOptions(
+                allow_loopback_http=config.dev_mode,
+                timeout=timedelta(seconds=config.webhook_timeout_seconds),
+                retry=RetryPolicy(horizon=config.webhook_retry_horizon),
+            ),
         )
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -7,14 +7,15 @@ line turns it into one line on stderr and exit status 2.
 from __future__ import annotations
 
 import importlib.util
-import ipaddress
 import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 from mfa_service.crypto import KeyRing, KeyRingError
+from mfa_service.domain.webhooks import is_loopback_host
 from mfa_service.store.db import DEFAULT_STATEMENT_CACHE_SIZE
 
 DEFAULT_LISTEN_ADDR = "127.0.0.1:50051"
@@ -80,6 +81,10 @@ class Config:
     # LISTENs (a session of its own, which a transaction-mode pooler cannot give); None:
     # DATABASE_URL.
     db_listen_url: str | None = None
+    # MFA_WEBHOOK_TIMEOUT_SECONDS: how long one webhook POST may take.
+    webhook_timeout_seconds: float = 10.0
+    # MFA_WEBHOOK_RETRY_HORIZON_HOURS: how long an event is retried before it is dropped.
+    webhook_retry_horizon: timedelta = timedelta(days=3)
 
     @property
     def listen_addr(self) -> str:
@@ -102,7 +107,7 @@ def load(env: Mapping[str, str] | None = None, *, dev_mode: bool = False) -> Con
             "not set: set MFA_TLS_CERT_FILE and MFA_TLS_KEY_FILE, or MFA_ALLOW_PLAINTEXT=true "
             "for local development only",
         )
-    if tls is None and not _is_loopback(host) and not _bool(env, "MFA_PLAINTEXT_ANY_HOST"):
+    if tls is None and not is_loopback_host(host) and not _bool(env, "MFA_PLAINTEXT_ANY_HOST"):
         raise ConfigError(
             "MFA_LISTEN_ADDR",
             f"plaintext serving is limited to loopback (127.0.0.0/8, ::1, localhost), not "
@@ -126,6 +131,12 @@ def load(env: Mapping[str, str] | None = None, *, dev_mode: bool = False) -> Con
         traces_exporter=traces_exporter(env),
         db_statement_cache_size=_statement_cache_size(env),
         db_listen_url=_database_url(env, "MFA_DB_LISTEN_URL"),
+        webhook_timeout_seconds=float(
+            _int(env, "MFA_WEBHOOK_TIMEOUT_SECONDS", default=10, low=1, high=60)
+        ),
+        webhook_retry_horizon=timedelta(
+            hours=_int(env, "MFA_WEBHOOK_RETRY_HORIZON_HOURS", default=72, low=1, high=720)
+        ),
         # Last: in dev mode it writes a key file and logs, only for an otherwise valid config.
         key_ring=_key_ring(env, data_dir, dev_mode=dev_mode),
     )
@@ -200,17 +211,6 @@ def traces_exporter(env: Mapping[str, str]) -> str | None:
                 "otlp needs the opentelemetry-exporter-otlp-proto-grpc package",
             )
     return value
-
-
-def _is_loopback(host: str) -> bool:
-    """An address of 127.0.0.0/8 or ::1, or the name localhost (RFC 6761 §6.3). Parsed as
-    an address, never matched as text: ``127.evil.example.com`` is a name like any other."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _database_url(env: Mapping[str, str], variable: str = "DATABASE_URL") -> str | None:

@@ -12,7 +12,8 @@ contain a secret, a code or a token.
     │   ├── EnrollmentNotFound
     │   ├── ChallengeNotFound
     │   ├── DeviceNotFound
-    │   └── EnvironmentNotFound
+    │   ├── EnvironmentNotFound
+    │   └── WebhookNotFound
     ├── AlreadyExists              ALREADY_EXISTS
     │   ├── CredentialAlreadyRegistered
     │   └── EnvironmentAlreadyExists
@@ -144,6 +145,11 @@ class DeviceNotFound(NotFound):
 class EnvironmentNotFound(NotFound):
     reason = "ERROR_REASON_ENVIRONMENT_NOT_FOUND"
     default_message = "no such environment: create it with AdminService.CreateEnvironment"
+
+
+class WebhookNotFound(NotFound):
+    reason = "ERROR_REASON_WEBHOOK_NOT_FOUND"
+    default_message = "no webhook with this id in this environment"
 
 
 class CredentialAlreadyRegistered(AlreadyExists):

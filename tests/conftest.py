@@ -21,6 +21,7 @@ import pytest
 from helpers import TEST_KEY_RING, FakeClock, create_database, create_environments, drop_database
 from mfa_client import Client
 from mfa_service import app as app_module
+from mfa_service.services.webhooks import WebhookOptions
 from mfa_service.store.db import migrate_url
 
 
@@ -96,11 +97,25 @@ def marked_environments(request: pytest.FixtureRequest) -> list[str]:
 
 
 @pytest.fixture
+def webhook_options() -> WebhookOptions | None:
+    """How the ``app`` fixture's server creates and delivers webhooks (None: as in
+    production); tests/test_webhooks.py overrides it."""
+    return None
+
+
+@pytest.fixture
 async def app(
-    database_url: str, clock: FakeClock, request: pytest.FixtureRequest
+    database_url: str,
+    clock: FakeClock,
+    webhook_options: WebhookOptions | None,
+    request: pytest.FixtureRequest,
 ) -> AsyncIterator[app_module.Application]:
     application = await app_module.start(
-        database_url=database_url, key_ring=TEST_KEY_RING, clock=clock, pool_size=4
+        database_url=database_url,
+        key_ring=TEST_KEY_RING,
+        clock=clock,
+        pool_size=4,
+        webhooks=webhook_options,
     )
     try:
         await create_environments(f"127.0.0.1:{application.port}", marked_environments(request))

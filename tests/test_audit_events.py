@@ -158,6 +158,8 @@ def test_every_audit_insert_names_the_one_column_list() -> None:
         "device_id",
         "caller",
         "request_id",
+        "client_ip",
+        "client_user_agent",
         "details",
     )
     everything = {column: "NULL" for column in audit_store.COLUMNS}

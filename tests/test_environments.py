@@ -460,6 +460,7 @@ class Known:
     unlink_token: str
     regenerate_token: str
     sign_token: str
+    webhook_id: str
 
 
 @pytest.fixture
@@ -495,10 +496,36 @@ async def known(client: Client, clock: FakeClock) -> Known:
         unlink_token=tokens[0],
         regenerate_token=tokens[1],
         sign_token=tokens[2],
+        webhook_id=(await call(create_webhook(client, ENV))).webhook.webhook_id,
     )
 
 
 Send = Callable[[Client, str, Known], Awaitable[Any]]
+
+
+def create_webhook(client: Client, env: str) -> Awaitable[admin_pb.CreateWebhookResponse]:
+    """A webhook of USER_RESET events to a closed https port (a delivery fails at once)."""
+    return client.admin.stub.CreateWebhook(
+        admin_pb.CreateWebhookRequest(
+            environment_id=env,
+            url="https://127.0.0.1:9/mfa",
+            event_types=[admin_pb.AUDIT_EVENT_TYPE_USER_RESET],
+        )
+    )
+
+
+async def first_watched(client: Client, env: str) -> admin_pb.WatchAuditEventsResponse:
+    """WatchAuditEvents' first response (in ENV, its creation), then hang up."""
+    stream = client.admin.stub.WatchAuditEvents(
+        admin_pb.WatchAuditEventsRequest(environment_id=env)
+    )
+    try:
+        response = await stream.read()
+    finally:
+        stream.cancel()
+    assert isinstance(response, admin_pb.WatchAuditEventsResponse), response
+    return response
+
 
 # Every RPC naming an environment, with a request that succeeds in ENV.
 REFUSING: dict[str, Send] = {
@@ -579,6 +606,14 @@ REFUSING: dict[str, Send] = {
     ),
     "ListAuditEvents": lambda c, env, k: c.admin.stub.ListAuditEvents(
         admin_pb.ListAuditEventsRequest(environment_id=env)
+    ),
+    "WatchAuditEvents": lambda c, env, k: first_watched(c, env),
+    "CreateWebhook": lambda c, env, k: create_webhook(c, env),
+    "ListWebhooks": lambda c, env, k: c.admin.stub.ListWebhooks(
+        admin_pb.ListWebhooksRequest(environment_id=env)
+    ),
+    "DeleteWebhook": lambda c, env, k: c.admin.stub.DeleteWebhook(
+        admin_pb.DeleteWebhookRequest(environment_id=env, webhook_id=k.webhook_id)
     ),
 }
 # Named no environment; CreateEnvironment's own refusal is ALREADY_EXISTS (above).

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import builtins
+import contextlib
 import json
 import re
 import uuid
@@ -643,6 +644,18 @@ def _cursor(value: object) -> str:
 
 # --- the RPCs ----------------------------------------------------------------------------------
 
+ODD_WEBHOOK_URLS = [
+    "https://[::1",
+    "https://a:0/",
+    "https://a:65536/",
+    "https://@/",
+    "http://127.0.0.1:9/hook",
+    "https://u:p@127.0.0.1/",
+    "HTTPS://127.0.0.1/#",
+    "javascript:alert(1)",
+    "https://" + "a" * 2041,
+]
+
 PROOF_KINDS = ["totp_code", "passkey_assertion_json", "recovery_code"]
 PROOF = Field(
     st.one_of(
@@ -691,6 +704,8 @@ class Rpc:
     build: Callable[[dict[str, Any]], Message]
     examples: int = EXAMPLES_PER_RPC
     regressions: tuple[dict[str, Any], ...] = ()
+    # A server stream that never ends (WatchAuditEvents): its first answer is the outcome.
+    streaming: bool = False
 
     @property
     def path(self) -> str:
@@ -953,8 +968,63 @@ RPC_LIST = [
             {"environment_id": ENV, "page_token": _cursor(10**23)},
         ),
     ),
+    Rpc(
+        "AdminService",
+        "WatchAuditEvents",
+        {
+            "environment_id": ENV_ID,
+            "after_cursor": Field(
+                st.just(""),
+                st.one_of(
+                    strings(),
+                    st.tuples(st.integers(-(2**70), 2**70), st.integers(-(2**70), 2**70)).map(
+                        lambda p: _cursor(f"{p[0]}.{p[1]}")
+                    ),
+                    st.text(max_size=30).map(_cursor),
+                ),
+            ),
+        },
+        plain(admin_pb.WatchAuditEventsRequest),
+        streaming=True,
+    ),
+    Rpc(
+        "AdminService",
+        "CreateWebhook",
+        {
+            "environment_id": ENV_ID,
+            # https to a closed loopback port: a delivery is refused at once.
+            "url": Field(
+                st.just("https://127.0.0.1:9/hook"),
+                strings(4096) | st.sampled_from(ODD_WEBHOOK_URLS),
+            ),
+            "event_types": Field(
+                st.lists(
+                    st.sampled_from(range(1, len(admin_pb.AuditEventType.values()))),
+                    min_size=1,
+                    max_size=4,
+                    unique=True,
+                ),
+                enum_lists(admin_pb.AuditEventType),
+            ),
+            "format": enum(admin_pb.WebhookFormat),
+        },
+        plain(admin_pb.CreateWebhookRequest),
+    ),
+    Rpc(
+        "AdminService",
+        "ListWebhooks",
+        {"environment_id": ENV_ID},
+        plain(admin_pb.ListWebhooksRequest),
+    ),
+    Rpc(
+        "AdminService",
+        "DeleteWebhook",
+        {"environment_id": ENV_ID, "webhook_id": Field(st.uuids().map(str), uuids())},
+        plain(admin_pb.DeleteWebhookRequest),
+    ),
 ]
 RPCS = {rpc.name: rpc for rpc in RPC_LIST}
+RPCS_BY_PATH = {rpc.path: rpc for rpc in RPC_LIST}
 
 
 # --- the world the requests meet -------------------------------------------------------------
@@ -1195,20 +1265,52 @@ def run_property(
     return asyncio.to_thread(settings(FUZZ_SETTINGS, max_examples=examples)(test))
 
 
+# How long a stream that answered nothing yet may wait before it counts as serving (a
+# valid cursor after every event: the stream waits for the next one).
+STREAM_QUIET_SECONDS = 0.5
+
+
+def sender(
+    client: Client, path: str, *, streaming: bool, serialize: bool = True
+) -> Callable[[Any, float], Awaitable[None]]:
+    """A raw call of ``path`` with a deadline in seconds: a unary one, or a server stream
+    of which only the first answer (a response, the status, or silence while it waits)
+    is taken."""
+    serializer = (lambda message: message.SerializeToString()) if serialize else None
+    if not streaming:
+        unary = client.channel.unary_unary(
+            path, request_serializer=serializer, response_deserializer=lambda raw: raw
+        )
+
+        async def once(request: Any, deadline: float) -> None:
+            await unary(request, timeout=deadline)
+
+        return once
+    stream = client.channel.unary_stream(
+        path, request_serializer=serializer, response_deserializer=lambda raw: raw
+    )
+
+    async def first(request: Any, deadline: float) -> None:
+        call = stream(request, timeout=deadline)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(call.read(), STREAM_QUIET_SECONDS)
+        finally:
+            call.cancel()
+
+    return first
+
+
 @pytest.mark.parametrize("name", sorted(RPCS))
 async def test_fuzz_rpc(app: Application, client: Client, clock: FakeClock, name: str) -> None:
     rpc = RPCS[name]
     world = await make_world(client, clock)
-    send = client.channel.unary_unary(
-        rpc.path,
-        request_serializer=lambda message: message.SerializeToString(),
-        response_deserializer=lambda raw: raw,
-    )
+    send = sender(client, rpc.path, streaming=rpc.streaming)
 
     async def exercise(drawn: dict[str, Any]) -> None:
         request = rpc.build(await resolve(world, drawn))
         try:
-            await send(request, timeout=CALL_TIMEOUT)
+            await send(request, CALL_TIMEOUT)
         except grpc.aio.AioRpcError as error:
             check_refusal(error, request)
 
@@ -1225,9 +1327,7 @@ async def test_fuzz_rpc(app: Application, client: Client, clock: FakeClock, name
 async def test_raw_wire_bytes_are_refused_cleanly(app: Application, client: Client) -> None:
     """Bytes that are no protobuf message, or carry a string that is not UTF-8."""
     send = {
-        path: client.channel.unary_unary(  # type: ignore[call-arg]  # grpc-stubs: the serializers are optional
-            path, response_deserializer=lambda raw: raw
-        )
+        path: sender(client, path, streaming=RPCS_BY_PATH[path].streaming, serialize=False)
         for path in sorted(SERVICE_METHODS)
     }
     wire = st.one_of(
@@ -1239,7 +1339,7 @@ async def test_raw_wire_bytes_are_refused_cleanly(app: Application, client: Clie
     async def exercise(drawn: tuple[str, bytes]) -> None:
         path, raw = drawn
         try:
-            await send[path](raw, timeout=CALL_TIMEOUT)
+            await send[path](raw, CALL_TIMEOUT)
         except grpc.aio.AioRpcError as error:
             check_refusal(error, types.Proof())
 

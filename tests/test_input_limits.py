@@ -70,6 +70,15 @@ def _base_requests() -> dict[str, Message]:
         ),
         "AdminService/ResetUserMfa": admin_pb.ResetUserMfaRequest(**user, reason="ticket 42"),
         "AdminService/ListAuditEvents": admin_pb.ListAuditEventsRequest(environment_id=ENV),
+        "AdminService/CreateWebhook": admin_pb.CreateWebhookRequest(
+            environment_id=ENV,
+            url="https://hooks.example.com/mfa",
+            event_types=[admin_pb.AUDIT_EVENT_TYPE_USER_RESET],
+        ),
+        "AdminService/ListWebhooks": admin_pb.ListWebhooksRequest(environment_id=ENV),
+        "AdminService/DeleteWebhook": admin_pb.DeleteWebhookRequest(
+            environment_id=ENV, webhook_id=SOME_ID
+        ),
     }
 
 
@@ -263,6 +272,18 @@ CAPS: list[Cap] = [
         extra={"settings.totp.issuer": "Acme"},
     ),
     Cap("AdminService/ListEnvironments", "page_token", 256, environment_page_token_of),
+    *ids_of("AdminService/CreateWebhook", user=False),
+    Cap(
+        "AdminService/CreateWebhook", "url", 2048, lambda n: "https://example.com/" + "a" * (n - 20)
+    ),
+    Cap(
+        "AdminService/CreateWebhook",
+        "event_types",
+        len(admin_pb.AuditEventType.values()) - 1,
+        lambda n: list(range(1, n + 1)),
+    ),
+    *ids_of("AdminService/ListWebhooks", user=False),
+    *ids_of("AdminService/DeleteWebhook", user=False),
 ]
 
 

@@ -312,14 +312,46 @@ async def _reflected_services(client: Client) -> set[str]:
 # --- who may call what --------------------------------------------------------------
 
 
-def test_every_rpc_of_a_role_service_is_unary() -> None:
-    """Under mTLS a streaming call to an mfa.v1 service is refused, never served."""
+def test_the_only_streaming_rpc_of_a_role_service_is_watch_audit_events() -> None:
+    """A streaming mfa.v1 RPC is authorized as its service's unary calls are (below)."""
+    streaming = set()
     for module in (mfa_service_pb2, action_token_service_pb2, admin_service_pb2):
         for service in module.DESCRIPTOR.services_by_name.values():
             assert service.full_name in ROLE_SERVICES.values()
             for method in service.methods:
                 assert not method.client_streaming, method.full_name
-                assert not method.server_streaming, method.full_name
+                if method.server_streaming:
+                    streaming.add(method.full_name)
+    assert streaming == {"mfa.v1.AdminService.WatchAuditEvents"}
+
+
+async def _watch(client: Client) -> str:
+    """The first event of ENV's audit stream (ENVIRONMENT_CREATED), then hang up."""
+    stream = client.admin.watch_audit_events(ENV)
+    try:
+        response = await anext(stream)
+    finally:
+        await stream.aclose()
+    return admin_service_pb2.AuditEventType.Name(response.event.type)
+
+
+@pytest.mark.parametrize("name", ["dashboard", "api-backend", "signer", "ops", "unlisted"])
+async def test_only_the_admin_role_may_watch_audit_events(
+    name: str, mtls_app: app_module.Application, pki: Pki
+) -> None:
+    async with connect(pki, mtls_app, name) as client:
+        if "admin" in ALLOWED[name]:
+            assert await _watch(client) == "AUDIT_EVENT_TYPE_ENVIRONMENT_CREATED"
+        else:
+            error = await refused(_watch(client), *NOT_AUTHORIZED)
+            assert error.request_id
+
+
+async def test_a_nameless_certificate_may_not_watch_audit_events(
+    mtls_app: app_module.Application, pki: Pki
+) -> None:
+    async with connect(pki, mtls_app, "cn-only") as client:
+        await refused(_watch(client), *UNAUTHENTICATED)
 
 
 @pytest.mark.parametrize("name", list(ALLOWED))

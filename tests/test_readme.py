@@ -80,6 +80,10 @@ async def test_every_grpcurl_block_of_the_readme_runs(tmp_path: Path) -> None:
         assert '"excludeCredentials"' in output  # passkey options
         assert '"AUDIT_EVENT_TYPE_DEVICE_DELETED"' in output
         assert '"devices_removed": 1' in output  # ResetUserMfa of alice
+        # Where carol's Enroll came from, on its event.
+        assert '"client_ip":"203.0.113.7","client_user_agent":"Mozilla/5.0 (demo)"' in output
+        # WatchAuditEvents, stopped by grpcurl's -max-time: events with their cursors.
+        assert '{"type":"AUDIT_EVENT_TYPE_ENVIRONMENT_CREATED","cursor":"djE6' in output
     finally:
         server.terminate()
         await asyncio.wait_for(server.wait(), timeout=30)

@@ -735,6 +735,21 @@ async def test_every_event_type_is_recorded_and_holds_no_secret(
             )
         )
     )
+    hook = await call(
+        client.admin.stub.CreateWebhook(
+            admin_pb.CreateWebhookRequest(
+                environment_id=ENV,
+                url="https://127.0.0.1:9/mfa",
+                event_types=[admin_pb.AUDIT_EVENT_TYPE_USER_RESET],
+            )
+        )
+    )
+    secrets.append(hook.signing_secret)
+    await call(
+        client.admin.stub.DeleteWebhook(
+            admin_pb.DeleteWebhookRequest(environment_id=ENV, webhook_id=hook.webhook.webhook_id)
+        )
+    )
     await call(
         client.admin.stub.ResetUserMfa(
             admin_pb.ResetUserMfaRequest(environment_id=ENV, user_id="nora")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from grpc import aio
@@ -19,6 +19,9 @@ from mfa_service.api.convert import (
     settings_changes,
     settings_to_proto,
     user_id,
+    uuid_field,
+    webhook_format_from_proto,
+    webhook_to_proto,
 )
 from mfa_service.domain.audit import CallContext
 from mfa_service.domain.model import EnvironmentId
@@ -26,12 +29,15 @@ from mfa_service.domain.settings import Settings
 from mfa_service.errors import InvalidArgument
 from mfa_service.services.admin import AdminService
 from mfa_service.services.audit_log import AuditLogService
+from mfa_service.services.audit_stream import AuditStreamService
 from mfa_service.services.settings import SettingsService, page_token_after
+from mfa_service.services.webhooks import WebhookService
 
 Context = aio.ServicerContext[Any, Any]
 
 MAX_REASON = 256
 MAX_PAGE_TOKEN = 64  # the service's page tokens have about 30 characters
+MAX_CURSOR = 64  # WatchAuditEvents' cursors have about 40
 # ListEnvironments' tokens carry an environment id (128 characters at most): base64 of
 # "v1:" and the id has at most 176.
 MAX_ENVIRONMENT_PAGE_TOKEN = 256
@@ -41,6 +47,8 @@ MAX_ENVIRONMENT_PAGE_TOKEN = 256
 # 256 KiB); the largest event is a few KiB (ids, caller and request id at their caps, a
 # 256-character reason), the largest settings about 6 KiB (20 origins at their cap).
 MAX_PAGE_BYTES = 128 * 1024
+# CreateWebhook: each event type at most once.
+MAX_WEBHOOK_EVENT_TYPES = len(pb.AuditEventType.values()) - 1
 # Each item is a length-delimited field of the response: a tag byte and its length.
 _ITEM_FRAMING_BYTES = 1 + 5
 
@@ -76,11 +84,18 @@ async def _write_settings(
 
 class AdminServicer(pb_grpc.AdminServiceServicer):
     def __init__(
-        self, settings: SettingsService, admin: AdminService, audit_log: AuditLogService
+        self,
+        settings: SettingsService,
+        admin: AdminService,
+        audit_log: AuditLogService,
+        webhooks: WebhookService,
+        audit_stream: AuditStreamService,
     ) -> None:
         self._settings = settings
         self._admin = admin
         self._audit_log = audit_log
+        self._webhooks = webhooks
+        self._audit_stream = audit_stream
 
     async def CreateEnvironment(
         self, request: pb.CreateEnvironmentRequest, context: Context
@@ -153,3 +168,58 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         if fit < len(events):
             next_page_token = page.events[fit - 1].page_token_after
         return pb.ListAuditEventsResponse(events=events[:fit], next_page_token=next_page_token)
+
+    # Issue 20: the events out. Each is built on its own branch and lands with its tests.
+
+    async def WatchAuditEvents(
+        self, request: pb.WatchAuditEventsRequest, context: Context
+    ) -> AsyncIterator[pb.WatchAuditEventsResponse]:
+        env = environment_id(request.environment_id)
+        if len(request.after_cursor) > MAX_CURSOR:
+            raise InvalidArgument.field("after_cursor", f"at most {MAX_CURSOR} characters")
+        # grpc.aio resumes this generator once the previous message went out under flow
+        # control: a slow reader holds back the next page's read (services.audit_stream).
+        async for page in self._audit_stream.watch(env, request.after_cursor):
+            for streamed in page:
+                yield pb.WatchAuditEventsResponse(
+                    event=audit_event_to_proto(streamed.event.event_id, streamed.event.event),
+                    cursor=streamed.cursor,
+                )
+
+    async def CreateWebhook(
+        self, request: pb.CreateWebhookRequest, context: Context
+    ) -> pb.CreateWebhookResponse:
+        env = environment_id(request.environment_id)
+        if len(request.event_types) > MAX_WEBHOOK_EVENT_TYPES:
+            raise InvalidArgument.field(
+                "event_types", f"at most {MAX_WEBHOOK_EVENT_TYPES}, each once"
+            )
+        created = await self._webhooks.create(
+            env,
+            url=request.url,
+            event_types=[
+                audit_event_type_from_proto(t, f"event_types[{i}]")
+                for i, t in enumerate(request.event_types)
+            ],
+            format=webhook_format_from_proto(request.format),
+            context=call_context.current(),
+        )
+        return pb.CreateWebhookResponse(
+            webhook=webhook_to_proto(created.webhook), signing_secret=created.signing_secret
+        )
+
+    async def ListWebhooks(
+        self, request: pb.ListWebhooksRequest, context: Context
+    ) -> pb.ListWebhooksResponse:
+        webhooks = await self._webhooks.list(environment_id(request.environment_id))
+        return pb.ListWebhooksResponse(webhooks=[webhook_to_proto(w) for w in webhooks])
+
+    async def DeleteWebhook(
+        self, request: pb.DeleteWebhookRequest, context: Context
+    ) -> pb.DeleteWebhookResponse:
+        await self._webhooks.delete(
+            environment_id(request.environment_id),
+            uuid_field(request.webhook_id, "webhook_id"),
+            context=call_context.current(),
+        )
+        return pb.DeleteWebhookResponse()

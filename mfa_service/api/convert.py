@@ -13,7 +13,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from mfa.v1 import admin_service_pb2 as admin_pb
 from mfa.v1 import types_pb2 as pb
-from mfa_service.domain import approvals
+from mfa_service.domain import approvals, events
 from mfa_service.domain.audit import AuditEvent, AuditEventType
 from mfa_service.domain.devices import Device
 from mfa_service.domain.model import Action, EnvironmentId, Method, Proof, UserId
@@ -29,6 +29,7 @@ from mfa_service.domain.settings import (
     is_section,
     optional_of,
 )
+from mfa_service.domain.webhooks import Webhook, WebhookFormat
 from mfa_service.errors import InvalidArgument
 
 MAX_ENVIRONMENT_ID = 128
@@ -415,6 +416,9 @@ def audit_event_to_proto(event_id: str, event: AuditEvent) -> admin_pb.AuditEven
         caller=event.context.caller,
         request_id=event.context.request_id,
         details=dict(event.details),
+        notify_user=events.notify_user(event),
+        client_ip=event.context.client_ip or "",
+        client_user_agent=event.context.client_user_agent or "",
     )
 
 
@@ -428,4 +432,35 @@ def approval_from_proto(message: pb.Approval, field: str = "approval") -> approv
         single_use=message.single_use,
         session_id=session_id(session, f"{field}.session_id") if session else None,
         field=field,
+    )
+
+
+# --- webhooks ----------------------------------------------------------------------------
+
+
+def webhook_format_from_proto(value: int, field: str = "format") -> WebhookFormat:
+    """WEBHOOK_FORMAT_UNSPECIFIED (left out) is the default, Standard Webhooks."""
+    if value == admin_pb.WEBHOOK_FORMAT_UNSPECIFIED:
+        return WebhookFormat.STANDARD_WEBHOOKS
+    return _to_domain(admin_pb.WebhookFormat.Name, "WEBHOOK_FORMAT_", WebhookFormat, value, field)
+
+
+def webhook_to_proto(webhook: Webhook) -> admin_pb.Webhook:
+    state = webhook.state
+    return admin_pb.Webhook(
+        webhook_id=str(webhook.id),
+        environment_id=webhook.environment_id,
+        url=webhook.url,
+        event_types=[
+            admin_pb.AuditEventType.Value(f"AUDIT_EVENT_TYPE_{t.name}") for t in webhook.event_types
+        ],
+        format=admin_pb.WebhookFormat.Value(f"WEBHOOK_FORMAT_{webhook.format.name}"),
+        create_time=timestamp(webhook.created_at),
+        last_attempt_time=timestamp(state.last_attempt_at),
+        last_status_code=state.last_status_code or 0,
+        last_error=state.last_error or "",
+        last_success_time=timestamp(state.last_success_at),
+        attempts=state.attempts,
+        next_attempt_time=timestamp(state.next_attempt_at),
+        dropped_events=state.dropped_events,
     )

@@ -23,11 +23,18 @@ from mfa_service.api import context as call_context
 from mfa_service.api.authorization import Authorizer, peer_identity
 from mfa_service.api.errors import rich_status, status_of
 from mfa_service.api.metrics import Metrics
+from mfa_service.domain import audit
 from mfa_service.domain.audit import CallContext
 
 log = logging.getLogger("mfa_service.rpc")
 
 REQUEST_ID_HEADER = "x-request-id"
+# Where the user's request came from (DESIGN §3f), read on the user RPCs only: the
+# calling service says it for the user it acts for; on admin and signer calls there is
+# no such user.
+CLIENT_IP_HEADER = "mfa-client-ip"
+CLIENT_USER_AGENT_HEADER = "mfa-client-user-agent"
+USER_SERVICE = "mfa.v1.MfaService"
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
@@ -66,6 +73,32 @@ def _request_id(metadata: tuple[Any, ...] | None) -> str:
     return uuid.uuid4().hex
 
 
+def _client_source(metadata: tuple[Any, ...] | None) -> tuple[str | None, str | None]:
+    """The ``mfa-client-ip`` and ``mfa-client-user-agent`` of a call, checked (None: not
+    given, or given empty). A bad one is refused naming its key, never recorded
+    half-right; the message never repeats the value (it reaches logs and clients)."""
+    given: dict[str, list[str]] = {CLIENT_IP_HEADER: [], CLIENT_USER_AGENT_HEADER: []}
+    for key, value in metadata or ():
+        if key in given:
+            given[key].append(value if isinstance(value, str) else "")
+    found: list[str | None] = []
+    for key, check in (
+        (CLIENT_IP_HEADER, audit.client_ip),
+        (CLIENT_USER_AGENT_HEADER, audit.client_user_agent),
+    ):
+        values = given[key]
+        if len(values) > 1:
+            raise errors.InvalidArgument.field(key, "given more than once")
+        if not values or not values[0]:
+            found.append(None)
+            continue
+        try:
+            found.append(check(values[0]))
+        except ValueError as error:
+            raise errors.InvalidArgument.field(key, str(error)) from None
+    return found[0], found[1]
+
+
 if TYPE_CHECKING:
     _Interceptor = aio.ServerInterceptor[Any, Any]
 else:
@@ -100,12 +133,9 @@ class CallInterceptor(_Interceptor):
         if handler is None:
             return handler
         if handler.unary_unary is None:
-            # Streaming RPCs: health Watch and reflection, open to every TLS client. No
-            # mfa.v1 RPC streams; should one ever, it is refused (UNIMPLEMENTED) under
-            # mTLS rather than served unauthorized.
-            if self._authorizer is None or Authorizer.is_open(_service(method)):
-                return _streaming(method, metadata, handler)
-            return None  # type: ignore[return-value]  # grpc.aio: no handler, UNIMPLEMENTED
+            # Streaming RPCs: health Watch and reflection, open to every TLS client, and
+            # AdminService.WatchAuditEvents, authorized as its service's unary calls.
+            return _streaming(method, metadata, handler, self._authorizer)
         return grpc.unary_unary_rpc_method_handler(
             _wrap(
                 method,
@@ -161,6 +191,13 @@ def _wrap(
             context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
             if authorizer is not None:
                 authorizer.check(_service(method), identity)
+            if _service(method) == USER_SERVICE:
+                ip, agent = _client_source(metadata)
+                if ip is not None or agent is not None:
+                    # Reset with the call's token below, like the context it replaces.
+                    call_context.set_current(
+                        CallContext(caller, request_id, client_ip=ip, client_user_agent=agent)
+                    )
             if request is _MALFORMED:
                 raise errors.InvalidArgument.field(
                     "request", "not a valid message (corrupt, or a string that is not UTF-8)"
@@ -218,10 +255,14 @@ def _log_call(
 
 
 def _streaming(
-    method: str, metadata: tuple[Any, ...] | None, handler: grpc.RpcMethodHandler[Any, Any]
+    method: str,
+    metadata: tuple[Any, ...] | None,
+    handler: grpc.RpcMethodHandler[Any, Any],
+    authorizer: Authorizer | None,
 ) -> grpc.RpcMethodHandler[Any, Any]:
-    """A streaming handler (health Watch, reflection) with a request id and its log line,
-    written when the stream ends. grpc.aio serves a coroutine handler (it writes with
+    """A streaming handler (health Watch, reflection, WatchAuditEvents) with a request id,
+    the caller's authorization, the error mapping of unary calls and its log line, written
+    when the stream ends. grpc.aio serves a coroutine handler (it writes with
     ``context.write``) and an async generator differently, so the wrapper keeps the shape
     of the handler it wraps."""
     behavior: Any = handler.unary_stream or handler.stream_stream or handler.stream_unary
@@ -231,6 +272,8 @@ def _streaming(
             return grpc.StatusCode.CANCELLED
         if isinstance(error, aio.AbortError):
             return context.code() or grpc.StatusCode.UNKNOWN
+        if isinstance(error, errors.MfaError):
+            return status_of(error, "")[0]
         return grpc.StatusCode.INTERNAL
 
     async def fail(
@@ -238,6 +281,9 @@ def _streaming(
     ) -> None:
         if isinstance(error, aio.AbortError):
             raise error
+        if isinstance(error, errors.MfaError):
+            code, status = status_of(error, request_id)
+            await _abort(context, code, status.message, status.SerializeToString(), request_id)
         log.exception("unexpected error in %s request_id=%s", method, request_id)
         message = f"internal error; request id {request_id}"
         status = rich_status(grpc.StatusCode.INTERNAL, message, "ERROR_REASON_INTERNAL", request_id)
@@ -246,14 +292,21 @@ def _streaming(
         )
 
     @contextlib.asynccontextmanager
-    async def observed(context: aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
+    async def observed(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
         """The call's request id, its log line when it ends, and its error mapping."""
         started = time.perf_counter()
         request_id = _request_id(metadata)
         context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
-        caller = peer_identity(context) or f"unauthenticated@{context.peer()}"
+        identity = peer_identity(context)
+        caller = identity or f"unauthenticated@{context.peer()}"
         code = grpc.StatusCode.OK
         try:
+            if authorizer is not None:
+                authorizer.check(_service(method), identity)
+            if request is _MALFORMED:
+                raise errors.InvalidArgument.field(
+                    "request", "not a valid message (corrupt, or a string that is not UTF-8)"
+                )
             yield
             code = context.code() or grpc.StatusCode.OK
         except BaseException as error:
@@ -268,13 +321,13 @@ def _streaming(
     if inspect.iscoroutinefunction(behavior):
 
         async def serve(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-            async with observed(context):
+            async with observed(request, context):
                 return await behavior(request, context)
 
     else:
 
         async def serve(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-            async with observed(context):
+            async with observed(request, context):
                 async for response in behavior(request, context):
                     yield response
 
@@ -283,6 +336,8 @@ def _streaming(
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_stream is not None:
+        # One request, refused as a unary call's when it does not parse.
+        options["request_deserializer"] = _tolerant(handler.request_deserializer)
         return grpc.unary_stream_rpc_method_handler(serve, **options)
     if handler.stream_stream is not None:
         return grpc.stream_stream_rpc_method_handler(serve, **options)

@@ -25,6 +25,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from mfa_service.domain.model import Action, EnvironmentId, Method, UserId
 
 TOKEN_TYPE = "mfa-action+jwt"
+# RFC 8417 §2.3: a Security Event Token says what it is, so it is never taken for another
+# JWT of the same keys (an action token's ``typ`` differs: ``peek`` refuses a SET).
+SET_TYPE = "secevent+jwt"
 ALGORITHMS = ("ES256", "EdDSA")
 # RFC 8176 authentication method references for the factor that was passed.
 AMR = {Method.TOTP: "otp", Method.PASSKEY: "hwk", Method.RECOVERY_CODE: "rcode"}
@@ -159,6 +162,19 @@ def encode(claims: ActionClaims, key: SigningKey, *, issuer: str, audience: str)
         key.private_key,
         algorithm=key.algorithm,
         headers={"kid": key.kid, "typ": TOKEN_TYPE},
+    )
+
+
+def encode_security_event(claims: Mapping[str, Any], key: SigningKey) -> str:
+    """A Security Event Token (RFC 8417) of ``claims`` (e.g. ``events.caep_set_claims``)
+    signed with ``key``, the current token key: receivers verify it with the JWKS."""
+    if key.private_key is None:
+        raise ValueError(f"key {key.kid} cannot sign")
+    return jwt.encode(
+        dict(claims),
+        key.private_key,
+        algorithm=key.algorithm,
+        headers={"kid": key.kid, "typ": SET_TYPE},
     )
 
 

@@ -81,6 +81,17 @@ def device_event(
 record_device_event = _written(device_event)
 
 
+def device_facts(device: Device) -> dict[str, str]:
+    """What a notification of a factor added or removed names it by (never a secret): its
+    alias, and for a passkey its authenticator model (AAGUID) and transports, which tell
+    a platform passkey from a roaming one (domain.events)."""
+    facts = {"alias": device.alias}
+    if device.passkey is not None:
+        facts["aaguid"] = device.passkey.aaguid
+        facts["transports"] = ",".join(device.passkey.transports)
+    return facts
+
+
 async def write(conn: Connection, events: Sequence[AuditEvent]) -> None:
     """Events built with ``event``, in one statement."""
     await audit_store.append_many(conn, events)

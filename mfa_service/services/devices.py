@@ -115,4 +115,5 @@ class DeviceService:
                 context=context,
                 remaining_devices=str(len(owned) - 1),
                 tokens_revoked=str(revoked),
+                **audit.device_facts(device),
             )

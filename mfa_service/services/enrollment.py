@@ -406,12 +406,17 @@ class EnrollmentService:
         env, user = device.environment_id, device.user_id
         await user_store.reset_failures(conn, env, user)
         await audit.record_device_event(
-            conn, AuditEventType.ENROLLMENT_COMPLETED, device, now=now, context=context
+            conn,
+            AuditEventType.ENROLLMENT_COMPLETED,
+            device,
+            now=now,
+            context=context,
+            **audit.device_facts(device),
         )
         codes: tuple[str, ...] = ()
         if len(await device_store.list_for_user(conn, env, user)) == 1:
             await enrollment_store.delete_for_user(conn, env, user)
             codes = await recovery_service.new_set(
-                conn, env, user, now=now, context=context, prepared=prepared
+                conn, env, user, now=now, context=context, prepared=prepared, regenerated=False
             )
         return EnrollmentCompleted(device=device, recovery_codes=codes)

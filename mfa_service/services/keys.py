@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from datetime import datetime, timedelta
+from typing import Any
 
 from mfa_service.clock import Clock
 from mfa_service.crypto import KeyRing
@@ -144,6 +145,11 @@ class TokenKeys:
         """The algorithms of ``verification_keys``: the only ones a token may name."""
         await self._fresh()
         return self._algorithms
+
+    async def sign_security_event(self, claims: Mapping[str, Any]) -> str:
+        """A Security Event Token of ``claims`` signed with the active key (RFC 8417; a
+        CAEP webhook delivers it): verifiable with ``jwks`` like an action token."""
+        return tokens.encode_security_event(claims, await self.signing_key())
 
     async def jwks(self) -> str:
         keys = await self.verification_keys()

@@ -45,8 +45,13 @@ async def new_set(
     now: datetime,
     context: CallContext,
     prepared: PreparedSet | None = None,
+    regenerated: bool,
 ) -> tuple[str, ...]:
     """Ten new codes replacing any older set; the caller shows them once.
+
+    ``regenerated``: the user asked for this set (RegenerateRecoveryCodes); not: the first
+    set, with the first factor. The event says which: the user is told of a regenerated
+    set; of the first, they are told as of the factor it came with.
 
     ``prepared``: the set made before the transaction; without it (a caller that could
     not foresee it, e.g. a first factor raced in) the set is hashed here.
@@ -62,6 +67,7 @@ async def new_set(
         now=now,
         context=context,
         count=str(len(codes)),
+        regenerated=str(regenerated).lower(),
     )
     return tuple(codes)
 
@@ -105,7 +111,9 @@ class RecoveryService:
                 now=now,
                 context=context,
             )
-            return await new_set(conn, env, user, now=now, context=context, prepared=prepared)
+            return await new_set(
+                conn, env, user, now=now, context=context, prepared=prepared, regenerated=True
+            )
 
     async def acknowledge(self, env: EnvironmentId, user: UserId, context: CallContext) -> None:
         now = self._clock.now()

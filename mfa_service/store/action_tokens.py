@@ -183,6 +183,9 @@ _AUDITED = audit_store.insert_sql(
         "device_id": "''",  # the column's default: no device
         "caller": "caller",
         "request_id": "request_id",
+        # ValidateActionToken is the signer's call, not a user RPC: no client source.
+        "client_ip": "NULL",
+        "client_user_agent": "NULL",
         "details": """jsonb_build_object(
            'action', 'ACTION_' || action,
            'decision', CASE WHEN reason = 'TOKEN_VALID' THEN 'ALLOW' ELSE 'DENY' END,

@@ -23,6 +23,8 @@ _COLUMNS: dict[str, tuple[str, Callable[[AuditEvent], Any]]] = {
     "device_id": ("text", lambda e: e.device_id),
     "caller": ("text", lambda e: e.context.caller),
     "request_id": ("text", lambda e: e.context.request_id),
+    "client_ip": ("text", lambda e: e.context.client_ip),  # NULL: not said
+    "client_user_agent": ("text", lambda e: e.context.client_user_agent),
     "details": ("text", lambda e: json.dumps(dict(e.details))),  # JSON text, cast per row
 }
 COLUMNS: tuple[str, ...] = tuple(_COLUMNS)

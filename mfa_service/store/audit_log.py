@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from mfa_service.domain.audit import AuditEvent, AuditEventType, CallContext, LoggedEvent
 from mfa_service.domain.model import Method
 from mfa_service.store.db import Connection
@@ -19,9 +22,8 @@ async def page(
     """Up to ``limit`` events older than ``before_id`` (the last one of the previous page),
     newest first."""
     rows = await conn.fetch(
-        """
-        SELECT id, event_id, environment_id, user_id, type, occurred_at, method,
-               device_id, caller, request_id, details
+        f"""
+        SELECT {LOGGED_COLUMNS}
         FROM audit_events
         WHERE environment_id = $1
           AND ($2 = '' OR user_id = $2)
@@ -29,27 +31,39 @@ async def page(
           AND ($4::bigint IS NULL OR id < $4)
         ORDER BY id DESC
         LIMIT $5
-        """,
+        """,  # noqa: S608 (a constant column list)
         env,
         user_id,
         types,
         before_id,
         limit,
     )
-    return [
-        LoggedEvent(
-            row_id=row["id"],
-            event_id=str(row["event_id"]),
-            event=AuditEvent(
-                type=AuditEventType[row["type"]],
-                environment_id=row["environment_id"],
-                occurred_at=row["occurred_at"],
-                context=CallContext(caller=row["caller"], request_id=row["request_id"]),
-                user_id=row["user_id"],
-                method=Method[row["method"]] if row["method"] else None,
-                device_id=row["device_id"],
-                details={str(k): str(v) for k, v in (row["details"] or {}).items()},
+    return [logged_event(row) for row in rows]
+
+
+# The columns ``logged_event`` reads.
+LOGGED_COLUMNS = """id, event_id, environment_id, user_id, type, occurred_at, method, device_id,
+    caller, request_id, client_ip, client_user_agent, details::text AS details"""
+
+
+def logged_event(row: Any) -> LoggedEvent:
+    """An audit row (``LOGGED_COLUMNS``) as the domain holds it."""
+    return LoggedEvent(
+        row_id=row["id"],
+        event_id=str(row["event_id"]),
+        event=AuditEvent(
+            type=AuditEventType[row["type"]],
+            environment_id=row["environment_id"],
+            occurred_at=row["occurred_at"],
+            context=CallContext(
+                caller=row["caller"],
+                request_id=row["request_id"],
+                client_ip=row["client_ip"],
+                client_user_agent=row["client_user_agent"],
             ),
-        )
-        for row in rows
-    ]
+            user_id=row["user_id"],
+            method=Method[row["method"]] if row["method"] else None,
+            device_id=row["device_id"],
+            details={str(k): str(v) for k, v in json.loads(row["details"] or "{}").items()},
+        ),
+    )

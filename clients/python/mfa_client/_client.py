@@ -6,7 +6,7 @@ import asyncio
 import json
 import random
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
@@ -135,6 +135,27 @@ class AdminClient:
         )
         response = await _call(lambda: self.stub.UpdateSettings(request, timeout=self._timeout))
         return response.settings
+
+    async def watch_audit_events(
+        self, environment_id: str, after_cursor: str = ""
+    ) -> AsyncGenerator[admin_service_pb2.WatchAuditEventsResponse, None]:
+        """The environment's audit events in commit order, after ``after_cursor`` (empty:
+        from the oldest kept), then each new one as it commits, without end. Each
+        response carries its ``cursor``: resume with the last one received (after an
+        error, or when the server stopped and ended the stream) and nothing is missed
+        or seen twice. No deadline, no retry: the caller decides when to resume; ``aclose()``
+        hangs up."""
+        request = admin_service_pb2.WatchAuditEventsRequest(
+            environment_id=environment_id, after_cursor=after_cursor
+        )
+        call = self.stub.WatchAuditEvents(request)
+        try:
+            async for response in call:
+                yield response
+        except grpc.aio.AioRpcError as error:
+            raise MfaServiceError.from_rpc_error(error) from None
+        finally:
+            call.cancel()
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,6 +48,8 @@ class _AuditEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AuditE
     AUDIT_EVENT_TYPE_USER_RESET: _AuditEventType.ValueType  # 15
     AUDIT_EVENT_TYPE_SIGN_COUNT_REGRESSION: _AuditEventType.ValueType  # 16
     AUDIT_EVENT_TYPE_ENVIRONMENT_CREATED: _AuditEventType.ValueType  # 17
+    AUDIT_EVENT_TYPE_WEBHOOK_CREATED: _AuditEventType.ValueType  # 18
+    AUDIT_EVENT_TYPE_WEBHOOK_DELETED: _AuditEventType.ValueType  # 19
 
 class AuditEventType(_AuditEventType, metaclass=_AuditEventTypeEnumTypeWrapper):
     """A kind of security event."""
@@ -70,7 +72,38 @@ AUDIT_EVENT_TYPE_SETTINGS_CHANGED: AuditEventType.ValueType  # 14
 AUDIT_EVENT_TYPE_USER_RESET: AuditEventType.ValueType  # 15
 AUDIT_EVENT_TYPE_SIGN_COUNT_REGRESSION: AuditEventType.ValueType  # 16
 AUDIT_EVENT_TYPE_ENVIRONMENT_CREATED: AuditEventType.ValueType  # 17
+AUDIT_EVENT_TYPE_WEBHOOK_CREATED: AuditEventType.ValueType  # 18
+AUDIT_EVENT_TYPE_WEBHOOK_DELETED: AuditEventType.ValueType  # 19
 Global___AuditEventType: _TypeAlias = AuditEventType  # noqa: Y015
+
+class _WebhookFormat:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WebhookFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WebhookFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WEBHOOK_FORMAT_UNSPECIFIED: _WebhookFormat.ValueType  # 0
+    WEBHOOK_FORMAT_STANDARD_WEBHOOKS: _WebhookFormat.ValueType  # 1
+    """JSON {"type", "timestamp", "data"} signed as the Standard Webhooks specification says
+    (headers webhook-id, webhook-timestamp, webhook-signature: v1,<base64 HMAC-SHA256>).
+    """
+    WEBHOOK_FORMAT_CAEP: _WebhookFormat.ValueType  # 2
+    """OpenID CAEP 1.0 credential-change Security Event Tokens (RFC 8417), signed with the
+    service's token keys (GetJwks), pushed as application/secevent+jwt (RFC 8935).
+    """
+
+class WebhookFormat(_WebhookFormat, metaclass=_WebhookFormatEnumTypeWrapper): ...
+
+WEBHOOK_FORMAT_UNSPECIFIED: WebhookFormat.ValueType  # 0
+WEBHOOK_FORMAT_STANDARD_WEBHOOKS: WebhookFormat.ValueType  # 1
+"""JSON {"type", "timestamp", "data"} signed as the Standard Webhooks specification says
+(headers webhook-id, webhook-timestamp, webhook-signature: v1,<base64 HMAC-SHA256>).
+"""
+WEBHOOK_FORMAT_CAEP: WebhookFormat.ValueType  # 2
+"""OpenID CAEP 1.0 credential-change Security Event Tokens (RFC 8417), signed with the
+service's token keys (GetJwks), pushed as application/secevent+jwt (RFC 8935).
+"""
+Global___WebhookFormat: _TypeAlias = WebhookFormat  # noqa: Y015
 
 @_typing.final
 class CreateEnvironmentRequest(_message.Message):
@@ -349,6 +382,9 @@ class AuditEvent(_message.Message):
     CALLER_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     DETAILS_FIELD_NUMBER: _builtins.int
+    NOTIFY_USER_FIELD_NUMBER: _builtins.int
+    CLIENT_IP_FIELD_NUMBER: _builtins.int
+    CLIENT_USER_AGENT_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     type: Global___AuditEventType.ValueType
     environment_id: _builtins.str
@@ -359,6 +395,16 @@ class AuditEvent(_message.Message):
     caller: _builtins.str
     """Identity of the calling service."""
     request_id: _builtins.str
+    notify_user: _builtins.bool
+    """The user must be told of this event (a factor added or removed, a recovery code
+    used, codes regenerated, an admin reset, a lockout): NIST SP 800-63B-4 4.1.2.1,
+    4.2, 4.6.
+    """
+    client_ip: _builtins.str
+    """Where the user's request came from, as the calling service said in the gRPC
+    metadata mfa-client-ip and mfa-client-user-agent (empty when not given).
+    """
+    client_user_agent: _builtins.str
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -378,14 +424,267 @@ class AuditEvent(_message.Message):
         caller: _builtins.str = ...,
         request_id: _builtins.str = ...,
         details: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        notify_user: _builtins.bool = ...,
+        client_ip: _builtins.str = ...,
+        client_user_agent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "details", b"details", "device_id", b"device_id", "environment_id", b"environment_id", "event_id", b"event_id", "method", b"method", "occurred_at", b"occurred_at", "request_id", b"request_id", "type", b"type", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "client_ip", b"client_ip", "client_user_agent", b"client_user_agent", "details", b"details", "device_id", b"device_id", "environment_id", b"environment_id", "event_id", b"event_id", "method", b"method", "notify_user", b"notify_user", "occurred_at", b"occurred_at", "request_id", b"request_id", "type", b"type", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AuditEvent: _TypeAlias = AuditEvent  # noqa: Y015
+
+@_typing.final
+class WatchAuditEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENVIRONMENT_ID_FIELD_NUMBER: _builtins.int
+    AFTER_CURSOR_FIELD_NUMBER: _builtins.int
+    environment_id: _builtins.str
+    after_cursor: _builtins.str
+    """A cursor from a previous response: the events committed after that one. Empty: from
+    the oldest event kept.
+    """
+    def __init__(
+        self,
+        *,
+        environment_id: _builtins.str = ...,
+        after_cursor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_cursor", b"after_cursor", "environment_id", b"environment_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchAuditEventsRequest: _TypeAlias = WatchAuditEventsRequest  # noqa: Y015
+
+@_typing.final
+class WatchAuditEventsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    cursor: _builtins.str
+    """This event's place in commit order; opaque."""
+    @_builtins.property
+    def event(self) -> Global___AuditEvent: ...
+    def __init__(
+        self,
+        *,
+        event: Global___AuditEvent | None = ...,
+        cursor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchAuditEventsResponse: _TypeAlias = WatchAuditEventsResponse  # noqa: Y015
+
+@_typing.final
+class Webhook(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOK_ID_FIELD_NUMBER: _builtins.int
+    ENVIRONMENT_ID_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    EVENT_TYPES_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    LAST_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
+    LAST_STATUS_CODE_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    LAST_SUCCESS_TIME_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
+    DROPPED_EVENTS_FIELD_NUMBER: _builtins.int
+    webhook_id: _builtins.str
+    environment_id: _builtins.str
+    url: _builtins.str
+    format: Global___WebhookFormat.ValueType
+    last_status_code: _builtins.int
+    last_error: _builtins.str
+    attempts: _builtins.int
+    dropped_events: _builtins.int
+    """Events given up on after the retry horizon (default 3 days)."""
+    @_builtins.property
+    def event_types(self) -> _containers.RepeatedScalarFieldContainer[Global___AuditEventType.ValueType]:
+        """The event types it receives (at least one)."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def last_attempt_time(self) -> _timestamp_pb2.Timestamp:
+        """Output only, the state of its deliveries: the last attempt (its HTTP status, or the
+        error when there was no answer), the last success, how many attempts the oldest
+        undelivered event has had and when the next one is due.
+        """
+
+    @_builtins.property
+    def last_success_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def next_attempt_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        webhook_id: _builtins.str = ...,
+        environment_id: _builtins.str = ...,
+        url: _builtins.str = ...,
+        event_types: _abc.Iterable[Global___AuditEventType.ValueType] | None = ...,
+        format: Global___WebhookFormat.ValueType = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        last_attempt_time: _timestamp_pb2.Timestamp | None = ...,
+        last_status_code: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+        last_success_time: _timestamp_pb2.Timestamp | None = ...,
+        attempts: _builtins.int = ...,
+        next_attempt_time: _timestamp_pb2.Timestamp | None = ...,
+        dropped_events: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "last_attempt_time", b"last_attempt_time", "last_success_time", b"last_success_time", "next_attempt_time", b"next_attempt_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "create_time", b"create_time", "dropped_events", b"dropped_events", "environment_id", b"environment_id", "event_types", b"event_types", "format", b"format", "last_attempt_time", b"last_attempt_time", "last_error", b"last_error", "last_status_code", b"last_status_code", "last_success_time", b"last_success_time", "next_attempt_time", b"next_attempt_time", "url", b"url", "webhook_id", b"webhook_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Webhook: _TypeAlias = Webhook  # noqa: Y015
+
+@_typing.final
+class CreateWebhookRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENVIRONMENT_ID_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    EVENT_TYPES_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    environment_id: _builtins.str
+    url: _builtins.str
+    """https (http only to a loopback address, in dev), no credentials, at most 2048
+    characters. Only ever POSTed to; redirects are not followed.
+    """
+    format: Global___WebhookFormat.ValueType
+    """Default: WEBHOOK_FORMAT_STANDARD_WEBHOOKS."""
+    @_builtins.property
+    def event_types(self) -> _containers.RepeatedScalarFieldContainer[Global___AuditEventType.ValueType]: ...
+    def __init__(
+        self,
+        *,
+        environment_id: _builtins.str = ...,
+        url: _builtins.str = ...,
+        event_types: _abc.Iterable[Global___AuditEventType.ValueType] | None = ...,
+        format: Global___WebhookFormat.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["environment_id", b"environment_id", "event_types", b"event_types", "format", b"format", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateWebhookRequest: _TypeAlias = CreateWebhookRequest  # noqa: Y015
+
+@_typing.final
+class CreateWebhookResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOK_FIELD_NUMBER: _builtins.int
+    SIGNING_SECRET_FIELD_NUMBER: _builtins.int
+    signing_secret: _builtins.str
+    """whsec_<base64>: shown once; receivers verify signatures with it (Standard Webhooks)."""
+    @_builtins.property
+    def webhook(self) -> Global___Webhook: ...
+    def __init__(
+        self,
+        *,
+        webhook: Global___Webhook | None = ...,
+        signing_secret: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["webhook", b"webhook"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["signing_secret", b"signing_secret", "webhook", b"webhook"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateWebhookResponse: _TypeAlias = CreateWebhookResponse  # noqa: Y015
+
+@_typing.final
+class ListWebhooksRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENVIRONMENT_ID_FIELD_NUMBER: _builtins.int
+    environment_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        environment_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["environment_id", b"environment_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWebhooksRequest: _TypeAlias = ListWebhooksRequest  # noqa: Y015
+
+@_typing.final
+class ListWebhooksResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def webhooks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Webhook]: ...
+    def __init__(
+        self,
+        *,
+        webhooks: _abc.Iterable[Global___Webhook] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["webhooks", b"webhooks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWebhooksResponse: _TypeAlias = ListWebhooksResponse  # noqa: Y015
+
+@_typing.final
+class DeleteWebhookRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENVIRONMENT_ID_FIELD_NUMBER: _builtins.int
+    WEBHOOK_ID_FIELD_NUMBER: _builtins.int
+    environment_id: _builtins.str
+    webhook_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        environment_id: _builtins.str = ...,
+        webhook_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["environment_id", b"environment_id", "webhook_id", b"webhook_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteWebhookRequest: _TypeAlias = DeleteWebhookRequest  # noqa: Y015
+
+@_typing.final
+class DeleteWebhookResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteWebhookResponse: _TypeAlias = DeleteWebhookResponse  # noqa: Y015
 
 @_typing.final
 class ListAuditEventsRequest(_message.Message):

@@ -64,6 +64,26 @@ class AdminServiceStub:
                 request_serializer=mfa_dot_v1_dot_admin__service__pb2.ListAuditEventsRequest.SerializeToString,
                 response_deserializer=mfa_dot_v1_dot_admin__service__pb2.ListAuditEventsResponse.FromString,
                 _registered_method=True)
+        self.WatchAuditEvents = channel.unary_stream(
+                '/mfa.v1.AdminService/WatchAuditEvents',
+                request_serializer=mfa_dot_v1_dot_admin__service__pb2.WatchAuditEventsRequest.SerializeToString,
+                response_deserializer=mfa_dot_v1_dot_admin__service__pb2.WatchAuditEventsResponse.FromString,
+                _registered_method=True)
+        self.CreateWebhook = channel.unary_unary(
+                '/mfa.v1.AdminService/CreateWebhook',
+                request_serializer=mfa_dot_v1_dot_admin__service__pb2.CreateWebhookRequest.SerializeToString,
+                response_deserializer=mfa_dot_v1_dot_admin__service__pb2.CreateWebhookResponse.FromString,
+                _registered_method=True)
+        self.ListWebhooks = channel.unary_unary(
+                '/mfa.v1.AdminService/ListWebhooks',
+                request_serializer=mfa_dot_v1_dot_admin__service__pb2.ListWebhooksRequest.SerializeToString,
+                response_deserializer=mfa_dot_v1_dot_admin__service__pb2.ListWebhooksResponse.FromString,
+                _registered_method=True)
+        self.DeleteWebhook = channel.unary_unary(
+                '/mfa.v1.AdminService/DeleteWebhook',
+                request_serializer=mfa_dot_v1_dot_admin__service__pb2.DeleteWebhookRequest.SerializeToString,
+                response_deserializer=mfa_dot_v1_dot_admin__service__pb2.DeleteWebhookResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -114,6 +134,38 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchAuditEvents(self, request, context):
+        """The environment's security events after a cursor in commit order, then each new one
+        as it commits (DESIGN 3f). A client that reconnects with the last cursor it received
+        misses nothing and sees nothing twice, across server restarts too. Admin role only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateWebhook(self, request, context):
+        """Deliver the environment's security events to an HTTP endpoint (Standard Webhooks, or
+        OpenID CAEP Security Event Tokens), at least once, in order per user. The signing
+        secret is in the response only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWebhooks(self, request, context):
+        """The environment's webhooks, with the state of their deliveries.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteWebhook(self, request, context):
+        """Stop delivering to a webhook; what it had not delivered is dropped.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -146,6 +198,26 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListAuditEvents,
                     request_deserializer=mfa_dot_v1_dot_admin__service__pb2.ListAuditEventsRequest.FromString,
                     response_serializer=mfa_dot_v1_dot_admin__service__pb2.ListAuditEventsResponse.SerializeToString,
+            ),
+            'WatchAuditEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchAuditEvents,
+                    request_deserializer=mfa_dot_v1_dot_admin__service__pb2.WatchAuditEventsRequest.FromString,
+                    response_serializer=mfa_dot_v1_dot_admin__service__pb2.WatchAuditEventsResponse.SerializeToString,
+            ),
+            'CreateWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateWebhook,
+                    request_deserializer=mfa_dot_v1_dot_admin__service__pb2.CreateWebhookRequest.FromString,
+                    response_serializer=mfa_dot_v1_dot_admin__service__pb2.CreateWebhookResponse.SerializeToString,
+            ),
+            'ListWebhooks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWebhooks,
+                    request_deserializer=mfa_dot_v1_dot_admin__service__pb2.ListWebhooksRequest.FromString,
+                    response_serializer=mfa_dot_v1_dot_admin__service__pb2.ListWebhooksResponse.SerializeToString,
+            ),
+            'DeleteWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteWebhook,
+                    request_deserializer=mfa_dot_v1_dot_admin__service__pb2.DeleteWebhookRequest.FromString,
+                    response_serializer=mfa_dot_v1_dot_admin__service__pb2.DeleteWebhookResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +382,114 @@ class AdminService:
             '/mfa.v1.AdminService/ListAuditEvents',
             mfa_dot_v1_dot_admin__service__pb2.ListAuditEventsRequest.SerializeToString,
             mfa_dot_v1_dot_admin__service__pb2.ListAuditEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchAuditEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mfa.v1.AdminService/WatchAuditEvents',
+            mfa_dot_v1_dot_admin__service__pb2.WatchAuditEventsRequest.SerializeToString,
+            mfa_dot_v1_dot_admin__service__pb2.WatchAuditEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mfa.v1.AdminService/CreateWebhook',
+            mfa_dot_v1_dot_admin__service__pb2.CreateWebhookRequest.SerializeToString,
+            mfa_dot_v1_dot_admin__service__pb2.CreateWebhookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWebhooks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mfa.v1.AdminService/ListWebhooks',
+            mfa_dot_v1_dot_admin__service__pb2.ListWebhooksRequest.SerializeToString,
+            mfa_dot_v1_dot_admin__service__pb2.ListWebhooksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mfa.v1.AdminService/DeleteWebhook',
+            mfa_dot_v1_dot_admin__service__pb2.DeleteWebhookRequest.SerializeToString,
+            mfa_dot_v1_dot_admin__service__pb2.DeleteWebhookResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,20 @@ class AdminServiceStub:
     """Remove all of a user's factors and revoke their outstanding tokens."""
     ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListAuditEventsRequest, _admin_service_pb2.ListAuditEventsResponse]
     """The environment's security events, newest first."""
+    WatchAuditEvents: _grpc.UnaryStreamMultiCallable[_admin_service_pb2.WatchAuditEventsRequest, _admin_service_pb2.WatchAuditEventsResponse]
+    """The environment's security events after a cursor in commit order, then each new one
+    as it commits (DESIGN 3f). A client that reconnects with the last cursor it received
+    misses nothing and sees nothing twice, across server restarts too. Admin role only.
+    """
+    CreateWebhook: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.CreateWebhookRequest, _admin_service_pb2.CreateWebhookResponse]
+    """Deliver the environment's security events to an HTTP endpoint (Standard Webhooks, or
+    OpenID CAEP Security Event Tokens), at least once, in order per user. The signing
+    secret is in the response only.
+    """
+    ListWebhooks: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListWebhooksRequest, _admin_service_pb2.ListWebhooksResponse]
+    """The environment's webhooks, with the state of their deliveries."""
+    DeleteWebhook: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.DeleteWebhookRequest, _admin_service_pb2.DeleteWebhookResponse]
+    """Stop delivering to a webhook; what it had not delivered is dropped."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -69,6 +83,20 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Remove all of a user's factors and revoke their outstanding tokens."""
     ListAuditEvents: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListAuditEventsRequest, _admin_service_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
     """The environment's security events, newest first."""
+    WatchAuditEvents: _aio.UnaryStreamMultiCallable[_admin_service_pb2.WatchAuditEventsRequest, _admin_service_pb2.WatchAuditEventsResponse]  # type: ignore[assignment]
+    """The environment's security events after a cursor in commit order, then each new one
+    as it commits (DESIGN 3f). A client that reconnects with the last cursor it received
+    misses nothing and sees nothing twice, across server restarts too. Admin role only.
+    """
+    CreateWebhook: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.CreateWebhookRequest, _admin_service_pb2.CreateWebhookResponse]  # type: ignore[assignment]
+    """Deliver the environment's security events to an HTTP endpoint (Standard Webhooks, or
+    OpenID CAEP Security Event Tokens), at least once, in order per user. The signing
+    secret is in the response only.
+    """
+    ListWebhooks: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListWebhooksRequest, _admin_service_pb2.ListWebhooksResponse]  # type: ignore[assignment]
+    """The environment's webhooks, with the state of their deliveries."""
+    DeleteWebhook: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.DeleteWebhookRequest, _admin_service_pb2.DeleteWebhookResponse]  # type: ignore[assignment]
+    """Stop delivering to a webhook; what it had not delivered is dropped."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -122,5 +150,43 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.ListAuditEventsResponse, _abc.Awaitable[_admin_service_pb2.ListAuditEventsResponse]]:
         """The environment's security events, newest first."""
+
+    @_abc_1.abstractmethod
+    def WatchAuditEvents(
+        self,
+        request: _admin_service_pb2.WatchAuditEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_admin_service_pb2.WatchAuditEventsResponse], _abc.AsyncIterator[_admin_service_pb2.WatchAuditEventsResponse]]:
+        """The environment's security events after a cursor in commit order, then each new one
+        as it commits (DESIGN 3f). A client that reconnects with the last cursor it received
+        misses nothing and sees nothing twice, across server restarts too. Admin role only.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateWebhook(
+        self,
+        request: _admin_service_pb2.CreateWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.CreateWebhookResponse, _abc.Awaitable[_admin_service_pb2.CreateWebhookResponse]]:
+        """Deliver the environment's security events to an HTTP endpoint (Standard Webhooks, or
+        OpenID CAEP Security Event Tokens), at least once, in order per user. The signing
+        secret is in the response only.
+        """
+
+    @_abc_1.abstractmethod
+    def ListWebhooks(
+        self,
+        request: _admin_service_pb2.ListWebhooksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.ListWebhooksResponse, _abc.Awaitable[_admin_service_pb2.ListWebhooksResponse]]:
+        """The environment's webhooks, with the state of their deliveries."""
+
+    @_abc_1.abstractmethod
+    def DeleteWebhook(
+        self,
+        request: _admin_service_pb2.DeleteWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.DeleteWebhookResponse, _abc.Awaitable[_admin_service_pb2.DeleteWebhookResponse]]:
+        """Stop delivering to a webhook; what it had not delivered is dropped."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -251,6 +251,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     ERROR_REASON_APPROVAL_REQUIRED: _ErrorReason.ValueType  # 25
     """The action's policy requires an approval: the challenge must carry one."""
+    ERROR_REASON_WEBHOOK_NOT_FOUND: _ErrorReason.ValueType  # 26
+    """DeleteWebhook: no webhook with this id in the environment."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Machine-readable reason of an error, sent as google.rpc.ErrorInfo.reason
@@ -315,6 +317,8 @@ challenge is spent.
 """
 ERROR_REASON_APPROVAL_REQUIRED: ErrorReason.ValueType  # 25
 """The action's policy requires an approval: the challenge must carry one."""
+ERROR_REASON_WEBHOOK_NOT_FOUND: ErrorReason.ValueType  # 26
+"""DeleteWebhook: no webhook with this id in the environment."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 class _UserVerification:

@@ -11,7 +11,9 @@ import {
   type ChannelCredentials,
   Client,
   type ClientOptions,
+  type ClientReadableStream,
   type ClientUnaryCall,
+  type handleServerStreamingCall,
   type handleUnaryCall,
   makeGenericClientConstructor,
   type Metadata,
@@ -51,6 +53,8 @@ export enum AuditEventType {
   AUDIT_EVENT_TYPE_USER_RESET = 15,
   AUDIT_EVENT_TYPE_SIGN_COUNT_REGRESSION = 16,
   AUDIT_EVENT_TYPE_ENVIRONMENT_CREATED = 17,
+  AUDIT_EVENT_TYPE_WEBHOOK_CREATED = 18,
+  AUDIT_EVENT_TYPE_WEBHOOK_DELETED = 19,
   UNRECOGNIZED = -1,
 }
 
@@ -110,6 +114,12 @@ export function auditEventTypeFromJSON(object: any): AuditEventType {
     case 17:
     case "AUDIT_EVENT_TYPE_ENVIRONMENT_CREATED":
       return AuditEventType.AUDIT_EVENT_TYPE_ENVIRONMENT_CREATED;
+    case 18:
+    case "AUDIT_EVENT_TYPE_WEBHOOK_CREATED":
+      return AuditEventType.AUDIT_EVENT_TYPE_WEBHOOK_CREATED;
+    case 19:
+    case "AUDIT_EVENT_TYPE_WEBHOOK_DELETED":
+      return AuditEventType.AUDIT_EVENT_TYPE_WEBHOOK_DELETED;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -155,7 +165,58 @@ export function auditEventTypeToJSON(object: AuditEventType): string {
       return "AUDIT_EVENT_TYPE_SIGN_COUNT_REGRESSION";
     case AuditEventType.AUDIT_EVENT_TYPE_ENVIRONMENT_CREATED:
       return "AUDIT_EVENT_TYPE_ENVIRONMENT_CREATED";
+    case AuditEventType.AUDIT_EVENT_TYPE_WEBHOOK_CREATED:
+      return "AUDIT_EVENT_TYPE_WEBHOOK_CREATED";
+    case AuditEventType.AUDIT_EVENT_TYPE_WEBHOOK_DELETED:
+      return "AUDIT_EVENT_TYPE_WEBHOOK_DELETED";
     case AuditEventType.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+export enum WebhookFormat {
+  WEBHOOK_FORMAT_UNSPECIFIED = 0,
+  /**
+   * WEBHOOK_FORMAT_STANDARD_WEBHOOKS - JSON {"type", "timestamp", "data"} signed as the Standard Webhooks specification says
+   * (headers webhook-id, webhook-timestamp, webhook-signature: v1,<base64 HMAC-SHA256>).
+   */
+  WEBHOOK_FORMAT_STANDARD_WEBHOOKS = 1,
+  /**
+   * WEBHOOK_FORMAT_CAEP - OpenID CAEP 1.0 credential-change Security Event Tokens (RFC 8417), signed with the
+   * service's token keys (GetJwks), pushed as application/secevent+jwt (RFC 8935).
+   */
+  WEBHOOK_FORMAT_CAEP = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function webhookFormatFromJSON(object: any): WebhookFormat {
+  switch (object) {
+    case 0:
+    case "WEBHOOK_FORMAT_UNSPECIFIED":
+      return WebhookFormat.WEBHOOK_FORMAT_UNSPECIFIED;
+    case 1:
+    case "WEBHOOK_FORMAT_STANDARD_WEBHOOKS":
+      return WebhookFormat.WEBHOOK_FORMAT_STANDARD_WEBHOOKS;
+    case 2:
+    case "WEBHOOK_FORMAT_CAEP":
+      return WebhookFormat.WEBHOOK_FORMAT_CAEP;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return WebhookFormat.UNRECOGNIZED;
+  }
+}
+
+export function webhookFormatToJSON(object: WebhookFormat): string {
+  switch (object) {
+    case WebhookFormat.WEBHOOK_FORMAT_UNSPECIFIED:
+      return "WEBHOOK_FORMAT_UNSPECIFIED";
+    case WebhookFormat.WEBHOOK_FORMAT_STANDARD_WEBHOOKS:
+      return "WEBHOOK_FORMAT_STANDARD_WEBHOOKS";
+    case WebhookFormat.WEBHOOK_FORMAT_CAEP:
+      return "WEBHOOK_FORMAT_CAEP";
+    case WebhookFormat.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
   }
@@ -248,11 +309,103 @@ export interface AuditEvent {
   requestId: string;
   /** Event-specific facts, e.g. "decision", "reason", "actions", "fields". */
   details: { [key: string]: string };
+  /**
+   * The user must be told of this event (a factor added or removed, a recovery code
+   * used, codes regenerated, an admin reset, a lockout): NIST SP 800-63B-4 4.1.2.1,
+   * 4.2, 4.6.
+   */
+  notifyUser: boolean;
+  /**
+   * Where the user's request came from, as the calling service said in the gRPC
+   * metadata mfa-client-ip and mfa-client-user-agent (empty when not given).
+   */
+  clientIp: string;
+  clientUserAgent: string;
 }
 
 export interface AuditEvent_DetailsEntry {
   key: string;
   value: string;
+}
+
+export interface WatchAuditEventsRequest {
+  environmentId: string;
+  /**
+   * A cursor from a previous response: the events committed after that one. Empty: from
+   * the oldest event kept.
+   */
+  afterCursor: string;
+}
+
+export interface WatchAuditEventsResponse {
+  event:
+    | AuditEvent
+    | undefined;
+  /** This event's place in commit order; opaque. */
+  cursor: string;
+}
+
+export interface Webhook {
+  webhookId: string;
+  environmentId: string;
+  url: string;
+  /** The event types it receives (at least one). */
+  eventTypes: AuditEventType[];
+  format: WebhookFormat;
+  createTime:
+    | Date
+    | undefined;
+  /**
+   * Output only, the state of its deliveries: the last attempt (its HTTP status, or the
+   * error when there was no answer), the last success, how many attempts the oldest
+   * undelivered event has had and when the next one is due.
+   */
+  lastAttemptTime: Date | undefined;
+  lastStatusCode: number;
+  lastError: string;
+  lastSuccessTime: Date | undefined;
+  attempts: number;
+  nextAttemptTime:
+    | Date
+    | undefined;
+  /** Events given up on after the retry horizon (default 3 days). */
+  droppedEvents: number;
+}
+
+export interface CreateWebhookRequest {
+  environmentId: string;
+  /**
+   * https (http only to a loopback address, in dev), no credentials, at most 2048
+   * characters. Only ever POSTed to; redirects are not followed.
+   */
+  url: string;
+  eventTypes: AuditEventType[];
+  /** Default: WEBHOOK_FORMAT_STANDARD_WEBHOOKS. */
+  format: WebhookFormat;
+}
+
+export interface CreateWebhookResponse {
+  webhook:
+    | Webhook
+    | undefined;
+  /** whsec_<base64>: shown once; receivers verify signatures with it (Standard Webhooks). */
+  signingSecret: string;
+}
+
+export interface ListWebhooksRequest {
+  environmentId: string;
+}
+
+export interface ListWebhooksResponse {
+  webhooks: Webhook[];
+}
+
+export interface DeleteWebhookRequest {
+  environmentId: string;
+  webhookId: string;
+}
+
+export interface DeleteWebhookResponse {
 }
 
 export interface ListAuditEventsRequest {
@@ -1132,6 +1285,9 @@ function createBaseAuditEvent(): AuditEvent {
     caller: "",
     requestId: "",
     details: {},
+    notifyUser: false,
+    clientIp: "",
+    clientUserAgent: "",
   };
 }
 
@@ -1167,6 +1323,15 @@ export const AuditEvent: MessageFns<AuditEvent> = {
     globalThis.Object.entries(message.details).forEach(([key, value]: [string, string]) => {
       AuditEvent_DetailsEntry.encode({ key: key as any, value }, writer.uint32(82).fork()).join();
     });
+    if (message.notifyUser !== false) {
+      writer.uint32(88).bool(message.notifyUser);
+    }
+    if (message.clientIp !== "") {
+      writer.uint32(98).string(message.clientIp);
+    }
+    if (message.clientUserAgent !== "") {
+      writer.uint32(106).string(message.clientUserAgent);
+    }
     return writer;
   },
 
@@ -1266,6 +1431,30 @@ export const AuditEvent: MessageFns<AuditEvent> = {
             }
             continue;
           }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.notifyUser = reader.bool();
+            continue;
+          }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.clientIp = reader.string();
+            continue;
+          }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.clientUserAgent = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1327,6 +1516,21 @@ export const AuditEvent: MessageFns<AuditEvent> = {
           {},
         )
         : {},
+      notifyUser: isSet(object.notifyUser)
+        ? globalThis.Boolean(object.notifyUser)
+        : isSet(object.notify_user)
+        ? globalThis.Boolean(object.notify_user)
+        : false,
+      clientIp: isSet(object.clientIp)
+        ? globalThis.String(object.clientIp)
+        : isSet(object.client_ip)
+        ? globalThis.String(object.client_ip)
+        : "",
+      clientUserAgent: isSet(object.clientUserAgent)
+        ? globalThis.String(object.clientUserAgent)
+        : isSet(object.client_user_agent)
+        ? globalThis.String(object.client_user_agent)
+        : "",
     };
   },
 
@@ -1368,6 +1572,15 @@ export const AuditEvent: MessageFns<AuditEvent> = {
         });
       }
     }
+    if (message.notifyUser !== false) {
+      obj.notifyUser = message.notifyUser;
+    }
+    if (message.clientIp !== "") {
+      obj.clientIp = message.clientIp;
+    }
+    if (message.clientUserAgent !== "") {
+      obj.clientUserAgent = message.clientUserAgent;
+    }
     return obj;
   },
 
@@ -1394,6 +1607,9 @@ export const AuditEvent: MessageFns<AuditEvent> = {
       },
       {},
     );
+    message.notifyUser = object.notifyUser ?? false;
+    message.clientIp = object.clientIp ?? "";
+    message.clientUserAgent = object.clientUserAgent ?? "";
     return message;
   },
 };
@@ -1479,6 +1695,1032 @@ export const AuditEvent_DetailsEntry: MessageFns<AuditEvent_DetailsEntry> = {
     const message = createBaseAuditEvent_DetailsEntry();
     message.key = object.key ?? "";
     message.value = object.value ?? "";
+    return message;
+  },
+};
+
+function createBaseWatchAuditEventsRequest(): WatchAuditEventsRequest {
+  return { environmentId: "", afterCursor: "" };
+}
+
+export const WatchAuditEventsRequest: MessageFns<WatchAuditEventsRequest> = {
+  encode(message: WatchAuditEventsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.environmentId !== "") {
+      writer.uint32(10).string(message.environmentId);
+    }
+    if (message.afterCursor !== "") {
+      writer.uint32(18).string(message.afterCursor);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WatchAuditEventsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWatchAuditEventsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.environmentId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.afterCursor = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WatchAuditEventsRequest {
+    return {
+      environmentId: isSet(object.environmentId)
+        ? globalThis.String(object.environmentId)
+        : isSet(object.environment_id)
+        ? globalThis.String(object.environment_id)
+        : "",
+      afterCursor: isSet(object.afterCursor)
+        ? globalThis.String(object.afterCursor)
+        : isSet(object.after_cursor)
+        ? globalThis.String(object.after_cursor)
+        : "",
+    };
+  },
+
+  toJSON(message: WatchAuditEventsRequest): unknown {
+    const obj: any = {};
+    if (message.environmentId !== "") {
+      obj.environmentId = message.environmentId;
+    }
+    if (message.afterCursor !== "") {
+      obj.afterCursor = message.afterCursor;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<WatchAuditEventsRequest>, I>>(base?: I): WatchAuditEventsRequest {
+    return WatchAuditEventsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<WatchAuditEventsRequest>, I>>(object: I): WatchAuditEventsRequest {
+    const message = createBaseWatchAuditEventsRequest();
+    message.environmentId = object.environmentId ?? "";
+    message.afterCursor = object.afterCursor ?? "";
+    return message;
+  },
+};
+
+function createBaseWatchAuditEventsResponse(): WatchAuditEventsResponse {
+  return { event: undefined, cursor: "" };
+}
+
+export const WatchAuditEventsResponse: MessageFns<WatchAuditEventsResponse> = {
+  encode(message: WatchAuditEventsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.event !== undefined) {
+      AuditEvent.encode(message.event, writer.uint32(10).fork()).join();
+    }
+    if (message.cursor !== "") {
+      writer.uint32(18).string(message.cursor);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WatchAuditEventsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWatchAuditEventsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.event = AuditEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.cursor = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WatchAuditEventsResponse {
+    return {
+      event: isSet(object.event) ? AuditEvent.fromJSON(object.event) : undefined,
+      cursor: isSet(object.cursor) ? globalThis.String(object.cursor) : "",
+    };
+  },
+
+  toJSON(message: WatchAuditEventsResponse): unknown {
+    const obj: any = {};
+    if (message.event !== undefined) {
+      obj.event = AuditEvent.toJSON(message.event);
+    }
+    if (message.cursor !== "") {
+      obj.cursor = message.cursor;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<WatchAuditEventsResponse>, I>>(base?: I): WatchAuditEventsResponse {
+    return WatchAuditEventsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<WatchAuditEventsResponse>, I>>(object: I): WatchAuditEventsResponse {
+    const message = createBaseWatchAuditEventsResponse();
+    message.event = (object.event !== undefined && object.event !== null)
+      ? AuditEvent.fromPartial(object.event)
+      : undefined;
+    message.cursor = object.cursor ?? "";
+    return message;
+  },
+};
+
+function createBaseWebhook(): Webhook {
+  return {
+    webhookId: "",
+    environmentId: "",
+    url: "",
+    eventTypes: [],
+    format: 0,
+    createTime: undefined,
+    lastAttemptTime: undefined,
+    lastStatusCode: 0,
+    lastError: "",
+    lastSuccessTime: undefined,
+    attempts: 0,
+    nextAttemptTime: undefined,
+    droppedEvents: 0,
+  };
+}
+
+export const Webhook: MessageFns<Webhook> = {
+  encode(message: Webhook, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.webhookId !== "") {
+      writer.uint32(10).string(message.webhookId);
+    }
+    if (message.environmentId !== "") {
+      writer.uint32(18).string(message.environmentId);
+    }
+    if (message.url !== "") {
+      writer.uint32(26).string(message.url);
+    }
+    if (message.eventTypes.length !== 0) {
+      writer.uint32(34).fork();
+      for (const v of message.eventTypes) {
+        writer.int32(v);
+      }
+      writer.join();
+    }
+    if (message.format !== 0) {
+      writer.uint32(40).int32(message.format);
+    }
+    if (message.createTime !== undefined) {
+      Timestamp.encode(toTimestamp(message.createTime), writer.uint32(50).fork()).join();
+    }
+    if (message.lastAttemptTime !== undefined) {
+      Timestamp.encode(toTimestamp(message.lastAttemptTime), writer.uint32(58).fork()).join();
+    }
+    if (message.lastStatusCode !== 0) {
+      writer.uint32(64).int32(message.lastStatusCode);
+    }
+    if (message.lastError !== "") {
+      writer.uint32(74).string(message.lastError);
+    }
+    if (message.lastSuccessTime !== undefined) {
+      Timestamp.encode(toTimestamp(message.lastSuccessTime), writer.uint32(82).fork()).join();
+    }
+    if (message.attempts !== 0) {
+      writer.uint32(88).int32(message.attempts);
+    }
+    if (message.nextAttemptTime !== undefined) {
+      Timestamp.encode(toTimestamp(message.nextAttemptTime), writer.uint32(98).fork()).join();
+    }
+    if (message.droppedEvents !== 0) {
+      writer.uint32(104).int64(message.droppedEvents);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Webhook {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWebhook();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.webhookId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.environmentId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.url = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag === 32) {
+              message.eventTypes.push(reader.int32() as any);
+
+              continue;
+            }
+
+            if (tag === 34) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.eventTypes.push(reader.int32() as any);
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.format = reader.int32() as any;
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.createTime = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.lastAttemptTime = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.lastStatusCode = reader.int32();
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.lastError = reader.string();
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.lastSuccessTime = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.attempts = reader.int32();
+            continue;
+          }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.nextAttemptTime = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 13: {
+            if (tag !== 104) {
+              break;
+            }
+
+            message.droppedEvents = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Webhook {
+    return {
+      webhookId: isSet(object.webhookId)
+        ? globalThis.String(object.webhookId)
+        : isSet(object.webhook_id)
+        ? globalThis.String(object.webhook_id)
+        : "",
+      environmentId: isSet(object.environmentId)
+        ? globalThis.String(object.environmentId)
+        : isSet(object.environment_id)
+        ? globalThis.String(object.environment_id)
+        : "",
+      url: isSet(object.url) ? globalThis.String(object.url) : "",
+      eventTypes: globalThis.Array.isArray(object?.eventTypes)
+        ? object.eventTypes.map((e: any) => auditEventTypeFromJSON(e))
+        : globalThis.Array.isArray(object?.event_types)
+        ? object.event_types.map((e: any) => auditEventTypeFromJSON(e))
+        : [],
+      format: isSet(object.format) ? webhookFormatFromJSON(object.format) : 0,
+      createTime: isSet(object.createTime)
+        ? fromJsonTimestamp(object.createTime)
+        : isSet(object.create_time)
+        ? fromJsonTimestamp(object.create_time)
+        : undefined,
+      lastAttemptTime: isSet(object.lastAttemptTime)
+        ? fromJsonTimestamp(object.lastAttemptTime)
+        : isSet(object.last_attempt_time)
+        ? fromJsonTimestamp(object.last_attempt_time)
+        : undefined,
+      lastStatusCode: isSet(object.lastStatusCode)
+        ? globalThis.Number(object.lastStatusCode)
+        : isSet(object.last_status_code)
+        ? globalThis.Number(object.last_status_code)
+        : 0,
+      lastError: isSet(object.lastError)
+        ? globalThis.String(object.lastError)
+        : isSet(object.last_error)
+        ? globalThis.String(object.last_error)
+        : "",
+      lastSuccessTime: isSet(object.lastSuccessTime)
+        ? fromJsonTimestamp(object.lastSuccessTime)
+        : isSet(object.last_success_time)
+        ? fromJsonTimestamp(object.last_success_time)
+        : undefined,
+      attempts: isSet(object.attempts) ? globalThis.Number(object.attempts) : 0,
+      nextAttemptTime: isSet(object.nextAttemptTime)
+        ? fromJsonTimestamp(object.nextAttemptTime)
+        : isSet(object.next_attempt_time)
+        ? fromJsonTimestamp(object.next_attempt_time)
+        : undefined,
+      droppedEvents: isSet(object.droppedEvents)
+        ? globalThis.Number(object.droppedEvents)
+        : isSet(object.dropped_events)
+        ? globalThis.Number(object.dropped_events)
+        : 0,
+    };
+  },
+
+  toJSON(message: Webhook): unknown {
+    const obj: any = {};
+    if (message.webhookId !== "") {
+      obj.webhookId = message.webhookId;
+    }
+    if (message.environmentId !== "") {
+      obj.environmentId = message.environmentId;
+    }
+    if (message.url !== "") {
+      obj.url = message.url;
+    }
+    if (message.eventTypes?.length) {
+      obj.eventTypes = message.eventTypes.map((e) => auditEventTypeToJSON(e));
+    }
+    if (message.format !== 0) {
+      obj.format = webhookFormatToJSON(message.format);
+    }
+    if (message.createTime !== undefined) {
+      obj.createTime = message.createTime.toISOString();
+    }
+    if (message.lastAttemptTime !== undefined) {
+      obj.lastAttemptTime = message.lastAttemptTime.toISOString();
+    }
+    if (message.lastStatusCode !== 0) {
+      obj.lastStatusCode = Math.round(message.lastStatusCode);
+    }
+    if (message.lastError !== "") {
+      obj.lastError = message.lastError;
+    }
+    if (message.lastSuccessTime !== undefined) {
+      obj.lastSuccessTime = message.lastSuccessTime.toISOString();
+    }
+    if (message.attempts !== 0) {
+      obj.attempts = Math.round(message.attempts);
+    }
+    if (message.nextAttemptTime !== undefined) {
+      obj.nextAttemptTime = message.nextAttemptTime.toISOString();
+    }
+    if (message.droppedEvents !== 0) {
+      obj.droppedEvents = Math.round(message.droppedEvents);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<Webhook>, I>>(base?: I): Webhook {
+    return Webhook.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<Webhook>, I>>(object: I): Webhook {
+    const message = createBaseWebhook();
+    message.webhookId = object.webhookId ?? "";
+    message.environmentId = object.environmentId ?? "";
+    message.url = object.url ?? "";
+    message.eventTypes = object.eventTypes?.map((e) => e) || [];
+    message.format = object.format ?? 0;
+    message.createTime = object.createTime ?? undefined;
+    message.lastAttemptTime = object.lastAttemptTime ?? undefined;
+    message.lastStatusCode = object.lastStatusCode ?? 0;
+    message.lastError = object.lastError ?? "";
+    message.lastSuccessTime = object.lastSuccessTime ?? undefined;
+    message.attempts = object.attempts ?? 0;
+    message.nextAttemptTime = object.nextAttemptTime ?? undefined;
+    message.droppedEvents = object.droppedEvents ?? 0;
+    return message;
+  },
+};
+
+function createBaseCreateWebhookRequest(): CreateWebhookRequest {
+  return { environmentId: "", url: "", eventTypes: [], format: 0 };
+}
+
+export const CreateWebhookRequest: MessageFns<CreateWebhookRequest> = {
+  encode(message: CreateWebhookRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.environmentId !== "") {
+      writer.uint32(10).string(message.environmentId);
+    }
+    if (message.url !== "") {
+      writer.uint32(18).string(message.url);
+    }
+    if (message.eventTypes.length !== 0) {
+      writer.uint32(26).fork();
+      for (const v of message.eventTypes) {
+        writer.int32(v);
+      }
+      writer.join();
+    }
+    if (message.format !== 0) {
+      writer.uint32(32).int32(message.format);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CreateWebhookRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCreateWebhookRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.environmentId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.url = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag === 24) {
+              message.eventTypes.push(reader.int32() as any);
+
+              continue;
+            }
+
+            if (tag === 26) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.eventTypes.push(reader.int32() as any);
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.format = reader.int32() as any;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CreateWebhookRequest {
+    return {
+      environmentId: isSet(object.environmentId)
+        ? globalThis.String(object.environmentId)
+        : isSet(object.environment_id)
+        ? globalThis.String(object.environment_id)
+        : "",
+      url: isSet(object.url) ? globalThis.String(object.url) : "",
+      eventTypes: globalThis.Array.isArray(object?.eventTypes)
+        ? object.eventTypes.map((e: any) => auditEventTypeFromJSON(e))
+        : globalThis.Array.isArray(object?.event_types)
+        ? object.event_types.map((e: any) => auditEventTypeFromJSON(e))
+        : [],
+      format: isSet(object.format) ? webhookFormatFromJSON(object.format) : 0,
+    };
+  },
+
+  toJSON(message: CreateWebhookRequest): unknown {
+    const obj: any = {};
+    if (message.environmentId !== "") {
+      obj.environmentId = message.environmentId;
+    }
+    if (message.url !== "") {
+      obj.url = message.url;
+    }
+    if (message.eventTypes?.length) {
+      obj.eventTypes = message.eventTypes.map((e) => auditEventTypeToJSON(e));
+    }
+    if (message.format !== 0) {
+      obj.format = webhookFormatToJSON(message.format);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CreateWebhookRequest>, I>>(base?: I): CreateWebhookRequest {
+    return CreateWebhookRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CreateWebhookRequest>, I>>(object: I): CreateWebhookRequest {
+    const message = createBaseCreateWebhookRequest();
+    message.environmentId = object.environmentId ?? "";
+    message.url = object.url ?? "";
+    message.eventTypes = object.eventTypes?.map((e) => e) || [];
+    message.format = object.format ?? 0;
+    return message;
+  },
+};
+
+function createBaseCreateWebhookResponse(): CreateWebhookResponse {
+  return { webhook: undefined, signingSecret: "" };
+}
+
+export const CreateWebhookResponse: MessageFns<CreateWebhookResponse> = {
+  encode(message: CreateWebhookResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.webhook !== undefined) {
+      Webhook.encode(message.webhook, writer.uint32(10).fork()).join();
+    }
+    if (message.signingSecret !== "") {
+      writer.uint32(18).string(message.signingSecret);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CreateWebhookResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCreateWebhookResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.webhook = Webhook.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.signingSecret = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CreateWebhookResponse {
+    return {
+      webhook: isSet(object.webhook) ? Webhook.fromJSON(object.webhook) : undefined,
+      signingSecret: isSet(object.signingSecret)
+        ? globalThis.String(object.signingSecret)
+        : isSet(object.signing_secret)
+        ? globalThis.String(object.signing_secret)
+        : "",
+    };
+  },
+
+  toJSON(message: CreateWebhookResponse): unknown {
+    const obj: any = {};
+    if (message.webhook !== undefined) {
+      obj.webhook = Webhook.toJSON(message.webhook);
+    }
+    if (message.signingSecret !== "") {
+      obj.signingSecret = message.signingSecret;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CreateWebhookResponse>, I>>(base?: I): CreateWebhookResponse {
+    return CreateWebhookResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CreateWebhookResponse>, I>>(object: I): CreateWebhookResponse {
+    const message = createBaseCreateWebhookResponse();
+    message.webhook = (object.webhook !== undefined && object.webhook !== null)
+      ? Webhook.fromPartial(object.webhook)
+      : undefined;
+    message.signingSecret = object.signingSecret ?? "";
+    return message;
+  },
+};
+
+function createBaseListWebhooksRequest(): ListWebhooksRequest {
+  return { environmentId: "" };
+}
+
+export const ListWebhooksRequest: MessageFns<ListWebhooksRequest> = {
+  encode(message: ListWebhooksRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.environmentId !== "") {
+      writer.uint32(10).string(message.environmentId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListWebhooksRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListWebhooksRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.environmentId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListWebhooksRequest {
+    return {
+      environmentId: isSet(object.environmentId)
+        ? globalThis.String(object.environmentId)
+        : isSet(object.environment_id)
+        ? globalThis.String(object.environment_id)
+        : "",
+    };
+  },
+
+  toJSON(message: ListWebhooksRequest): unknown {
+    const obj: any = {};
+    if (message.environmentId !== "") {
+      obj.environmentId = message.environmentId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListWebhooksRequest>, I>>(base?: I): ListWebhooksRequest {
+    return ListWebhooksRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListWebhooksRequest>, I>>(object: I): ListWebhooksRequest {
+    const message = createBaseListWebhooksRequest();
+    message.environmentId = object.environmentId ?? "";
+    return message;
+  },
+};
+
+function createBaseListWebhooksResponse(): ListWebhooksResponse {
+  return { webhooks: [] };
+}
+
+export const ListWebhooksResponse: MessageFns<ListWebhooksResponse> = {
+  encode(message: ListWebhooksResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.webhooks) {
+      Webhook.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListWebhooksResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListWebhooksResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.webhooks.push(Webhook.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListWebhooksResponse {
+    return {
+      webhooks: globalThis.Array.isArray(object?.webhooks) ? object.webhooks.map((e: any) => Webhook.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: ListWebhooksResponse): unknown {
+    const obj: any = {};
+    if (message.webhooks?.length) {
+      obj.webhooks = message.webhooks.map((e) => Webhook.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListWebhooksResponse>, I>>(base?: I): ListWebhooksResponse {
+    return ListWebhooksResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListWebhooksResponse>, I>>(object: I): ListWebhooksResponse {
+    const message = createBaseListWebhooksResponse();
+    message.webhooks = object.webhooks?.map((e) => Webhook.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseDeleteWebhookRequest(): DeleteWebhookRequest {
+  return { environmentId: "", webhookId: "" };
+}
+
+export const DeleteWebhookRequest: MessageFns<DeleteWebhookRequest> = {
+  encode(message: DeleteWebhookRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.environmentId !== "") {
+      writer.uint32(10).string(message.environmentId);
+    }
+    if (message.webhookId !== "") {
+      writer.uint32(18).string(message.webhookId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteWebhookRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteWebhookRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.environmentId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.webhookId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeleteWebhookRequest {
+    return {
+      environmentId: isSet(object.environmentId)
+        ? globalThis.String(object.environmentId)
+        : isSet(object.environment_id)
+        ? globalThis.String(object.environment_id)
+        : "",
+      webhookId: isSet(object.webhookId)
+        ? globalThis.String(object.webhookId)
+        : isSet(object.webhook_id)
+        ? globalThis.String(object.webhook_id)
+        : "",
+    };
+  },
+
+  toJSON(message: DeleteWebhookRequest): unknown {
+    const obj: any = {};
+    if (message.environmentId !== "") {
+      obj.environmentId = message.environmentId;
+    }
+    if (message.webhookId !== "") {
+      obj.webhookId = message.webhookId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeleteWebhookRequest>, I>>(base?: I): DeleteWebhookRequest {
+    return DeleteWebhookRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeleteWebhookRequest>, I>>(object: I): DeleteWebhookRequest {
+    const message = createBaseDeleteWebhookRequest();
+    message.environmentId = object.environmentId ?? "";
+    message.webhookId = object.webhookId ?? "";
+    return message;
+  },
+};
+
+function createBaseDeleteWebhookResponse(): DeleteWebhookResponse {
+  return {};
+}
+
+export const DeleteWebhookResponse: MessageFns<DeleteWebhookResponse> = {
+  encode(_: DeleteWebhookResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteWebhookResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteWebhookResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): DeleteWebhookResponse {
+    return {};
+  },
+
+  toJSON(_: DeleteWebhookResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeleteWebhookResponse>, I>>(base?: I): DeleteWebhookResponse {
+    return DeleteWebhookResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeleteWebhookResponse>, I>>(_: I): DeleteWebhookResponse {
+    const message = createBaseDeleteWebhookResponse();
     return message;
   },
 };
@@ -1813,6 +3055,59 @@ export const AdminServiceService = {
       Buffer.from(ListAuditEventsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListAuditEventsResponse => ListAuditEventsResponse.decode(value),
   },
+  /**
+   * The environment's security events after a cursor in commit order, then each new one
+   * as it commits (DESIGN 3f). A client that reconnects with the last cursor it received
+   * misses nothing and sees nothing twice, across server restarts too. Admin role only.
+   */
+  watchAuditEvents: {
+    path: "/mfa.v1.AdminService/WatchAuditEvents" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: WatchAuditEventsRequest): Buffer =>
+      Buffer.from(WatchAuditEventsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): WatchAuditEventsRequest => WatchAuditEventsRequest.decode(value),
+    responseSerialize: (value: WatchAuditEventsResponse): Buffer =>
+      Buffer.from(WatchAuditEventsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): WatchAuditEventsResponse => WatchAuditEventsResponse.decode(value),
+  },
+  /**
+   * Deliver the environment's security events to an HTTP endpoint (Standard Webhooks, or
+   * OpenID CAEP Security Event Tokens), at least once, in order per user. The signing
+   * secret is in the response only.
+   */
+  createWebhook: {
+    path: "/mfa.v1.AdminService/CreateWebhook" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CreateWebhookRequest): Buffer => Buffer.from(CreateWebhookRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CreateWebhookRequest => CreateWebhookRequest.decode(value),
+    responseSerialize: (value: CreateWebhookResponse): Buffer =>
+      Buffer.from(CreateWebhookResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CreateWebhookResponse => CreateWebhookResponse.decode(value),
+  },
+  /** The environment's webhooks, with the state of their deliveries. */
+  listWebhooks: {
+    path: "/mfa.v1.AdminService/ListWebhooks" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListWebhooksRequest): Buffer => Buffer.from(ListWebhooksRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListWebhooksRequest => ListWebhooksRequest.decode(value),
+    responseSerialize: (value: ListWebhooksResponse): Buffer =>
+      Buffer.from(ListWebhooksResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListWebhooksResponse => ListWebhooksResponse.decode(value),
+  },
+  /** Stop delivering to a webhook; what it had not delivered is dropped. */
+  deleteWebhook: {
+    path: "/mfa.v1.AdminService/DeleteWebhook" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DeleteWebhookRequest): Buffer => Buffer.from(DeleteWebhookRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DeleteWebhookRequest => DeleteWebhookRequest.decode(value),
+    responseSerialize: (value: DeleteWebhookResponse): Buffer =>
+      Buffer.from(DeleteWebhookResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DeleteWebhookResponse => DeleteWebhookResponse.decode(value),
+  },
 } as const;
 
 export interface AdminServiceServer extends UntypedServiceImplementation {
@@ -1833,6 +3128,22 @@ export interface AdminServiceServer extends UntypedServiceImplementation {
   resetUserMfa: handleUnaryCall<ResetUserMfaRequest, ResetUserMfaResponse>;
   /** The environment's security events, newest first. */
   listAuditEvents: handleUnaryCall<ListAuditEventsRequest, ListAuditEventsResponse>;
+  /**
+   * The environment's security events after a cursor in commit order, then each new one
+   * as it commits (DESIGN 3f). A client that reconnects with the last cursor it received
+   * misses nothing and sees nothing twice, across server restarts too. Admin role only.
+   */
+  watchAuditEvents: handleServerStreamingCall<WatchAuditEventsRequest, WatchAuditEventsResponse>;
+  /**
+   * Deliver the environment's security events to an HTTP endpoint (Standard Webhooks, or
+   * OpenID CAEP Security Event Tokens), at least once, in order per user. The signing
+   * secret is in the response only.
+   */
+  createWebhook: handleUnaryCall<CreateWebhookRequest, CreateWebhookResponse>;
+  /** The environment's webhooks, with the state of their deliveries. */
+  listWebhooks: handleUnaryCall<ListWebhooksRequest, ListWebhooksResponse>;
+  /** Stop delivering to a webhook; what it had not delivered is dropped. */
+  deleteWebhook: handleUnaryCall<DeleteWebhookRequest, DeleteWebhookResponse>;
 }
 
 export interface AdminServiceClient extends Client {
@@ -1937,6 +3248,72 @@ export interface AdminServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListAuditEventsResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * The environment's security events after a cursor in commit order, then each new one
+   * as it commits (DESIGN 3f). A client that reconnects with the last cursor it received
+   * misses nothing and sees nothing twice, across server restarts too. Admin role only.
+   */
+  watchAuditEvents(
+    request: WatchAuditEventsRequest,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<WatchAuditEventsResponse>;
+  watchAuditEvents(
+    request: WatchAuditEventsRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<WatchAuditEventsResponse>;
+  /**
+   * Deliver the environment's security events to an HTTP endpoint (Standard Webhooks, or
+   * OpenID CAEP Security Event Tokens), at least once, in order per user. The signing
+   * secret is in the response only.
+   */
+  createWebhook(
+    request: CreateWebhookRequest,
+    callback: (error: ServiceError | null, response: CreateWebhookResponse) => void,
+  ): ClientUnaryCall;
+  createWebhook(
+    request: CreateWebhookRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CreateWebhookResponse) => void,
+  ): ClientUnaryCall;
+  createWebhook(
+    request: CreateWebhookRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CreateWebhookResponse) => void,
+  ): ClientUnaryCall;
+  /** The environment's webhooks, with the state of their deliveries. */
+  listWebhooks(
+    request: ListWebhooksRequest,
+    callback: (error: ServiceError | null, response: ListWebhooksResponse) => void,
+  ): ClientUnaryCall;
+  listWebhooks(
+    request: ListWebhooksRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListWebhooksResponse) => void,
+  ): ClientUnaryCall;
+  listWebhooks(
+    request: ListWebhooksRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListWebhooksResponse) => void,
+  ): ClientUnaryCall;
+  /** Stop delivering to a webhook; what it had not delivered is dropped. */
+  deleteWebhook(
+    request: DeleteWebhookRequest,
+    callback: (error: ServiceError | null, response: DeleteWebhookResponse) => void,
+  ): ClientUnaryCall;
+  deleteWebhook(
+    request: DeleteWebhookRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DeleteWebhookResponse) => void,
+  ): ClientUnaryCall;
+  deleteWebhook(
+    request: DeleteWebhookRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DeleteWebhookResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const AdminServiceClient = makeGenericClientConstructor(
@@ -1980,6 +3357,17 @@ function fromJsonTimestamp(o: any): Date {
   } else {
     return fromTimestamp(Timestamp.fromJSON(o));
   }
+}
+
+function longToNumber(int64: { toString(): string }): number {
+  const num = globalThis.Number(int64.toString());
+  if (num > globalThis.Number.MAX_SAFE_INTEGER) {
+    throw new globalThis.Error("Value is larger than Number.MAX_SAFE_INTEGER");
+  }
+  if (num < globalThis.Number.MIN_SAFE_INTEGER) {
+    throw new globalThis.Error("Value is smaller than Number.MIN_SAFE_INTEGER");
+  }
+  return num;
 }
 
 function isObject(value: any): boolean {

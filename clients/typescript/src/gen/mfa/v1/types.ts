@@ -386,6 +386,8 @@ export enum ErrorReason {
   ERROR_REASON_APPROVAL_MISMATCH = 24,
   /** ERROR_REASON_APPROVAL_REQUIRED - The action's policy requires an approval: the challenge must carry one. */
   ERROR_REASON_APPROVAL_REQUIRED = 25,
+  /** ERROR_REASON_WEBHOOK_NOT_FOUND - DeleteWebhook: no webhook with this id in the environment. */
+  ERROR_REASON_WEBHOOK_NOT_FOUND = 26,
   UNRECOGNIZED = -1,
 }
 
@@ -469,6 +471,9 @@ export function errorReasonFromJSON(object: any): ErrorReason {
     case 25:
     case "ERROR_REASON_APPROVAL_REQUIRED":
       return ErrorReason.ERROR_REASON_APPROVAL_REQUIRED;
+    case 26:
+    case "ERROR_REASON_WEBHOOK_NOT_FOUND":
+      return ErrorReason.ERROR_REASON_WEBHOOK_NOT_FOUND;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -530,6 +535,8 @@ export function errorReasonToJSON(object: ErrorReason): string {
       return "ERROR_REASON_APPROVAL_MISMATCH";
     case ErrorReason.ERROR_REASON_APPROVAL_REQUIRED:
       return "ERROR_REASON_APPROVAL_REQUIRED";
+    case ErrorReason.ERROR_REASON_WEBHOOK_NOT_FOUND:
+      return "ERROR_REASON_WEBHOOK_NOT_FOUND";
     case ErrorReason.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";

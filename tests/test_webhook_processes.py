@@ -1,0 +1,123 @@
+"""Webhook deliveries from real ``mfa-service serve --dev`` processes on one PostgreSQL:
+a crash between an event's commit and its delivery loses nothing, and three replicas
+POST each event once."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+from standardwebhooks.webhooks import Webhook as StandardWebhook
+from test_process import serve
+
+from flows import call, enroll_totp
+from helpers import FakeClock, eventually
+from mfa.v1 import admin_service_pb2 as admin_pb
+from mfa_client import Client
+from mfa_service.crypto import KeyRing
+from receiver import Receiver
+
+ENV = "env-hook-processes"
+DELIVERY_BUDGET_SECONDS = 60.0
+
+
+def _env(database_url: str) -> dict[str, str]:
+    """Development mode (http to loopback) on the test database; a POST gives up after
+    2 s, so a dead replica's claim (twice that) runs out soon."""
+    return {
+        "DATABASE_URL": database_url,
+        "MFA_ENCRYPTION_KEYS": KeyRing.generate_entry("hooks1"),
+        "MFA_WEBHOOK_TIMEOUT_SECONDS": "2",
+        "MFA_LOG_LEVEL": "WARNING",
+    }
+
+
+async def _create_webhook(
+    client: Client, url: str, event_type: admin_pb.AuditEventType.ValueType
+) -> str:
+    created = await call(
+        client.admin.stub.CreateWebhook(
+            admin_pb.CreateWebhookRequest(environment_id=ENV, url=url, event_types=[event_type])
+        )
+    )
+    return created.signing_secret
+
+
+async def test_an_enrollment_committed_before_a_crash_is_delivered_after_the_restart(
+    tmp_path: Path, database_url: str
+) -> None:
+    env = _env(database_url)
+    clock = FakeClock(datetime.now(UTC))  # the authenticator's clock; the servers read theirs
+    async with Receiver() as receiver:
+        receiver.hold = True  # the POST arrives and gets no answer
+        async with (
+            serve(tmp_path, env, "--dev", name="first") as first,
+            Client.connect(first.target, insecure=True) as client,
+        ):
+            await client.admin.create_environment(ENV)
+            secret = await _create_webhook(
+                client, receiver.url(), admin_pb.AUDIT_EVENT_TYPE_ENROLLMENT_COMPLETED
+            )
+            await enroll_totp(client, clock, ENV, "alice")
+            (held,) = await eventually(lambda: receiver.held, what="the POST of the enrollment")
+            first.signal(signal.SIGKILL)
+            assert await first.wait() == -signal.SIGKILL
+        assert receiver.delivered() == []
+
+        receiver.release()
+        async with serve(tmp_path, env, "--dev", name="second"):
+            (delivery,) = await eventually(
+                lambda: receiver.delivered(),
+                within=DELIVERY_BUDGET_SECONDS,
+                what="the enrollment delivered by the restarted server",
+            )
+    assert delivery.message_id == held.message_id  # the same webhook-id: a redelivery
+    payload = StandardWebhook(secret).verify(delivery.body, delivery.headers)
+    assert (payload["type"], payload["data"]["user_id"]) == ("mfa.enrollment_completed", "alice")
+
+
+async def test_three_replicas_post_each_event_once(tmp_path: Path, database_url: str) -> None:
+    env = _env(database_url)
+    paths = ["/a", "/b", "/c"]
+    resets = 30
+    async with Receiver() as receiver, AsyncExitStack() as stack:
+        servers = await asyncio.gather(
+            *(
+                stack.enter_async_context(serve(tmp_path, env, "--dev", name=f"replica{i}"))
+                for i in range(3)
+            )
+        )
+        clients = [
+            await stack.enter_async_context(Client.connect(s.target, insecure=True))
+            for s in servers
+        ]
+        await clients[0].admin.create_environment(ENV)
+        for path in paths:
+            await _create_webhook(
+                clients[0], receiver.url(path), admin_pb.AUDIT_EVENT_TYPE_USER_RESET
+            )
+        for i in range(resets):
+            request = admin_pb.ResetUserMfaRequest(environment_id=ENV, user_id=f"user-{i % 7}")
+            await call(clients[i % 3].admin.stub.ResetUserMfa(request))
+
+        await eventually(
+            lambda: all(len(receiver.delivered(p)) >= resets for p in paths),
+            within=DELIVERY_BUDGET_SECONDS,
+            what=lambda: f"every reset delivered ({len(receiver.received)} POSTs so far)",
+        )
+        db = await asyncpg.connect(database_url)
+        try:
+            rows = await db.fetch(
+                "SELECT event_id::text FROM audit_events WHERE type = 'USER_RESET' ORDER BY xid, id"
+            )
+        finally:
+            await db.close()
+    expected = [row["event_id"] for row in rows]
+    assert len(expected) == resets
+    for path in paths:
+        assert [r.message_id for r in receiver.delivered(path)] == expected
+    assert len(receiver.received) == len(paths) * resets  # no POST twice, none failed
