@@ -603,31 +603,23 @@ async def test_the_failure_count_resets_only_on_success(client: Client, clock: F
     device = await enroll_totp(client, clock, ENV, "vic")
     clock.advance(timedelta(minutes=1))
 
-    def wrong() -> str:
-        return f"{(int(device.code(clock.now())) + 5) % 10**6:06d}"
+    async def guess_wrong(times: int) -> None:
+        for _ in range(times):
+            await refused(
+                verify_session(
+                    client, ENV, "vic", "s", f"{(int(device.code(clock.now())) + 5) % 10**6:06d}"
+                ),
+                grpc.StatusCode.PERMISSION_DENIED,
+                "ERROR_REASON_VERIFICATION_FAILED",
+            )
 
-    for _ in range(4):
-        await refused(
-            verify_session(client, ENV, "vic", "s", wrong()),
-            grpc.StatusCode.PERMISSION_DENIED,
-            "ERROR_REASON_VERIFICATION_FAILED",
-        )
+    await guess_wrong(4)
     await verify_session(client, ENV, "vic", "s", device.code(clock.now()))
     clock.advance(timedelta(seconds=30))
-    for _ in range(4):
-        await refused(
-            verify_session(client, ENV, "vic", "s", wrong()),
-            grpc.StatusCode.PERMISSION_DENIED,
-            "ERROR_REASON_VERIFICATION_FAILED",
-        )
+    await guess_wrong(4)
     await verify_session(client, ENV, "vic", "s", device.code(clock.now()))  # not locked: 4 < 5
     clock.advance(timedelta(seconds=30))
-    for _ in range(5):
-        await refused(
-            verify_session(client, ENV, "vic", "s", wrong()),
-            grpc.StatusCode.PERMISSION_DENIED,
-            "ERROR_REASON_VERIFICATION_FAILED",
-        )
+    await guess_wrong(5)
     error = await refused(
         verify_session(client, ENV, "vic", "s", device.code(clock.now())),
         grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -636,12 +628,7 @@ async def test_the_failure_count_resets_only_on_success(client: Client, clock: F
     assert error.retry_after == timedelta(minutes=15)
     # An ended lockout is no success: the streak goes on, and its second lockout is longer.
     clock.advance(timedelta(minutes=15))
-    for _ in range(5):
-        error = await refused(
-            verify_session(client, ENV, "vic", "s", wrong()),
-            grpc.StatusCode.PERMISSION_DENIED,
-            "ERROR_REASON_VERIFICATION_FAILED",
-        )
+    await guess_wrong(5)
     error = await refused(
         verify_session(client, ENV, "vic", "s", device.code(clock.now())),
         grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -652,20 +639,10 @@ async def test_the_failure_count_resets_only_on_success(client: Client, clock: F
     clock.advance(timedelta(minutes=30))
     await verify_session(client, ENV, "vic", "s", device.code(clock.now()))
     clock.advance(timedelta(seconds=30))
-    for _ in range(4):
-        await refused(
-            verify_session(client, ENV, "vic", "s", wrong()),
-            grpc.StatusCode.PERMISSION_DENIED,
-            "ERROR_REASON_VERIFICATION_FAILED",
-        )
+    await guess_wrong(4)
     await verify_session(client, ENV, "vic", "s", device.code(clock.now()))  # not locked: 4 < 5
     clock.advance(timedelta(seconds=30))
-    for _ in range(5):
-        await refused(
-            verify_session(client, ENV, "vic", "s", wrong()),
-            grpc.StatusCode.PERMISSION_DENIED,
-            "ERROR_REASON_VERIFICATION_FAILED",
-        )
+    await guess_wrong(5)
     error = await refused(
         verify_session(client, ENV, "vic", "s", device.code(clock.now())),
         grpc.StatusCode.RESOURCE_EXHAUSTED,
