@@ -18,7 +18,13 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from helpers import TEST_KEY_RING, FakeClock, create_database, create_environments, drop_database
+from helpers import (
+    FakeClock,
+    create_database,
+    create_environments,
+    drop_database,
+    started_app,
+)
 from mfa_client import Client
 from mfa_service import app as app_module
 from mfa_service.services.webhooks import WebhookOptions
@@ -110,20 +116,9 @@ async def app(
     webhook_options: WebhookOptions | None,
     request: pytest.FixtureRequest,
 ) -> AsyncIterator[app_module.Application]:
-    application = await app_module.start(
-        database_url=database_url,
-        key_ring=TEST_KEY_RING,
-        clock=clock,
-        pool_size=4,
-        webhooks=webhook_options,
-    )
-    try:
+    async with started_app(database_url, clock, webhooks=webhook_options) as application:
         await create_environments(f"127.0.0.1:{application.port}", marked_environments(request))
-    except BaseException:
-        await application.stop()
-        raise
-    yield application
-    await application.stop()
+        yield application
 
 
 @pytest.fixture

@@ -10,10 +10,11 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypeVar, cast, overload
+from typing import Any, TypeVar, cast, overload
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -21,6 +22,7 @@ import grpc
 import pytest
 
 from mfa_client import Client, MfaServiceError
+from mfa_service import app as app_module
 from mfa_service.crypto import KeyRing
 
 T = TypeVar("T")
@@ -156,3 +158,18 @@ async def last_audit_type(db: asyncpg.Connection, user_id: str) -> str | None:
         "SELECT type FROM audit_events WHERE user_id = $1 ORDER BY id DESC LIMIT 1", user_id
     )
     return found
+
+
+@asynccontextmanager
+async def started_app(
+    database_url: str, clock: FakeClock, **options: Any
+) -> AsyncIterator[app_module.Application]:
+    """The service on ``database_url`` as the tests run it (their key ring, the fake
+    clock, a small pool; ``options``: more of ``app.start``'s), stopped afterwards."""
+    application = await app_module.start(
+        database_url=database_url, key_ring=TEST_KEY_RING, clock=clock, pool_size=4, **options
+    )
+    try:
+        yield application
+    finally:
+        await application.stop()

@@ -39,7 +39,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from helpers import TEST_KEY_RING, FakeClock, eventually, refused, venv_binary
+from helpers import FakeClock, eventually, refused, started_app, venv_binary
 from mfa.v1 import (
     action_token_service_pb2,
     admin_service_pb2,
@@ -242,18 +242,11 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 async def mtls_app(
     database_url: str, clock: FakeClock, pki: Pki
 ) -> AsyncIterator[app_module.Application]:
-    application = await app_module.start(
-        database_url=database_url,
-        key_ring=TEST_KEY_RING,
-        clock=clock,
-        pool_size=4,
-        tls=pki.tls_config(),
-    )
-    # The operator creates the environment the tests use, as the dashboard backend.
-    async with _connect(pki, f"127.0.0.1:{application.port}", "dashboard") as dashboard:
-        await dashboard.admin.create_environment(ENV)
-    yield application
-    await application.stop()
+    async with started_app(database_url, clock, tls=pki.tls_config()) as application:
+        # The operator creates the environment the tests use, as the dashboard backend.
+        async with _connect(pki, f"127.0.0.1:{application.port}", "dashboard") as dashboard:
+            await dashboard.admin.create_environment(ENV)
+        yield application
 
 
 def _connect(pki: Pki, target: str, name: str | None) -> Client:

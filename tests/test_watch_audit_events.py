@@ -9,14 +9,14 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 
 import asyncpg
 import grpc
 import pytest
 
-from helpers import TEST_KEY_RING, FakeClock, create_environments, eventually, refused
+from helpers import TEST_KEY_RING, FakeClock, create_environments, eventually, refused, started_app
 from mfa.v1 import admin_service_pb2 as admin_pb
 from mfa.v1 import admin_service_pb2_grpc as admin_grpc
 from mfa.v1 import types_pb2
@@ -58,21 +58,10 @@ async def commit_order(db: asyncpg.Connection, env: str = ENV) -> list[str]:
     return [e.event_id for _, e in await audit_stream.after(db, env, START, limit=100_000)]
 
 
-@asynccontextmanager
-async def started(
+def started(
     database_url: str, clock: FakeClock, *, wake_interval: float = NEVER
-) -> AsyncIterator[app_module.Application]:
-    application = await app_module.start(
-        database_url=database_url,
-        key_ring=TEST_KEY_RING,
-        clock=clock,
-        pool_size=4,
-        audit_wake_interval_seconds=wake_interval,
-    )
-    try:
-        yield application
-    finally:
-        await application.stop()
+) -> AbstractAsyncContextManager[app_module.Application]:
+    return started_app(database_url, clock, audit_wake_interval_seconds=wake_interval)
 
 
 @asynccontextmanager
