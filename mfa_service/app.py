@@ -40,6 +40,7 @@ from mfa_service.services.enrollment import EnrollmentService
 from mfa_service.services.keys import TokenKeys
 from mfa_service.services.purge import Purger
 from mfa_service.services.recovery import RecoveryService
+from mfa_service.services.runtime import Runtime
 from mfa_service.services.settings import SettingsCache, SettingsService
 from mfa_service.services.status import StatusService
 from mfa_service.services.verification import VerificationService, Verifier
@@ -150,7 +151,6 @@ async def start(
         metrics = Metrics()
         pool = db.pool
         metrics.add_pool(PoolCollector(pool.get_size, pool.get_idle_size, pool_size))
-    verifier = Verifier(db, key_ring)
     keys = TokenKeys(db, clock, key_ring, token_algorithm)
     try:
         await keys.ensure()
@@ -168,33 +168,29 @@ async def start(
         other_channels={KEYS_CHANNEL: keys.invalidate, audit_stream.CHANNEL: wakeups.notified},
     )
     await settings_cache.listener.ensure()
+    runtime = Runtime(db, clock, key_ring, settings_cache, Verifier(db, key_ring))
     tokens = ActionTokenService(
-        db,
-        clock,
-        verifier,
+        runtime,
         keys,
-        settings=settings_cache,
         issuer=token_issuer,
         on_validation_batch=metrics.observe_validation_batch if metrics is not None else None,
     )
-    watch = AuditStreamService(
-        db, settings_cache, wakeups, wake_interval_seconds=audit_wake_interval_seconds
-    )
+    watch = AuditStreamService(runtime, wakeups, wake_interval_seconds=audit_wake_interval_seconds)
     servicers = Servicers(
         mfa=MfaServicer(
-            status=StatusService(db, clock, settings_cache),
-            enrollment=EnrollmentService(db, clock, key_ring, tokens),
-            verification=VerificationService(db, clock, verifier, settings_cache),
+            status=StatusService(runtime),
+            enrollment=EnrollmentService(runtime, tokens),
+            verification=VerificationService(runtime),
             tokens=tokens,
-            devices=DeviceService(db, clock, tokens, settings_cache),
-            recovery=RecoveryService(db, clock, tokens, settings_cache),
+            devices=DeviceService(runtime, tokens),
+            recovery=RecoveryService(runtime, tokens),
         ),
         action_tokens=ActionTokenServicer(tokens),
         admin=AdminServicer(
-            SettingsService(db, clock, settings_cache),
-            AdminService(db, clock, settings_cache),
-            AuditLogService(db, settings_cache),
-            WebhookService(db, clock, key_ring, webhooks),
+            SettingsService(runtime),
+            AdminService(runtime),
+            AuditLogService(runtime),
+            WebhookService(runtime, webhooks),
             watch,
         ),
     )
@@ -232,7 +228,7 @@ async def start(
         asyncio.create_task(_keep_listening(settings_cache.listener, health_interval_seconds)),
         asyncio.create_task(Purger(db, clock).run_forever(purge_interval)),
         asyncio.create_task(
-            Dispatcher(db, clock, key_ring, webhooks, keys=keys, issuer=token_issuer).run_forever()
+            Dispatcher(runtime, webhooks, keys=keys, issuer=token_issuer).run_forever()
         ),
     ]
     return Application(

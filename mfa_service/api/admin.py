@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from grpc import aio
@@ -82,25 +83,21 @@ async def _write_settings(
     return settings_to_proto(written)
 
 
+@dataclass(frozen=True, slots=True)
 class AdminServicer(pb_grpc.AdminServiceServicer):
-    def __init__(
-        self,
-        settings: SettingsService,
-        admin: AdminService,
-        audit_log: AuditLogService,
-        webhooks: WebhookService,
-        audit_stream: AuditStreamService,
-    ) -> None:
-        self._settings = settings
-        self._admin = admin
-        self._audit_log = audit_log
-        self._webhooks = webhooks
-        self._audit_stream = audit_stream
+    """mfa.v1.AdminService: each RPC converts its request, calls its use case, converts
+    the answer (errors are mapped by the interceptor)."""
+
+    settings: SettingsService
+    admin: AdminService
+    audit_log: AuditLogService
+    webhooks: WebhookService
+    audit_stream: AuditStreamService
 
     async def CreateEnvironment(
         self, request: pb.CreateEnvironmentRequest, context: Context
     ) -> pb.CreateEnvironmentResponse:
-        created = await _write_settings(request, new_settings_fields, self._settings.create)
+        created = await _write_settings(request, new_settings_fields, self.settings.create)
         return pb.CreateEnvironmentResponse(settings=created)
 
     async def ListEnvironments(
@@ -110,7 +107,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             raise InvalidArgument.field(
                 "page_token", f"at most {MAX_ENVIRONMENT_PAGE_TOKEN} characters"
             )
-        page = await self._settings.list(page_size=request.page_size, page_token=request.page_token)
+        page = await self.settings.list(page_size=request.page_size, page_token=request.page_token)
         environments = [settings_to_proto(s) for s in page.environments]
         fit = _fitting(environments)
         next_page_token = page.next_page_token
@@ -123,13 +120,13 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     async def GetSettings(
         self, request: pb.GetSettingsRequest, context: Context
     ) -> pb.GetSettingsResponse:
-        settings = await self._settings.get(environment_id(request.environment_id))
+        settings = await self.settings.get(environment_id(request.environment_id))
         return pb.GetSettingsResponse(settings=settings_to_proto(settings))
 
     async def UpdateSettings(
         self, request: pb.UpdateSettingsRequest, context: Context
     ) -> pb.UpdateSettingsResponse:
-        updated = await _write_settings(request, settings_changes, self._settings.update)
+        updated = await _write_settings(request, settings_changes, self.settings.update)
         return pb.UpdateSettingsResponse(settings=updated)
 
     async def ResetUserMfa(
@@ -137,7 +134,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     ) -> pb.ResetUserMfaResponse:
         if len(request.reason) > MAX_REASON or not request.reason.isprintable():
             raise InvalidArgument.field("reason", f"at most {MAX_REASON} printable characters")
-        result = await self._admin.reset_user(
+        result = await self.admin.reset_user(
             environment_id(request.environment_id),
             user_id(request.user_id),
             reason=request.reason,
@@ -153,7 +150,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         env = environment_id(request.environment_id)
         if len(request.page_token) > MAX_PAGE_TOKEN:
             raise InvalidArgument.field("page_token", f"at most {MAX_PAGE_TOKEN} characters")
-        page = await self._audit_log.list(
+        page = await self.audit_log.list(
             env,
             page_size=request.page_size,
             page_token=request.page_token,
@@ -179,7 +176,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             raise InvalidArgument.field("after_cursor", f"at most {MAX_CURSOR} characters")
         # grpc.aio resumes this generator once the previous message went out under flow
         # control: a slow reader holds back the next page's read (services.audit_stream).
-        async for page in self._audit_stream.watch(env, request.after_cursor):
+        async for page in self.audit_stream.watch(env, request.after_cursor):
             for streamed in page:
                 yield pb.WatchAuditEventsResponse(
                     event=audit_event_to_proto(streamed.event.event_id, streamed.event.event),
@@ -194,7 +191,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             raise InvalidArgument.field(
                 "event_types", f"at most {MAX_WEBHOOK_EVENT_TYPES}, each once"
             )
-        created = await self._webhooks.create(
+        created = await self.webhooks.create(
             env,
             url=request.url,
             event_types=[
@@ -211,13 +208,13 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     async def ListWebhooks(
         self, request: pb.ListWebhooksRequest, context: Context
     ) -> pb.ListWebhooksResponse:
-        webhooks = await self._webhooks.list(environment_id(request.environment_id))
+        webhooks = await self.webhooks.list(environment_id(request.environment_id))
         return pb.ListWebhooksResponse(webhooks=[webhook_to_proto(w) for w in webhooks])
 
     async def DeleteWebhook(
         self, request: pb.DeleteWebhookRequest, context: Context
     ) -> pb.DeleteWebhookResponse:
-        await self._webhooks.delete(
+        await self.webhooks.delete(
             environment_id(request.environment_id),
             uuid_field(request.webhook_id, "webhook_id"),
             context=call_context.current(),

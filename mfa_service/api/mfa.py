@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from grpc import aio
@@ -23,27 +24,22 @@ from mfa_service.services.verification import VerificationService
 Context = aio.ServicerContext[Any, Any]
 
 
+@dataclass(frozen=True, slots=True)
 class MfaServicer(pb_grpc.MfaServiceServicer):
-    def __init__(
-        self,
-        status: StatusService,
-        enrollment: EnrollmentService,
-        verification: VerificationService,
-        tokens: ActionTokenService,
-        devices: DeviceService,
-        recovery: RecoveryService,
-    ) -> None:
-        self._status = status
-        self._enrollment = enrollment
-        self._verification = verification
-        self._tokens = tokens
-        self._devices = devices
-        self._recovery = recovery
+    """mfa.v1.MfaService: each RPC converts its request, calls its use case, converts
+    the answer (errors are mapped by the interceptor)."""
+
+    status: StatusService
+    enrollment: EnrollmentService
+    verification: VerificationService
+    tokens: ActionTokenService
+    devices: DeviceService
+    recovery: RecoveryService
 
     async def GetStatus(
         self, request: pb.GetStatusRequest, context: Context
     ) -> pb.GetStatusResponse:
-        status = await self._status.get(
+        status = await self.status.get(
             convert.environment_id(request.environment_id),
             convert.user_id(request.user_id),
             convert.session_id(request.session_id) if request.session_id else "",
@@ -68,7 +64,7 @@ class MfaServicer(pb_grpc.MfaServiceServicer):
             raise InvalidArgument.field("method", "recovery codes come with the first device")
         account_field = "account_name" if request.account_name else "user_id"
         account_name = totp.check_label_part(request.account_name or user, account_field)
-        started = await self._enrollment.enroll(
+        started = await self.enrollment.enroll(
             env,
             user,
             method,
@@ -102,7 +98,7 @@ class MfaServicer(pb_grpc.MfaServiceServicer):
                 "passkey_registration_json", f"at most {convert.MAX_PROOF} characters"
             )
         code = None if registration else totp.check_code_format(request.totp_code, "totp_code")
-        completed = await self._enrollment.complete(
+        completed = await self.enrollment.complete(
             env,
             user,
             enrollment_id=enrollment_id,
@@ -119,7 +115,7 @@ class MfaServicer(pb_grpc.MfaServiceServicer):
     async def Challenge(
         self, request: pb.ChallengeRequest, context: Context
     ) -> pb.ChallengeResponse:
-        challenge, options = await self._verification.challenge(
+        challenge, options = await self.verification.challenge(
             convert.environment_id(request.environment_id),
             convert.user_id(request.user_id),
             convert.method_from_proto(request.method, "method"),
@@ -143,7 +139,7 @@ class MfaServicer(pb_grpc.MfaServiceServicer):
         if not request.HasField("proof"):
             raise InvalidArgument.field("proof", "required")
         proof = convert.proof_from_proto(request.proof)
-        verified = await self._verification.verify_session(
+        verified = await self.verification.verify_session(
             env, user, session, challenge_id, proof, call_context.current()
         )
         return pb.VerifySessionResponse(
@@ -161,7 +157,7 @@ class MfaServicer(pb_grpc.MfaServiceServicer):
         if not request.HasField("proof"):
             raise InvalidArgument.field("proof", "required")
         proof = convert.proof_from_proto(request.proof)
-        issued = await self._tokens.issue(
+        issued = await self.tokens.issue(
             env,
             user,
             challenge_id=challenge_id,
@@ -181,7 +177,7 @@ class MfaServicer(pb_grpc.MfaServiceServicer):
     async def ListDevices(
         self, request: pb.ListDevicesRequest, context: Context
     ) -> pb.ListDevicesResponse:
-        devices = await self._devices.list(
+        devices = await self.devices.list(
             convert.environment_id(request.environment_id), convert.user_id(request.user_id)
         )
         return pb.ListDevicesResponse(devices=[convert.device_to_proto(d) for d in devices])
@@ -195,7 +191,7 @@ class MfaServicer(pb_grpc.MfaServiceServicer):
         alias = convert.alias(request.alias)
         if not alias and not request.make_default:
             raise InvalidArgument.field("alias", "give a new alias, make_default, or both")
-        device = await self._devices.update(
+        device = await self.devices.update(
             env,
             user,
             device_id,
@@ -208,7 +204,7 @@ class MfaServicer(pb_grpc.MfaServiceServicer):
     async def DeleteDevice(
         self, request: pb.DeleteDeviceRequest, context: Context
     ) -> pb.DeleteDeviceResponse:
-        await self._devices.delete(
+        await self.devices.delete(
             convert.environment_id(request.environment_id),
             convert.user_id(request.user_id),
             convert.uuid_field(request.device_id, "device_id"),
@@ -220,7 +216,7 @@ class MfaServicer(pb_grpc.MfaServiceServicer):
     async def RegenerateRecoveryCodes(
         self, request: pb.RegenerateRecoveryCodesRequest, context: Context
     ) -> pb.RegenerateRecoveryCodesResponse:
-        codes = await self._recovery.regenerate(
+        codes = await self.recovery.regenerate(
             convert.environment_id(request.environment_id),
             convert.user_id(request.user_id),
             action_token=convert.action_token(request.action_token),
@@ -231,7 +227,7 @@ class MfaServicer(pb_grpc.MfaServiceServicer):
     async def AcknowledgeRecoveryCodes(
         self, request: pb.AcknowledgeRecoveryCodesRequest, context: Context
     ) -> pb.AcknowledgeRecoveryCodesResponse:
-        await self._recovery.acknowledge(
+        await self.recovery.acknowledge(
             convert.environment_id(request.environment_id),
             convert.user_id(request.user_id),
             call_context.current(),

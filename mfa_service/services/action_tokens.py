@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from uuid import UUID
 
-from mfa_service.clock import Clock
 from mfa_service.domain import approvals, passkeys, policy, tokens
 from mfa_service.domain.audit import AuditEventType, CallContext
 from mfa_service.domain.model import (
@@ -42,11 +41,11 @@ from mfa_service.errors import (
 from mfa_service.services import audit
 from mfa_service.services.batching import MicroBatcher
 from mfa_service.services.keys import TokenKeys
-from mfa_service.services.settings import SettingsCache
-from mfa_service.services.verification import Attempt, Read, Verifier
+from mfa_service.services.runtime import Runtime, UseCase
+from mfa_service.services.verification import Attempt, Read
 from mfa_service.store import action_tokens as token_store
 from mfa_service.store import devices as device_store
-from mfa_service.store.db import Connection, Database
+from mfa_service.store.db import Connection
 
 DEFAULT_ISSUER = "mfa-service"
 # How long a ValidateActionToken decision answers retries with the same idempotency key.
@@ -125,23 +124,17 @@ def _approval_claims(bound: approvals.Bound, read: Read) -> ApprovalClaims:
     )
 
 
-class ActionTokenService:
+class ActionTokenService(UseCase):
     def __init__(
         self,
-        db: Database,
-        clock: Clock,
-        verifier: Verifier,
+        runtime: Runtime,
         keys: TokenKeys,
         *,
-        settings: SettingsCache,
         issuer: str = DEFAULT_ISSUER,
         on_validation_batch: Callable[[int], None] | None = None,
     ) -> None:
         """``on_validation_batch``: told how many validations each statement decided."""
-        self._settings = settings
-        self._db = db
-        self._clock = clock
-        self._verifier = verifier
+        super().__init__(runtime)
         self._keys = keys
         self._issuer = issuer
         # Idempotency keys are unique per environment in storage; a batch holds one each.

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mfa_service.clock import Clock
 from mfa_service.domain.audit import AuditEventType, CallContext
 from mfa_service.domain.model import EnvironmentId, UserId
 from mfa_service.services import audit
-from mfa_service.services.settings import SettingsCache
+from mfa_service.services.runtime import UseCase
 from mfa_service.store import resets
-from mfa_service.store.db import Database
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,12 +17,7 @@ class ResetResult:
     tokens_revoked: int
 
 
-class AdminService:
-    def __init__(self, db: Database, clock: Clock, settings: SettingsCache) -> None:
-        self._db = db
-        self._clock = clock
-        self._settings = settings
-
+class AdminService(UseCase):
     async def reset_user(
         self, env: EnvironmentId, user: UserId, *, reason: str, context: CallContext
     ) -> ResetResult:

@@ -65,7 +65,9 @@ def device_event(
     **details: str,
 ) -> AuditEvent:
     """An event about one device (or the enrollment that becomes it), naming its owner,
-    method and id."""
+    method and id; a device also by what a notification names it by (``device_facts``)."""
+    if isinstance(device, Device):
+        details = device_facts(device) | details
     return event(
         event_type,
         env=device.environment_id,

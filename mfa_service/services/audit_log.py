@@ -9,9 +9,8 @@ from mfa_service.domain.audit import AuditEvent, AuditEventType
 from mfa_service.domain.model import EnvironmentId
 from mfa_service.errors import InvalidArgument
 from mfa_service.services import page_tokens
-from mfa_service.services.settings import SettingsCache
+from mfa_service.services.runtime import UseCase
 from mfa_service.store import audit_log
-from mfa_service.store.db import Database
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -36,19 +35,13 @@ def _encode_cursor(event_row_id: int) -> str:
     return page_tokens.encode(str(event_row_id))
 
 
-def _is_row_id(number: str) -> bool:
-    return number.isdecimal() and 0 < int(number) < 2**63  # row ids are bigint
+def _row_id(position: str) -> int:
+    if not (position.isdecimal() and 0 < int(position) < 2**63):  # row ids are bigint
+        raise ValueError(position)
+    return int(position)
 
 
-def _decode_cursor(token: str) -> int:
-    return int(page_tokens.decode(token, _is_row_id))
-
-
-class AuditLogService:
-    def __init__(self, db: Database, settings: SettingsCache) -> None:
-        self._db = db
-        self._settings = settings
-
+class AuditLogService(UseCase):
     async def list(
         self,
         env: EnvironmentId,
@@ -61,7 +54,7 @@ class AuditLogService:
         size = page_size or DEFAULT_PAGE_SIZE
         if not 1 <= size <= MAX_PAGE_SIZE:
             raise InvalidArgument.field("page_size", f"must be 1 to {MAX_PAGE_SIZE}")
-        before = _decode_cursor(page_token) if page_token else None
+        before = page_tokens.decode(page_token, _row_id) if page_token else None
         await self._settings.require(env)
         async with self._db.transaction() as conn:
             logged = await audit_log.page(

@@ -36,10 +36,9 @@ from dataclasses import dataclass
 from mfa_service.domain.audit import LoggedEvent
 from mfa_service.domain.model import EnvironmentId
 from mfa_service.services import page_tokens
-from mfa_service.services.settings import SettingsCache
+from mfa_service.services.runtime import Runtime, UseCase
 from mfa_service.store import audit_stream
 from mfa_service.store.audit_stream import START, Cursor
-from mfa_service.store.db import Database
 
 PAGE_SIZE = 100
 # How long a stream waits for a notification before it reads again anyway: the delay of
@@ -53,25 +52,22 @@ def encode_cursor(cursor: Cursor) -> str:
     return page_tokens.encode(f"{cursor.xid}.{cursor.id}")
 
 
-def _is_position(text: str) -> bool:
-    xid, dot, row_id = text.partition(".")
-    return (
-        dot == "."
-        and xid.isdecimal()
-        and row_id.isdecimal()
-        and int(xid) < _XID8_MAX
-        and int(row_id) < _ROW_ID_MAX
-    )
+def _cursor(position: str) -> Cursor:
+    xid, dot, row_id = position.partition(".")
+    if not (dot and xid.isdecimal() and row_id.isdecimal()):
+        raise ValueError(position)
+    cursor = Cursor(int(xid), int(row_id))
+    if cursor.xid >= _XID8_MAX or cursor.id >= _ROW_ID_MAX:
+        raise ValueError(position)
+    return cursor
 
 
 def decode_cursor(text: str) -> Cursor:
     """The place ``encode_cursor`` wrote; anything else (a page token of another list, a
     cursor edited by hand) is refused as ``after_cursor``."""
-    position = page_tokens.decode(
-        text, _is_position, field="after_cursor", description="not a cursor of this stream"
+    return page_tokens.decode(
+        text, _cursor, field="after_cursor", description="not a cursor of this stream"
     )
-    xid, _, row_id = position.partition(".")
-    return Cursor(int(xid), int(row_id))
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,18 +113,16 @@ class Wakeups:
         return sum(len(events) for events in self._waiting.values())
 
 
-class AuditStreamService:
+class AuditStreamService(UseCase):
     def __init__(
         self,
-        db: Database,
-        settings: SettingsCache,
+        runtime: Runtime,
         wakeups: Wakeups,
         *,
         page_size: int = PAGE_SIZE,
         wake_interval_seconds: float = WAKE_INTERVAL_SECONDS,
     ) -> None:
-        self._db = db
-        self._settings = settings
+        super().__init__(runtime)
         self._wakeups = wakeups
         self._page_size = page_size
         self._wake_interval = wake_interval_seconds

@@ -4,30 +4,24 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from mfa_service.clock import Clock
 from mfa_service.domain.audit import AuditEventType, CallContext
 from mfa_service.domain.devices import Device
 from mfa_service.domain.model import Action, EnvironmentId, UserId
 from mfa_service.errors import DeviceNotFound
 from mfa_service.services import audit
 from mfa_service.services.action_tokens import ActionTokenService
-from mfa_service.services.settings import SettingsCache
+from mfa_service.services.runtime import Runtime, UseCase
 from mfa_service.store import action_tokens as token_store
 from mfa_service.store import devices as device_store
 from mfa_service.store import enrollments as enrollment_store
 from mfa_service.store import recovery_codes as recovery_store
 from mfa_service.store import users as user_store
-from mfa_service.store.db import Database
 
 
-class DeviceService:
-    def __init__(
-        self, db: Database, clock: Clock, tokens: ActionTokenService, settings: SettingsCache
-    ) -> None:
-        self._db = db
-        self._clock = clock
+class DeviceService(UseCase):
+    def __init__(self, runtime: Runtime, tokens: ActionTokenService) -> None:
+        super().__init__(runtime)
         self._tokens = tokens
-        self._settings = settings
 
     async def list(self, env: EnvironmentId, user: UserId) -> list[Device]:
         await self._settings.require(env)
@@ -115,5 +109,4 @@ class DeviceService:
                 context=context,
                 remaining_devices=str(len(owned) - 1),
                 tokens_revoked=str(revoked),
-                **audit.device_facts(device),
             )

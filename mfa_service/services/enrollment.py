@@ -10,8 +10,6 @@ from uuid import UUID
 
 from webauthn.helpers.structs import RegistrationCredential
 
-from mfa_service.clock import Clock
-from mfa_service.crypto import KeyRing
 from mfa_service.domain import passkeys, policy, totp
 from mfa_service.domain.audit import AuditEventType, CallContext
 from mfa_service.domain.devices import (
@@ -34,12 +32,13 @@ from mfa_service.errors import (
 from mfa_service.services import audit
 from mfa_service.services import recovery as recovery_service
 from mfa_service.services.action_tokens import ActionTokenService
+from mfa_service.services.runtime import Runtime, UseCase
 from mfa_service.services.settings import load as load_settings
 from mfa_service.services.verification import Counted, count_failure, settle
 from mfa_service.store import devices as device_store
 from mfa_service.store import enrollments as enrollment_store
 from mfa_service.store import users as user_store
-from mfa_service.store.db import Connection, Database
+from mfa_service.store.db import Connection
 
 DEFAULT_TOTP_ALIAS = "Authenticator app"
 DEFAULT_PASSKEY_ALIAS = "Passkey"
@@ -74,17 +73,9 @@ async def _lock_unless_refused(
         raise refusal
 
 
-class EnrollmentService:
-    def __init__(
-        self,
-        db: Database,
-        clock: Clock,
-        key_ring: KeyRing,
-        tokens: ActionTokenService,
-    ) -> None:
-        self._db = db
-        self._clock = clock
-        self._key_ring = key_ring
+class EnrollmentService(UseCase):
+    def __init__(self, runtime: Runtime, tokens: ActionTokenService) -> None:
+        super().__init__(runtime)
         self._tokens = tokens
 
     async def enroll(
@@ -411,7 +402,6 @@ class EnrollmentService:
             device,
             now=now,
             context=context,
-            **audit.device_facts(device),
         )
         codes: tuple[str, ...] = ()
         if len(await device_store.list_for_user(conn, env, user)) == 1:

@@ -7,8 +7,11 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Callable
+from typing import TypeVar
 
 from mfa_service.errors import InvalidArgument
+
+_Position = TypeVar("_Position")
 
 
 def encode(position: str) -> str:
@@ -17,18 +20,19 @@ def encode(position: str) -> str:
 
 def decode(
     token: str,
-    valid: Callable[[str], bool],
+    parse: Callable[[str], _Position],
     *,
     field: str = "page_token",
     description: str = "not a token from a previous page",
-) -> str:
-    """The position of a token ``encode`` made, if ``valid``; any other token is refused
-    as the request's ``field``."""
+) -> _Position:
+    """The position of a token ``encode`` made, as ``parse`` reads it (raising
+    ``ValueError`` for a position it does not accept); any other token is refused as the
+    request's ``field``."""
     try:
         text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
         version, _, position = text.partition(":")
-        if version != "v1" or not valid(position):
+        if version != "v1":
             raise ValueError(token)
-        return position
+        return parse(position)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise InvalidArgument.field(field, description) from None

@@ -7,7 +7,6 @@ import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 
-from mfa_service.clock import Clock
 from mfa_service.domain import recovery
 from mfa_service.domain.audit import AuditEventType, CallContext
 from mfa_service.domain.model import Action, EnvironmentId, UserId
@@ -15,11 +14,11 @@ from mfa_service.domain.recovery import HashedCode
 from mfa_service.errors import NotEnrolled
 from mfa_service.services import audit
 from mfa_service.services.action_tokens import ActionTokenService
-from mfa_service.services.settings import SettingsCache
+from mfa_service.services.runtime import Runtime, UseCase
 from mfa_service.store import devices as device_store
 from mfa_service.store import recovery_codes as recovery_store
 from mfa_service.store import users as user_store
-from mfa_service.store.db import Connection, Database
+from mfa_service.store.db import Connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,14 +71,10 @@ async def new_set(
     return tuple(codes)
 
 
-class RecoveryService:
-    def __init__(
-        self, db: Database, clock: Clock, tokens: ActionTokenService, settings: SettingsCache
-    ) -> None:
-        self._db = db
-        self._clock = clock
+class RecoveryService(UseCase):
+    def __init__(self, runtime: Runtime, tokens: ActionTokenService) -> None:
+        super().__init__(runtime)
         self._tokens = tokens
-        self._settings = settings
 
     async def regenerate(
         self, env: EnvironmentId, user: UserId, *, action_token: str, context: CallContext

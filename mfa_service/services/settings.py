@@ -10,13 +10,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from mfa_service.clock import Clock
 from mfa_service.domain import settings as policy
 from mfa_service.domain.audit import AuditEvent, AuditEventType, CallContext
 from mfa_service.domain.model import EnvironmentId
 from mfa_service.domain.settings import Settings
 from mfa_service.errors import EnvironmentAlreadyExists, EnvironmentNotFound, InvalidArgument
 from mfa_service.services import page_tokens
+from mfa_service.services.runtime import UseCase
 from mfa_service.store import audit as audit_store
 from mfa_service.store import notifications
 from mfa_service.store import settings as settings_store
@@ -89,20 +89,13 @@ def page_token_after(environment_id: EnvironmentId) -> str:
     return page_tokens.encode(environment_id)
 
 
-def _is_environment_id(after: str) -> bool:
-    return bool(after) and after.isascii() and after.isprintable()
+def _environment_id(position: str) -> EnvironmentId:
+    if not (position and position.isascii() and position.isprintable()):
+        raise ValueError(position)
+    return EnvironmentId(position)
 
 
-def _decode_page_token(token: str) -> EnvironmentId:
-    return EnvironmentId(page_tokens.decode(token, _is_environment_id))
-
-
-class SettingsService:
-    def __init__(self, db: Database, clock: Clock, cache: SettingsCache | None = None) -> None:
-        self._db = db
-        self._clock = clock
-        self._cache = cache
-
+class SettingsService(UseCase):
     async def create(
         self,
         environment_id: EnvironmentId,
@@ -135,7 +128,7 @@ class SettingsService:
         size = page_size or DEFAULT_PAGE_SIZE
         if not 1 <= size <= MAX_PAGE_SIZE:
             raise InvalidArgument.field("page_size", f"must be 1 to {MAX_PAGE_SIZE}")
-        after = _decode_page_token(page_token) if page_token else None
+        after = page_tokens.decode(page_token, _environment_id) if page_token else None
         async with self._db.connection() as conn:  # one statement
             found = await settings_store.page(conn, after=after, limit=size + 1)
         more = len(found) > size
@@ -198,5 +191,4 @@ class SettingsService:
 
     def _forget(self, environment_id: EnvironmentId) -> None:
         """This replica's cache re-reads the environment at once (the others on NOTIFY)."""
-        if self._cache is not None:
-            self._cache.invalidate(environment_id)
+        self._settings.invalidate(environment_id)

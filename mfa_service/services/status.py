@@ -5,12 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from mfa_service.clock import Clock
 from mfa_service.domain import lockout, policy
 from mfa_service.domain.model import Action, EnvironmentId, Method, UserId
-from mfa_service.services.settings import SettingsCache
+from mfa_service.services.runtime import UseCase
 from mfa_service.store import status as status_store
-from mfa_service.store.db import Database
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,12 +23,7 @@ class Status:
     recovery_required: bool
 
 
-class StatusService:
-    def __init__(self, db: Database, clock: Clock, settings: SettingsCache) -> None:
-        self._db = db
-        self._clock = clock
-        self._settings = settings
-
+class StatusService(UseCase):
     async def get(self, env: EnvironmentId, user: UserId, session_id: str) -> Status:
         """Settings from the cache, the user's state in one statement."""
         now = self._clock.now()

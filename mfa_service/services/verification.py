@@ -34,7 +34,6 @@ from datetime import datetime, timedelta
 from typing import TypeVar
 from uuid import UUID
 
-from mfa_service.clock import Clock
 from mfa_service.crypto import KeyRing
 from mfa_service.domain import approvals, passkeys, policy, recovery, totp
 from mfa_service.domain.audit import AuditEvent, AuditEventType, CallContext
@@ -67,7 +66,7 @@ from mfa_service.errors import (
     VerificationFailed,
 )
 from mfa_service.services import audit
-from mfa_service.services.settings import SettingsCache
+from mfa_service.services.runtime import UseCase
 from mfa_service.store import challenges as challenge_store
 from mfa_service.store import devices as device_store
 from mfa_service.store import recovery_codes as recovery_store
@@ -361,15 +360,7 @@ class Verifier:
         ).decode()
 
 
-class VerificationService:
-    def __init__(
-        self, db: Database, clock: Clock, verifier: Verifier, settings: SettingsCache
-    ) -> None:
-        self._db = db
-        self._clock = clock
-        self._verifier = verifier
-        self._settings = settings
-
+class VerificationService(UseCase):
     async def challenge(
         self,
         env: EnvironmentId,

@@ -26,8 +26,6 @@ from uuid import UUID
 
 import aiohttp
 
-from mfa_service.clock import Clock
-from mfa_service.crypto import KeyRing
 from mfa_service.domain import events
 from mfa_service.domain import webhooks as policy
 from mfa_service.domain.audit import AuditEventType, CallContext, LoggedEvent
@@ -43,10 +41,10 @@ from mfa_service.domain.webhooks import (
 from mfa_service.errors import DatabaseUnavailable, InvalidArgument, WebhookNotFound
 from mfa_service.services import audit
 from mfa_service.services.keys import TokenKeys
+from mfa_service.services.runtime import Runtime, UseCase
 from mfa_service.services.settings import load as load_settings
 from mfa_service.store import audit_stream
 from mfa_service.store import webhooks as webhook_store
-from mfa_service.store.db import Database
 
 log = logging.getLogger("mfa_service.webhooks")
 _jitter = random.SystemRandom()
@@ -82,13 +80,9 @@ class CreatedWebhook:
     signing_secret: str  # whsec_...: shown once
 
 
-class WebhookService:
-    def __init__(
-        self, db: Database, clock: Clock, key_ring: KeyRing, options: WebhookOptions
-    ) -> None:
-        self._db = db
-        self._clock = clock
-        self._key_ring = key_ring
+class WebhookService(UseCase):
+    def __init__(self, runtime: Runtime, options: WebhookOptions) -> None:
+        super().__init__(runtime)
         self._options = options
 
     async def create(
@@ -220,24 +214,15 @@ async def post(
         return Answer(None, f"request failed ({type(error).__name__})")
 
 
-class Dispatcher:
+class Dispatcher(UseCase):
     """Delivers every webhook's events; one per server process, any number of them."""
 
     def __init__(
-        self,
-        db: Database,
-        clock: Clock,
-        key_ring: KeyRing,
-        options: WebhookOptions,
-        *,
-        keys: TokenKeys,
-        issuer: str,
+        self, runtime: Runtime, options: WebhookOptions, *, keys: TokenKeys, issuer: str
     ) -> None:
         """``keys``: the token keys, which sign CAEP Security Event Tokens; ``issuer``:
         their ``iss`` (the action tokens' issuer)."""
-        self._db = db
-        self._clock = clock
-        self._key_ring = key_ring
+        super().__init__(runtime)
         self._options = options
         self._keys = keys
         self._issuer = issuer

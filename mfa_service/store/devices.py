@@ -10,6 +10,7 @@ from uuid import UUID
 from mfa_service.domain.devices import Device, Enrollment, PasskeyCredential
 from mfa_service.domain.model import EnvironmentId, Method, UserId
 from mfa_service.store.db import Connection
+from mfa_service.store.sql import named
 
 COLUMNS = """id, environment_id, user_id, method, alias, is_default, created_at,
               last_used_at, totp_secret, totp_last_step, passkey_credential_id,
@@ -74,32 +75,73 @@ async def count(conn: Connection, env: EnvironmentId, user: UserId, method: Meth
     return value
 
 
+# One INSERT for both kinds (the other kind's columns stay NULL): the first device of a
+# user becomes the default; a passkey's credential id is unique across all users and
+# environments, so a taken one inserts nothing.
+_INSERT = named(f"""
+    INSERT INTO devices (id, environment_id, user_id, method, alias, is_default,
+                         created_at, last_used_at, totp_secret, totp_last_step,
+                         passkey_credential_id, passkey_public_key, passkey_sign_count,
+                         passkey_transports, passkey_aaguid, passkey_backup_eligible,
+                         passkey_backed_up)
+    VALUES (:id, :env, :user, :method, :alias,
+            NOT EXISTS (SELECT 1 FROM devices WHERE environment_id = :env AND user_id = :user),
+            :now, :last_used_at, :totp_secret, :totp_last_step,
+            :credential_id, :public_key, :sign_count,
+            :transports, :aaguid, :backup_eligible,
+            :backed_up)
+    ON CONFLICT (passkey_credential_id) WHERE passkey_credential_id IS NOT NULL DO NOTHING
+    RETURNING {COLUMNS}
+""")  # noqa: S608 (a constant column list)
+_NO_TOTP = {"totp_secret": None, "totp_last_step": None}
+_NO_PASSKEY = dict.fromkeys(
+    (
+        "credential_id",
+        "public_key",
+        "sign_count",
+        "transports",
+        "aaguid",
+        "backup_eligible",
+        "backed_up",
+    )
+)
+
+
+async def _insert(
+    conn: Connection, enrollment: Enrollment, alias: str, now: datetime, **kind: Any
+) -> Device | None:
+    values = {
+        "id": enrollment.id,
+        "env": enrollment.environment_id,
+        "user": enrollment.user_id,
+        "method": enrollment.method.name,
+        "alias": alias,
+        "now": now,
+        **kind,
+    }
+    row = await conn.fetchrow(_INSERT.text, *_INSERT.args(values))
+    return None if row is None else device_from_row(row)
+
+
 async def insert_totp(
     conn: Connection, enrollment: Enrollment, *, alias: str, accepted_step: int, now: datetime
 ) -> Device:
-    """The verified TOTP device ``enrollment`` becomes (its id and sealed secret); the
-    enrollment's code step counts as already used.
-
-    The first device of a user becomes the default.
-    """
-    row = await conn.fetchrow(
-        f"""
-        INSERT INTO devices (id, environment_id, user_id, method, alias, is_default,
-                             created_at, last_used_at, totp_secret, totp_last_step)
-        VALUES ($1, $2, $3, 'TOTP', $4,
-                NOT EXISTS (SELECT 1 FROM devices WHERE environment_id = $2 AND user_id = $3),
-                $5, $5, $6, $7)
-        RETURNING {COLUMNS}
-        """,  # noqa: S608 (a constant column list)
-        enrollment.id,
-        enrollment.environment_id,
-        enrollment.user_id,
+    """The verified TOTP device ``enrollment`` becomes (its id and sealed secret), the
+    user's default if it is their first; the enrollment's code step counts as already
+    used, and as the device's first use."""
+    device = await _insert(
+        conn,
+        enrollment,
         alias,
         now,
-        enrollment.totp_secret_sealed,
-        accepted_step,
+        last_used_at=now,
+        totp_secret=enrollment.totp_secret_sealed,
+        totp_last_step=accepted_step,
+        **_NO_PASSKEY,
     )
-    return device_from_row(row)
+    if device is None:  # only a passkey's credential id can conflict
+        raise RuntimeError("a TOTP device insert conflicted")
+    return device
 
 
 async def passkey_credential_taken(conn: Connection, credential_id: bytes) -> bool:
@@ -117,35 +159,24 @@ async def insert_passkey(
     credential: PasskeyCredential,
     now: datetime,
 ) -> Device | None:
-    """The verified passkey ``enrollment`` becomes, or None if the credential id is
-    taken (unique across all users and environments). The first device of a user
-    becomes the default."""
-    row = await conn.fetchrow(
-        f"""
-        INSERT INTO devices (id, environment_id, user_id, method, alias, is_default,
-                             created_at, passkey_credential_id, passkey_public_key,
-                             passkey_sign_count, passkey_transports, passkey_aaguid,
-                             passkey_backup_eligible, passkey_backed_up)
-        VALUES ($1, $2, $3, 'PASSKEY', $4,
-                NOT EXISTS (SELECT 1 FROM devices WHERE environment_id = $2 AND user_id = $3),
-                $5, $6, $7, $8, $9, $10, $11, $12)
-        ON CONFLICT (passkey_credential_id) WHERE passkey_credential_id IS NOT NULL DO NOTHING
-        RETURNING {COLUMNS}
-        """,  # noqa: S608 (a constant column list)
-        enrollment.id,
-        enrollment.environment_id,
-        enrollment.user_id,
+    """The verified passkey ``enrollment`` becomes, the user's default if it is their
+    first, or None if the credential id is taken (unique across all users and
+    environments)."""
+    return await _insert(
+        conn,
+        enrollment,
         alias,
         now,
-        credential.credential_id,
-        credential.public_key,
-        credential.sign_count,
-        list(credential.transports),
-        credential.aaguid,
-        credential.backup_eligible,
-        credential.backed_up,
+        last_used_at=None,
+        credential_id=credential.credential_id,
+        public_key=credential.public_key,
+        sign_count=credential.sign_count,
+        transports=list(credential.transports),
+        aaguid=credential.aaguid,
+        backup_eligible=credential.backup_eligible,
+        backed_up=credential.backed_up,
+        **_NO_TOTP,
     )
-    return None if row is None else device_from_row(row)
 
 
 async def update(
