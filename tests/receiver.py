@@ -20,6 +20,13 @@ def free_port() -> int:
         return port
 
 
+def _user_of(body: bytes) -> str | None:
+    try:
+        return str(json.loads(body)["data"]["user_id"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 @dataclass(frozen=True)
 class Received:
     path: str
@@ -46,11 +53,13 @@ class Receiver:
 
     ``status``: the answer to every POST (a 3xx carries ``Location: /elsewhere``).
     ``hold``: POSTs are kept waiting, unanswered, until ``hold`` is cleared.
+    ``failing_users``: the POSTs of events of these users are answered 500 instead.
     """
 
     def __init__(self, port: int | None = None) -> None:
         self.port = port or free_port()
         self.status = 200
+        self.failing_users: set[str] = set()
         self.hold = False
         self._released = asyncio.Event()
         self.received: list[Received] = []
@@ -86,6 +95,8 @@ class Receiver:
             await self._released.wait()
             return web.Response(status=503)
         status = self.status
+        if self.failing_users and _user_of(body) in self.failing_users:
+            status = 500
         self.received.append(Received(request.path, headers, body, status))
         if 300 <= status < 400:
             return web.Response(status=status, headers={"Location": "/elsewhere"})

@@ -112,12 +112,17 @@ async def test_three_replicas_post_each_event_once(tmp_path: Path, database_url:
         db = await asyncpg.connect(database_url)
         try:
             rows = await db.fetch(
-                "SELECT event_id::text FROM audit_events WHERE type = 'USER_RESET' ORDER BY xid, id"
+                "SELECT event_id::text, user_id FROM audit_events WHERE type = 'USER_RESET' "
+                "ORDER BY xid, id"
             )
         finally:
             await db.close()
     expected = [row["event_id"] for row in rows]
     assert len(expected) == resets
-    for path in paths:
-        assert [r.message_id for r in receiver.delivered(path)] == expected
+    for path in paths:  # every event, each user's in commit order
+        delivered = receiver.delivered(path)
+        assert sorted(r.message_id for r in delivered) == sorted(expected)
+        for user in {row["user_id"] for row in rows}:
+            mine = [row["event_id"] for row in rows if row["user_id"] == user]
+            assert [r.message_id for r in delivered if r.user_id == user] == mine
     assert len(receiver.received) == len(paths) * resets  # no POST twice, none failed

@@ -15,6 +15,11 @@ in flight, a warm-up, a fixed duration):
                            with a TOTP code: two calls, a distinct user per pair
   get_status               GetStatus of an enrolled user
 
+Then the same scenarios again with one webhook subscribed to every event type, POSTing
+over HTTPS to a receiver process on loopback (``--no-webhook``: skip): the figures side
+by side show what delivering every event costs the calls that write them, and how many
+events the dispatcher delivered while they were written.
+
 Server CPU per call is the utime+stime of the server process and its workers
 (/proc/PID/stat) over the measured window divided by the calls; with the embedded
 PostgreSQL its CPU per call is reported too. The results go to .bench/results.json
@@ -34,6 +39,7 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
+import ipaddress
 import itertools
 import json
 import multiprocessing
@@ -63,6 +69,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mfa.v1 import (
     action_token_service_pb2,
     action_token_service_pb2_grpc,
+    admin_service_pb2,
+    admin_service_pb2_grpc,
     mfa_service_pb2,
     mfa_service_pb2_grpc,
     types_pb2,
@@ -144,12 +152,112 @@ def _free_port() -> int:
         return port
 
 
+# --- the webhook receiver -------------------------------------------------------------
+
+
+def _certificates(out: Path) -> tuple[Path, Path, Path]:
+    """A CA (its file is the server's SSL_CERT_FILE) and the receiver's certificate for
+    127.0.0.1 that it issues: the dispatcher verifies the receiver as it would any other."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.now(UTC)
+
+    def issue(
+        subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Certificate | None, ca_key: Any
+    ) -> x509.Certificate:
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(issuer.subject if issuer else name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), True)
+        )
+        if issuer is not None:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False,
+            )
+        return builder.sign(ca_key, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = issue("mfa-service bench CA", ca_key, None, ca_key)
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = issue("127.0.0.1", key, ca, ca_key)
+    paths = out / "webhook-ca.pem", out / "webhook-receiver.pem", out / "webhook-receiver.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return paths
+
+
+def _receive(port: int, cert: Path, key: Path, received: Any) -> None:
+    """The receiver process: 204 to every POST, counted (nothing verified: the tests do)."""
+    import ssl
+
+    from aiohttp import web
+
+    async def hook(request: web.Request) -> web.Response:
+        await request.read()
+        received.value += 1
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    web.run_app(app, host="127.0.0.1", port=port, ssl_context=tls, print=None, access_log=None)
+
+
+class WebhookReceiver:
+    """An HTTPS receiver in its own process; ``ca`` is what the server must trust."""
+
+    def __init__(self, out: Path) -> None:
+        self.ca, cert, key = _certificates(out)
+        self.port = _free_port()
+        self.url = f"https://127.0.0.1:{self.port}/hook"
+        context = multiprocessing.get_context("spawn")
+        self._received = context.RawValue("q", 0)  # written by the receiver's one thread
+        self.process = context.Process(
+            target=_receive, args=(self.port, cert, key, self._received), daemon=True
+        )
+        self.process.start()
+
+    @property
+    def received(self) -> int:
+        return int(self._received.value)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.join(10)
+
+
 class ServerUnderTest:
     """``python -m mfa_service serve`` in its own process, logging to .bench/server.log."""
 
     def __init__(
-        self, database_url: str, key_ring_spec: str, *, workers: int, log_level: str, out: Path
+        self,
+        database_url: str,
+        key_ring_spec: str,
+        *,
+        workers: int,
+        log_level: str,
+        out: Path,
+        trust: Path | None = None,
     ) -> None:
+        """``trust``: a CA file the server's outgoing TLS (webhooks) trusts."""
         self.port = _free_port()
         self.target = f"127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MFA_", "DATABASE_"))}
@@ -160,6 +268,8 @@ class ServerUnderTest:
             MFA_LISTEN_ADDR=self.target,
             MFA_LOG_LEVEL=log_level,
         )
+        if trust is not None:
+            env["SSL_CERT_FILE"] = str(trust)
         # The metrics endpoint (one worker only) tells how many validations shared a statement.
         self.metrics_port = _free_port() if workers == 1 else 0
         if self.metrics_port:
@@ -315,6 +425,30 @@ async def create_environment(target: str) -> None:
             if error.reason != "ERROR_REASON_ENVIRONMENT_ALREADY_EXISTS":
                 raise
             await client.admin.update_settings(settings, ["protected_actions"])
+
+
+async def create_webhook(target: str, url: str) -> None:
+    """One webhook of the bench environment, subscribed to every event type."""
+    every = [
+        value
+        for value in admin_service_pb2.AuditEventType.values()
+        if value != admin_service_pb2.AUDIT_EVENT_TYPE_UNSPECIFIED
+    ]
+    request = admin_service_pb2.CreateWebhookRequest(environment_id=ENV, url=url, event_types=every)
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = admin_service_pb2_grpc.AdminServiceStub(channel)
+        await stub.CreateWebhook(request, timeout=CALL_TIMEOUT_SECONDS)
+
+
+async def count_events(database_url: str) -> int:
+    connection = await asyncpg.connect(database_url)
+    try:
+        count: int = await connection.fetchval(
+            "SELECT count(*) FROM audit_events WHERE environment_id = $1", ENV
+        )
+        return count
+    finally:
+        await connection.close()
 
 
 async def seed(
@@ -828,14 +962,18 @@ def _median_of(results: list[dict[str, Any]]) -> dict[str, Any]:
 # --- output ----------------------------------------------------------------------------
 
 
-def table(scenarios: dict[str, dict[str, Any]], compare: dict[str, dict[str, Any]] | None) -> str:
+def table(
+    scenarios: dict[str, dict[str, Any]],
+    compare: dict[str, dict[str, Any]] | None,
+    compare_label: str = "vs empty",
+) -> str:
     db = any("db_cpu_us_per_call" in r for r in scenarios.values())
     w = max(25, *(len(name) + 2 for name in scenarios))  # the name column
     head = f"{'scenario':<{w}}{'calls/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
     head += f"{'server CPU':>12}" + (f"{'db CPU':>9}" if db else "") + f"{'load CPU':>10}"
     head += f"{'vs baseline':>13}"
     if compare is not None:
-        head += f"{'vs empty':>10}"
+        head += f"{compare_label:>14}"
     lines = [head, f"{'':<{w}}{'':>9}{'':>9}{'':>9}{'':>8}{'µs/call':>12}"]
     lines[-1] += (f"{'µs/call':>9}" if db else "") + f"{'µs/call':>10}"
     for name, r in scenarios.items():
@@ -849,8 +987,8 @@ def table(scenarios: dict[str, dict[str, Any]], compare: dict[str, dict[str, Any
         ratio = r.get("ratio_to_baseline")
         line += f"{ratio:>12.0%} " if ratio is not None else f"{'-':>12} "
         if compare is not None:
-            before = compare[name]["rps"] or 1.0  # the same scenario on the empty database
-            line += f"{r['rps'] / before:>9.0%} "
+            before = compare[name]["rps"] or 1.0  # the same scenario without the change
+            line += f"{r['rps'] / before:>13.0%} "
         if "validations_per_statement" in r:
             line += f"  ({r['validations_per_statement']:g} validations a statement)"
         if r.get("ran_out_of_seeded_data"):
@@ -884,6 +1022,12 @@ def main(argv: list[str] | None = None) -> int:
         "--scenarios",
         default=",".join(SCENARIOS),
         help="comma-separated subset to run (default: all; the ratio needs the baseline)",
+    )
+    parser.add_argument(
+        "--no-webhook",
+        dest="webhook",
+        action="store_false",
+        help="skip the round with a webhook subscribed to every event",
     )
     parser.add_argument("--log-level", default="INFO", help="the server's MFA_LOG_LEVEL")
     parser.add_argument("--out", type=Path, default=ROOT / ".bench")
@@ -923,6 +1067,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     postgres = Postgres(os.environ.get("BENCH_DATABASE_URL") or os.environ.get("DATABASE_URL"))
     server = None
+    receiver = WebhookReceiver(args.out) if args.webhook else None
+    hooked = None
     try:
         server = ServerUnderTest(
             postgres.url,
@@ -930,10 +1076,26 @@ def main(argv: list[str] | None = None) -> int:
             workers=args.workers,
             log_level=args.log_level,
             out=args.out,
+            trust=receiver.ca if receiver is not None else None,
         )
         asyncio.run(create_environment(server.target))
         scenarios = run_round("empty", names, shape, server, postgres, key_ring)
         output: dict[str, Any] = {"scenarios": scenarios, "config": config}
+        if receiver is not None:
+            print(f"one webhook subscribed to every event type, to {receiver.url}", flush=True)
+            written = asyncio.run(count_events(postgres.url))
+            asyncio.run(create_webhook(server.target, receiver.url))
+            began = time.monotonic()
+            hooked = run_round("webhook", names, shape, server, postgres, key_ring)
+            seconds = time.monotonic() - began
+            events = asyncio.run(count_events(postgres.url)) - written
+            delivered = receiver.received
+            output["webhook"] = {
+                "scenarios": hooked,
+                "events_written": events,
+                "events_delivered": delivered,
+                "seconds": round(seconds, 1),
+            }
         preloaded = None
         if args.preload_tokens:
             users = args.preload_users
@@ -951,10 +1113,21 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if server is not None:
             server.stop()
+        if receiver is not None:
+            receiver.stop()
         postgres.stop()
     (args.out / "results.json").write_text(json.dumps(output, indent=2) + "\n")
     print()
     print(table(scenarios, None))
+    if hooked is not None:
+        hook = output["webhook"]
+        print("\nwith one webhook subscribed to every event type:")
+        print(table(hooked, scenarios, "vs no webhook"))
+        print(
+            f"{hook['events_delivered']:,} of the {hook['events_written']:,} events written "
+            f"in those {hook['seconds']:g} s were delivered by then "
+            f"({hook['events_delivered'] / hook['seconds']:,.0f}/s)"
+        )
     if preloaded is not None:
         print(f"\nwith {args.preload_tokens:,} stored tokens and {users:,} users:")
         print(table(preloaded, scenarios))

@@ -15,13 +15,12 @@ older than the retry horizon: then it is dropped, counted, and the queue goes on
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import random
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from uuid import UUID
 
 import aiohttp
@@ -55,13 +54,16 @@ class WebhookOptions:
     """``allow_loopback_http``: development mode (``serve --dev``) lets a webhook POST to
     http://127.0.0.1 and the like. ``timeout``: one POST, connection included; a claim
     lasts twice as long, renewed after each delivery. ``poll_interval``: how often an
-    idle dispatcher looks for due webhooks. ``batch``: events read per claim."""
+    idle dispatcher looks for due webhooks. ``batch``: events read per claim;
+    ``concurrency``: POSTs in flight to one webhook (each user's events still one after
+    another)."""
 
     allow_loopback_http: bool = False
     timeout: timedelta = timedelta(seconds=10)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     poll_interval: timedelta = timedelta(seconds=1)
-    batch: int = 20
+    batch: int = 100
+    concurrency: int = 16
     per_environment: int = policy.MAX_WEBHOOKS_PER_ENVIRONMENT
 
     @property
@@ -186,6 +188,15 @@ class Answer:
         return f"HTTP {self.status}"
 
 
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """One event's attempt: the answer, and what it decided (None: delivered)."""
+
+    answer: Answer
+    decision: Retry | GiveUp | None
+    at: datetime
+
+
 # What a CAEP webhook's event that changed no credential comes to: delivered, with
 # nothing sent.
 NOTHING_TO_SEND = Answer(status=204, error=None)
@@ -243,20 +254,32 @@ class Dispatcher(UseCase):
                 await asyncio.sleep(self._options.poll_interval.total_seconds())
 
     async def run_once(self, session: aiohttp.ClientSession) -> None:
-        """Serve every webhook that is due and that no other replica holds, once each."""
-        served: list[UUID] = []
-        while True:
-            now = self._clock.now()
-            async with self._db.connection() as conn:  # one statement
-                held = await webhook_store.claim(
-                    conn, now=now, until=now + self._options.lease, skip=served
-                )
-            if held is None:
-                return
-            served.append(held.webhook.id)
-            await self._serve(session, held)
+        """Serve every webhook that is due and that no other replica holds, a batch each,
+        round after round while any of them had more to send."""
+        more = True
+        while more:
+            more = False
+            served: list[UUID] = []
+            while True:
+                now = self._clock.now()
+                async with self._db.connection() as conn:  # one statement
+                    held = await webhook_store.claim(
+                        conn, now=now, until=now + self._options.lease, skip=served
+                    )
+                if held is None:
+                    break
+                served.append(held.webhook.id)
+                more = await self._serve(session, held) or more
 
-    async def _serve(self, session: aiohttp.ClientSession, held: webhook_store.Claim) -> None:
+    async def _serve(self, session: aiohttp.ClientSession, held: webhook_store.Claim) -> bool:
+        """Deliver a batch of ``held``'s events; True: all of it went and more may wait.
+
+        Each user's events go one after another in commit order, different users' side by
+        side (``WebhookOptions.concurrency`` POSTs at a time). The first delivery to fail
+        stops the batch (no new POST starts) and the cursor moves past the events done
+        with before it in commit order, once for the batch: whatever went after it is sent
+        again on the retry, as after a crash mid-batch, under the same webhook-id; no event
+        is ever skipped. No POST starts that could outlive the claim."""
         webhook = held.webhook
         async with self._db.connection() as conn:  # one statement
             events = await audit_stream.after(
@@ -269,70 +292,119 @@ class Dispatcher(UseCase):
         if not events:
             async with self._db.connection() as conn:
                 await webhook_store.release(conn, held)
-            return
+            return False
         secret = self._key_ring.decrypt(
             held.secret_sealed, context=_secret_context(webhook.environment_id, webhook.id)
         )
-        attempts = webhook.state.attempts
-        for cursor, logged in events:
-            delivery = await self._delivery(webhook, logged, secret)
-            answer = (
-                await post(session, webhook.url, delivery, self._options.timeout)
-                if delivery is not None
-                else NOTHING_TO_SEND
-            )
-            now = self._clock.now()
-            decision: Retry | GiveUp | None = None  # None: delivered
-            if answer.status is None or not policy.delivered(answer.status):
-                log.warning(
-                    "webhook %s: delivery of event %s failed: %s",
-                    webhook.id,
-                    logged.event_id,
-                    answer.describe(),
-                )
-                decision = policy.after_failure(
-                    self._options.retry,
-                    attempts=attempts,
-                    occurred_at=logged.event.occurred_at,
-                    now=now,
-                    rand=_jitter.random(),
-                )
-            if isinstance(decision, Retry):
-                # The whole queue waits for its head event: each user's events stay in order.
-                async with self._db.connection() as conn:
-                    await webhook_store.failed(
-                        conn,
-                        held,
-                        now=now,
-                        status=answer.status,
-                        error=answer.describe(),
-                        attempts=decision.attempts,
-                        next_attempt_at=decision.at,
+        outcomes: list[_Outcome | None] = [None] * len(events)
+        slots = asyncio.Semaphore(self._options.concurrency)
+        last_start = held.until - self._options.timeout
+        halted = False
+
+        async def deliver(indexes: list[int]) -> None:
+            nonlocal halted
+            for i in indexes:
+                if halted or self._clock.now() > last_start:
+                    return
+                logged = events[i][1]
+                delivery = await self._delivery(webhook, logged, secret)
+                async with slots:
+                    answer = (
+                        await post(session, webhook.url, delivery, self._options.timeout)
+                        if delivery is not None
+                        else NOTHING_TO_SEND
                     )
-                return
-            if isinstance(decision, GiveUp):
-                log.warning(
-                    "webhook %s: event %s dropped after the retry horizon",
-                    webhook.id,
-                    logged.event_id,
+                outcome = self._outcome(
+                    webhook, logged, answer, attempts=webhook.state.attempts if i == 0 else 0
                 )
-            renewed = now + self._options.lease
+                outcomes[i] = outcome
+                if isinstance(outcome.decision, Retry):
+                    halted = True
+                    return
+
+        users: dict[str, list[int]] = {}
+        for i, (_, logged) in enumerate(events):
+            users.setdefault(logged.event.user_id, []).append(i)
+        await asyncio.gather(*(deliver(indexes) for indexes in users.values()))
+
+        done: list[_Outcome] = []  # the events done with, from the head on
+        for outcome in outcomes:
+            if outcome is None or isinstance(outcome.decision, Retry):
+                break
+            done.append(outcome)
+        progress = None
+        if done:
+            last = done[-1]
+            progress = webhook_store.Progress(
+                cursor=events[len(done) - 1][0],
+                now=last.at,
+                status=last.answer.status,
+                error=last.answer.describe() if last.decision is not None else None,
+                dropped=sum(o.decision is not None for o in done),
+                delivered_at=max((o.at for o in done if o.decision is None), default=None),
+            )
+        retry = next((o.decision for o in outcomes if o and isinstance(o.decision, Retry)), None)
+        if retry is not None:
+            # The queue waits for its head event: each user's events stay in order.
+            if progress is not None and not await self._moved_past(
+                held, progress, renewed=held.until
+            ):
+                return False  # deleted, or taken over after a stall: nothing more is ours
+            failure = next(o for o in outcomes if o and o.decision is retry)
             async with self._db.connection() as conn:
-                kept = await webhook_store.moved_past(
+                await webhook_store.failed(
                     conn,
                     held,
-                    cursor=cursor,
-                    now=now,
-                    status=answer.status,
-                    error=answer.describe() if decision is not None else None,
-                    given_up=decision is not None,
-                    renewed=renewed,
+                    now=failure.at,
+                    status=failure.answer.status,
+                    error=failure.answer.describe(),
+                    attempts=retry.attempts,
+                    next_attempt_at=retry.at,
                 )
-            if not kept:
-                return  # deleted, or taken over after a stall: nothing more is ours
-            held, attempts = dataclasses.replace(held, until=renewed), 0
-        async with self._db.connection() as conn:
-            await webhook_store.release(conn, held)
+            return False
+        if progress is None:  # the claim ran short before any POST could start
+            async with self._db.connection() as conn:
+                await webhook_store.release(conn, held)
+            return True
+        moved = await self._moved_past(held, progress, renewed=None)
+        return moved and (len(done) < len(events) or len(events) == self._options.batch)
+
+    def _outcome(
+        self, webhook: Webhook, logged: LoggedEvent, answer: Answer, *, attempts: int
+    ) -> _Outcome:
+        """What one POST's ``answer`` decides: delivered, retry later, or give up (past
+        the horizon). ``attempts``: the event's failed attempts before this one."""
+        now = self._clock.now()
+        if answer.status is not None and policy.delivered(answer.status):
+            return _Outcome(answer, None, now)
+        log.warning(
+            "webhook %s: delivery of event %s failed: %s",
+            webhook.id,
+            logged.event_id,
+            answer.describe(),
+        )
+        decision = policy.after_failure(
+            self._options.retry,
+            attempts=attempts,
+            occurred_at=logged.event.occurred_at,
+            now=now,
+            rand=_jitter.random(),
+        )
+        if isinstance(decision, GiveUp):
+            log.warning(
+                "webhook %s: event %s dropped after the retry horizon", webhook.id, logged.event_id
+            )
+        return _Outcome(answer, decision, now)
+
+    async def _moved_past(
+        self,
+        held: webhook_store.Claim,
+        progress: webhook_store.Progress,
+        *,
+        renewed: datetime | None,
+    ) -> bool:
+        async with self._db.connection() as conn:  # one statement
+            return await webhook_store.moved_past(conn, held, progress, renewed=renewed)
 
     async def _delivery(
         self, webhook: Webhook, logged: LoggedEvent, secret: bytes

@@ -145,8 +145,8 @@ async def claim(
 _MOVED_PAST = named("""
 UPDATE webhooks
 SET cursor_xid = :xid::text::xid8, cursor_id = :cursor_id, attempts = 0,
-    dropped_events = dropped_events + CASE WHEN :given_up THEN 1 ELSE 0 END,
-    last_success_at = CASE WHEN :given_up THEN last_success_at ELSE :now END,
+    dropped_events = dropped_events + :dropped,
+    last_success_at = coalesce(:delivered_at, last_success_at),
     last_attempt_at = :now, last_status_code = :status, last_error = :error,
     claimed_until = :renewed
 WHERE id = :id AND claimed_until = :until
@@ -154,30 +154,36 @@ RETURNING id
 """)
 
 
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Events done with since the last write: delivered, or given up on (``dropped``);
+    ``cursor`` is the last of them, ``now``/``status``/``error`` what its attempt came to,
+    ``delivered_at`` the time of the last delivery among them (None: none)."""
+
+    cursor: Cursor
+    now: datetime
+    status: int | None
+    error: str | None
+    dropped: int
+    delivered_at: datetime | None
+
+
 async def moved_past(
-    conn: Connection,
-    held: Claim,
-    *,
-    cursor: Cursor,
-    now: datetime,
-    status: int | None,
-    error: str | None,
-    given_up: bool,
-    renewed: datetime,
+    conn: Connection, held: Claim, progress: Progress, *, renewed: datetime | None
 ) -> bool:
-    """The head event, at ``cursor``, is done with: delivered, or ``given_up`` on
-    (counted in ``dropped_events``). The cursor moves past it and the lease is renewed
-    until ``renewed``. False: the claim was lost (taken over after a stall) or the
-    webhook deleted; nothing was written."""
+    """The cursor moves past ``progress``; the lease is renewed until ``renewed``, or let
+    go (None). False: the claim was lost (taken over after a stall) or the webhook
+    deleted; nothing was written."""
     values = {
         "id": held.webhook.id,
         "until": held.until,
-        "xid": str(cursor.xid),
-        "cursor_id": cursor.id,
-        "given_up": given_up,
-        "now": now,
-        "status": status,
-        "error": error,
+        "xid": str(progress.cursor.xid),
+        "cursor_id": progress.cursor.id,
+        "dropped": progress.dropped,
+        "delivered_at": progress.delivered_at,
+        "now": progress.now,
+        "status": progress.status,
+        "error": progress.error,
         "renewed": renewed,
     }
     return await conn.fetchval(_MOVED_PAST.text, *_MOVED_PAST.args(values)) is not None
