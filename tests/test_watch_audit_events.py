@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import random
+import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 
 import asyncpg
 import grpc
 import pytest
+from test_process import serve
 
 from helpers import TEST_KEY_RING, FakeClock, create_environments, eventually, refused, started_app
 from mfa.v1 import admin_service_pb2 as admin_pb
@@ -22,6 +25,7 @@ from mfa.v1 import admin_service_pb2_grpc as admin_grpc
 from mfa.v1 import types_pb2
 from mfa_client import Client
 from mfa_service import app as app_module
+from mfa_service.crypto import KeyRing
 from mfa_service.domain.audit import AuditEvent, AuditEventType, CallContext
 from mfa_service.services import page_tokens
 from mfa_service.services.audit_stream import PAGE_SIZE
@@ -170,6 +174,42 @@ async def test_a_client_resumes_across_a_server_restart(
         after = Reader(client, after_cursor=before.received[5][1])
         await audit_store.append_many(db, [event(f"w{i}") for i in range(5)])
         expected = await commit_order(db)
+        await eventually(after.has(len(expected) - 6), within=WITHIN)
+        await after.close()
+    assert [i for i, _ in before.received[:6] + after.received] == expected
+
+
+async def test_a_client_resumes_across_a_killed_server_process(
+    tmp_path: Path, database_url: str, db: asyncpg.Connection
+) -> None:
+    """The same with ``mfa-service serve`` processes: the first is SIGKILLed while the
+    client reads, more events commit, a new process serves the rest from the cursor."""
+    env = {
+        "DATABASE_URL": database_url,
+        "MFA_ENCRYPTION_KEYS": KeyRing.generate_entry("watch1"),
+        "MFA_LOG_LEVEL": "WARNING",
+    }
+    async with (
+        serve(tmp_path, env, "--dev", name="first") as first,
+        Client.connect(first.target, insecure=True) as client,
+    ):
+        await client.admin.create_environment(ENV)
+        await audit_store.append_many(db, [event(f"u{i}") for i in range(10)])
+        before = Reader(client)
+        await eventually(before.has(6), within=WITHIN)
+        first.signal(signal.SIGKILL)
+        assert await first.wait() == -signal.SIGKILL
+        await before.close()
+    await audit_store.append_many(db, [event(f"v{i}") for i in range(5)])
+    async with (
+        serve(tmp_path, env, "--dev", name="second") as second,
+        Client.connect(second.target, insecure=True) as client,
+    ):
+        cursor = before.received[5][1]
+        after = Reader(client, after_cursor=cursor)
+        await audit_store.append_many(db, [event(f"w{i}") for i in range(5)])
+        expected = await commit_order(db)
+        assert len(expected) == 1 + 10 + 5 + 5  # ENVIRONMENT_CREATED and the three sets
         await eventually(after.has(len(expected) - 6), within=WITHIN)
         await after.close()
     assert [i for i, _ in before.received[:6] + after.received] == expected
