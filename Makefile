@@ -59,8 +59,8 @@ sbom: $(STAMP)
 		--output-format JSON --output-file $(SBOM)
 	@echo "wrote $(SBOM)"
 
-# Node tooling from the lock file (package-lock.json): buf, ts-proto, and the TypeScript
-# client workspace (@grpc/grpc-js, tsc). Install scripts are not needed, so none run.
+# Node tooling from the lock file (package-lock.json): buf, protoc-gen-es, and the TypeScript
+# client workspace (Connect-ES, tsc). Install scripts are not needed, so none run.
 NODE_STAMP := node_modules/.installed
 NODE_BIN := node_modules/.bin
 

@@ -211,7 +211,8 @@ def node_hashes() -> Any:
                     "userId": v.user_id,
                     "challengeId": v.challenge_id,
                     "expiresAt": v.expires_at,
-                    "asDate": i % 2 == 0,
+                    "asDate": i % 3 == 0,
+                    "asTimestamp": i % 3 == 1,
                     "approval": json_format.MessageToDict(v.approval()),
                 }
                 for i, v in enumerate(vectors)
@@ -262,6 +263,20 @@ def test_the_clients_refuse_what_the_service_would_not_bind(node_hashes: Any) ->
                 "expires_at": Timestamp(seconds=1796656800, nanos=1),
             }
         )
+    (fraction,) = node_approval_hashes(
+        [
+            {
+                "environmentId": EXAMPLE.environment_id,
+                "userId": EXAMPLE.user_id,
+                "challengeId": EXAMPLE.challenge_id,
+                "expiresAt": 1796656800,
+                "asTimestamp": True,
+                "nanos": 1,
+                "approval": json_format.MessageToDict(EXAMPLE.approval()),
+            }
+        ]
+    )
+    assert fraction == {"error": "expiresAt: a bound challenge expires at a whole second"}
 
 
 def test_every_member_changes_the_hash() -> None:

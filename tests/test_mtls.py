@@ -52,6 +52,7 @@ from mfa_service import app as app_module
 from mfa_service.api.authorization import ROLE_SERVICES
 from mfa_service.config import TlsConfig
 from mfa_service.crypto import KeyRing
+from typescript_client import compile_client, node_binary, run_process
 
 ENV = "env-mtls"
 API_BACKEND = "spiffe://corp/api-backend"
@@ -499,6 +500,43 @@ async def test_grpcurl_with_a_client_certificate(
     assert code == GRPCURL_STATUS_EXIT_BASE + grpc.StatusCode.PERMISSION_DENIED.value[0], err
     assert "Code: PermissionDenied" in err
     assert "ERROR_REASON_CALLER_NOT_AUTHORIZED" in err
+
+
+# --- the TypeScript client, as the signer runs validate.js ------------------------------
+
+
+@pytest.fixture(scope="module")
+def validate_script() -> Path:
+    return compile_client() / "validate.js"
+
+
+async def node_validate(script: Path, pki: Pki, port: int, name: str) -> tuple[int, str, str]:
+    """clients/typescript's validate.js over mutual TLS with the named client certificate."""
+    credentials = pki.clients[name]
+    tls = {
+        "MFA_TLS_CA_FILE": str(pki.ca_file),
+        "MFA_TLS_CERT_FILE": str(credentials.cert_file),
+        "MFA_TLS_KEY_FILE": str(credentials.key_file),
+    }
+    args = (f"127.0.0.1:{port}", ENV, "alice", "ACTION_WAAS_SIGN")
+    return await run_process(node_binary(), str(script), *args, env=tls)
+
+
+async def test_the_typescript_client_over_mutual_tls(
+    mtls_app: app_module.Application, pki: Pki, validate_script: Path
+) -> None:
+    code, out, err = await node_validate(validate_script, pki, mtls_app.port, "signer")
+    assert code == 0, err
+    assert json.loads(out) == {
+        "decision": "DECISION_ALLOW",
+        "reason": "DECISION_REASON_MFA_NOT_REQUIRED",
+    }
+    # The dashboard's certificate is authenticated but not the signer's role.
+    code, out, err = await node_validate(validate_script, pki, mtls_app.port, "dashboard")
+    assert (code, out) == (1, "")
+    assert err.startswith(
+        "ValidateActionToken failed: PERMISSION_DENIED ERROR_REASON_CALLER_NOT_AUTHORIZED: "
+    ), err
 
 
 # --- the real process, configured from the environment ---------------------------------

@@ -215,8 +215,8 @@ class LossyProxy:
             {"ValidateActionToken": grpc.unary_unary_rpc_method_handler(self._handle)},
         )
         self._server.add_generic_rpc_handlers((handler,))
-        port = self._server.add_insecure_port("127.0.0.1:0")
-        self._caller = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        self._caller = grpc.aio.insecure_channel(f"127.0.0.1:{self.port}")
 
     def tokens(self, **options: Any) -> ActionTokenClient:
         """An ActionTokenClient whose calls go through the proxy."""

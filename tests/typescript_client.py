@@ -1,10 +1,13 @@
 """The TypeScript client (clients/typescript) in the tests: compiled with the repository's
 own tsc (`make node-deps` installs it with `npm ci`), and its ``approvalHash`` run by node
-over a batch of bindings in one process (JSON in on stdin, JSON out)."""
+over a batch of bindings in one process (JSON in on stdin, JSON out).
+tests/test_typescript_package.py installs it as another project does, from `npm pack`."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,7 +22,16 @@ TSC = ROOT / "node_modules" / ".bin" / "tsc"
 
 # Reads the bindings (JSON) on stdin, writes one {"encoding", "hash"} or {"error"} each.
 NODE_APPROVAL_RUNNER = """
-const { approvalEncoding, approvalHash, types } = require(process.argv[1]);
+const { approvalEncoding, approvalHash, ApprovalSchema } = require(process.argv[1]);
+// The client's own copy of @bufbuild/protobuf: proto3 JSON and Timestamps.
+const from = [require("node:path").dirname(process.argv[1])];
+const own = (name) => require(require.resolve(name, { paths: from }));
+const { create, fromJson } = own("@bufbuild/protobuf");
+const { TimestampSchema } = own("@bufbuild/protobuf/wkt");
+const expiry = (v) =>
+  v.asDate ? new Date(v.expiresAt * 1000)
+  : v.asTimestamp ? create(TimestampSchema, { seconds: BigInt(v.expiresAt), nanos: v.nanos ?? 0 })
+  : v.expiresAt;
 let input = "";
 process.stdin.setEncoding("utf8");
 process.stdin.on("data", (chunk) => { input += chunk; });
@@ -29,8 +41,8 @@ process.stdin.on("end", () => {
       environmentId: v.environmentId,
       userId: v.userId,
       challengeId: v.challengeId,
-      expiresAt: v.asDate ? new Date(v.expiresAt * 1000) : v.expiresAt,
-      approval: types.Approval.fromJSON(v.approval),
+      expiresAt: expiry(v),
+      approval: fromJson(ApprovalSchema, v.approval),
     };
     try {
       return { encoding: approvalEncoding(binding), hash: approvalHash(binding).toString("hex") };
@@ -51,15 +63,34 @@ def compile_client() -> Path:
     return DIST
 
 
+def node_binary() -> str:
+    """The node on PATH; its absence fails the test, never skips it."""
+    node = shutil.which("node")
+    assert node is not None, "node is not on PATH"
+    return node
+
+
+async def run_process(*command: str, env: dict[str, str]) -> tuple[int, str, str]:
+    """``command`` (node, or a shell running it) with this environment and ``env``, awaited
+    with asyncio so that a server on this event loop keeps serving: its exit code, stdout
+    and stderr."""
+    process = await asyncio.create_subprocess_exec(
+        *command, env={**os.environ, **env}, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
 def node_approval_hashes(bindings: list[dict[str, Any]]) -> list[dict[str, str]]:
     """``approvalEncoding`` and ``approvalHash`` (hex) of each binding, by node, from the
     compiled client. A binding: ``environmentId``, ``userId``, ``challengeId``,
-    ``expiresAt`` (seconds), ``asDate`` (pass it as a ``Date``) and ``approval`` (the
-    proto3 JSON of an ``mfa.v1.Approval``)."""
-    node = shutil.which("node")
-    assert node is not None, "node is not on PATH"
+    ``expiresAt`` (seconds), ``asDate`` (pass it as a ``Date``) or ``asTimestamp`` (as a
+    ``google.protobuf.Timestamp``, with ``nanos`` if given) and ``approval`` (the proto3
+    JSON of an ``mfa.v1.Approval``)."""
     done = subprocess.run(
-        [node, "-e", NODE_APPROVAL_RUNNER, str(DIST / "index.js")],
+        [node_binary(), "-e", NODE_APPROVAL_RUNNER, str(DIST / "index.js")],
         input=json.dumps(bindings),
         capture_output=True,
         text=True,
