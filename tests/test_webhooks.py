@@ -5,6 +5,7 @@ moves retries along (the backoff and the horizon are read from it)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -384,6 +385,36 @@ async def test_a_receiver_down_then_failing_gets_every_event_in_order_once_it_is
     (hook,) = await list_webhooks(client)
     assert (hook.attempts, hook.last_status_code, hook.last_error) == (0, 200, "")
     assert hook.dropped_events == 0
+
+
+async def test_events_of_other_types_move_the_cursor_unsent_and_an_idle_webhook_is_not_written(
+    client: Client, clock: FakeClock, db: asyncpg.Connection, receiver: Receiver
+) -> None:
+    """A webhook reads every event after its cursor and moves past those of types it
+    does not take, sending nothing (so none is ever scanned twice); with nothing after
+    its cursor it is not even claimed: its row stays as it is."""
+    await create_webhook(client, receiver.url(), types=[RESET])
+    await enroll_totp(client, clock, ENV, "erin")  # enrollment events only
+    newest = await db.fetchrow(
+        "SELECT xid::text, id FROM audit_events WHERE environment_id = $1 "
+        "ORDER BY xid DESC, id DESC LIMIT 1",
+        ENV,
+    )
+
+    async def moved_past_them() -> bool:
+        cursor = await db.fetchrow("SELECT cursor_xid::text, cursor_id FROM webhooks")
+        return (int(cursor[0]), cursor[1]) >= (int(newest[0]), newest[1])
+
+    await eventually(moved_past_them, what="the cursor past the enrollment's events")
+    assert receiver.received == []
+    (hook,) = await list_webhooks(client)
+    assert not hook.HasField("last_attempt_time") and hook.last_status_code == 0
+    version = await db.fetchval("SELECT xmin::text FROM webhooks")
+    await asyncio.sleep(0.5)  # ten looks of the dispatcher (every 50 ms here)
+    assert await db.fetchval("SELECT xmin::text FROM webhooks") == version
+    await reset(client, "erin")
+    (delivered,) = await eventually(lambda: receiver.delivered(), what="the reset delivered")
+    assert delivered.payload["type"] == "mfa.user_reset"
 
 
 async def test_one_users_failing_event_holds_back_only_what_follows_it_and_nothing_is_skipped(

@@ -287,7 +287,6 @@ class Dispatcher(UseCase):
                 webhook.environment_id,
                 held.cursor,
                 limit=self._options.batch,
-                types=[t.name for t in webhook.event_types],
             )
         if not events:
             async with self._db.connection() as conn:
@@ -334,14 +333,16 @@ class Dispatcher(UseCase):
             done.append(outcome)
         progress = None
         if done:
-            last = done[-1]
+            posted = [o for o in done if o.answer is not NOTHING_TO_SEND]
+            last = posted[-1] if posted else done[-1]
             progress = webhook_store.Progress(
                 cursor=events[len(done) - 1][0],
+                attempted=bool(posted),
                 now=last.at,
                 status=last.answer.status,
                 error=last.answer.describe() if last.decision is not None else None,
                 dropped=sum(o.decision is not None for o in done),
-                delivered_at=max((o.at for o in done if o.decision is None), default=None),
+                delivered_at=max((o.at for o in posted if o.decision is None), default=None),
             )
         retry = next((o.decision for o in outcomes if o and isinstance(o.decision, Retry)), None)
         if retry is not None:
@@ -410,7 +411,11 @@ class Dispatcher(UseCase):
         self, webhook: Webhook, logged: LoggedEvent, secret: bytes
     ) -> Delivery | None:
         """The POST of ``logged``, signed now (a retry is signed anew, under the same id);
-        None: a CAEP webhook has nothing to say of this event (no credential changed)."""
+        None: nothing to send, the event being of a type the webhook does not take (all
+        are read, so the cursor moves past the others too and never scans them twice),
+        or a CAEP webhook's event that changed no credential."""
+        if logged.event.type not in webhook.event_types:
+            return None
         if webhook.format is WebhookFormat.CAEP:
             # OpenID CAEP credential-change SET (RFC 8417), signed with the token keys
             # (receivers verify it with GetJwks), pushed as RFC 8935 says; its audience is

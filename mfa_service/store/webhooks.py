@@ -109,13 +109,21 @@ class Claim:
     until: datetime
 
 
+# Only a webhook with an event after its cursor (of any type: the dispatcher moves the
+# cursor past the others too), so an idle webhook costs an index probe, never a write.
 _CLAIM = named(f"""
 UPDATE webhooks SET claimed_until = :until
 WHERE id = (
-    SELECT id FROM webhooks
+    SELECT id FROM webhooks w
     WHERE next_attempt_at <= :now
       AND (claimed_until IS NULL OR claimed_until <= :now)
       AND id <> ALL(:skip::uuid[])
+      AND EXISTS (
+          SELECT FROM audit_events e
+          WHERE e.environment_id = w.environment_id
+            AND (e.xid, e.id) > (w.cursor_xid, w.cursor_id)
+            AND e.xid < pg_snapshot_xmin(pg_current_snapshot())
+      )
     ORDER BY next_attempt_at, id
     LIMIT 1
     FOR UPDATE SKIP LOCKED
@@ -147,7 +155,9 @@ UPDATE webhooks
 SET cursor_xid = :xid::text::xid8, cursor_id = :cursor_id, attempts = 0,
     dropped_events = dropped_events + :dropped,
     last_success_at = coalesce(:delivered_at, last_success_at),
-    last_attempt_at = :now, last_status_code = :status, last_error = :error,
+    last_attempt_at = CASE WHEN :attempted THEN :now ELSE last_attempt_at END,
+    last_status_code = CASE WHEN :attempted THEN :status ELSE last_status_code END,
+    last_error = CASE WHEN :attempted THEN :error ELSE last_error END,
     claimed_until = :renewed
 WHERE id = :id AND claimed_until = :until
 RETURNING id
@@ -156,11 +166,13 @@ RETURNING id
 
 @dataclass(frozen=True, slots=True)
 class Progress:
-    """Events done with since the last write: delivered, or given up on (``dropped``);
-    ``cursor`` is the last of them, ``now``/``status``/``error`` what its attempt came to,
-    ``delivered_at`` the time of the last delivery among them (None: none)."""
+    """Events done with since the last write: delivered, given up on (``dropped``), or
+    with nothing to send; ``cursor`` is the last of them. ``now``/``status``/``error``:
+    what the last POST among them came to (``attempted`` False: there was none);
+    ``delivered_at``: the time of the last delivery among them (None: none)."""
 
     cursor: Cursor
+    attempted: bool
     now: datetime
     status: int | None
     error: str | None
@@ -179,6 +191,7 @@ async def moved_past(
         "until": held.until,
         "xid": str(progress.cursor.xid),
         "cursor_id": progress.cursor.id,
+        "attempted": progress.attempted,
         "dropped": progress.dropped,
         "delivered_at": progress.delivered_at,
         "now": progress.now,
