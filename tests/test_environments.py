@@ -89,8 +89,7 @@ async def environment_ids(client: Client) -> list[str]:
 # What the webhook dispatcher writes in the background as it delivers (the cursor and the
 # state of deliveries), not by any call: left out of the digest of the webhooks.
 WEBHOOKS_AS_CALLS_WRITE_THEM = (
-    "(SELECT id, environment_id, url, event_types, format, secret_sealed, created_at "
-    "FROM webhooks)"
+    "(SELECT id, environment_id, url, event_types, format, secret_sealed, created_at FROM webhooks)"
 )
 
 
