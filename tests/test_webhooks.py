@@ -395,15 +395,15 @@ async def test_events_of_other_types_move_the_cursor_unsent_and_an_idle_webhook_
     its cursor it is not even claimed: its row stays as it is."""
     await create_webhook(client, receiver.url(), types=[RESET])
     await enroll_totp(client, clock, ENV, "erin")  # enrollment events only
-    newest = await db.fetchrow(
-        "SELECT xid::text, id FROM audit_events WHERE environment_id = $1 "
-        "ORDER BY xid DESC, id DESC LIMIT 1",
-        ENV,
-    )
 
     async def moved_past_them() -> bool:
-        cursor = await db.fetchrow("SELECT cursor_xid::text, cursor_id FROM webhooks")
-        return (int(cursor[0]), cursor[1]) >= (int(newest[0]), newest[1])
+        """No event of the environment after the webhook's cursor."""
+        after: bool = await db.fetchval(
+            "SELECT EXISTS (SELECT FROM audit_events e, webhooks w "
+            "WHERE e.environment_id = $1 AND (e.xid, e.id) > (w.cursor_xid, w.cursor_id))",
+            ENV,
+        )
+        return not after
 
     await eventually(moved_past_them, what="the cursor past the enrollment's events")
     assert receiver.received == []
