@@ -47,9 +47,8 @@ class Attempts:
 
     def after(self, error: grpc.RpcError) -> float:
         failure = MfaServiceError.from_rpc_error(error)
-        if not self._retry or failure.code not in _RETRYABLE:
-            raise failure from None
-        if self._attempt >= self._max_attempts:
+        retryable = self._retry and failure.code in _RETRYABLE
+        if not retryable or self._attempt >= self._max_attempts:
             raise failure from None
         # Full jitter, so replicas of a caller do not retry in step.
         delay = _jitter.uniform(0, min(_MAX_BACKOFF_SECONDS, self._backoff * 2**self._attempt))
@@ -58,10 +57,14 @@ class Attempts:
 
 
 class ServiceClient(Generic[_Channel]):
-    """One mfa.v1 service over a channel: every call has a deadline (``timeout`` seconds,
-    5 by default; not the streams) and sends ``metadata``; ``with_options`` gives a copy
-    with others. ``max_attempts`` and ``backoff`` bound the retries of the calls safe to
-    resend (``ValidateActionToken`` under one idempotency key)."""
+    """One mfa.v1 service over a channel (the base of the six service clients).
+
+    Every call has a deadline, ``timeout`` seconds (5 by default; the stream has none),
+    and sends the metadata set by ``with_options``, which gives a copy with others. The
+    calls safe to resend (``ValidateActionToken``, under one idempotency key) are made
+    at most ``max_attempts`` times, waiting a random time below ``backoff * 2**attempt``
+    seconds (at most 1 s) after each failed attempt.
+    """
 
     def __init__(
         self,
