@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: install node-deps system-deps run test test-model bench lint buf-breaking proto proto-check \
-	migrate clean lock audit sbom cluster-deps cluster-up cluster-down cluster-status test-failover
+	migrate clean lock audit sbom docs cluster-deps cluster-up cluster-down cluster-status test-failover
 
 install: $(STAMP) node-deps
 
@@ -27,7 +27,7 @@ $(STAMP): requirements/build.txt $(LOCK) pyproject.toml clients/python/pyproject
 # resolution for every platform and Python >= 3.11 (markers kept), hashes of every file
 # of each pinned release, no index or path written. Pins that still fit are kept;
 # LOCK_ARGS=--upgrade moves them all, LOCK_ARGS='--upgrade-package NAME' one.
-# build.txt and runtime.txt are subsets of lock.txt, at its versions.
+# build.txt, runtime.txt and client.txt are subsets of lock.txt, at its versions.
 UV_COMPILE := $(BIN)/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
 	--no-emit-package mfa-client --no-emit-package mfa-service --custom-compile-command 'make lock'
 
@@ -35,6 +35,7 @@ lock: | $(STAMP)  # uv from .venv, even one installed from older lock files
 	$(UV_COMPILE) $(LOCK_ARGS) -o $(LOCK) requirements/lock.in
 	$(UV_COMPILE) -c $(LOCK) -o requirements/build.txt requirements/build.in
 	$(UV_COMPILE) -c $(LOCK) -o requirements/runtime.txt requirements/runtime.in
+	$(UV_COMPILE) -c $(LOCK) -o requirements/client.txt requirements/client.in
 
 # pip-audit over every pinned package of the lock, hashes required, no pip resolution,
 # against PyPI's vulnerability feed (its per-release JSON API). --strict: a package that
@@ -58,6 +59,14 @@ sbom: $(STAMP)
 		--pyproject pyproject.toml --spec-version 1.6 --output-reproducible \
 		--output-format JSON --output-file $(SBOM)
 	@echo "wrote $(SBOM)"
+
+# The Python client's reference (pdoc, from the docstrings of mfa_client's public names):
+# $(DOCS)/index.html. The generated mfa.v1 messages are documented in protos/mfa/v1.
+DOCS ?= .docs/python
+
+docs: $(STAMP)
+	$(BIN)/pdoc --docformat restructuredtext --no-show-source -o $(DOCS) mfa_client
+	@echo "wrote $(DOCS)/index.html"
 
 # Node tooling from the lock file (package-lock.json): buf, protoc-gen-es, and the TypeScript
 # client workspace (Connect-ES, tsc). Install scripts are not needed, so none run.
@@ -172,4 +181,4 @@ test-failover: $(STAMP) proto
 	$(BIN)/python -m pytest -q -s -m cluster tests/cluster $(PYTEST_ARGS)
 
 clean:
-	rm -rf .proto-check .sbom .pytest_cache .mypy_cache .ruff_cache clients/typescript/dist
+	rm -rf .proto-check .sbom .docs .pytest_cache .mypy_cache .ruff_cache clients/typescript/dist

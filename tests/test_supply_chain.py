@@ -7,7 +7,6 @@ import json
 import re
 import subprocess
 import tomllib
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import cast
@@ -15,15 +14,16 @@ from typing import cast
 import pytest
 from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
-from packaging.markers import Marker, default_environment
+from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+from locks import applies, read_lock
+
 ROOT = Path(__file__).resolve().parent.parent
-LOCKS = ("lock", "build", "runtime")
+LOCKS = ("lock", "build", "runtime", "client")
 LOCAL_PACKAGES = {"mfa-client", "mfa-service"}  # installed from the tree, never locked
-HASH = re.compile(r"\s--hash=sha256:([0-9a-f]{64})(?=\s|$)")
 
 # Environments a universal lock must serve: this machine, newer Pythons, other systems.
 # Every marker variable is a string (packaging types the environment as a TypedDict).
@@ -34,42 +34,6 @@ ENVIRONMENTS: list[dict[str, str]] = [
     {**_DEFAULT, "sys_platform": "win32", "platform_system": "Windows"},
     {**_DEFAULT, "sys_platform": "darwin", "platform_system": "Darwin"},
 ]
-
-
-@dataclass(frozen=True)
-class Pin:
-    name: str
-    version: Version
-    marker: Marker | None
-    hashes: frozenset[str]
-
-
-def _entries(text: str) -> list[str]:
-    """The lock's logical lines: continuations joined, comments dropped."""
-    entries, current = [], ""
-    for line in text.splitlines():
-        line = line.split(" #", 1)[0] if not line.lstrip().startswith("#") else ""
-        current += line.rstrip("\\").rstrip() + " "
-        if not line.rstrip().endswith("\\"):
-            if current.strip():
-                entries.append(current.strip())
-            current = ""
-    return entries
-
-
-def read_lock(name: str) -> dict[str, Pin]:
-    pins: dict[str, Pin] = {}
-    for entry in _entries((ROOT / "requirements" / f"{name}.txt").read_text()):
-        hashes = frozenset(HASH.findall(" " + entry))
-        requirement = Requirement(HASH.sub("", " " + entry).strip())
-        (specifier,) = requirement.specifier  # exactly one: the pin
-        assert specifier.operator == "==" and "*" not in specifier.version, entry[:80]
-        assert requirement.url is None and not requirement.extras, entry[:80]
-        assert hashes, f"{requirement.name} has no --hash=sha256: in {name}.txt"
-        key = canonicalize_name(requirement.name)
-        assert key not in pins, f"{key} twice in {name}.txt"
-        pins[key] = Pin(key, Version(specifier.version), requirement.marker, hashes)
-    return pins
 
 
 def _pyproject(path: str) -> dict[str, object]:
@@ -88,10 +52,6 @@ def declared(*, dev: bool) -> list[Requirement]:
             names += project.get("optional-dependencies", {}).get("dev", [])
         found += [Requirement(name) for name in names]
     return [r for r in found if canonicalize_name(r.name) not in LOCAL_PACKAGES]
-
-
-def applies(marker: Marker | None, environment: dict[str, str]) -> bool:
-    return marker is None or marker.evaluate(environment)
 
 
 @pytest.mark.parametrize("name", LOCKS)
@@ -140,9 +100,9 @@ def test_generated_code_pins_are_kept_and_uvloop_stays_off_windows() -> None:
     assert applies(pins["uvloop"].marker, ENVIRONMENTS[0])
 
 
-def test_build_and_runtime_locks_are_the_main_lock_s_pins() -> None:
+def test_build_runtime_and_client_locks_are_the_main_lock_s_pins() -> None:
     lock = read_lock("lock")
-    for name in ("build", "runtime"):
+    for name in ("build", "runtime", "client"):
         for key, pin in read_lock(name).items():
             assert lock.get(key) == pin, f"{name}.txt: {key} differs from lock.txt"
 
@@ -154,6 +114,20 @@ def test_the_runtime_lock_leaves_the_tools_out() -> None:
     tools |= {"cyclonedx-bom", "pip", "setuptools"}
     assert tools <= read_lock("lock").keys()
     assert tools & read_lock("runtime").keys() == set()
+
+
+def test_the_client_lock_holds_the_client_s_dependencies_alone() -> None:
+    """What the mfa-client wheel installs with (tests/test_client_wheel.py): each of its
+    declared dependencies in range, and nothing of the service or the tools."""
+    pins = read_lock("client")
+    project = _pyproject("clients/python/pyproject.toml")["project"]
+    assert isinstance(project, dict)
+    for text in project["dependencies"]:
+        requirement = Requirement(text)
+        pin = pins[canonicalize_name(requirement.name)]
+        assert requirement.specifier.contains(pin.version), f"client.txt: {requirement}"
+    service_only = {"asyncpg", "webauthn", "pgserver", "pytest", "pip", "setuptools"}
+    assert service_only & pins.keys() == set()
 
 
 def test_the_build_lock_satisfies_both_build_systems() -> None:

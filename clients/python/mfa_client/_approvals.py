@@ -68,7 +68,7 @@ def approval_hash(
     ``environment_id`` and ``user_id`` are those given to ``Challenge``; ``challenge_id``
     and ``expires_at`` come from its ``ChallengeResponse`` (``expires_at`` as the
     ``Timestamp`` or its whole seconds). The result equals
-    ``ChallengeResponse.approval_hash``, and is the WebAuthn challenge a passkey signs::
+    ``ChallengeResponse.approval_hash``, and is the WebAuthn challenge a passkey signs:
 
         response = await client.mfa_stub.Challenge(request)  # request.approval = approval
         expected = approval_hash(

@@ -1,264 +1,163 @@
-"""A small typed async client over the generated mfa.v1 stubs."""
+"""The async client (``grpc.aio``): a typed method for every RPC of ``_rpcs``."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import random
-import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Callable, Coroutine
+from functools import cached_property
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import grpc
-from google.protobuf import field_mask_pb2
 
-from mfa.v1 import (
-    action_token_service_pb2,
-    action_token_service_pb2_grpc,
-    admin_service_pb2,
-    admin_service_pb2_grpc,
-    mfa_service_pb2_grpc,
-    types_pb2,
-)
+from mfa_client import _rpcs as rpcs
+from mfa_client._channel import DEFAULT_TIMEOUT_SECONDS, open_channel
 from mfa_client._errors import MfaServiceError
+from mfa_client._rpcs import ServerStream, Unary
+from mfa_client._service import ServiceClient, method_of, result_type
 
-DEFAULT_TIMEOUT_SECONDS = 5.0
-DEFAULT_VALIDATE_ATTEMPTS = 3
-DEFAULT_BACKOFF_SECONDS = 0.05
-_MAX_BACKOFF_SECONDS = 1.0
-# The answer may have been lost after the server decided: safe to resend only with the
-# same idempotency key, which makes the server answer as it did the first time.
-_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
-_jitter = random.SystemRandom()
-_Response = TypeVar("_Response")
+# The generated stub classes; over an aio channel their calls are awaitable, which
+# their .pyi says with names that exist for type checkers only.
+if TYPE_CHECKING:
+    from mfa.v1.action_token_service_pb2_grpc import (
+        ActionTokenServiceAsyncStub as ActionTokenServiceStub,
+    )
+    from mfa.v1.admin_service_pb2_grpc import AdminServiceAsyncStub as AdminServiceStub
+    from mfa.v1.mfa_service_pb2_grpc import MfaServiceAsyncStub as MfaServiceStub
+else:
+    from mfa.v1.action_token_service_pb2_grpc import ActionTokenServiceStub
+    from mfa.v1.admin_service_pb2_grpc import AdminServiceStub
+    from mfa.v1.mfa_service_pb2_grpc import MfaServiceStub
 
-# Calls are balanced over every address the target resolves to (gRPC's round_robin):
-# "dns:///mfa.internal:50051" for a name with one address a replica, or a list such as
-# "ipv4:10.0.0.1:50051,10.0.0.2:50051". Each call goes to the next ready replica, over
-# a TLS connection of this client's own, so mutual TLS stays end to end.
-#
-# Reads change nothing, so gRPC itself sends one again when it fails with UNAVAILABLE:
-# the replica was unreachable or restarting, or could not reach its database (during a
-# PostgreSQL failover). A retry policy in the channel's service config (gRFC A6), so it
-# holds for the generated stubs' reads too. Writes are never resent blindly: only
-# ValidateActionToken is, by ActionTokenClient.validate, under one idempotency key.
-READ_METHODS: tuple[tuple[str, str], ...] = (
-    ("mfa.v1.MfaService", "GetStatus"),
-    ("mfa.v1.MfaService", "ListDevices"),
-    ("mfa.v1.AdminService", "ListEnvironments"),
-    ("mfa.v1.AdminService", "GetSettings"),
-    ("mfa.v1.AdminService", "ListAuditEvents"),
-    ("mfa.v1.ActionTokenService", "GetJwks"),
-)
-READ_ATTEMPTS = 4
-SERVICE_CONFIG = json.dumps(
-    {
-        "loadBalancingConfig": [{"round_robin": {}}],
-        "methodConfig": [
-            {
-                "name": [
-                    {"service": service, "method": method} for service, method in READ_METHODS
-                ],
-                "retryPolicy": {
-                    "maxAttempts": READ_ATTEMPTS,
-                    "initialBackoff": "0.1s",
-                    "maxBackoff": "1s",
-                    "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
-                },
-            }
-        ],
-    }
-)
-# What Client.connect gives its channel; pass them to a channel made by hand.
-CHANNEL_OPTIONS: tuple[tuple[str, str | int], ...] = (
-    ("grpc.enable_retries", 1),
-    ("grpc.service_config", SERVICE_CONFIG),
-)
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
-async def _call(call: Callable[[], Awaitable[_Response]]) -> _Response:
-    try:
-        return await call()
-    except grpc.aio.AioRpcError as error:
-        raise MfaServiceError.from_rpc_error(error) from None
+class AsyncServiceClient(ServiceClient[grpc.aio.Channel]):
+    """A service over a ``grpc.aio`` channel: its methods are coroutines."""
 
+    async def _call(self, rpc: Unary[Any, _T]) -> _T:
+        call = self._unary(rpc)
+        attempts = self._attempts(rpc)
+        while True:
+            try:
+                return rpc.result(await call(rpc.request, **self._options(rpc)))
+            except grpc.RpcError as error:
+                delay = attempts.after(error)  # raises MfaServiceError when it was the last
+            await asyncio.sleep(delay)
 
-class AdminClient:
-    """AdminService: environments, settings, resets and the audit log (the dashboard
-    backend)."""
-
-    def __init__(self, channel: grpc.aio.Channel, timeout: float) -> None:
-        self.stub = admin_service_pb2_grpc.AdminServiceStub(channel)
-        self._timeout = timeout
-
-    async def create_environment(
-        self, settings: types_pb2.Settings | str, paths: Sequence[str] = ()
-    ) -> types_pb2.Settings:
-        """Create an environment: ``"env-1"`` with the default settings, or ``settings``
-        (its ``environment_id`` names it) taking the fields named by ``paths`` (empty:
-        every field set to a non-zero value; ``["totp_enabled"]`` with ``totp_enabled``
-        false turns TOTP off). Raises ``MfaServiceError`` with ``ALREADY_EXISTS`` if it
-        exists. Not retried: a lost answer shows as ``ALREADY_EXISTS`` when sent again."""
-        if isinstance(settings, str):
-            settings = types_pb2.Settings(environment_id=settings)
-        request = admin_service_pb2.CreateEnvironmentRequest(
-            settings=settings, update_mask=field_mask_pb2.FieldMask(paths=list(paths))
-        )
-        response = await _call(lambda: self.stub.CreateEnvironment(request, timeout=self._timeout))
-        return response.settings
-
-    async def list_environments(
-        self, *, page_size: int = 0, page_token: str = ""
-    ) -> tuple[list[types_pb2.Settings], str]:
-        """One page of environments in id order, and the token of the next (empty on the
-        last page). ``page_size`` 1..500; 0 means 50."""
-        request = admin_service_pb2.ListEnvironmentsRequest(
-            page_size=page_size, page_token=page_token
-        )
-        response = await _call(lambda: self.stub.ListEnvironments(request, timeout=self._timeout))
-        return list(response.environments), response.next_page_token
-
-    async def get_settings(self, environment_id: str) -> types_pb2.Settings:
-        request = admin_service_pb2.GetSettingsRequest(environment_id=environment_id)
-        response = await _call(lambda: self.stub.GetSettings(request, timeout=self._timeout))
-        return response.settings
-
-    async def update_settings(
-        self, settings: types_pb2.Settings, paths: Sequence[str]
-    ) -> types_pb2.Settings:
-        """Change the fields named by ``paths`` (e.g. ``["totp.issuer"]``, or ``["*"]``)."""
-        request = admin_service_pb2.UpdateSettingsRequest(
-            settings=settings, update_mask=field_mask_pb2.FieldMask(paths=list(paths))
-        )
-        response = await _call(lambda: self.stub.UpdateSettings(request, timeout=self._timeout))
-        return response.settings
-
-    async def watch_audit_events(
-        self, environment_id: str, after_cursor: str = ""
-    ) -> AsyncGenerator[admin_service_pb2.WatchAuditEventsResponse, None]:
-        """The environment's audit events in commit order, after ``after_cursor`` (empty:
-        from the oldest kept), then each new one as it commits, without end. Each
-        response carries its ``cursor``: resume with the last one received (after an
-        error, or when the server stopped and ended the stream) and nothing is missed
-        or seen twice. No deadline, no retry: the caller decides when to resume; ``aclose()``
-        hangs up."""
-        request = admin_service_pb2.WatchAuditEventsRequest(
-            environment_id=environment_id, after_cursor=after_cursor
-        )
-        call = self.stub.WatchAuditEvents(request)
+    async def _stream(self, rpc: ServerStream[Any, _T]) -> AsyncGenerator[_T, None]:
+        call = self._server_stream(rpc)(rpc.request, metadata=self._metadata or None)
         try:
             async for response in call:
-                yield response
-        except grpc.aio.AioRpcError as error:
+                yield rpc.result(response)
+        except grpc.RpcError as error:
             raise MfaServiceError.from_rpc_error(error) from None
         finally:
             call.cancel()
 
 
-@dataclass(frozen=True, slots=True)
-class Validation:
-    """A ``ValidateActionToken`` decision: ``allowed`` only on ``DECISION_ALLOW``."""
+def _unary(
+    op: Callable[_P, Unary[Any, _T]],
+) -> Callable[Concatenate[AsyncServiceClient, _P], Coroutine[Any, Any, _T]]:
+    async def method(self: AsyncServiceClient, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        return await self._call(op(*args, **kwargs))
 
-    decision: types_pb2.Decision.ValueType
-    reason: types_pb2.DecisionReason.ValueType
-
-    @property
-    def allowed(self) -> bool:
-        return self.decision == types_pb2.DECISION_ALLOW
-
-    @property
-    def reason_name(self) -> str:
-        """E.g. ``"DECISION_REASON_TOKEN_ALREADY_USED"``."""
-        return types_pb2.DecisionReason.Name(self.reason)
+    return method_of(method, op, result_type(op))
 
 
-class ActionTokenClient:
-    """ActionTokenService: "may this action run now?" (the wallet signer)."""
+def _server_stream(
+    op: Callable[_P, ServerStream[Any, _T]],
+) -> Callable[Concatenate[AsyncServiceClient, _P], AsyncGenerator[_T, None]]:
+    def method(self: AsyncServiceClient, /, *args: _P.args, **kwargs: _P.kwargs) -> Any:
+        return self._stream(op(*args, **kwargs))
 
-    def __init__(
-        self,
-        channel: grpc.aio.Channel,
-        timeout: float,
-        *,
-        max_attempts: int = DEFAULT_VALIDATE_ATTEMPTS,
-        backoff: float = DEFAULT_BACKOFF_SECONDS,
-    ) -> None:
-        if max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
-        self.stub = action_token_service_pb2_grpc.ActionTokenServiceStub(channel)
-        self._timeout = timeout
-        self._max_attempts = max_attempts
-        self._backoff = backoff
+    return method_of(method, op, AsyncGenerator[result_type(op), None])  # type: ignore[misc]  # a runtime annotation
 
-    async def validate(
-        self,
-        *,
-        environment_id: str,
-        user_id: str,
-        action: types_pb2.Action.ValueType,
-        token: str = "",
-        payload_digest: bytes = b"",
-        session_id: str = "",
-        idempotency_key: str | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline per attempt)
-    ) -> Validation:
-        """Ask whether ``action`` may run now, consuming a single-use ``token``.
 
-        Each attempt has its own deadline (``timeout``). ``UNAVAILABLE`` and
-        ``DEADLINE_EXCEEDED`` are retried under one idempotency key (a new UUID unless
-        given), so a retry after a lost answer gets the first decision rather than
-        ``TOKEN_ALREADY_USED``. Other failures raise ``MfaServiceError`` at once.
-        """
-        request = action_token_service_pb2.ValidateActionTokenRequest(
-            environment_id=environment_id,
-            user_id=user_id,
-            action=action,
-            token=token,
-            payload_digest=payload_digest,
-            session_id=session_id,
-            idempotency_key=idempotency_key or str(uuid.uuid4()),
-        )
-        deadline = self._timeout if timeout is None else timeout
-        attempt = 1
-        while True:
-            try:
-                response = await _call(
-                    lambda: self.stub.ValidateActionToken(request, timeout=deadline)
-                )
-            except MfaServiceError as error:
-                if error.code not in _RETRYABLE or attempt >= self._max_attempts:
-                    raise
-                # Full jitter, so replicas of a caller do not retry in step.
-                await asyncio.sleep(
-                    _jitter.uniform(0, min(_MAX_BACKOFF_SECONDS, self._backoff * 2**attempt))
-                )
-                attempt += 1
-                continue
-            return Validation(decision=response.decision, reason=response.reason)
+class MfaClient(AsyncServiceClient):
+    """``mfa.v1.MfaService``: enrollment, challenges, session and action verification,
+    devices and recovery codes (the API backend, for a user whose primary login it has
+    checked)."""
 
-    async def jwks(self) -> dict[str, Any]:
-        """The JSON Web Key Set (RFC 7517) whose keys sign action tokens."""
-        request = action_token_service_pb2.GetJwksRequest()
-        response = await _call(lambda: self.stub.GetJwks(request, timeout=self._timeout))
-        jwks: dict[str, Any] = json.loads(response.jwks_json)
-        return jwks
+    get_status = _unary(rpcs.get_status)
+    enroll = _unary(rpcs.enroll)
+    complete_enrollment = _unary(rpcs.complete_enrollment)
+    challenge = _unary(rpcs.challenge)
+    verify_session = _unary(rpcs.verify_session)
+    issue_action_token = _unary(rpcs.issue_action_token)
+    list_devices = _unary(rpcs.list_devices)
+    update_device = _unary(rpcs.update_device)
+    delete_device = _unary(rpcs.delete_device)
+    regenerate_recovery_codes = _unary(rpcs.regenerate_recovery_codes)
+    acknowledge_recovery_codes = _unary(rpcs.acknowledge_recovery_codes)
+
+    @cached_property
+    def stub(self) -> MfaServiceStub:
+        """The generated stub, for what the typed methods do not say."""
+        return MfaServiceStub(self._channel)
+
+
+class AdminClient(AsyncServiceClient):
+    """``mfa.v1.AdminService``: environments, settings, user resets, the audit log and
+    webhooks (the dashboard backend, operators)."""
+
+    create_environment = _unary(rpcs.create_environment)
+    list_environments = _unary(rpcs.list_environments)
+    get_settings = _unary(rpcs.get_settings)
+    update_settings = _unary(rpcs.update_settings)
+    reset_user_mfa = _unary(rpcs.reset_user_mfa)
+    list_audit_events = _unary(rpcs.list_audit_events)
+    watch_audit_events = _server_stream(rpcs.watch_audit_events)
+    create_webhook = _unary(rpcs.create_webhook)
+    list_webhooks = _unary(rpcs.list_webhooks)
+    delete_webhook = _unary(rpcs.delete_webhook)
+
+    @cached_property
+    def stub(self) -> AdminServiceStub:
+        """The generated stub, for what the typed methods do not say."""
+        return AdminServiceStub(self._channel)
+
+
+class ActionTokenClient(AsyncServiceClient):
+    """``mfa.v1.ActionTokenService``: "may this action run now?" (the wallet signer)."""
+
+    validate = _unary(rpcs.validate)
+    jwks = _unary(rpcs.jwks)
+
+    @cached_property
+    def stub(self) -> ActionTokenServiceStub:
+        """The generated stub, for what the typed methods do not say."""
+        return ActionTokenServiceStub(self._channel)
 
 
 class Client:
-    """One channel to mfa-service and a typed client per service.
+    """One ``grpc.aio`` channel to mfa-service and a typed client per service:
+    ``client.mfa``, ``client.admin``, ``client.action_tokens``.
 
-    ``client.admin`` and ``client.action_tokens`` have typed helpers;
-    ``client.mfa_stub`` and ``client.action_tokens_stub`` are the generated stubs.
+    ``client.mfa_stub`` and ``client.action_tokens_stub`` are the generated stubs (also
+    ``client.admin.stub``). Close it (``await client.close()``, or ``async with``) when
+    done.
     """
 
-    def __init__(self, channel: grpc.aio.Channel, *, timeout: float = DEFAULT_TIMEOUT_SECONDS):
+    channel: grpc.aio.Channel
+    mfa: MfaClient
+    """``MfaService``: the API backend's calls, for a user."""
+    admin: AdminClient
+    """``AdminService``: the dashboard backend's and the operators' calls."""
+    action_tokens: ActionTokenClient
+    """``ActionTokenService``: the wallet signer's calls."""
+    mfa_stub: MfaServiceStub
+    action_tokens_stub: ActionTokenServiceStub
+
+    def __init__(
+        self, channel: grpc.aio.Channel, *, timeout: float = DEFAULT_TIMEOUT_SECONDS
+    ) -> None:
         self.channel = channel
+        self.mfa = MfaClient(channel, timeout)
         self.admin = AdminClient(channel, timeout)
-        self.mfa_stub = mfa_service_pb2_grpc.MfaServiceStub(channel)
         self.action_tokens = ActionTokenClient(channel, timeout)
+        self.mfa_stub = self.mfa.stub
         self.action_tokens_stub = self.action_tokens.stub
 
     @classmethod
@@ -272,24 +171,25 @@ class Client:
         insecure: bool = False,
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
     ) -> Client:
-        """A client over TLS (with a client certificate for mTLS), or plaintext if ``insecure``.
+        """A client over TLS (PEM bytes; with a client certificate for mutual TLS), or
+        plaintext if ``insecure``. ``timeout``: each call's deadline in seconds.
 
         ``target`` may resolve to several replicas: calls are balanced over them
         (round_robin). Reads (``READ_METHODS``) failing with ``UNAVAILABLE`` are retried.
         """
-        options = list(CHANNEL_OPTIONS)
-        if insecure:
-            channel = grpc.aio.insecure_channel(target, options=options)
-        else:
-            credentials = grpc.ssl_channel_credentials(
-                root_certificates=root_certificates,
-                private_key=private_key,
-                certificate_chain=certificate_chain,
-            )
-            channel = grpc.aio.secure_channel(target, credentials, options=options)
+        channel = open_channel(
+            target,
+            insecure=insecure,
+            root_certificates=root_certificates,
+            private_key=private_key,
+            certificate_chain=certificate_chain,
+            plaintext=grpc.aio.insecure_channel,
+            tls=grpc.aio.secure_channel,
+        )
         return cls(channel, timeout=timeout)
 
     async def close(self) -> None:
+        """Close the channel; calls in flight are cancelled."""
         await self.channel.close(None)
 
     async def __aenter__(self) -> Client:

@@ -1,4 +1,15 @@
-"""The one error type the client raises: a failed call, with its decoded details."""
+"""The one error type the client raises: a failed call, with its decoded details.
+
+    Exception
+    └── MfaServiceError      every failed call, sync or async, unary or streamed:
+                             code (grpc.StatusCode), reason (mfa.v1.ErrorReason name),
+                             message, request_id, field_violations, retry_after
+
+The service sends a ``google.rpc.Status`` with an ``ErrorInfo`` (the reason, the request
+id), a ``BadRequest`` (the fields at fault) or a ``RetryInfo`` (when to try again); a
+failure of the transport (no connection, a deadline) has none of them and an empty
+reason.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +25,9 @@ _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 @dataclass(frozen=True, slots=True)
 class FieldViolation:
+    """One request field the service refused (``google.rpc.BadRequest``): ``field`` is its
+    path in the request, e.g. ``"settings.totp.issuer"``."""
+
     field: str
     description: str
 
@@ -22,8 +36,12 @@ class FieldViolation:
 class MfaServiceError(Exception):
     """A call to mfa-service failed.
 
-    ``reason`` is the ``mfa.v1.ErrorReason`` name (e.g. ``"ERROR_REASON_LOCKED_OUT"``),
-    empty when the failure came from the transport rather than the service.
+    ``code`` is the gRPC status. ``reason`` is the ``mfa.v1.ErrorReason`` name (e.g.
+    ``"ERROR_REASON_LOCKED_OUT"``), empty when the failure came from the transport
+    rather than the service: branch on it, not on the message. ``request_id`` finds the
+    call in the service's logs. ``field_violations`` name the request fields at fault
+    (``INVALID_ARGUMENT``); ``retry_after`` says when a refusal such as a lockout ends
+    (``RESOURCE_EXHAUSTED``), ``None`` when the service did not say.
     """
 
     code: grpc.StatusCode
@@ -38,7 +56,9 @@ class MfaServiceError(Exception):
         return f"{self.code.name}: {self.message}{where}"
 
     @classmethod
-    def from_rpc_error(cls, error: grpc.aio.AioRpcError) -> MfaServiceError:
+    def from_rpc_error(cls, error: grpc.RpcError) -> MfaServiceError:
+        """The error of a failed call of a ``grpc`` or ``grpc.aio`` channel (a raw stub's
+        ``grpc.RpcError`` or ``grpc.aio.AioRpcError``), its details decoded."""
         result = cls(code=error.code(), message=error.details() or "")
         metadata: Any = error.trailing_metadata() or ()
         for key, value in metadata:
