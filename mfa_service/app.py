@@ -168,7 +168,7 @@ async def start(
         other_channels={KEYS_CHANNEL: keys.invalidate, audit_stream.CHANNEL: wakeups.notified},
     )
     await settings_cache.listener.ensure()
-    runtime = Runtime(db, clock, key_ring, settings_cache, Verifier(db, key_ring))
+    runtime = Runtime(db, clock, key_ring, settings_cache, Verifier(db, key_ring), tracer)
     tokens = ActionTokenService(
         runtime,
         keys,
@@ -226,7 +226,7 @@ async def start(
         raise OSError(f"could not listen on {listen_addr}")
     background = [
         asyncio.create_task(_keep_listening(settings_cache.listener, health_interval_seconds)),
-        asyncio.create_task(Purger(db, clock).run_forever(purge_interval)),
+        asyncio.create_task(Purger(db, clock, tracer=tracer).run_forever(purge_interval)),
         asyncio.create_task(
             Dispatcher(runtime, webhooks, keys=keys, issuer=token_issuer).run_forever()
         ),

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import json
+import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -13,10 +17,12 @@ from authenticator import SoftAuthenticator
 from google.protobuf import field_mask_pb2
 
 from helpers import FakeClock
+from mfa.v1 import action_token_service_pb2 as at_pb
 from mfa.v1 import admin_service_pb2 as admin_pb
 from mfa.v1 import mfa_service_pb2 as pb
 from mfa.v1 import types_pb2 as types
 from mfa_client import Client, MfaServiceError
+from mfa_service.domain import tokens
 
 T = TypeVar("T")
 
@@ -213,5 +219,37 @@ async def enroll_passkey(
                     started.passkey.creation_options_json
                 ),
             )
+        )
+    )
+
+
+def unknown_token() -> str:
+    """Shaped like one of ours (algorithm, type, a jti), so only the database says no."""
+
+    def part(value: dict[str, str]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+    header = part({"alg": "ES256", "typ": tokens.TOKEN_TYPE})
+    return f"{header}.{part({'jti': str(uuid.uuid4())})}.{part({'sig': 'none'})}"
+
+
+async def validate_unknown_tokens(
+    client: Client, env: str, calls: int
+) -> list[at_pb.ValidateActionTokenResponse]:
+    """``calls`` validations of unknown tokens at once (for ``ACTION_WAAS_SIGN``, one user
+    each): they reach the database together, to be decided in batches."""
+    return await asyncio.gather(
+        *(
+            call(
+                client.action_tokens_stub.ValidateActionToken(
+                    at_pb.ValidateActionTokenRequest(
+                        environment_id=env,
+                        user_id=f"user-{i}",
+                        action=types.ACTION_WAAS_SIGN,
+                        token=unknown_token(),
+                    )
+                )
+            )
+            for i in range(calls)
         )
     )

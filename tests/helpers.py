@@ -173,3 +173,23 @@ async def started_app(
         yield application
     finally:
         await application.stop()
+
+
+@asynccontextmanager
+async def serving_handlers(
+    interceptor: grpc.aio.ServerInterceptor[Any, Any],
+    service: str,
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]],
+) -> AsyncIterator[grpc.aio.Channel]:
+    """A channel to a test-only grpc.aio server: ``interceptor`` (a ``CallInterceptor``)
+    in front of ``handlers``, the methods of ``service``. Handlers made without
+    (de)serializers take and answer raw bytes."""
+    server = grpc.aio.server(interceptors=[interceptor])
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield channel
+    finally:
+        await server.stop(None)

@@ -15,7 +15,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 from grpc import aio
 
-from helpers import eventually
+from helpers import eventually, serving_handlers
 from mfa_service.api.interceptor import REQUEST_ID_HEADER, CallInterceptor
 from mfa_service.errors import DatabaseUnavailable
 
@@ -33,26 +33,12 @@ async def _database_down(request: bytes, context: aio.ServicerContext[Any, Any])
 
 @pytest.fixture
 async def channel() -> AsyncIterator[aio.Channel]:
-    server = aio.server(interceptors=[CallInterceptor()])
-    server.add_generic_rpc_handlers(
-        (
-            grpc.method_handlers_generic_handler(
-                SERVICE,
-                {
-                    # No (de)serializers: requests and responses are raw bytes.
-                    "Explode": grpc.unary_unary_rpc_method_handler(_explode),
-                    "DatabaseDown": grpc.unary_unary_rpc_method_handler(_database_down),
-                },
-            ),
-        )
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-            yield ch
-    finally:
-        await server.stop(None)
+    handlers = {
+        "Explode": grpc.unary_unary_rpc_method_handler(_explode),
+        "DatabaseDown": grpc.unary_unary_rpc_method_handler(_database_down),
+    }
+    async with serving_handlers(CallInterceptor(), SERVICE, handlers) as ch:
+        yield ch
 
 
 def _pairs(metadata: object) -> tuple[tuple[str, str | bytes], ...]:

@@ -18,6 +18,9 @@ from mfa.v1 import types_pb2 as types
 from mfa_client import Client
 
 ENV = "env-observed"
+CALLER_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+CALLER_SPAN_ID = "00f067aa0ba902b7"
+TRACEPARENT = f"00-{CALLER_TRACE_ID}-{CALLER_SPAN_ID}-01"
 RPC_FIELDS = {"request_id", "caller", "method", "status", "duration_ms"}
 
 
@@ -125,7 +128,7 @@ async def test_console_tracing_gives_a_span_per_call_and_per_statement(
         await client.admin.create_environment(ENV)
         await client.admin.stub.GetSettings(
             admin_pb.GetSettingsRequest(environment_id=ENV),
-            metadata=(("x-request-id", "req-traced"),),
+            metadata=(("x-request-id", "req-traced"), ("traceparent", TRACEPARENT)),
         )
         server.signal(signal.SIGTERM)
         assert await server.wait() == 0
@@ -138,6 +141,16 @@ async def test_console_tracing_gives_a_span_per_call_and_per_statement(
     assert call["kind"] == "SpanKind.SERVER"
     assert call["attributes"]["rpc.system"] == "grpc"
     assert call["attributes"]["rpc.grpc.status_code"] == 0
+    # The caller's trace, continued (the console exporter writes ids as 0x-prefixed hex).
+    assert call["context"]["trace_id"] == f"0x{CALLER_TRACE_ID}"
+    assert call["parent_id"] == f"0x{CALLER_SPAN_ID}"
+    # The call's JSON log line names the trace and the server span.
+    records = [json.loads(line) for line in server.stderr.splitlines()]
+    logged = [r for r in records if r.get("request_id") == "req-traced"]
+    assert len(logged) == 1, records
+    assert logged[0]["trace_id"] == CALLER_TRACE_ID
+    assert f"0x{logged[0]['span_id']}" == call["context"]["span_id"]
+    assert all("trace_id" not in r for r in records if r.get("message") == "stopped")
     queries = [s for s in spans if s["parent_id"] == call["context"]["span_id"]]
     assert queries, "no span for the call's query"
     for query in queries:

@@ -1,4 +1,5 @@
-"""Every call gets a request id, a caller identity, authorization, error mapping and a log line."""
+"""Every call gets a request id, a caller identity, authorization, error mapping, a log
+line, and (when given a tracer and metrics) a server span and its Prometheus series."""
 
 from __future__ import annotations
 
@@ -15,14 +16,15 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.protobuf.message import DecodeError
 from grpc import aio
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from mfa_service import errors
 from mfa_service.api import context as call_context
+from mfa_service.api import metrics as rpc_metrics
 from mfa_service.api.authorization import Authorizer, peer_identity
 from mfa_service.api.errors import rich_status, status_of
 from mfa_service.api.metrics import Metrics
+from mfa_service.api.spans import ServerSpan, traced
 from mfa_service.domain import audit
 from mfa_service.domain.audit import CallContext
 
@@ -132,10 +134,11 @@ class CallInterceptor(_Interceptor):
         metadata = handler_call_details.invocation_metadata
         if handler is None:
             return handler
+        tracer = self._tracer if self._tracer is not None and traced(method) else None
         if handler.unary_unary is None:
             # Streaming RPCs: health Watch and reflection, open to every TLS client, and
             # AdminService.WatchAuditEvents, authorized as its service's unary calls.
-            return _streaming(method, metadata, handler, self._authorizer)
+            return _streaming(method, metadata, handler, self._authorizer, self._metrics, tracer)
         return grpc.unary_unary_rpc_method_handler(
             _wrap(
                 method,
@@ -143,7 +146,7 @@ class CallInterceptor(_Interceptor):
                 handler.unary_unary,  # type: ignore[arg-type]
                 self._authorizer,
                 self._metrics,
-                self._tracer,
+                tracer,
             ),
             request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
@@ -171,21 +174,14 @@ def _wrap(
         identity = peer_identity(context)
         caller = identity or f"unauthenticated@{context.peer()}"
         token = call_context.set_current(CallContext(caller=caller, request_id=request_id))
-        span = None
-        if tracer is not None:
-            span = tracer.start_span(
-                method[1:],
-                kind=trace.SpanKind.SERVER,
-                attributes={
-                    "rpc.system": "grpc",
-                    "rpc.service": _service(method),
-                    "rpc.method": method.rpartition("/")[2],
-                    "mfa.request_id": request_id,
-                },
-            )
-            span_token = otel_context.attach(trace.set_span_in_context(span))
+        if method_metrics is not None:
+            method_metrics.start()
+            if request is not _MALFORMED:
+                method_metrics.received.inc()
+        span = ServerSpan(tracer, method, metadata, context.peer(), request_id) if tracer else None
         code = grpc.StatusCode.OK
         reason: str | None = None
+        failure: str | None = None
         response = None
         try:
             context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
@@ -203,6 +199,8 @@ def _wrap(
                     "request", "not a valid message (corrupt, or a string that is not UTF-8)"
                 )
             response = await behavior(request, context)
+            if method_metrics is not None:
+                method_metrics.sent.inc()
             return response
         except errors.MfaError as error:
             reason = error.reason
@@ -211,26 +209,36 @@ def _wrap(
         except aio.AbortError:
             code = context.code() or grpc.StatusCode.UNKNOWN
             raise
-        except Exception:
+        except asyncio.CancelledError:
+            code = _cancelled(context)
+            raise
+        except Exception as error:
             code = grpc.StatusCode.INTERNAL
+            failure = type(error).__name__  # the span's status says which, never what
             log.exception("unexpected error in %s request_id=%s", method, request_id)
             message = f"internal error; request id {request_id}"
             status = rich_status(code, message, "ERROR_REASON_INTERNAL", request_id)
             await _abort(context, code, message, status.SerializeToString(), request_id)
         finally:
             seconds = time.perf_counter() - started
-            _log_call(method, caller, code, seconds, request_id)
+            _log_call(method, caller, code, seconds, request_id)  # in the span: its ids
             if metrics is not None and method_metrics is not None:
-                metrics.record(method_metrics, seconds, code, reason, request, response)
+                method_metrics.end(code, seconds)
+                metrics.record(method_metrics, code, reason, request, response)
             if span is not None:
-                span.set_attribute("rpc.grpc.status_code", code.value[0])
-                if code != grpc.StatusCode.OK:
-                    span.set_status(trace.StatusCode.ERROR, reason or code.name)
-                span.end()
-                otel_context.detach(span_token)
+                span.end(code, failure or reason)
             call_context.reset(token)
 
     return serve
+
+
+def _cancelled(context: aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
+    """The code of a call grpc.aio cancelled: its deadline passed (a server fault for its
+    span), or the client hung up."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED
 
 
 def _log_call(
@@ -259,17 +267,26 @@ def _streaming(
     metadata: tuple[Any, ...] | None,
     handler: grpc.RpcMethodHandler[Any, Any],
     authorizer: Authorizer | None,
+    metrics: Metrics | None,
+    tracer: trace.Tracer | None,
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """A streaming handler (health Watch, reflection, WatchAuditEvents) with a request id,
-    the caller's authorization, the error mapping of unary calls and its log line, written
-    when the stream ends. grpc.aio serves a coroutine handler (it writes with
+    the caller's authorization, the error mapping of unary calls, its span, series and log
+    line, ended when the stream ends. grpc.aio serves a coroutine handler (it writes with
     ``context.write``) and an async generator differently, so the wrapper keeps the shape
     of the handler it wraps."""
     behavior: Any = handler.unary_stream or handler.stream_stream or handler.stream_unary
+    if handler.unary_stream is not None:
+        grpc_type = rpc_metrics.SERVER_STREAM
+    elif handler.stream_stream is not None:
+        grpc_type = rpc_metrics.BIDI_STREAM
+    else:
+        grpc_type = rpc_metrics.CLIENT_STREAM
+    method_metrics = metrics.for_method(method, grpc_type) if metrics is not None else None
 
     def outcome(error: BaseException, context: aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
         if isinstance(error, asyncio.CancelledError | GeneratorExit):
-            return grpc.StatusCode.CANCELLED
+            return _cancelled(context)
         if isinstance(error, aio.AbortError):
             return context.code() or grpc.StatusCode.UNKNOWN
         if isinstance(error, errors.MfaError):
@@ -293,13 +310,19 @@ def _streaming(
 
     @contextlib.asynccontextmanager
     async def observed(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
-        """The call's request id, its log line when it ends, and its error mapping."""
+        """The call's request id, span, series and log line, and its error mapping."""
         started = time.perf_counter()
         request_id = _request_id(metadata)
         context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
         identity = peer_identity(context)
         caller = identity or f"unauthenticated@{context.peer()}"
+        if method_metrics is not None:
+            method_metrics.start()
+            if handler.unary_stream is not None and request is not _MALFORMED:
+                method_metrics.received.inc()
+        span = ServerSpan(tracer, method, metadata, context.peer(), request_id) if tracer else None
         code = grpc.StatusCode.OK
+        failure: str | None = None
         try:
             if authorizer is not None:
                 authorizer.check(_service(method), identity)
@@ -311,24 +334,46 @@ def _streaming(
             code = context.code() or grpc.StatusCode.OK
         except BaseException as error:
             code = outcome(error, context)
+            if isinstance(error, errors.MfaError):
+                failure = error.reason
+            elif code == grpc.StatusCode.INTERNAL:
+                failure = type(error).__name__
             if not isinstance(error, Exception):
                 raise
             await fail(error, context, request_id)
         finally:
-            _log_call(method, caller, code, time.perf_counter() - started, request_id)
+            seconds = time.perf_counter() - started
+            _log_call(method, caller, code, seconds, request_id)  # in the span: its ids
+            if method_metrics is not None:
+                method_metrics.end(code, seconds)
+            if span is not None:
+                span.end(code, failure)
+
+    # A stream of requests: each counted as the handler reads it.
+    received = None
+    if method_metrics is not None and handler.unary_stream is None:
+        received = method_metrics.received
+
+    def requests(request: Any) -> Any:
+        return _counted(request, received) if received is not None else request
 
     serve: Any
     if inspect.iscoroutinefunction(behavior):
 
         async def serve(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
             async with observed(request, context):
-                return await behavior(request, context)
+                writer: Any = context
+                if method_metrics is not None:
+                    writer = _CountedWrites(context, method_metrics.sent)
+                return await behavior(requests(request), writer)
 
     else:
 
         async def serve(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
             async with observed(request, context):
-                async for response in behavior(request, context):
+                async for response in behavior(requests(request), context):
+                    if method_metrics is not None:
+                        method_metrics.sent.inc()
                     yield response
 
     options = {
@@ -342,6 +387,28 @@ def _streaming(
     if handler.stream_stream is not None:
         return grpc.stream_stream_rpc_method_handler(serve, **options)
     return grpc.stream_unary_rpc_method_handler(serve, **options)
+
+
+async def _counted(requests: AsyncIterator[Any], received: Any) -> AsyncIterator[Any]:
+    async for request in requests:
+        received.inc()
+        yield request
+
+
+class _CountedWrites:
+    """A servicer context whose ``write`` counts each message sent (a coroutine streaming
+    handler, e.g. health Watch, sends with it); everything else is the context's own."""
+
+    def __init__(self, context: aio.ServicerContext[Any, Any], sent: Any) -> None:
+        self._context = context
+        self._sent = sent
+
+    async def write(self, message: Any) -> None:
+        await self._context.write(message)
+        self._sent.inc()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
 
 
 async def _abort(

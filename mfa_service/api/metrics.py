@@ -1,19 +1,32 @@
 """Prometheus metrics of the calls, recorded by the interceptor from each call's outcome.
 
+Per RPC, under the names and labels of go-grpc-prometheus (grpc-ecosystem), which
+Grafana's gRPC dashboards query: ``grpc_server_started_total``,
+``grpc_server_handled_total`` (with ``grpc_code``), ``grpc_server_handling_seconds``
+(a histogram; with ``grpc_code`` too, which dashboards sum away), and
+``grpc_server_msg_received_total``/``grpc_server_msg_sent_total``, each labelled
+``grpc_type`` (``unary``, ``server_stream``, ...), ``grpc_service`` and ``grpc_method``.
+Beside them ``mfa_rpc_in_flight`` (calls started and not ended), ``mfa_build_info``
+(value 1; the version in its labels) and the service's own: token validations,
+verifications, lockouts, issued tokens, validation batches and the database pool. No
+label holds a user, a token or a code: only method names, codes, and the decisions and
+reasons the service defines.
+
 Each application has its own registry (tests run several in one process); the metrics
-endpoint is prometheus-client's own HTTP server on ``MFA_METRICS_ADDR``. Label children
-are looked up once per method and status, then cached: the hot path is dict lookups and
-the increments themselves.
+endpoint serves it. Label children are looked up once per method and status, then
+cached: the hot path is dict lookups and the increments themselves.
 """
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Any
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -54,32 +67,82 @@ class PoolCollector(Collector):
         )
 
 
-@dataclass
-class _MethodMetrics:
-    duration: Any  # a Histogram child
-    requests: Counter
-    method: str
-    by_code: dict[grpc.StatusCode, Any] = field(default_factory=dict)
+# grpc_type, as go-grpc-prometheus names each kind of call.
+UNARY = "unary"
+SERVER_STREAM = "server_stream"
+CLIENT_STREAM = "client_stream"
+BIDI_STREAM = "bidi_stream"
+_RPC_LABELS = ("grpc_type", "grpc_service", "grpc_method")
 
-    def count(self, code: grpc.StatusCode) -> None:
-        child = self.by_code.get(code)
-        if child is None:
-            child = self.by_code[code] = self.requests.labels(self.method, code.name)
-        child.inc()
+
+@dataclass
+class MethodMetrics:
+    """One method's series, label children cached. ``method``: ``/package.Service/Name``."""
+
+    method: str
+    started: Any  # Counter children, and the in-flight gauge's
+    received: Any
+    sent: Any
+    in_flight: Any
+    _handled: Counter
+    _handling: Histogram
+    _labels: tuple[str, str, str]
+    _by_code: dict[grpc.StatusCode, tuple[Any, Any]] = field(default_factory=dict)
+
+    def start(self) -> None:
+        self.started.inc()
+        self.in_flight.inc()
+
+    def end(self, code: grpc.StatusCode, seconds: float) -> None:
+        children = self._by_code.get(code)
+        if children is None:
+            labels = (*self._labels, code.name)
+            children = self._by_code[code] = (
+                self._handled.labels(*labels),
+                self._handling.labels(*labels),
+            )
+        handled, handling = children
+        handled.inc()
+        handling.observe(seconds)
+        self.in_flight.dec()
 
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self._requests = Counter(
-            "mfa_rpc_requests", "RPCs handled, by method and status code",
-            ("method", "code"), registry=r,
+        self._started = Counter(
+            "grpc_server_started", "Total number of RPCs started on the server.",
+            _RPC_LABELS, registry=r,
         )  # fmt: skip
-        self._duration = Histogram(
-            "mfa_rpc_duration_seconds", "RPC handling time, by method",
-            ("method",), buckets=DURATION_BUCKETS, registry=r,
+        self._handled = Counter(
+            "grpc_server_handled", "Total number of RPCs completed on the server, "
+            "regardless of success or failure.",
+            (*_RPC_LABELS, "grpc_code"), registry=r,
         )  # fmt: skip
+        self._handling = Histogram(
+            "grpc_server_handling_seconds", "Histogram of response latency (seconds) of "
+            "gRPC that had been application-level handled by the server.",
+            (*_RPC_LABELS, "grpc_code"), buckets=DURATION_BUCKETS, registry=r,
+        )  # fmt: skip
+        self._received = Counter(
+            "grpc_server_msg_received", "Total number of RPC stream messages received "
+            "on the server.", _RPC_LABELS, registry=r,
+        )  # fmt: skip
+        self._sent = Counter(
+            "grpc_server_msg_sent", "Total number of gRPC stream messages sent by the "
+            "server.", _RPC_LABELS, registry=r,
+        )  # fmt: skip
+        self._in_flight = Gauge(
+            "mfa_rpc_in_flight", "RPCs started and not yet ended (a stream counts until "
+            "it ends)", _RPC_LABELS, registry=r,
+        )  # fmt: skip
+        Gauge(
+            "mfa_build_info",
+            "The running build: always 1, its versions in the labels",
+            ("version", "python", "grpcio"),
+            registry=r,
+        ).labels(_version("mfa-service"), platform.python_version(), grpc.__version__).set(1)
         self._validations = Counter(
             "mfa_token_validations", "ValidateActionToken decisions, by decision and reason",
             ("decision", "reason"), registry=r,
@@ -97,7 +160,7 @@ class Metrics:
             "mfa_token_validation_batch_size", "Token validations decided together by one "
             "database statement", buckets=BATCH_BUCKETS, registry=r,
         )  # fmt: skip
-        self._methods: dict[str, _MethodMetrics] = {}
+        self._methods: dict[str, MethodMetrics] = {}
         self._decisions: dict[tuple[int, int], Any] = {}
         self._outcomes: dict[tuple[str, str], Any] = {}
 
@@ -107,26 +170,34 @@ class Metrics:
     def add_pool(self, collector: PoolCollector) -> None:
         self.registry.register(collector)
 
-    def for_method(self, method: str) -> _MethodMetrics:
+    def for_method(self, method: str, grpc_type: str = UNARY) -> MethodMetrics:
+        """The series of ``method`` (``/package.Service/Name``), a call of ``grpc_type``."""
         found = self._methods.get(method)
         if found is None:
-            found = self._methods[method] = _MethodMetrics(
-                self._duration.labels(method), self._requests, method
+            service, _, name = method[1:].partition("/")
+            labels = (grpc_type, service, name)
+            found = self._methods[method] = MethodMetrics(
+                method,
+                self._started.labels(*labels),
+                self._received.labels(*labels),
+                self._sent.labels(*labels),
+                self._in_flight.labels(*labels),
+                self._handled,
+                self._handling,
+                labels,
             )
         return found
 
     def record(
         self,
-        metrics: _MethodMetrics,
-        seconds: float,
+        metrics: MethodMetrics,
         code: grpc.StatusCode,
         reason: str | None,
         request: Any,
         response: Any,
     ) -> None:
-        """One call's outcome. ``reason`` is the ``MfaError`` reason of a refused call."""
-        metrics.duration.observe(seconds)
-        metrics.count(code)
+        """The service's own metrics of one unary call's outcome. ``reason`` is the
+        ``MfaError`` reason of a refused call."""
         method = metrics.method
         if method == VALIDATE_METHOD:
             if response is not None:
@@ -173,3 +244,10 @@ def _enum_name(enum: Any, value: int, prefix: str) -> str:
     except ValueError:
         return str(value)
     return name.removeprefix(prefix).lower()
+
+
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:  # pragma: no cover - run from a source tree
+        return "unknown"

@@ -147,6 +147,9 @@ class ActionTokenService(UseCase):
             ),
             fails_all=lambda error: isinstance(error, DatabaseUnavailable),
             on_batch=on_validation_batch,
+            # Traced, each such statement is a span linked to the calls it decided.
+            tracer=self._tracer,
+            span_name="mfa.validation_batch",
         )
 
     # --- issue -------------------------------------------------------------------

@@ -33,6 +33,7 @@ import contextlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
+from mfa_service import tracing
 from mfa_service.domain.audit import LoggedEvent
 from mfa_service.domain.model import EnvironmentId
 from mfa_service.services import page_tokens
@@ -139,11 +140,15 @@ class AuditStreamService(UseCase):
         when the caller asks for it (see the module docstring)."""
         cursor = decode_cursor(after_cursor) if after_cursor else START
         await self._settings.require(env)
+        waited = False
         with self._wakeups.subscription(env) as woken:
             while not self._closing:
                 woken.clear()  # a commit from now on wakes the wait below
-                async with self._db.connection() as conn:
-                    page = await audit_stream.after(conn, env, cursor, limit=self._page_size)
+                # Traced until the stream first waits: the reads of each wake-up, one a
+                # second for as long as the stream lasts, would swamp its trace.
+                with tracing.untraced() if waited else contextlib.nullcontext():
+                    async with self._db.connection() as conn:
+                        page = await audit_stream.after(conn, env, cursor, limit=self._page_size)
                 self.pages_read += 1
                 if page:
                     cursor = page[-1][0]
@@ -151,6 +156,7 @@ class AuditStreamService(UseCase):
                     if len(page) == self._page_size:
                         continue  # more may be there already
                 if not self._closing:
+                    waited = True
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(self._wake_interval):
                             await woken.wait()

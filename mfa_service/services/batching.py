@@ -5,6 +5,10 @@ statements are in flight wait for the next one and then go together. Under load,
 round trip and one commit serve many calls, which is where a hot path's CPU went (the
 statement's fixed cost in asyncpg, the event loop and PostgreSQL); at low load nothing
 waits for a batch to fill. No timer is involved.
+
+Traced (a ``tracer``), each batch is a root span of its own (it belongs to no one
+request), linked to the span of every request it served: its statement is that span's
+child, and each request's trace leads to the statement that decided it.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import contextvars
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Generic, TypeVar
+
+from opentelemetry import trace
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -28,7 +34,8 @@ class MicroBatcher(Generic[T, R]):
     share a batch: the later one waits for the next. When a batch fails with an error
     for which ``fails_all`` is true (the database is down or hung), the items still
     waiting fail with it at once: their batch would only wait as long again.
-    ``on_batch`` is told the size of each batch sent (metrics).
+    ``on_batch`` is told the size of each batch sent (metrics). ``tracer``: each batch
+    is a span named ``span_name``, linked to the spans its items were submitted in.
     """
 
     def __init__(
@@ -40,6 +47,8 @@ class MicroBatcher(Generic[T, R]):
         conflict_key: Callable[[T], Hashable | None] = lambda _: None,
         fails_all: Callable[[Exception], bool] = lambda _: False,
         on_batch: Callable[[int], None] | None = None,
+        tracer: trace.Tracer | None = None,
+        span_name: str = "batch",
     ) -> None:
         if max_batch < 1 or max_in_flight < 1:
             raise ValueError("max_batch and max_in_flight must be at least 1")
@@ -49,15 +58,25 @@ class MicroBatcher(Generic[T, R]):
         self._conflict_key = conflict_key
         self._fails_all = fails_all
         self._on_batch = on_batch
+        self._tracer = tracer
+        self._span_name = span_name
         self._waiting: deque[tuple[T, asyncio.Future[R]]] = deque()
+        # The span each waiting item was submitted in (traced only).
+        self._submitted_in: dict[asyncio.Future[R], trace.SpanContext] = {}
         self._in_flight: set[asyncio.Task[None]] = set()
         self._starting = False  # a batch task was created and has not taken its items yet
 
     async def submit(self, item: T) -> R:
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        if self._tracer is not None:
+            self._submitted_in[future] = trace.get_current_span().get_span_context()
         self._waiting.append((item, future))
         self._start_batches()
-        return await future
+        try:
+            return await future
+        finally:
+            if self._tracer is not None:
+                self._submitted_in.pop(future, None)
 
     def _start_batches(self) -> None:
         """Start a batch if one may start and none is about to (it will take these too)."""
@@ -81,7 +100,21 @@ class MicroBatcher(Generic[T, R]):
             return
         if self._on_batch is not None:
             self._on_batch(len(batch))
-        await self._run_batch(batch)
+        if self._tracer is None:
+            await self._run_batch(batch)
+            return
+        links = [
+            trace.Link(context)
+            for _, future in batch
+            if (context := self._submitted_in.get(future)) is not None and context.is_valid
+        ]
+        with self._tracer.start_as_current_span(
+            self._span_name,
+            links=links,
+            attributes={"mfa.batch.size": len(batch)},
+            record_exception=False,  # a message may hold a value; the type is the status
+        ):
+            await self._run_batch(batch)
 
     def _take(self) -> list[tuple[T, asyncio.Future[R]]]:
         batch: list[tuple[T, asyncio.Future[R]]] = []
@@ -107,6 +140,7 @@ class MicroBatcher(Generic[T, R]):
             if len(results) != len(batch):
                 raise RuntimeError("a batch returned the wrong number of results")
         except Exception as exc:
+            trace.get_current_span().set_status(trace.StatusCode.ERROR, type(exc).__name__)
             failed = list(batch)
             if self._fails_all(exc):
                 failed.extend(self._waiting)

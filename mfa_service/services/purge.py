@@ -6,6 +6,8 @@ import asyncio
 import logging
 from datetime import timedelta
 
+from opentelemetry import trace
+
 from mfa_service.clock import Clock
 from mfa_service.domain.devices import SESSION_MFA_MAX_AGE
 from mfa_service.errors import DatabaseUnavailable
@@ -28,10 +30,14 @@ BATCH = 1000
 
 
 class Purger:
-    def __init__(self, db: Database, clock: Clock, *, batch: int = BATCH) -> None:
+    def __init__(
+        self, db: Database, clock: Clock, *, batch: int = BATCH, tracer: trace.Tracer | None = None
+    ) -> None:
+        """``tracer``: each run of ``run_forever`` is a root span, ``mfa.purge``."""
         self._db = db
         self._clock = clock
         self._batch = batch
+        self._tracer = tracer or trace.NoOpTracer()
 
     async def run_once(self) -> dict[str, int]:
         """Purge every table until a batch comes back short; returns rows deleted per table."""
@@ -52,15 +58,24 @@ class Purger:
     async def run_forever(self, interval: timedelta) -> None:
         """Every replica may run this: deletes are idempotent and batches are small."""
         while True:
-            try:
-                deleted = await self.run_once()
-                if any(deleted.values()):
-                    log.info("purged %s", ", ".join(f"{t}={n}" for t, n in deleted.items() if n))
-            except DatabaseUnavailable:
-                log.warning("purge skipped: database unavailable")
-            except Exception:
-                # Anything else (a lock timeout, a dropped table, a bug) must not end the
-                # loop for the life of the process. The purge handles no secret: its
-                # statements carry a table name, a time and a batch size.
-                log.exception("purge failed; next try in %s", interval)
+            with self._tracer.start_as_current_span(
+                "mfa.purge", record_exception=False, set_status_on_exception=False
+            ) as span:
+                try:
+                    deleted = await self.run_once()
+                    for table, count in deleted.items():
+                        span.set_attribute(f"mfa.purge.{table}", count)
+                    if any(deleted.values()):
+                        log.info(
+                            "purged %s", ", ".join(f"{t}={n}" for t, n in deleted.items() if n)
+                        )
+                except DatabaseUnavailable:
+                    span.set_status(trace.StatusCode.ERROR, "DatabaseUnavailable")
+                    log.warning("purge skipped: database unavailable")
+                except Exception as error:
+                    # Anything else (a lock timeout, a dropped table, a bug) must not end
+                    # the loop for the life of the process. The purge handles no secret:
+                    # its statements carry a table name, a time and a batch size.
+                    span.set_status(trace.StatusCode.ERROR, type(error).__name__)
+                    log.exception("purge failed; next try in %s", interval)
             await asyncio.sleep(interval.total_seconds())

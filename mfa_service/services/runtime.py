@@ -1,5 +1,5 @@
-"""What the use cases share: the database, the clock, the key ring, the settings cache and
-the verifier of proofs.
+"""What the use cases share: the database, the clock, the key ring, the settings cache,
+the verifier of proofs, and the tracer (None: tracing off).
 
 One ``Runtime`` is built at start-up (``mfa_service.app``); a service class derives from
 ``UseCase`` and receives it, with only the collaborators of its own (the token service,
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from opentelemetry import trace
 
 from mfa_service.clock import Clock
 from mfa_service.crypto import KeyRing
@@ -28,11 +30,13 @@ class Runtime:
     settings: SettingsCache
     # One per process: its KDF slots bound the scrypt work of every use case together.
     verifier: Verifier
+    # Spans of the work no call asked for (mfa_service.tracing); None: nothing traced.
+    tracer: trace.Tracer | None = None
 
 
 class UseCase:
     """A service over the shared ``Runtime``: ``self._db``, ``self._clock``,
-    ``self._key_ring``, ``self._settings`` and ``self._verifier``."""
+    ``self._key_ring``, ``self._settings``, ``self._verifier`` and ``self._tracer``."""
 
     def __init__(self, runtime: Runtime) -> None:
         self._db = runtime.db
@@ -40,3 +44,4 @@ class UseCase:
         self._key_ring = runtime.key_ring
         self._settings = runtime.settings
         self._verifier = runtime.verifier
+        self._tracer = runtime.tracer

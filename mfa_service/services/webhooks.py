@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from uuid import UUID
 
 import aiohttp
+from opentelemetry import trace
 
 from mfa_service.domain import events
 from mfa_service.domain import webhooks as policy
@@ -269,7 +270,18 @@ class Dispatcher(UseCase):
                 if held is None:
                     break
                 served.append(held.webhook.id)
-                more = await self._serve(session, held) or more
+                # A root span per batch served (the polls that find nothing due: none).
+                with (self._tracer or trace.NoOpTracer()).start_as_current_span(
+                    "mfa.webhook.deliver",
+                    attributes={"mfa.webhook.id": str(held.webhook.id)},
+                    record_exception=False,  # a message may hold a value: the type says enough
+                    set_status_on_exception=False,
+                ) as span:
+                    try:
+                        more = await self._serve(session, held) or more
+                    except Exception as error:
+                        span.set_status(trace.StatusCode.ERROR, type(error).__name__)
+                        raise
 
     async def _serve(self, session: aiohttp.ClientSession, held: webhook_store.Claim) -> bool:
         """Deliver a batch of ``held``'s events; True: all of it went and more may wait.

@@ -137,7 +137,7 @@ class Cluster:
         return int((Path(data_dir) / "postmaster.pid").read_text().split()[0])
 
     def requests_served(self) -> list[int]:
-        """Calls each replica has answered (its Prometheus mfa_rpc_requests_total)."""
+        """Calls each replica has answered (its Prometheus grpc_server_handled_total)."""
         served = []
         for address in self.state["metrics"]:
             with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as response:
@@ -147,7 +147,7 @@ class Cluster:
                     sum(
                         float(line.rpartition(" ")[2])
                         for line in text.splitlines()
-                        if line.startswith("mfa_rpc_requests_total{")
+                        if line.startswith("grpc_server_handled_total{")
                     )
                 )
             )
