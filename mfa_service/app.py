@@ -15,7 +15,7 @@ from typing import Any, NoReturn, TypeVar
 from opentelemetry import trace
 from prometheus_client import start_http_server
 
-from mfa_service import tracing
+from mfa_service import deliveries, tracing
 from mfa_service.api.action_token import ActionTokenServicer
 from mfa_service.api.admin import AdminServicer
 from mfa_service.api.metrics import Metrics, PoolCollector
@@ -23,7 +23,6 @@ from mfa_service.api.mfa import MfaServicer
 from mfa_service.clock import Clock, SystemClock
 from mfa_service.config import Config, TlsConfig, parse_host_port
 from mfa_service.crypto import KeyRing
-from mfa_service.domain.webhooks import RetryPolicy
 from mfa_service.embedded_pg import EmbeddedPostgres
 from mfa_service.errors import DatabaseUnavailable
 from mfa_service.server import Server, Servicers
@@ -121,6 +120,7 @@ async def start(
     listen_url: str | None = None,
     webhooks: WebhookOptions | None = None,
     audit_wake_interval_seconds: float = WAKE_INTERVAL_SECONDS,
+    deliver_webhooks: bool = True,
 ) -> Application:
     """Migrate, connect and serve; the returned application knows its bound port.
 
@@ -131,6 +131,8 @@ async def start(
     0 behind pgbouncer in transaction mode. ``listen_url``: where the listener of settings
     changes and new signing keys connects (a session of its own); None: ``database_url``.
     ``webhooks``: how webhooks are created and delivered; None: the defaults (https only).
+    ``deliver_webhooks``: run the webhook dispatcher in this process (``serve`` runs it in
+    a process of its own instead: ``mfa_service.deliveries``).
     ``audit_wake_interval_seconds``: how long a WatchAuditEvents stream waits for a
     notification before it reads again anyway (services.audit_stream).
     """
@@ -227,10 +229,10 @@ async def start(
     background = [
         asyncio.create_task(_keep_listening(settings_cache.listener, health_interval_seconds)),
         asyncio.create_task(Purger(db, clock, tracer=tracer).run_forever(purge_interval)),
-        asyncio.create_task(
-            Dispatcher(runtime, webhooks, keys=keys, issuer=token_issuer).run_forever()
-        ),
     ]
+    if deliver_webhooks:
+        dispatcher = Dispatcher(runtime, webhooks, keys=keys, issuer=token_issuer)
+        background.append(asyncio.create_task(dispatcher.run_forever()))
     return Application(
         db=db,
         server=server,
@@ -326,9 +328,11 @@ def _supervise(config: Config, database_url: str, workers: int) -> int:
             if pid == 0:
                 _worker(config, database_url)
             pids.add(pid)
+        # One delivery process for all the workers (it unblocks the signals itself).
+        pids.add(deliveries.spawn(database_url, dev_mode=config.dev_mode).pid)
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-    log.info("serving with %d worker processes %s", workers, sorted(pids))
+    log.info("serving with %d worker processes and a delivery process %s", workers, sorted(pids))
     status = 0
     while pids:
         pid, wait_status = os.wait()
@@ -348,7 +352,7 @@ def _worker(config: Config, database_url: str) -> NoReturn:
     try:
         for sig in STOP_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
-        run_loop(serve(config, database_url=database_url, reuse_port=True))
+        run_loop(serve(config, database_url=database_url, reuse_port=True, with_deliveries=False))
         code = 0
     except DatabaseUnavailable:
         log.error("the database is unreachable (check DATABASE_URL)")
@@ -361,12 +365,18 @@ def _worker(config: Config, database_url: str) -> NoReturn:
 
 
 async def serve(
-    config: Config, *, database_url: str | None = None, reuse_port: bool = False
+    config: Config,
+    *,
+    database_url: str | None = None,
+    reuse_port: bool = False,
+    with_deliveries: bool = True,
 ) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully.
 
     ``database_url`` (a worker's, from its parent) takes the place of the configured one;
     with neither, an embedded PostgreSQL runs for as long as this does.
+    ``with_deliveries``: start the webhook delivery process (a worker's parent starts it
+    instead).
     """
     embedded = None
     database_url = database_url or config.database_url
@@ -374,6 +384,7 @@ async def serve(
         embedded = EmbeddedPostgres(config.data_dir)
         database_url = embedded.url
     traces = tracing.start(config.traces_exporter)
+    delivery = None
     try:
         app = await start(
             database_url=database_url,
@@ -388,12 +399,12 @@ async def serve(
             tracer=traces.tracer if traces is not None else None,
             statement_cache_size=config.db_statement_cache_size,
             listen_url=config.db_listen_url,
-            webhooks=WebhookOptions(
-                allow_loopback_http=config.dev_mode,
-                timeout=timedelta(seconds=config.webhook_timeout_seconds),
-                retry=RetryPolicy(horizon=config.webhook_retry_horizon),
-            ),
+            webhooks=deliveries.webhook_options(config),
+            deliver_webhooks=False,
         )
+        if with_deliveries:
+            delivery = deliveries.DeliveryProcess(database_url, dev_mode=config.dev_mode)
+            await delivery.start()
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in STOP_SIGNALS:
@@ -415,6 +426,8 @@ async def serve(
         await app.stop(config.shutdown_grace_seconds)
         log.info("stopped")
     finally:
+        if delivery is not None:
+            await delivery.stop(config.shutdown_grace_seconds)
         if traces is not None:
             traces.shutdown()
         if embedded is not None:

@@ -35,6 +35,11 @@ def _parser() -> argparse.ArgumentParser:
         help="server processes sharing the port (SO_REUSEPORT), each with its own event "
         "loop and database pool (default 1)",
     )
+    deliver = commands.add_parser(
+        "deliver",
+        help="deliver webhooks only, at a lower CPU priority (serve starts one itself)",
+    )
+    deliver.add_argument("--dev", action="store_true", help="as serve --dev")
     commands.add_parser("migrate", help="apply pending database migrations and exit")
     keys = commands.add_parser("keys", help="key management")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
@@ -71,8 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # migrate needs only the database: a migration job gets no keys and no TLS files.
         database = config_module.load_database()
-        if args.command == "serve":
+        if args.command in ("serve", "deliver"):
             config = config_module.load(dev_mode=args.dev)
+        if args.command == "deliver":
+            if database.database_url is None:
+                raise ConfigError("DATABASE_URL", "deliver needs the server's database")
+            database_url = database.database_url
+        elif args.command == "serve":
             if args.workers > 1 and config.listen_port == 0:
                 raise ConfigError("MFA_LISTEN_ADDR", "--workers needs a fixed port, not 0")
             if args.workers > 1 and config.metrics_addr is not None:
@@ -111,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
 
             return asyncio.run(_with_database(database, rotate))
+        if args.command == "deliver":
+            from mfa_service import deliveries
+
+            return deliveries.main(config, database_url)
         from mfa_service.app import run
 
         return run(config, workers=args.workers)

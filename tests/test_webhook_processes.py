@@ -18,6 +18,7 @@ from flows import call, enroll_totp
 from helpers import FakeClock, eventually
 from mfa.v1 import admin_service_pb2 as admin_pb
 from mfa_client import Client
+from mfa_service import deliveries
 from mfa_service.crypto import KeyRing
 from receiver import Receiver
 
@@ -78,6 +79,47 @@ async def test_an_enrollment_committed_before_a_crash_is_delivered_after_the_res
     assert delivery.message_id == held.message_id  # the same webhook-id: a redelivery
     payload = StandardWebhook(secret).verify(delivery.body, delivery.headers)
     assert (payload["type"], payload["data"]["user_id"]) == ("mfa.enrollment_completed", "alice")
+
+
+def _children(pid: int) -> list[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(child) for child in text.split()]
+
+
+def _niceness(pid: int) -> int:
+    """Field 19 of /proc/PID/stat (after the parenthesised command name)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return int(fields[16])
+
+
+def _command(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_text().rstrip("\0").split("\0")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+async def test_deliveries_run_in_a_process_of_lower_priority_that_ends_with_its_server(
+    tmp_path: Path, database_url: str
+) -> None:
+    """``serve`` delivers webhooks from a child process at niceness 10 (the calls keep
+    the CPU first); killed with the server, even by SIGKILL, it does not outlive it."""
+    async with serve(tmp_path, _env(database_url), "--dev") as server:
+        (child,) = await eventually(
+            lambda: _children(server.process.pid), what="the delivery process"
+        )
+        # The process lowers its own priority once it has started.
+        await eventually(lambda: _niceness(child) == deliveries.NICENESS, what="niceness 10")
+        assert _niceness(server.process.pid) == 0
+        assert _command(child)[-2:] == ["deliver", "--dev"]
+        server.signal(signal.SIGKILL)
+        await server.wait()
+        await eventually(lambda: not _alive(child), what="the delivery process ended")
 
 
 async def test_three_replicas_post_each_event_once(tmp_path: Path, database_url: str) -> None:
