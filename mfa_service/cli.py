@@ -1,7 +1,8 @@
 """The ``mfa-service`` command: serve, migrate, keys generate, keys rotate.
 
-Outside ``--dev`` nothing starts without ``DATABASE_URL``: one line on stderr naming it,
-exit status 2, as for every other setting.
+Outside ``--dev`` nothing starts without ``DATABASE_URL``, and ``serve`` checks that its
+ports are free before it migrates or makes a key: each refusal is one line on stderr
+naming the variable, exit status 2.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from importlib import metadata
 
 from mfa_service import config as config_module
-from mfa_service import logs
+from mfa_service import listening, logs
 from mfa_service.config import ConfigError
 from mfa_service.crypto import KeyRing
 from mfa_service.errors import DatabaseUnavailable
@@ -128,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                     "MFA_METRICS_ADDR",
                     "serving metrics needs --workers 1 (scale out with more replicas)",
                 )
+            _check_ports(config)
         elif args.command == "keys":
             key_ring = config_module.load_key_ring(dev_mode=dev_mode)
             algorithm = config_module.token_algorithm(os.environ)
@@ -159,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         from mfa_service.app import run
 
         return run(config, workers=args.workers)
+    except ConfigError as error:  # a port taken between the check and the bind
+        return _refused(error)
     except DatabaseUnavailable:
         print("mfa-service: the database is unreachable (check DATABASE_URL)", file=sys.stderr)
         return 3
@@ -166,8 +170,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def _refused(error: ConfigError) -> int:
     """One line on stderr naming the variable; exit status 2."""
-    print(f"mfa-service: configuration error: {error}", file=sys.stderr)
+    what = (
+        "cannot listen" if isinstance(error, listening.PortUnavailable) else "configuration error"
+    )
+    print(f"mfa-service: {what}: {error}", file=sys.stderr)
     return 2
+
+
+def _check_ports(config: config_module.Config) -> None:
+    """Both ports free, before the embedded PostgreSQL, a migration or a key."""
+    listening.check("MFA_LISTEN_ADDR", config.listen_host, config.listen_port)
+    if config.metrics_addr is not None:
+        host, port = config_module.parse_host_port("MFA_METRICS_ADDR", config.metrics_addr)
+        listening.check("MFA_METRICS_ADDR", host, port)
 
 
 async def _migrate(url: str, statement_cache_size: int) -> int:

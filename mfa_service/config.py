@@ -109,8 +109,8 @@ VARIABLES = (
     Variable("MFA_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR"),
     Variable("MFA_LOG_FORMAT", "json", "json or text", dev_default="text"),
     Variable(
-        "MFA_METRICS_ADDR", None, "HOST:PORT of the Prometheus /metrics endpoint (unset: "
-        "none)",
+        "MFA_METRICS_ADDR", None, "HOST:PORT of the HTTP side port: /metrics, /healthz, "
+        "/readyz, /.well-known/jwks.json (unset: none)",
     ),
     Variable(
         "OTEL_TRACES_EXPORTER", "none", "console, otlp or none: a span per RPC and per SQL "
