@@ -97,7 +97,7 @@ async def test_the_jwks_document_is_get_jwks_with_caching_headers(
         assert response.headers["ETag"] != etag
 
 
-async def test_only_the_five_paths_answer_and_only_to_get_and_head(
+async def test_only_the_four_paths_answer_and_only_to_get_and_head(
     served: app_module.Application, http: aiohttp.ClientSession
 ) -> None:
     for path in ("/nope", "/", "/metrics/", "/healthz/x", "/.well-known/", "/jwks.json"):
