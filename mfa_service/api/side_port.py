@@ -76,6 +76,8 @@ class SidePort:
                 await web.SockSite(runner, sock).start()
         except BaseException:
             await runner.cleanup()
+            for sock in sockets:
+                sock.close()
             raise
         side.port = int(sockets[0].getsockname()[1])
         return side
