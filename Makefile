@@ -110,8 +110,10 @@ system-deps:
 run: $(STAMP) proto
 	$(BIN)/mfa-service serve --dev
 
+# As `make run`: DATABASE_URL when set, else the embedded PostgreSQL under .data/ (--dev;
+# outside --dev, mfa-service refuses to run without DATABASE_URL).
 migrate: $(STAMP)
-	$(BIN)/mfa-service migrate
+	$(BIN)/mfa-service migrate --dev
 
 test: $(STAMP) $(NODE_STAMP) system-deps proto
 	PYTHONASYNCIODEBUG=$${PYTHONASYNCIODEBUG:-1} $(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -13,13 +13,13 @@ from datetime import timedelta
 from typing import Any, NoReturn, TypeVar
 
 from opentelemetry import trace
-from prometheus_client import start_http_server
 
-from mfa_service import deliveries, tracing
+from mfa_service import deliveries, listening, tracing
 from mfa_service.api.action_token import ActionTokenServicer
 from mfa_service.api.admin import AdminServicer
 from mfa_service.api.metrics import Metrics, PoolCollector
 from mfa_service.api.mfa import MfaServicer
+from mfa_service.api.side_port import SidePort
 from mfa_service.clock import Clock, SystemClock
 from mfa_service.config import Config, TlsConfig, parse_host_port
 from mfa_service.crypto import KeyRing
@@ -67,7 +67,7 @@ class Application:
     background: list[asyncio.Task[None]]
     audit_stream: AuditStreamService
     metrics: Metrics | None = None
-    metrics_server: Any = None  # prometheus-client's WSGIServer, in a daemon thread
+    side_port: SidePort | None = None  # MFA_METRICS_ADDR: /metrics, /readyz, JWKS...
 
     @property
     def port(self) -> int:
@@ -75,17 +75,18 @@ class Application:
 
     @property
     def metrics_port(self) -> int:
-        """The bound port of the metrics endpoint (0: none)."""
-        return int(self.metrics_server.server_port) if self.metrics_server is not None else 0
+        """The bound port of the HTTP side port (0: none)."""
+        return self.side_port.port if self.side_port is not None else 0
 
     async def stop(self, grace_seconds: float = 0) -> None:
+        if self.side_port is not None:
+            self.side_port.stopping()  # /readyz 503 while in-flight calls finish
         # WatchAuditEvents streams never end on their own: ended first, they do not hold
         # the graceful stop for its whole grace period (clients resume elsewhere).
         self.audit_stream.close()
         await self.server.stop(grace_seconds)
-        if self.metrics_server is not None:
-            await asyncio.to_thread(self.metrics_server.shutdown)
-            self.metrics_server.server_close()
+        if self.side_port is not None:
+            await self.side_port.close()
         for task in self.background:
             task.cancel()
         await asyncio.gather(*self.background, return_exceptions=True)
@@ -122,11 +123,14 @@ async def start(
     audit_wake_interval_seconds: float = WAKE_INTERVAL_SECONDS,
     deliver_webhooks: bool = True,
 ) -> Application:
-    """Migrate, connect and serve; the returned application knows its bound port.
+    """Bind the ports, then migrate, connect and serve; the returned application knows
+    its bound ports. A port that cannot be bound raises ``listening.PortUnavailable``
+    before anything is written.
 
     ``reuse_port``: share the listening port with the other workers (``serve --workers``).
-    ``metrics_addr``: HOST:PORT of a Prometheus endpoint (port 0: any free one, see
-    ``Application.metrics_port``); None: no metrics. ``tracer``: trace every call and
+    ``metrics_addr``: HOST:PORT of the HTTP side port, /metrics, /healthz, /readyz and
+    /.well-known/jwks.json (``api.side_port``; port 0: any free one, see
+    ``Application.metrics_port``); None: none, and no metrics. ``tracer``: trace every call and
     statement (see ``mfa_service.tracing``); None: no tracing. ``statement_cache_size``:
     0 behind pgbouncer in transaction mode. ``listen_url``: where the listener of settings
     changes and new signing keys connects (a session of its own); None: ``database_url``.
@@ -138,19 +142,36 @@ async def start(
     """
     clock = clock or SystemClock()
     webhooks = webhooks or WebhookOptions()
-    await migrate_url(database_url, statement_cache_size=statement_cache_size)
-    query_logger = tracing.query_logger(tracer) if tracer is not None else None
-    db = Database(
-        await create_pool(
-            database_url,
-            size=pool_size,
-            query_logger=query_logger,
-            statement_cache_size=statement_cache_size,
-        )
+    metrics = Metrics() if metrics_addr is not None else None
+    # The ports first: one in use stops start-up before a migration or a key is written.
+    server = Server(
+        listen_addr=listen_addr,
+        tls=tls,
+        health_interval_seconds=health_interval_seconds,
+        reuse_port=reuse_port,
+        metrics=metrics,
+        tracer=tracer,
     )
-    metrics = None
-    if metrics_addr is not None:
-        metrics = Metrics()
+    side_port = None
+    try:
+        if metrics is not None and metrics_addr is not None:
+            host, side_port_number = parse_host_port("MFA_METRICS_ADDR", metrics_addr)
+            sockets = listening.bind("MFA_METRICS_ADDR", host, side_port_number)
+            side_port = await SidePort.open(sockets, metrics.registry)
+        await migrate_url(database_url, statement_cache_size=statement_cache_size)
+        query_logger = tracing.query_logger(tracer) if tracer is not None else None
+        db = Database(
+            await create_pool(
+                database_url,
+                size=pool_size,
+                query_logger=query_logger,
+                statement_cache_size=statement_cache_size,
+            )
+        )
+    except BaseException:
+        await _close_ports(server, side_port)
+        raise
+    if metrics is not None:
         pool = db.pool
         metrics.add_pool(PoolCollector(pool.get_size, pool.get_idle_size, pool_size))
     keys = TokenKeys(db, clock, key_ring, token_algorithm)
@@ -158,6 +179,7 @@ async def start(
         await keys.ensure()
     except BaseException:
         await db.close()
+        await _close_ports(server, side_port)
         raise
     settings_cache = SettingsCache(db)
     wakeups = Wakeups()
@@ -196,36 +218,16 @@ async def start(
             watch,
         ),
     )
-    server = Server(
-        servicers,
-        listen_addr=listen_addr,
-        tls=tls,
-        database_ready=db.ping,
-        health_interval_seconds=health_interval_seconds,
-        reuse_port=reuse_port,
-        metrics=metrics,
-        tracer=tracer,
-    )
-    metrics_server = None
     try:
-        if metrics is not None and metrics_addr is not None:
-            host, metrics_port = parse_host_port("MFA_METRICS_ADDR", metrics_addr)
-            metrics_server, _ = start_http_server(metrics_port, host, registry=metrics.registry)
-        port = await server.start()
+        await server.start(servicers, db.ping)
     except BaseException:
-        if metrics_server is not None:
-            metrics_server.shutdown()
-            metrics_server.server_close()
+        if side_port is not None:
+            await side_port.close()
         await settings_cache.listener.close()
         await db.close()
         raise
-    if port == 0:
-        if metrics_server is not None:
-            metrics_server.shutdown()
-            metrics_server.server_close()
-        await settings_cache.listener.close()
-        await db.close()
-        raise OSError(f"could not listen on {listen_addr}")
+    if side_port is not None:
+        side_port.serve(database_ready=db.ping, jwks=tokens.jwks)
     background = [
         asyncio.create_task(_keep_listening(settings_cache.listener, health_interval_seconds)),
         asyncio.create_task(Purger(db, clock, tracer=tracer).run_forever(purge_interval)),
@@ -240,8 +242,15 @@ async def start(
         background=background,
         audit_stream=watch,
         metrics=metrics,
-        metrics_server=metrics_server,
+        side_port=side_port,
     )
+
+
+async def _close_ports(server: Server, side_port: SidePort | None) -> None:
+    """Start-up failed before serving: let the ports go."""
+    if side_port is not None:
+        await side_port.close()
+    await server.close()
 
 
 def run(config: Config, *, workers: int = 1) -> int:
@@ -357,6 +366,9 @@ def _worker(config: Config, database_url: str) -> NoReturn:
     except DatabaseUnavailable:
         log.error("the database is unreachable (check DATABASE_URL)")
         code = 3
+    except listening.PortUnavailable as error:
+        log.error("cannot listen: %s", error)
+        code = 2
     except BaseException:
         log.exception("worker %d failed", os.getpid())
     finally:
@@ -414,8 +426,12 @@ async def serve(
         log.info(
             "mfa-service serving on %s:%d (%s)", config.listen_host, app.port, _transport(config)
         )
-        if app.metrics_server is not None:
-            log.info("Prometheus metrics on %s (port %d)", config.metrics_addr, app.metrics_port)
+        if app.side_port is not None:
+            log.info(
+                "HTTP side port on %s (port %d): /metrics /healthz /readyz /.well-known/jwks.json",
+                config.metrics_addr,
+                app.metrics_port,
+            )
         if config.tls is not None and config.tls.client_ca_file is None:
             log.warning(
                 "TLS without client certificates: callers are neither authenticated nor "

@@ -1,7 +1,9 @@
 """Settings of the process, from environment variables, validated before anything starts.
 
-A missing or malformed value raises ``ConfigError`` naming the variable; the command
-line turns it into one line on stderr and exit status 2.
+``VARIABLES`` is the one list of them, with the value each takes when unset: the loaders
+read every variable through it, and ``mfa-service serve --help`` prints it. A missing or
+malformed value raises ``ConfigError`` naming the variable; the command line turns it
+into one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -18,11 +20,113 @@ from mfa_service.crypto import KeyRing, KeyRingError
 from mfa_service.domain.webhooks import is_loopback_host
 from mfa_service.store.db import DEFAULT_STATEMENT_CACHE_SIZE
 
-DEFAULT_LISTEN_ADDR = "127.0.0.1:50051"
 DEV_KEY_FILE = "dev-encryption-keys"
 # What a calling service may be granted in MFA_CALLER_ROLES; each role is one mfa.v1
 # service (the table is mfa_service.api.authorization.ROLE_SERVICES).
 CALLER_ROLES = ("mfa", "action_tokens", "admin")
+
+
+@dataclass(frozen=True, slots=True)
+class Variable:
+    """One environment variable: what it takes when unset, and what it is for.
+
+    ``default``: the value an unset (or empty) variable takes; None: no value, which
+    ``required`` makes an error. ``dev_default``: the value under ``--dev`` instead.
+    """
+
+    name: str
+    default: str | None
+    meaning: str
+    dev_default: str | None = None
+    required: bool = False
+
+    @property
+    def shown_default(self) -> str:
+        """The default as ``serve --help`` shows it."""
+        text = "required" if self.required else self.default or "unset"
+        return text if self.dev_default is None else f"{text}; --dev: {self.dev_default}"
+
+
+VARIABLES = (
+    Variable(
+        "DATABASE_URL", None, "the service's PostgreSQL (postgresql://...); with --dev and "
+        "unset, an embedded PostgreSQL in MFA_DATA_DIR/postgres", required=True,
+    ),
+    Variable("MFA_LISTEN_ADDR", "127.0.0.1:50051", "gRPC listen address, HOST:PORT"),
+    Variable(
+        "MFA_ENCRYPTION_KEYS", None, "key ring sealing secrets at rest, "
+        "KEY_ID:BASE64_32_BYTES[,...] (mfa-service keys generate); with --dev and unset, "
+        "one generated in MFA_DATA_DIR", required=True,
+    ),
+    Variable("MFA_TLS_CERT_FILE", None, "server certificate (PEM)"),
+    Variable("MFA_TLS_KEY_FILE", None, "server private key (PEM)"),
+    Variable(
+        "MFA_TLS_CLIENT_CA_FILE", None, "CA of client certificates: mutual TLS (required "
+        "with MFA_TLS_CERT_FILE unless MFA_ALLOW_TLS_WITHOUT_CLIENT_AUTH)",
+    ),
+    Variable(
+        "MFA_CALLER_ROLES", None, "roles of each client certificate identity, "
+        f"IDENTITY=ROLE[+ROLE...][,...]; roles: {', '.join(CALLER_ROLES)}",
+    ),
+    Variable(
+        "MFA_ALLOW_TLS_WITHOUT_CLIENT_AUTH", "false",
+        "TLS without client certificates: every service open to anyone who connects",
+    ),
+    Variable(
+        "MFA_ALLOW_PLAINTEXT", "false", "serve without TLS, on loopback only (development)",
+        dev_default="true",
+    ),
+    Variable(
+        "MFA_PLAINTEXT_ANY_HOST", "false",
+        "with MFA_ALLOW_PLAINTEXT, plaintext on a non-loopback address (behind a proxy)",
+    ),
+    Variable("MFA_DATA_DIR", ".data", "embedded PostgreSQL and the development key ring"),
+    Variable("MFA_DB_POOL_SIZE", "10", "most database connections of the process, 1 to 200"),
+    Variable(
+        "MFA_DB_STATEMENT_CACHE", str(DEFAULT_STATEMENT_CACHE_SIZE),
+        "prepared statements per connection, 0 to 10000 (0 behind pgbouncer's transaction mode)",
+    ),
+    Variable(
+        "MFA_DB_LISTEN_URL", None, "where the LISTEN session connects (unset: DATABASE_URL); "
+        "a session of its own, past a transaction-mode pooler",
+    ),
+    Variable(
+        "MFA_WEBHOOK_TIMEOUT_SECONDS", "10", "how long one webhook POST may take, 1 to 60"
+    ),
+    Variable(
+        "MFA_WEBHOOK_RETRY_HORIZON_HOURS", "72",
+        "how long an event's delivery is retried before it is dropped, 1 to 720",
+    ),
+    Variable(
+        "MFA_TOKEN_ALGORITHM", "ES256",
+        "JWS algorithm of new action-token signing keys, ES256 or EdDSA",
+    ),
+    Variable("MFA_TOKEN_ISSUER", "mfa-service", "the iss claim of action tokens"),
+    Variable(
+        "MFA_SHUTDOWN_GRACE_SECONDS", "10",
+        "on SIGTERM/SIGINT, how long in-flight calls may finish, 0 to 600",
+    ),
+    Variable("MFA_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR"),
+    Variable("MFA_LOG_FORMAT", "json", "json or text", dev_default="text"),
+    Variable(
+        "MFA_METRICS_ADDR", None, "HOST:PORT of the HTTP side port: /metrics, /healthz, "
+        "/readyz, /.well-known/jwks.json (unset: none)",
+    ),
+    Variable(
+        "OTEL_TRACES_EXPORTER", "none", "console, otlp or none: a span per RPC and per SQL "
+        "statement",
+    ),
+)  # fmt: skip
+_VARIABLES = {variable.name: variable for variable in VARIABLES}
+
+
+def _value(env: Mapping[str, str], name: str, *, dev_mode: bool = False) -> str | None:
+    """The variable's value, or the one it takes when unset (VARIABLES); None: none."""
+    variable = _VARIABLES[name]  # a KeyError: a variable read without being listed
+    given = env.get(name)
+    if given:
+        return given
+    return variable.dev_default if dev_mode and variable.dev_default else variable.default
 
 
 class ConfigError(Exception):
@@ -95,12 +199,11 @@ class Config:
 def load(env: Mapping[str, str] | None = None, *, dev_mode: bool = False) -> Config:
     """Read and check every setting. ``dev_mode`` is ``serve --dev`` (``make run``)."""
     env = os.environ if env is None else env
-    data_dir = Path(env.get("MFA_DATA_DIR") or ".data")
-    host, port = parse_host_port(
-        "MFA_LISTEN_ADDR", env.get("MFA_LISTEN_ADDR") or DEFAULT_LISTEN_ADDR
-    )
+    database_url = _service_database_url(env, dev_mode=dev_mode)
+    data_dir = _data_dir(env)
+    host, port = parse_host_port("MFA_LISTEN_ADDR", _value(env, "MFA_LISTEN_ADDR") or "")
     tls = _tls(env)
-    plaintext = _bool(env, "MFA_ALLOW_PLAINTEXT", default=dev_mode)
+    plaintext = _bool(env, "MFA_ALLOW_PLAINTEXT", dev_mode=dev_mode)
     if tls is None and not plaintext:
         raise ConfigError(
             "MFA_TLS_CERT_FILE",
@@ -114,15 +217,13 @@ def load(env: Mapping[str, str] | None = None, *, dev_mode: bool = False) -> Con
             f"{host!r}: configure TLS, or set MFA_PLAINTEXT_ANY_HOST=true behind a proxy",
         )
     return Config(
-        database_url=_database_url(env),
+        database_url=database_url,
         listen_host=host,
         listen_port=port,
         tls=tls,
         data_dir=data_dir,
-        db_pool_size=_int(env, "MFA_DB_POOL_SIZE", default=10, low=1, high=200),
-        shutdown_grace_seconds=float(
-            _int(env, "MFA_SHUTDOWN_GRACE_SECONDS", default=10, low=0, high=600)
-        ),
+        db_pool_size=_int(env, "MFA_DB_POOL_SIZE", low=1, high=200),
+        shutdown_grace_seconds=float(_int(env, "MFA_SHUTDOWN_GRACE_SECONDS", low=0, high=600)),
         log_level=_log_level(env),
         dev_mode=dev_mode,
         token_algorithm=token_algorithm(env),
@@ -131,11 +232,9 @@ def load(env: Mapping[str, str] | None = None, *, dev_mode: bool = False) -> Con
         traces_exporter=traces_exporter(env),
         db_statement_cache_size=_statement_cache_size(env),
         db_listen_url=_database_url(env, "MFA_DB_LISTEN_URL"),
-        webhook_timeout_seconds=float(
-            _int(env, "MFA_WEBHOOK_TIMEOUT_SECONDS", default=10, low=1, high=60)
-        ),
+        webhook_timeout_seconds=float(_int(env, "MFA_WEBHOOK_TIMEOUT_SECONDS", low=1, high=60)),
         webhook_retry_horizon=timedelta(
-            hours=_int(env, "MFA_WEBHOOK_RETRY_HORIZON_HOURS", default=72, low=1, high=720)
+            hours=_int(env, "MFA_WEBHOOK_RETRY_HORIZON_HOURS", low=1, high=720)
         ),
         # Last: in dev mode it writes a key file and logs, only for an otherwise valid config.
         key_ring=_key_ring(env, data_dir, dev_mode=dev_mode),
@@ -152,12 +251,14 @@ class DatabaseConfig:
     db_statement_cache_size: int = DEFAULT_STATEMENT_CACHE_SIZE
 
 
-def load_database(env: Mapping[str, str] | None = None) -> DatabaseConfig:
+def load_database(
+    env: Mapping[str, str] | None = None, *, dev_mode: bool = False
+) -> DatabaseConfig:
     """Read and check only the database settings (``mfa-service migrate``)."""
     env = os.environ if env is None else env
     return DatabaseConfig(
-        database_url=_database_url(env),
-        data_dir=Path(env.get("MFA_DATA_DIR") or ".data"),
+        database_url=_service_database_url(env, dev_mode=dev_mode),
+        data_dir=_data_dir(env),
         log_level=_log_level(env),
         db_statement_cache_size=_statement_cache_size(env),
     )
@@ -172,7 +273,7 @@ def parse_host_port(variable: str, value: str) -> tuple[str, int]:
 
 
 def _metrics_addr(env: Mapping[str, str]) -> str | None:
-    value = env.get("MFA_METRICS_ADDR") or None
+    value = _value(env, "MFA_METRICS_ADDR")
     if value is not None:
         parse_host_port("MFA_METRICS_ADDR", value)
     return value
@@ -184,7 +285,7 @@ LOG_FORMATS = ("json", "text")
 def log_format(env: Mapping[str, str] | None = None, *, dev_mode: bool = False) -> str:
     """``MFA_LOG_FORMAT``: json (one object a line), or text; text by default in dev mode."""
     env = os.environ if env is None else env
-    value = (env.get("MFA_LOG_FORMAT") or ("text" if dev_mode else "json")).lower()
+    value = (_value(env, "MFA_LOG_FORMAT", dev_mode=dev_mode) or "").lower()
     if value not in LOG_FORMATS:
         raise ConfigError("MFA_LOG_FORMAT", f"must be json or text, not {value!r}")
     return value
@@ -195,7 +296,7 @@ OTLP_EXPORTER_MODULE = "opentelemetry.exporter.otlp.proto.grpc.trace_exporter"
 
 def traces_exporter(env: Mapping[str, str]) -> str | None:
     """The standard ``OTEL_TRACES_EXPORTER``: console or otlp; unset or none: off."""
-    value = (env.get("OTEL_TRACES_EXPORTER") or "none").strip().lower()
+    value = (_value(env, "OTEL_TRACES_EXPORTER") or "").strip().lower()
     if value == "none":
         return None
     if value not in ("console", "otlp"):
@@ -214,20 +315,36 @@ def traces_exporter(env: Mapping[str, str]) -> str | None:
 
 
 def _database_url(env: Mapping[str, str], variable: str = "DATABASE_URL") -> str | None:
-    url = env.get(variable) or None
+    url = _value(env, variable)
     if url is not None and not url.startswith(("postgresql://", "postgres://")):
         raise ConfigError(variable, "must be a postgresql:// URL")
     return url
 
 
+def _service_database_url(env: Mapping[str, str], *, dev_mode: bool) -> str | None:
+    """``DATABASE_URL``, required outside development mode. Never a database of one's
+    own by omission: a deploy job that forgot the variable must fail, not start
+    replicas that each have an empty database (None: ``--dev``'s embedded one)."""
+    url = _database_url(env)
+    if url is None and not dev_mode:
+        raise ConfigError(
+            "DATABASE_URL",
+            "not set: give the postgresql:// URL of the service's database (only --dev, "
+            "for development, runs an embedded PostgreSQL without it)",
+        )
+    return url
+
+
+def _data_dir(env: Mapping[str, str]) -> Path:
+    return Path(_value(env, "MFA_DATA_DIR") or "")
+
+
 def _statement_cache_size(env: Mapping[str, str]) -> int:
-    return _int(
-        env, "MFA_DB_STATEMENT_CACHE", default=DEFAULT_STATEMENT_CACHE_SIZE, low=0, high=10000
-    )
+    return _int(env, "MFA_DB_STATEMENT_CACHE", low=0, high=10000)
 
 
 def _key_ring(env: Mapping[str, str], data_dir: Path, *, dev_mode: bool) -> KeyRing:
-    spec = env.get("MFA_ENCRYPTION_KEYS", "").strip()
+    spec = (_value(env, "MFA_ENCRYPTION_KEYS") or "").strip()
     if not spec and dev_mode:
         spec = _dev_keys(data_dir)
     if not spec:
@@ -260,9 +377,9 @@ def _dev_keys(data_dir: Path) -> str:
 
 
 def _tls(env: Mapping[str, str]) -> TlsConfig | None:
-    cert, key = env.get("MFA_TLS_CERT_FILE"), env.get("MFA_TLS_KEY_FILE")
-    ca = env.get("MFA_TLS_CLIENT_CA_FILE")
-    roles = caller_roles(env.get("MFA_CALLER_ROLES", ""))
+    cert, key = _value(env, "MFA_TLS_CERT_FILE"), _value(env, "MFA_TLS_KEY_FILE")
+    ca = _value(env, "MFA_TLS_CLIENT_CA_FILE")
+    roles = caller_roles(_value(env, "MFA_CALLER_ROLES") or "")
     if not cert and not key:
         if ca:
             raise ConfigError("MFA_TLS_CERT_FILE", "required with MFA_TLS_CLIENT_CA_FILE")
@@ -345,10 +462,8 @@ def caller_roles(value: str) -> dict[str, frozenset[str]]:
     return roles
 
 
-def _bool(env: Mapping[str, str], variable: str, *, default: bool = False) -> bool:
-    value = env.get(variable)
-    if value is None or value == "":
-        return default
+def _bool(env: Mapping[str, str], variable: str, *, dev_mode: bool = False) -> bool:
+    value = _value(env, variable, dev_mode=dev_mode) or ""
     lowered = value.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
         return True
@@ -357,17 +472,15 @@ def _bool(env: Mapping[str, str], variable: str, *, default: bool = False) -> bo
     raise ConfigError(variable, f"must be true or false, not {value!r}")
 
 
-def _int(env: Mapping[str, str], variable: str, *, default: int, low: int, high: int) -> int:
-    value = env.get(variable)
-    if value is None or value == "":
-        return default
+def _int(env: Mapping[str, str], variable: str, *, low: int, high: int) -> int:
+    value = _value(env, variable) or ""
     if not value.strip().isdecimal() or not low <= int(value) <= high:
         raise ConfigError(variable, f"must be a whole number from {low} to {high}, not {value!r}")
     return int(value)
 
 
 def _log_level(env: Mapping[str, str]) -> str:
-    level = (env.get("MFA_LOG_LEVEL") or "INFO").upper()
+    level = (_value(env, "MFA_LOG_LEVEL") or "").upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("MFA_LOG_LEVEL", "must be DEBUG, INFO, WARNING or ERROR")
     return level
@@ -387,14 +500,14 @@ def token_algorithm(env: Mapping[str, str]) -> str:
     offline verifiers' cost: the service itself only signs (it recognises its tokens by
     their SHA-256).
     """
-    value = env.get("MFA_TOKEN_ALGORITHM") or "ES256"
+    value = _value(env, "MFA_TOKEN_ALGORITHM") or ""
     if value not in TOKEN_ALGORITHMS:
         raise ConfigError("MFA_TOKEN_ALGORITHM", f"must be one of {', '.join(TOKEN_ALGORITHMS)}")
     return value
 
 
 def _token_issuer(env: Mapping[str, str]) -> str:
-    value = env.get("MFA_TOKEN_ISSUER") or "mfa-service"
+    value = _value(env, "MFA_TOKEN_ISSUER") or ""
     if len(value) > 128 or not value.isascii() or not value.isprintable() or " " in value:
         raise ConfigError("MFA_TOKEN_ISSUER", "must be up to 128 printable ASCII characters")
     return value
@@ -403,4 +516,4 @@ def _token_issuer(env: Mapping[str, str]) -> str:
 def load_key_ring(env: Mapping[str, str] | None = None, *, dev_mode: bool = False) -> KeyRing:
     """The key ring alone (``mfa-service keys rotate`` needs it and the database)."""
     env = os.environ if env is None else env
-    return _key_ring(env, Path(env.get("MFA_DATA_DIR") or ".data"), dev_mode=dev_mode)
+    return _key_ring(env, _data_dir(env), dev_mode=dev_mode)

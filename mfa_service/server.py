@@ -30,6 +30,7 @@ from mfa_service.api.interceptor import CallInterceptor
 from mfa_service.api.metrics import Metrics
 from mfa_service.api.mfa import MfaServicer
 from mfa_service.config import TlsConfig
+from mfa_service.listening import PortUnavailable
 
 log = logging.getLogger("mfa_service.server")
 
@@ -111,17 +112,18 @@ class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
 class Server:
     def __init__(
         self,
-        servicers: Servicers,
         *,
         listen_addr: str,
         tls: TlsConfig | None,
-        database_ready: Callable[[], Awaitable[bool]],
         health_interval_seconds: float = 2.0,
         reuse_port: bool = False,
         metrics: Metrics | None = None,
         tracer: trace.Tracer | None = None,
     ) -> None:
-        """``reuse_port``: share the port with the other workers of ``serve --workers N``
+        """Binds ``listen_addr`` at once, before the services exist (``start`` adds them):
+        a port in use stops start-up before anything is written (``PortUnavailable``).
+
+        ``reuse_port``: share the port with the other workers of ``serve --workers N``
         (SO_REUSEPORT); otherwise a port already in use is an error. ``metrics`` and
         ``tracer``: what the interceptor records each call in (None: nothing)."""
         authorizer = None
@@ -135,37 +137,27 @@ class Server:
                 ("grpc.so_reuseport", int(reuse_port)),
             ],
         )
-        mfa_service_pb2_grpc.add_MfaServiceServicer_to_server(servicers.mfa, self._server)
-        action_token_service_pb2_grpc.add_ActionTokenServiceServicer_to_server(
-            servicers.action_tokens, self._server
-        )
-        admin_service_pb2_grpc.add_AdminServiceServicer_to_server(servicers.admin, self._server)
         self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
-        self._listen_addr = listen_addr
-        self._tls = tls
-        self._database_ready = database_ready
         self._health_interval = health_interval_seconds
         self._health_task: asyncio.Task[None] | None = None
-        self.port = 0
+        self.port = _bind(self._server, listen_addr, tls)
 
-    async def start(self) -> int:
-        if self._tls is None:
-            self.port = self._server.add_insecure_port(self._listen_addr)
-        else:
-            ca = self._tls.client_ca_file.read_bytes() if self._tls.client_ca_file else None
-            credentials = grpc.ssl_server_credentials(
-                [(self._tls.key_file.read_bytes(), self._tls.cert_file.read_bytes())],
-                root_certificates=ca,
-                require_client_auth=ca is not None,
-            )
-            self.port = self._server.add_secure_port(self._listen_addr, credentials)
+    async def start(
+        self, servicers: Servicers, database_ready: Callable[[], Awaitable[bool]]
+    ) -> int:
+        """Serve ``servicers`` on the bound port; health follows ``database_ready``."""
+        mfa_service_pb2_grpc.add_MfaServiceServicer_to_server(servicers.mfa, self._server)
+        action_token_service_pb2_grpc.add_ActionTokenServiceServicer_to_server(
+            servicers.action_tokens, self._server
+        )
+        admin_service_pb2_grpc.add_AdminServiceServicer_to_server(servicers.admin, self._server)
         await self._server.start()
-        await self._set_serving(await self._database_ready())
-        self._health_task = asyncio.create_task(self._watch_database())
+        await self._set_serving(await database_ready())
+        self._health_task = asyncio.create_task(self._watch_database(database_ready))
         return self.port
 
     async def _set_serving(self, serving: bool) -> None:
@@ -177,12 +169,12 @@ class Server:
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, status)
 
-    async def _watch_database(self) -> None:
+    async def _watch_database(self, database_ready: Callable[[], Awaitable[bool]]) -> None:
         """Health follows the database: NOT_SERVING while it is unreachable."""
         serving = True
         while True:
             await asyncio.sleep(self._health_interval)
-            ready = await self._database_ready()
+            ready = await database_ready()
             if ready != serving:
                 log.warning("database %s", "reachable again" if ready else "unreachable")
                 serving = ready
@@ -196,3 +188,34 @@ class Server:
                 await self._health_task
         await self.health.enter_graceful_shutdown()
         await self._server.stop(grace_seconds)
+
+    async def close(self) -> None:
+        """Release the port of a server whose start-up failed before ``start``. gRPC
+        lets a bound port go only once started: it starts with no service but health,
+        NOT_SERVING, and stops at once."""
+        await self.health.enter_graceful_shutdown()
+        await self._server.start()
+        await self._server.stop(None)
+
+
+def _bind(server: aio.Server, listen_addr: str, tls: TlsConfig | None) -> int:
+    """Bind the server's port now (gRPC listens from ``start``); its number."""
+    try:
+        if tls is None:
+            port = server.add_insecure_port(listen_addr)
+        else:
+            ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
+            credentials = grpc.ssl_server_credentials(
+                [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
+                root_certificates=ca,
+                require_client_auth=ca is not None,
+            )
+            port = server.add_secure_port(listen_addr, credentials)
+    except RuntimeError:  # grpcio: "Failed to bind to address ..."
+        port = 0
+    if port == 0:
+        raise PortUnavailable(
+            "MFA_LISTEN_ADDR",
+            f"cannot listen on {listen_addr}: in use, or not an address of this host",
+        )
+    return port

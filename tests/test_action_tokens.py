@@ -268,6 +268,37 @@ async def test_a_reset_revokes_outstanding_tokens(
     assert await validate(client, "") == ("ALLOW", "MFA_NOT_REQUIRED")  # no factor left
 
 
+async def test_a_reset_counts_only_tokens_that_could_still_have_been_used(
+    client: Client, clock: FakeClock, alice: TotpDevice
+) -> None:
+    """tokens_revoked (issue 21): a consumed single-use token, an expired one and one
+    revoked by an earlier reset are not counted (the consumed one is revoked all the
+    same: test_a_remembered_allow_never_outlives_its_token)."""
+    expired = await issue(client, clock, alice)
+    clock.advance(timedelta(minutes=5))
+    consumed = await issue(client, clock, alice)
+    assert await validate(client, consumed.token) == ("ALLOW", "TOKEN_VALID")
+    live = await issue(client, clock, alice)
+    multi_used = await issue(client, clock, alice, single_use=False)
+    assert await validate(client, multi_used.token) == ("ALLOW", "TOKEN_VALID")
+
+    def reset() -> Any:
+        return call(
+            client.admin.stub.ResetUserMfa(
+                admin_pb.ResetUserMfaRequest(environment_id=ENV, user_id="alice", reason="t-21")
+            )
+        )
+
+    first = await reset()
+    assert (first.devices_removed, first.tokens_revoked) == (1, 2)  # live, multi_used
+    assert await validate(client, live.token) == ("DENY", "TOKEN_REVOKED")
+    assert await validate(client, multi_used.token) == ("DENY", "TOKEN_REVOKED")
+    assert await validate(client, consumed.token) == ("DENY", "TOKEN_REVOKED")
+    assert await validate(client, expired.token) == ("DENY", "TOKEN_EXPIRED")
+    second = await reset()
+    assert (second.devices_removed, second.tokens_revoked) == (0, 0)
+
+
 async def test_the_checks_come_in_order(
     client: Client, clock: FakeClock, alice: TotpDevice
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -10,14 +11,28 @@ from pathlib import Path
 
 import pytest
 
+from mfa_service import config as config_module
 from mfa_service.api.authorization import ROLE_SERVICES
-from mfa_service.config import CALLER_ROLES, DEV_KEY_FILE, ConfigError, load, log_format
+from mfa_service.config import (
+    CALLER_ROLES,
+    DEV_KEY_FILE,
+    VARIABLES,
+    ConfigError,
+    load,
+    load_database,
+    log_format,
+)
 from mfa_service.crypto import KeyRing
 
 KEY_ENTRY = KeyRing.generate_entry("k1")
 KEY_MATERIAL = KEY_ENTRY.partition(":")[2]
-# The smallest valid production-like environment: keys given, plaintext on loopback.
-BASE = {"MFA_ENCRYPTION_KEYS": KEY_ENTRY, "MFA_ALLOW_PLAINTEXT": "true"}
+DATABASE_URL = "postgresql://mfa@db.internal:5432/mfa"  # never connected to here
+# The smallest valid production-like environment: a database, keys, plaintext on loopback.
+BASE = {
+    "DATABASE_URL": DATABASE_URL,
+    "MFA_ENCRYPTION_KEYS": KEY_ENTRY,
+    "MFA_ALLOW_PLAINTEXT": "true",
+}
 
 
 @pytest.fixture
@@ -34,7 +49,7 @@ def tls_files(tmp_path: Path) -> dict[str, str]:
 
 def test_defaults() -> None:
     config = load(BASE)
-    assert config.database_url is None
+    assert config.database_url == DATABASE_URL
     assert (config.listen_host, config.listen_port) == ("127.0.0.1", 50051)
     assert config.listen_addr == "127.0.0.1:50051"
     assert config.key_ring == KeyRing.parse(KEY_ENTRY)
@@ -48,11 +63,23 @@ def test_defaults() -> None:
     assert config.db_listen_url is None  # the listener uses DATABASE_URL
 
 
+def test_variables_is_the_one_list_of_what_config_reads() -> None:
+    """Every variable the code of mfa_service/config.py names is in VARIABLES (what
+    ``serve --help`` and the README list), and every one listed is read there."""
+    source = Path(config_module.__file__).read_text()
+    start = source.index("\nVARIABLES = (")
+    end = source.index("\n)", start)
+    code = source[:start] + source[end:]
+    named = set(re.findall(r'"((?:MFA|OTEL|DATABASE)_[A-Z_]+)"', code))
+    assert {"DATABASE_URL", "MFA_ENCRYPTION_KEYS", "MFA_TOKEN_ALGORITHM"} <= named
+    assert sorted(named) == sorted(variable.name for variable in VARIABLES)
+
+
 def test_every_variable_is_read() -> None:
     config = load(
         {
             **BASE,
-            "DATABASE_URL": "postgresql://mfa@db.internal:5432/mfa",
+            "DATABASE_URL": "postgresql://mfa@db-primary.internal:5432/mfa",
             "MFA_LISTEN_ADDR": "[::1]:6000",
             "MFA_DB_POOL_SIZE": "25",
             "MFA_SHUTDOWN_GRACE_SECONDS": "0",
@@ -62,7 +89,7 @@ def test_every_variable_is_read() -> None:
             "MFA_DB_LISTEN_URL": "postgresql://mfa@db-direct.internal:5432/mfa",
         }
     )
-    assert config.database_url == "postgresql://mfa@db.internal:5432/mfa"
+    assert config.database_url == "postgresql://mfa@db-primary.internal:5432/mfa"
     assert (config.listen_host, config.listen_port) == ("::1", 6000)
     assert config.listen_addr == "[::1]:6000"
     assert config.db_pool_size == 25
@@ -75,6 +102,7 @@ def test_every_variable_is_read() -> None:
 
 def test_tls_configuration(tls_files: dict[str, str]) -> None:
     env = {
+        "DATABASE_URL": DATABASE_URL,
         "MFA_ENCRYPTION_KEYS": KEY_ENTRY,
         "MFA_LISTEN_ADDR": "0.0.0.0:443",
         "MFA_TLS_CERT_FILE": tls_files["cert"],
@@ -94,6 +122,7 @@ def test_tls_without_client_certificates_needs_the_explicit_opt_in(
     tls_files: dict[str, str],
 ) -> None:
     env = {
+        "DATABASE_URL": DATABASE_URL,
         "MFA_ENCRYPTION_KEYS": KEY_ENTRY,
         "MFA_LISTEN_ADDR": "0.0.0.0:443",
         "MFA_TLS_CERT_FILE": tls_files["cert"],
@@ -185,6 +214,8 @@ MTLS = {
 # (changes to BASE, with None deleting a variable; the variable the error must name).
 # "{cert}", "{key}", "{ca}" and "{missing}" stand for files of the tls_files fixture.
 MALFORMED: list[object] = [
+    pytest.param({"DATABASE_URL": None}, "DATABASE_URL", id="db-url-missing"),
+    pytest.param({"DATABASE_URL": ""}, "DATABASE_URL", id="db-url-empty"),
     pytest.param({"DATABASE_URL": "mysql://db/mfa"}, "DATABASE_URL", id="db-url-mysql"),
     pytest.param({"DATABASE_URL": "db.internal:5432"}, "DATABASE_URL", id="db-url-no-scheme"),
     pytest.param({"MFA_LISTEN_ADDR": "localhost"}, "MFA_LISTEN_ADDR", id="listen-no-port"),
@@ -322,7 +353,11 @@ def test_malformed_variable_is_named(
 
 
 def test_encryption_keys_are_required_outside_dev_mode(tmp_path: Path) -> None:
-    env = {"MFA_ALLOW_PLAINTEXT": "true", "MFA_DATA_DIR": str(tmp_path)}
+    env = {
+        "DATABASE_URL": DATABASE_URL,
+        "MFA_ALLOW_PLAINTEXT": "true",
+        "MFA_DATA_DIR": str(tmp_path),
+    }
     with pytest.raises(ConfigError) as raised:
         load(env, dev_mode=False)
     assert raised.value.variable == "MFA_ENCRYPTION_KEYS"
@@ -347,7 +382,19 @@ def test_dev_mode_generates_a_private_key_file_and_reuses_it(tmp_path: Path) -> 
 def test_dev_mode_uses_given_keys_and_writes_nothing(tmp_path: Path) -> None:
     config = load({"MFA_DATA_DIR": str(tmp_path), "MFA_ENCRYPTION_KEYS": KEY_ENTRY}, dev_mode=True)
     assert config.key_ring == KeyRing.parse(KEY_ENTRY)
+    assert config.database_url is None  # the embedded PostgreSQL, in dev mode only
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_database_url_is_required_outside_dev_mode() -> None:
+    """Never a database of its own by omission (issue 21): only --dev goes without."""
+    for loader in (load, load_database):
+        with pytest.raises(ConfigError) as raised:
+            loader({k: v for k, v in BASE.items() if k != "DATABASE_URL"})
+        assert raised.value.variable == "DATABASE_URL"
+        assert raised.value.problem.startswith("not set")
+    assert load_database({}, dev_mode=True).database_url is None
+    assert load_database(BASE).database_url == DATABASE_URL
 
 
 def test_dev_mode_writes_no_key_file_when_another_variable_is_bad(tmp_path: Path) -> None:
@@ -385,15 +432,29 @@ def run_command(
         ),
         pytest.param(
             ["serve"],
-            {"MFA_ALLOW_PLAINTEXT": "true", "MFA_ENCRYPTION_KEYS": f"k1:{KEY_MATERIAL[:-4]}"},
+            {**BASE, "MFA_ENCRYPTION_KEYS": f"k1:{KEY_MATERIAL[:-4]}"},
             "MFA_ENCRYPTION_KEYS",
             id="bad-keys",
         ),
         pytest.param(
             ["serve"],
-            {"MFA_ALLOW_PLAINTEXT": "true"},
+            {"DATABASE_URL": DATABASE_URL, "MFA_ALLOW_PLAINTEXT": "true"},
             "MFA_ENCRYPTION_KEYS",
             id="no-keys-outside-dev",
+        ),
+        # Outside --dev, never an embedded PostgreSQL by omission (issue 21).
+        pytest.param(
+            ["serve"],
+            {k: v for k, v in BASE.items() if k != "DATABASE_URL"},
+            "DATABASE_URL",
+            id="serve-without-database-url",
+        ),
+        pytest.param(["migrate"], {}, "DATABASE_URL", id="migrate-without-database-url"),
+        pytest.param(
+            ["keys", "rotate"],
+            {"MFA_ENCRYPTION_KEYS": KEY_ENTRY},
+            "DATABASE_URL",
+            id="rotate-without-database-url",
         ),
         pytest.param(
             ["serve", "--dev"], {"MFA_LOG_LEVEL": "LOUD"}, "MFA_LOG_LEVEL", id="dev-bad-log-level"
@@ -421,6 +482,7 @@ def test_serve_stops_with_one_line_naming_the_variable(
     assert KEY_MATERIAL[:12] not in result.stderr
     assert result.stdout == ""
     assert not (tmp_path / DEV_KEY_FILE).exists()
+    assert not (tmp_path / "postgres").exists()  # no embedded PostgreSQL was started
 
 
 def test_serve_refuses_client_ca_without_roles_in_one_line(
@@ -445,6 +507,7 @@ def test_serve_refuses_tls_without_client_certificates_in_one_line(
     tls_files: dict[str, str], tmp_path: Path
 ) -> None:
     env = {
+        "DATABASE_URL": DATABASE_URL,
         "MFA_ENCRYPTION_KEYS": KEY_ENTRY,
         "MFA_LISTEN_ADDR": "0.0.0.0:443",
         "MFA_TLS_CERT_FILE": tls_files["cert"],
