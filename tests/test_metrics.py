@@ -216,8 +216,8 @@ async def test_a_server_stream_is_counted_under_the_grpc_names(
         assert _value(samples, "grpc_server_handled_total", **watch, grpc_code="CANCELLED") == 0
         stream.cancel()
 
-        def ended() -> bool:
-            samples = _scrape(metered.metrics_port)
+        async def ended() -> bool:  # the side port answers on this event loop
+            samples = await asyncio.to_thread(_scrape, metered.metrics_port)
             return _value(samples, "grpc_server_handled_total", **watch, grpc_code="CANCELLED") == 1
 
         await eventually(ended, what="the stream counted as handled, CANCELLED")
@@ -279,8 +279,8 @@ async def test_a_stream_that_writes_with_its_context_is_counted_too(
         assert _value(samples, "mfa_rpc_in_flight", **watch) == 1
         stream.cancel()
 
-        def ended() -> bool:
-            samples = _scrape(metered.metrics_port)
+        async def ended() -> bool:  # the side port answers on this event loop
+            samples = await asyncio.to_thread(_scrape, metered.metrics_port)
             return _value(samples, "grpc_server_handled_total", **watch, grpc_code="CANCELLED") == 1
 
         await eventually(ended, what="the health Watch counted as handled, CANCELLED")
