@@ -59,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
         help="deliver webhooks only, at a lower CPU priority (serve starts one itself)",
     )
     deliver.add_argument("--dev", action="store_true", help="as serve --dev")
+    deliver.add_argument(
+        "--parent", type=int, metavar="PID", help="end with this process (serve's own)"
+    )
     migrate = commands.add_parser(
         "migrate",
         help="apply pending database migrations and exit",
@@ -171,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "deliver":
             from mfa_service import deliveries
 
-            return deliveries.main(config, database_url)
+            return deliveries.main(config, database_url, args.parent)
         from mfa_service.app import run
 
         return run(config, workers=args.workers)

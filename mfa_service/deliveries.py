@@ -9,8 +9,10 @@ at full speed, on a saturated one it takes what the calls leave and its queue wa
 nothing lost (the cursor is in the database, and a delivery that waits is delivered
 later, in order). ``make bench`` measures the calls with a webhook taking every event.
 
-The process ends with its parent: Linux is asked to send it SIGKILL when the parent dies
-(``prctl(PR_SET_PDEATHSIG)``), and it also checks its parent once a second elsewhere.
+The process ends with its server: it is told the server's pid (``--parent``) and ends at
+once if its parent is another (the server died while it started); Linux then sends it
+SIGKILL when the server dies (``prctl(PR_SET_PDEATHSIG)``), and it also checks its
+parent once a second (elsewhere, or if that failed).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ NICENESS = 10  # CFS weight 110 against a server's 1024: about a tenth of a busy
 POOL_SIZE = 2  # the dispatcher runs one statement at a time; one spare
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 RESTART_DELAY_SECONDS = 1.0  # after the delivery process died unexpectedly
+CLOSE_TIMEOUT_SECONDS = 5.0  # for the pool at the end (its database may be gone)
 _PR_SET_PDEATHSIG = 1
 
 
@@ -54,11 +57,15 @@ def webhook_options(config: Config) -> WebhookOptions:
     )
 
 
-def main(config: Config, database_url: str) -> int:
-    """``mfa-service deliver``: deliver webhooks until SIGTERM, SIGINT or the parent's end."""
-    parent = os.getppid()
+def main(config: Config, database_url: str, parent: int | None) -> int:
+    """``mfa-service deliver``: deliver webhooks until SIGTERM, SIGINT or the end of
+    ``parent`` (None: run on its own, until a signal)."""
     os.nice(NICENESS)
-    _die_with_parent()
+    if parent is not None:
+        _die_with_parent()
+        if os.getppid() != parent:  # gone before the death signal was asked for
+            log.warning("the server process is gone: delivery does not start")
+            return 0
     try:
         asyncio.run(_deliver(config, database_url, parent))
     except DatabaseUnavailable:
@@ -74,7 +81,7 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-async def _deliver(config: Config, database_url: str, parent: int) -> None:
+async def _deliver(config: Config, database_url: str, parent: int | None) -> None:
     db = Database(
         await create_pool(
             database_url, size=POOL_SIZE, statement_cache_size=config.db_statement_cache_size
@@ -95,17 +102,19 @@ async def _deliver(config: Config, database_url: str, parent: int) -> None:
             loop.add_signal_handler(sig, stopping.set)
         # Started by ``serve --workers``' parent with them blocked: handled from now on.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-        tasks = [
-            asyncio.create_task(dispatcher.run_forever()),
-            asyncio.create_task(_until_orphaned(parent, stopping)),
-        ]
+        tasks = [asyncio.create_task(dispatcher.run_forever())]
+        if parent is not None:
+            tasks.append(asyncio.create_task(_until_orphaned(parent, stopping)))
         log.info("delivering webhooks (CPU niceness %d)", os.getpriority(os.PRIO_PROCESS, 0))
         await stopping.wait()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     finally:
-        await db.close()
+        try:
+            await asyncio.wait_for(db.close(), CLOSE_TIMEOUT_SECONDS)
+        except TimeoutError:
+            db.pool.terminate()
 
 
 async def _until_orphaned(parent: int, stopping: asyncio.Event) -> None:
@@ -119,14 +128,19 @@ async def _until_orphaned(parent: int, stopping: asyncio.Event) -> None:
 
 
 def _command(dev_mode: bool) -> list[str]:
-    return [sys.executable, "-m", "mfa_service", "deliver", *(["--dev"] if dev_mode else [])]
+    """``mfa-service deliver`` for a child of this process."""
+    dev = ["--dev"] if dev_mode else []
+    return [sys.executable, "-m", "mfa_service", "deliver", *dev, "--parent", str(os.getpid())]
 
 
 def spawn(database_url: str, *, dev_mode: bool) -> subprocess.Popen[bytes]:
     """Start ``mfa-service deliver`` (for ``serve --workers``' parent, which waits for it
     as for a worker)."""
+    # close_fds=False lets Python use posix_spawn: no fork, so none of gRPC's fork
+    # handlers run (they print a line to stderr). Nothing leaks: the descriptors Python
+    # and gRPC open are not inheritable (PEP 446, SOCK_CLOEXEC).
     return subprocess.Popen(  # noqa: S603 (this interpreter, this package)
-        _command(dev_mode), env={**os.environ, "DATABASE_URL": database_url}
+        _command(dev_mode), env={**os.environ, "DATABASE_URL": database_url}, close_fds=False
     )
 
 
@@ -138,7 +152,7 @@ class DeliveryProcess:
     def __init__(self, database_url: str, *, dev_mode: bool) -> None:
         self._database_url = database_url
         self._dev_mode = dev_mode
-        self._process: asyncio.subprocess.Process | None = None
+        self._process: subprocess.Popen[bytes] | None = None
         self._keeper: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -147,13 +161,11 @@ class DeliveryProcess:
         self._keeper = asyncio.create_task(self._keep_running())
 
     async def _spawn(self) -> None:
-        self._process = await asyncio.create_subprocess_exec(
-            *_command(self._dev_mode), env={**os.environ, "DATABASE_URL": self._database_url}
-        )
+        self._process = spawn(self._database_url, dev_mode=self._dev_mode)
 
     async def _keep_running(self) -> None:
         while not self._stopping and self._process is not None:
-            code = await self._process.wait()
+            code = await asyncio.to_thread(self._process.wait)
             if self._stopping:
                 return
             log.error("the webhook delivery process exited with status %d: restarting", code)
@@ -166,13 +178,13 @@ class DeliveryProcess:
         (under the same webhook-id) by whoever claims the webhook next."""
         self._stopping = True
         process = self._process
-        if process is not None and process.returncode is None:
+        if process is not None and process.poll() is None:
             process.send_signal(signal.SIGTERM)
             try:
-                await asyncio.wait_for(process.wait(), grace_seconds)
-            except TimeoutError:
+                await asyncio.to_thread(process.wait, grace_seconds)
+            except subprocess.TimeoutExpired:
                 process.kill()
-                await process.wait()
+                await asyncio.to_thread(process.wait)
         if self._keeper is not None:
             self._keeper.cancel()
             await asyncio.gather(self._keeper, return_exceptions=True)

@@ -173,7 +173,7 @@ async def test_workers_share_one_port_and_stop_together(tmp_path: Path, database
         workers = [c for c in children if "deliver" not in c.cmdline()]
         assert len(workers) == 2 and len(children) == 3
         (delivery,) = set(children) - set(workers)
-        assert delivery.cmdline()[-1] == "deliver"
+        assert delivery.cmdline()[-3:] == ["deliver", "--parent", str(server.process.pid)]
         # Both workers listen on the one port (SO_REUSEPORT).
         listening = {
             w.pid

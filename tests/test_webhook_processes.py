@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
+import pytest
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 from test_process import serve
 
@@ -104,19 +105,21 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+@pytest.mark.parametrize("settled", [True, False], ids=["running", "starting"])
 async def test_deliveries_run_in_a_process_of_lower_priority_that_ends_with_its_server(
-    tmp_path: Path, database_url: str
+    tmp_path: Path, database_url: str, settled: bool
 ) -> None:
     """``serve`` delivers webhooks from a child process at niceness 10 (the calls keep
-    the CPU first); killed with the server, even by SIGKILL, it does not outlive it."""
+    the CPU first); killed with the server, even by SIGKILL, it does not outlive it:
+    neither once running nor while it is still starting (before it could ask to die with
+    its parent: it checks that its parent is still the server it was started by)."""
     async with serve(tmp_path, _env(database_url), "--dev") as server:
-        (child,) = await eventually(
-            lambda: _children(server.process.pid), what="the delivery process"
-        )
-        # The process lowers its own priority once it has started.
-        await eventually(lambda: _niceness(child) == deliveries.NICENESS, what="niceness 10")
-        assert _niceness(server.process.pid) == 0
-        assert _command(child)[-2:] == ["deliver", "--dev"]
+        parent = server.process.pid
+        (child,) = await eventually(lambda: _children(parent), what="the delivery process")
+        if settled:  # it lowers its own priority once it has started
+            await eventually(lambda: _niceness(child) == deliveries.NICENESS, what="niceness")
+            assert _niceness(parent) == 0
+            assert _command(child)[-4:] == ["deliver", "--dev", "--parent", str(parent)]
         server.signal(signal.SIGKILL)
         await server.wait()
         await eventually(lambda: not _alive(child), what="the delivery process ended")
