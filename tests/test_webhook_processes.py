@@ -5,6 +5,7 @@ POST each event once."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
@@ -19,7 +20,6 @@ from flows import call, enroll_totp
 from helpers import FakeClock, eventually
 from mfa.v1 import admin_service_pb2 as admin_pb
 from mfa_client import Client
-from mfa_service import deliveries
 from mfa_service.crypto import KeyRing
 from receiver import Receiver
 
@@ -87,10 +87,8 @@ def _children(pid: int) -> list[int]:
     return [int(child) for child in text.split()]
 
 
-def _niceness(pid: int) -> int:
-    """Field 19 of /proc/PID/stat (after the parenthesised command name)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return int(fields[16])
+def _idle(pid: int) -> bool:
+    return os.sched_getscheduler(pid) == os.SCHED_IDLE
 
 
 def _command(pid: int) -> list[str]:
@@ -109,16 +107,16 @@ def _alive(pid: int) -> bool:
 async def test_deliveries_run_in_a_process_of_lower_priority_that_ends_with_its_server(
     tmp_path: Path, database_url: str, settled: bool
 ) -> None:
-    """``serve`` delivers webhooks from a child process at niceness 10 (the calls keep
-    the CPU first); killed with the server, even by SIGKILL, it does not outlive it:
+    """``serve`` delivers webhooks from a child process scheduled SCHED_IDLE (the calls
+    keep the CPU first); killed with the server, even by SIGKILL, it does not outlive it:
     neither once running nor while it is still starting (before it could ask to die with
     its parent: it checks that its parent is still the server it was started by)."""
     async with serve(tmp_path, _env(database_url), "--dev") as server:
         parent = server.process.pid
         (child,) = await eventually(lambda: _children(parent), what="the delivery process")
         if settled:  # it lowers its own priority once it has started
-            await eventually(lambda: _niceness(child) == deliveries.NICENESS, what="niceness")
-            assert _niceness(parent) == 0
+            await eventually(lambda: _idle(child), what="the delivery process SCHED_IDLE")
+            assert os.sched_getscheduler(parent) == os.SCHED_OTHER
             assert _command(child)[-4:] == ["deliver", "--dev", "--parent", str(parent)]
         server.signal(signal.SIGKILL)
         await server.wait()
