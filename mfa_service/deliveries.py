@@ -114,7 +114,7 @@ async def _deliver(config: Config, database_url: str, parent: int | None) -> Non
         tasks = [asyncio.create_task(dispatcher.run_forever())]
         if parent is not None:
             tasks.append(asyncio.create_task(_until_orphaned(parent, stopping)))
-        log.info("delivering webhooks (CPU scheduling policy %d)", os.sched_getscheduler(0))
+        log.info("delivering webhooks, at the lowest CPU priority")
         await stopping.wait()
         for task in tasks:
             task.cancel()
