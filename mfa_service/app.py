@@ -414,15 +414,15 @@ async def serve(
             webhooks=deliveries.webhook_options(config),
             deliver_webhooks=False,
         )
-        if with_deliveries:
-            delivery = deliveries.DeliveryProcess(database_url, dev_mode=config.dev_mode)
-            await delivery.start()
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, stopping.set)
         # A forked worker starts with them blocked (see _supervise): handled from now on.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        if with_deliveries:  # after the handlers: a stop signal now never finds none
+            delivery = deliveries.DeliveryProcess(database_url, dev_mode=config.dev_mode)
+            await delivery.start()
         log.info(
             "mfa-service serving on %s:%d (%s)", config.listen_host, app.port, _transport(config)
         )
