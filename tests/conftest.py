@@ -30,6 +30,9 @@ from mfa_service import app as app_module
 from mfa_service.services.webhooks import WebhookOptions
 from mfa_service.store.db import migrate_url
 
+# The browser fixtures (chromium, browser, page, authenticator) of tests/browser.py.
+pytest_plugins = ["browser"]
+
 
 @pytest.fixture(scope="session")
 def database_server_url() -> Iterator[str]:

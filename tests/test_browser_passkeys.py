@@ -9,12 +9,9 @@ fail, they are never skipped.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
-import os
-import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +26,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
-from playwright.async_api import BrowserContext, CDPSession, Page, Request, Route, async_playwright
+from playwright.async_api import Page, Request, Route
 
+from browser import STEP_TIMEOUT_MS, Authenticator
 from examples.signer import (
     ApprovalNotVerified,
     Signer,
@@ -47,48 +45,7 @@ from typescript_client import compile_client, node_approval_hashes
 
 ENV = "env-browser"
 pytestmark = pytest.mark.environments(ENV)
-# MFA_TEST_CHROMIUM: another Chromium binary (e.g. on a machine without Debian's).
-CHROMIUM = os.environ.get("MFA_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-# Known to work headless as root in containers. Playwright adds --headless and its
-# --remote-debugging-pipe, and takes the (fresh) profile directory as an argument.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-]
-# With no usable authenticator, navigator.credentials.* neither resolves nor rejects
-# until the ceremony's 5-minute timeout: every wait on the browser is bounded.
-STEP_TIMEOUT_MS = 15_000
-
 StartWebapp = Callable[[], Awaitable[str]]
-
-
-async def cdp_send(cdp: CDPSession, method: str, params: dict[str, Any]) -> dict[str, Any]:
-    """A DevTools command; unlike Playwright's page calls it has no timeout of its own."""
-    result: dict[str, Any] = await asyncio.wait_for(
-        cdp.send(method, params), STEP_TIMEOUT_MS / 1000
-    )
-    return result
-
-
-@dataclass(frozen=True)
-class Authenticator:
-    """A CTAP2 platform authenticator with UV, inside the page (CDP WebAuthn domain)."""
-
-    cdp: CDPSession
-    authenticator_id: str
-
-    async def credentials(self) -> list[dict[str, Any]]:
-        result = await cdp_send(
-            self.cdp, "WebAuthn.getCredentials", {"authenticatorId": self.authenticator_id}
-        )
-        credentials: list[dict[str, Any]] = result["credentials"]
-        return credentials
 
 
 @dataclass(frozen=True)
@@ -116,67 +73,6 @@ async def start_webapp(client: Client, signer: Signer) -> AsyncIterator[StartWeb
     yield start
     for server in servers:
         await server.close()
-
-
-@pytest.fixture
-def chromium() -> str:
-    """The browser binary; missing is a failure, not a skip."""
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(
-            f"Chromium not found ({CHROMIUM}): the browser tests need it. "
-            "Install it with `make system-deps` (Debian: apt-get install chromium).",
-            pytrace=False,
-        )
-    return CHROMIUM
-
-
-@pytest.fixture
-async def browser(chromium: str, tmp_path: Path) -> AsyncIterator[BrowserContext]:
-    async with async_playwright() as playwright:
-        context = await playwright.chromium.launch_persistent_context(
-            tmp_path / "chromium-profile",  # fresh and empty
-            executable_path=chromium,
-            headless=True,
-            args=CHROMIUM_ARGS,
-            timeout=30_000,
-        )
-        context.set_default_timeout(STEP_TIMEOUT_MS)
-        try:
-            yield context
-        finally:
-            await context.close()
-
-
-@pytest.fixture
-async def page(browser: BrowserContext) -> AsyncIterator[Page]:
-    page = browser.pages[0] if browser.pages else await browser.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    yield page
-    assert errors == [], f"uncaught errors on the page: {errors}"
-
-
-@pytest.fixture
-async def authenticator(page: Page) -> Authenticator:
-    # WebAuthn.* goes to the page's session, and enable comes first.
-    cdp = await page.context.new_cdp_session(page)
-    await cdp_send(cdp, "WebAuthn.enable", {"enableUI": False})
-    added = await cdp_send(
-        cdp,
-        "WebAuthn.addVirtualAuthenticator",
-        {
-            "options": {
-                "protocol": "ctap2",
-                "ctap2Version": "ctap2_1",
-                "transport": "internal",
-                "hasResidentKey": True,
-                "hasUserVerification": True,
-                "isUserVerified": True,
-                "automaticPresenceSimulation": True,
-            }
-        },
-    )
-    return Authenticator(cdp, added["authenticatorId"])
 
 
 async def click_step(page: Page, button: str, output: str) -> Outcome:
