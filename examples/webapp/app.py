@@ -390,7 +390,9 @@ async def _step_up(
     action: types_pb2.Action.ValueType,
 ) -> str:
     """A single-use token for one credential action, from the proof in ``values``
-    (``challenge_id``, ``method``, ``code`` or ``credential``), bound to this session."""
+    (``challenge_id``, ``method``, ``code`` or ``credential``). Not bound to the session:
+    the service checks a credential action's token without one (it is spent at once, in
+    this request, and never leaves this backend)."""
     issued = await _mfa(request).issue_action_token(
         environment_id=request.app[ENVIRONMENT],
         user_id=who.user_id,
@@ -398,7 +400,6 @@ async def _step_up(
         proof=_proof(values),
         actions=[action],
         single_use=True,
-        session_id=who.session_id,
     )
     return issued.token
 
