@@ -209,6 +209,7 @@ async def test_login_switches_to_a_recovery_code_and_a_lockout_says_when_to_retr
     assert reason == "ERROR_REASON_VERIFICATION_FAILED"
     assert "recovery code is not right" in words
     await assert_plain_words(page)
+    await check_screen(page, "webapp-recovery-wrong-code")
     await enter_code(page, codes[0])
     await visible_screen(page, "screen-home")
     assert (await status(client, ENV, "rita")).recovery_codes_remaining == 9
@@ -260,6 +261,8 @@ async def test_devices_renamed_made_default_added_and_removed_with_a_step_up(
     # Adding a passkey next to the app: the step-up asks for the app's code, says why.
     await page.click("#add-factor")
     await visible_screen(page, "screen-choose")
+    assert await page.text_content("#choose-title") == "Add a sign-in method"
+    await check_screen(page, "webapp-add-factor")
     await page.click("#choose-passkey")
     await visible_screen(page, "screen-stepup")
     assert "add a passkey" in (await page.text_content("#stepup-why") or "")
@@ -286,6 +289,8 @@ async def test_devices_renamed_made_default_added_and_removed_with_a_step_up(
 
     # Rename the app, make the passkey the default: no step-up for either.
     await app_row.get_by_role("button", name="Rename Authenticator app").click()
+    assert await page.evaluate("document.activeElement.id") == "rename-name"
+    await check_screen(page, "webapp-device-rename")
     await page.fill("#rename-name", "Work phone")
     await page.click("#rename-save")
     await page.locator("#devices-status", has_text='Renamed to "Work phone".').wait_for()
@@ -438,6 +443,7 @@ async def test_a_cross_site_post_is_refused_and_the_page_runs_under_a_strict_csp
     policy = index.headers["content-security-policy"]
     assert "script-src 'self'" in policy and "style-src 'self'" in policy
     assert "unsafe-inline" not in policy and "unsafe-eval" not in policy
+    assert index.headers["cache-control"] == "no-store"
     html = (STATIC / "index.html").read_text()
     assert not re.search(r"<script(?![^>]*\bsrc=)", html)  # no inline script
     assert not re.search(r"\s(on[a-z]+|style)=", html)  # no handler or style attribute
@@ -493,3 +499,43 @@ async def test_the_user_and_session_come_from_the_signed_cookie_only(
     assert [d.alias for d in await client.mfa.list_devices(environment_id=ENV, user_id="vic")] == [
         "Authenticator app"
     ]
+
+
+async def focused(page: Page) -> str:
+    return str(await page.evaluate("document.activeElement.id"))
+
+
+async def test_sign_in_and_the_second_step_with_the_keyboard_only(
+    client: Client, clock: FakeClock, apps: Webapps, page: Page
+) -> None:
+    """Tab, type, Enter: the focus goes to each new screen's heading, then to its field;
+    a wrong code puts it back on the field, with the error said beside it."""
+    origin = await apps.start()
+    device, _codes = await enroll_totp_with_codes(client, clock, ENV, "kim")
+    await page.goto(f"{origin}/")
+    await visible_screen(page, "screen-signin")
+    assert await focused(page) == "signin-title"
+    await page.keyboard.press("Tab")
+    assert await focused(page) == "signin-user"
+    await page.keyboard.type("kim")
+    await page.keyboard.press("Enter")
+    await visible_screen(page, "screen-mfa-login")
+    assert await focused(page) == "mfa-login-title"  # announced by a screen reader
+    await page.keyboard.press("Tab")
+    assert await focused(page) == "factor-code"
+    await page.keyboard.type(await wrong_code(device.secret, clock))
+    await page.keyboard.press("Enter")
+    assert (await factor_error(page))[0] == "ERROR_REASON_VERIFICATION_FAILED"
+    assert await focused(page) == "factor-code"
+    assert await page.get_attribute("#factor-error", "role") == "alert"
+    await check_screen(page, "webapp-mfa-wrong-code")
+    clock.advance(timedelta(seconds=30))
+    await page.keyboard.type(await oathtool(device.secret, clock.now()))
+    await page.keyboard.press("Enter")
+    await visible_screen(page, "screen-home")
+    assert await focused(page) == "home-title"
+    order = []
+    for _ in range(5):
+        await page.keyboard.press("Tab")
+        order.append(await focused(page))
+    assert order == ["amount", "asset", "to", "network", "approval-start"]
