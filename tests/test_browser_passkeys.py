@@ -32,7 +32,6 @@ from webapp_pages import Webapps, outcome, session_id, sign_in, visible_screen, 
 from browser import STEP_TIMEOUT_MS, Authenticator, check_screen
 from examples.signer import (
     ApprovalNotVerified,
-    Signer,
     check_passkey_approval,
     check_token_approval,
     token_claims,
@@ -48,13 +47,8 @@ pytestmark = pytest.mark.environments(ENV)
 
 
 @pytest.fixture
-def signer(client: Client) -> Signer:
-    return Signer(client, ENV, Ed25519PrivateKey.generate())
-
-
-@pytest.fixture
-async def apps(client: Client, signer: Signer) -> AsyncIterator[Webapps]:
-    async with webapps(client, ENV, signer) as started:
+async def apps(client: Client) -> AsyncIterator[Webapps]:
+    async with webapps(client, ENV) as started:
         yield started
 
 
@@ -86,7 +80,6 @@ async def passkey_error(page: Page, selector: str) -> str:
 async def test_passkey_onboarding_then_a_login_and_transfers_each_with_a_fresh_assertion(
     client: Client,
     apps: Webapps,
-    signer: Signer,
     page: Page,
     authenticator: Authenticator,
 ) -> None:
@@ -137,7 +130,7 @@ async def test_passkey_onboarding_then_a_login_and_transfers_each_with_a_fresh_a
             sort_keys=True,
             separators=(",", ":"),
         ).encode()
-        signer.public_key.verify(bytes.fromhex(signature), message)  # raises if wrong
+        apps.signer.public_key.verify(bytes.fromhex(signature), message)  # raises if wrong
         await page.click("#result-home")
 
 
@@ -276,7 +269,6 @@ async def review(page: Page) -> str:
 async def test_the_passkey_signs_the_words_shown_and_the_signer_signs_only_that_transfer(
     client: Client,
     apps: Webapps,
-    signer: Signer,
     page: Page,
     authenticator: Authenticator,
     typescript_client: Path,
@@ -313,7 +305,7 @@ async def test_the_passkey_signs_the_words_shown_and_the_signer_signs_only_that_
     await check_screen(page, "webapp-approval-result-passkey")
     signature = await page.get_attribute("#sign-outcome", "data-signature")
     assert signature is not None
-    signer.public_key.verify(bytes.fromhex(signature), message)  # raises if wrong
+    apps.signer.public_key.verify(bytes.fromhex(signature), message)  # raises if wrong
     assert not await page.locator("#approval-text").is_visible()  # one approval, spent
 
     # What the browser's authenticator returned, as the page sent it on.
@@ -404,7 +396,6 @@ async def test_the_passkey_signs_the_words_shown_and_the_signer_signs_only_that_
 async def test_the_signer_refuses_another_transfer_than_the_one_approved(
     client: Client,
     apps: Webapps,
-    signer: Signer,
     page: Page,
     authenticator: Authenticator,
 ) -> None:
@@ -439,11 +430,11 @@ async def test_the_signer_refuses_another_transfer_than_the_one_approved(
     # The service was not asked: the single-use token still signs the approved transfer.
     message = (await exchanges.answer("/api/approval/start"))["message"].encode()
     token = (await exchanges.answer("/api/approval/issue"))["token"]
-    signature = await signer.sign(
+    signature = await apps.signer.sign(
         "dave",
         message,
         token,
         session_id=await session_id(page),
         passkey_public_key=await passkey_key(client, "dave"),
     )
-    signer.public_key.verify(signature, message)
+    apps.signer.public_key.verify(signature, message)

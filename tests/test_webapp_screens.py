@@ -30,7 +30,6 @@ from datetime import UTC, timedelta
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from playwright.async_api import Page
 from test_totp_flow import oathtool
 from webapp_pages import (
@@ -46,7 +45,6 @@ from webapp_pages import (
 )
 
 from browser import Authenticator, check_screen, decode_qr
-from examples.signer import Signer
 from examples.webapp.app import STATIC
 from flows import TotpDevice, enroll_totp_with_codes, status
 from helpers import FakeClock
@@ -59,13 +57,8 @@ TO = "0x1234567890abcdef1234567890abcdef123456ab"
 
 
 @pytest.fixture
-def signer(client: Client) -> Signer:
-    return Signer(client, ENV, Ed25519PrivateKey.generate())
-
-
-@pytest.fixture
-async def apps(client: Client, signer: Signer) -> AsyncIterator[Webapps]:
-    async with webapps(client, ENV, signer) as started:
+async def apps(client: Client) -> AsyncIterator[Webapps]:
+    async with webapps(client, ENV) as started:
         yield started
 
 
@@ -330,7 +323,7 @@ async def test_devices_renamed_made_default_added_and_removed_with_a_step_up(
 
 
 async def test_a_code_of_the_app_approves_a_transfer_and_the_signer_signs_it(
-    client: Client, clock: FakeClock, apps: Webapps, page: Page, signer: Signer
+    client: Client, clock: FakeClock, apps: Webapps, page: Page
 ) -> None:
     origin = await apps.start()
     device, _codes = await signed_in_with_app(client, clock, page, origin, "omar")
@@ -367,11 +360,11 @@ async def test_a_code_of_the_app_approves_a_transfer_and_the_signer_signs_it(
         sort_keys=True,
         separators=(",", ":"),
     ).encode()
-    signer.public_key.verify(bytes.fromhex(signature), message)  # raises if wrong
+    apps.signer.public_key.verify(bytes.fromhex(signature), message)  # raises if wrong
 
 
 async def test_an_unprotected_transfer_asks_no_factor_and_the_signer_still_decides(
-    client: Client, clock: FakeClock, apps: Webapps, page: Page, signer: Signer
+    client: Client, clock: FakeClock, apps: Webapps, page: Page
 ) -> None:
     origin = await apps.start()
     await client.admin.update_settings(types.Settings(environment_id=ENV), ["protected_actions"])

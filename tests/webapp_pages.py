@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from playwright.async_api import Page
 
 from browser import STEP_TIMEOUT_MS
@@ -30,17 +31,19 @@ class Outcome:
 
 
 class Webapps:
-    """Webapp instances on free ports, each answering at ``http://localhost:PORT``."""
+    """Webapp instances on free ports, each answering at ``http://localhost:PORT``, all
+    with the same wallet signer (``signer``, a new key)."""
 
-    def __init__(self, client: Client, env: str, signer: Signer) -> None:
-        self._client, self._env, self._signer = client, env, signer
+    def __init__(self, client: Client, env: str) -> None:
+        self._client, self._env = client, env
+        self.signer = Signer(client, env, Ed25519PrivateKey.generate())
         self._servers: list[RunningServer] = []
 
     async def start(self, *, configure: bool = True) -> str:
         """A new instance; its origin (localhost, never 127.0.0.1: the RP id), allowed
         for passkeys and the environment configured as ``python -m examples.webapp``
         does unless ``configure`` is false."""
-        server = await serve(create_app(self._client, self._env, self._signer), port=0)
+        server = await serve(create_app(self._client, self._env, self.signer), port=0)
         self._servers.append(server)
         origin = f"http://localhost:{server.port}"
         if configure:
@@ -53,8 +56,8 @@ class Webapps:
 
 
 @asynccontextmanager
-async def webapps(client: Client, env: str, signer: Signer) -> AsyncIterator[Webapps]:
-    apps = Webapps(client, env, signer)
+async def webapps(client: Client, env: str) -> AsyncIterator[Webapps]:
+    apps = Webapps(client, env)
     try:
         yield apps
     finally:

@@ -344,26 +344,29 @@ async def _devices(request: web.Request) -> web.StreamResponse:
 
 
 async def _rename(request: web.Request) -> web.StreamResponse:
-    who, values = await _verified(request), await body(request)
+    values = await body(request)
     name = text(values, "name", max_length=MAX_NAME).strip()
     if not name:
         raise BadRequest("name", "a name is required")
-    device = await _mfa(request).update_device(
-        environment_id=request.app[ENVIRONMENT],
-        user_id=who.user_id,
-        device_id=text(values, "device"),
-        alias=name,
-    )
-    return web.json_response({"device": _device(device)})
+    return await _update_device(request, values, alias=name)
 
 
 async def _make_default(request: web.Request) -> web.StreamResponse:
-    who, values = await _verified(request), await body(request)
+    return await _update_device(request, await body(request), make_default=True)
+
+
+async def _update_device(
+    request: web.Request, values: Json, *, alias: str = "", make_default: bool = False
+) -> web.StreamResponse:
+    """``UpdateDevice``: no step-up (a name or the order of the prompts protects nothing),
+    but only in a session that passed session MFA."""
+    who = await _verified(request)
     device = await _mfa(request).update_device(
         environment_id=request.app[ENVIRONMENT],
         user_id=who.user_id,
         device_id=text(values, "device"),
-        make_default=True,
+        alias=alias,
+        make_default=make_default,
     )
     return web.json_response({"device": _device(device)})
 

@@ -101,6 +101,17 @@ function fieldErrors(error, ids) {
   return shown;
 }
 
+// An alert element's refusal: the sentence, and the reason in data-reason for tests.
+function alertError(element, error, method) {
+  element.dataset.reason = reasonOf(error);
+  element.textContent = sentence(error, method);
+}
+
+function clearAlert(element) {
+  element.textContent = "";
+  delete element.dataset.reason;
+}
+
 function show(id) {
   showScreen($(id));
 }
@@ -224,8 +235,7 @@ function setMethod(method, focus = true) {
   const panel = $("factor");
   panel.dataset.method = method;
   clearErrors(panel);
-  $("factor-error").textContent = "";
-  delete $("factor-error").dataset.reason;
+  clearAlert($("factor-error"));
   $("factor-intro").textContent = words.intro;
   const code = method !== "passkey";
   $("factor-code-form").hidden = !code;
@@ -251,8 +261,7 @@ $("use-recovery").addEventListener("click", () => setMethod("recovery_code"));
 async function answerFactor() {
   const method = factor.method;
   clearErrors($("factor"));
-  $("factor-error").textContent = "";
-  delete $("factor-error").dataset.reason;
+  clearAlert($("factor-error"));
   let proof;
   try {
     if (method === "passkey") {
@@ -274,8 +283,7 @@ async function answerFactor() {
       $("factor-code").value = "";
       if (fieldErrors(error, { code: "factor-code" })) return;
     }
-    $("factor-error").dataset.reason = reasonOf(error);
-    $("factor-error").textContent = sentence(error, method);
+    alertError($("factor-error"), error, method);
     (method === "passkey" ? $("factor-passkey") : $("factor-code")).focus();
   }
 }
@@ -323,6 +331,7 @@ function startChoose(add) {
   $("choose-title").textContent = add ? "Add a sign-in method" : "Protect your account with a second step";
   $("choose-intro").hidden = add;
   $("choose-cancel").textContent = add ? "Cancel" : "Not now";
+  $("choose-cancel").hidden = !add && me.enrollment_required; // required: no way around
   show("screen-choose");
 }
 
@@ -361,7 +370,7 @@ function showTotp(started) {
   $("totp-qr").src = started.qr;
   $("totp-secret").textContent = started.secret;
   $("totp-code").value = "";
-  $("totp-error").textContent = "";
+  clearAlert($("totp-error"));
   clearErrors($("totp-form"));
   show("screen-totp");
 }
@@ -369,7 +378,7 @@ function showTotp(started) {
 $("totp-back").addEventListener("click", () => startChoose(adding));
 $("totp-form").addEventListener("submit", busy($("totp-form"), async () => {
   clearErrors($("totp-form"));
-  $("totp-error").textContent = "";
+  clearAlert($("totp-error"));
   const code = $("totp-code").value.trim();
   if (!code) return fieldError("totp-code", "Enter the 6-digit code your app shows.");
   try {
@@ -383,14 +392,13 @@ $("totp-form").addEventListener("submit", busy($("totp-form"), async () => {
     if (error.reason === "ERROR_REASON_VERIFICATION_FAILED") {
       return fieldError("totp-code", "That code is not right. Check that your app's time is correct and enter the code it shows now.");
     }
-    $("totp-error").dataset.reason = reasonOf(error);
-    $("totp-error").textContent = sentence(error, "totp");
+    alertError($("totp-error"), error, "totp");
   }
 }));
 
 function startPasskey(started) {
   enrollment = started;
-  $("passkey-error").textContent = "";
+  clearAlert($("passkey-error"));
   clearErrors($("passkey-form"));
   show("screen-passkey");
 }
@@ -398,9 +406,7 @@ function startPasskey(started) {
 $("passkey-back").addEventListener("click", () => startChoose(adding));
 $("passkey-form").addEventListener("submit", busy($("passkey-form"), async () => {
   clearErrors($("passkey-form"));
-  const error = $("passkey-error");
-  error.textContent = "";
-  delete error.dataset.reason;
+  clearAlert($("passkey-error"));
   try {
     const started = enrollment ?? await api.post("/api/enroll/start", { method: "passkey" });
     enrollment = null; // a passkey ceremony per enrollment
@@ -413,8 +419,7 @@ $("passkey-form").addEventListener("submit", busy($("passkey-form"), async () =>
   } catch (failure) {
     if (rerouted(failure)) return;
     if (fieldErrors(failure, { name: "passkey-name", alias: "passkey-name" })) return;
-    error.dataset.reason = reasonOf(failure);
-    error.textContent = sentence(failure, "passkey");
+    alertError($("passkey-error"), failure, "passkey");
     $("passkey-create").focus();
   }
 }));
@@ -562,6 +567,7 @@ async function sign(message, token, shown) {
     outcome.dataset.reason = reasonOf(error);
     outcome.textContent = `Not signed. ${sentence(error)}`;
   }
+  $("result-title").textContent = state === "ok" ? "Transfer signed" : "Transfer not signed";
   outcome.dataset.state = state;
   show("screen-result");
 }
