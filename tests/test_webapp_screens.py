@@ -465,6 +465,7 @@ async def test_the_user_and_session_come_from_the_signed_cookie_only(
     # Signed in as mallory, still pending session MFA: her factors are out of reach too.
     await signed_in_with_app(client, clock, page, origin, "mallory")
     await sign_out(page)
+    assert "demo_session" not in {c["name"] for c in await page.context.cookies()}
     await sign_in(page, origin, "mallory", then="screen-mfa-login")
     response = await page.request.get(f"{origin}/api/devices")
     assert response.status == 403

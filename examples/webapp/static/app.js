@@ -156,7 +156,8 @@ function route() {
 // answers a challenge of any method).
 function methods() {
   const own = [...me.methods].sort((a, b) => (b === me.default_method) - (a === me.default_method));
-  return [...own, "recovery_code"];
+  // After 100 failures in a row only a recovery code verifies (ERROR_REASON_RECOVERY_REQUIRED).
+  return me.recovery_required ? ["recovery_code", ...own] : [...own, "recovery_code"];
 }
 
 // Refusals that move the user elsewhere; true when handled.
@@ -492,14 +493,18 @@ $("codes-form").addEventListener("submit", busy($("codes-form"), async () => {
 function showHome() {
   const enrolled = me.methods.length > 0;
   $("setup-card").hidden = enrolled;
-  $("sign-mode").textContent = !me.sign_protected
-    ? "This app does not ask for a second step for transfers."
-    : enrolled
+  // GetStatus lists the actions that need a token for this user now: none without a factor.
+  $("sign-mode").textContent = !enrolled
+    ? "You have no second step yet, so transfers are not confirmed. Set one up to protect them."
+    : me.sign_protected
       ? "You will confirm each transfer with your second step."
-      : "Set up a second step to protect your transfers.";
+      : "This app does not ask for a second step for transfers.";
   $("home-security").textContent = enrolled
     ? `Your second step: ${me.methods.map((m) => KINDS[m].toLowerCase()).join(" and ")}. ` +
-      `${me.recovery_codes_remaining} recovery codes left.`
+      `${me.recovery_codes_remaining} recovery codes left.` +
+      (me.recovery_codes_unacknowledged
+        ? " You did not confirm that you saved them: if you did not, get new ones."
+        : "")
     : "You have no second step yet.";
   show("screen-home");
 }
