@@ -221,7 +221,14 @@ async def _signin(request: web.Request) -> web.StreamResponse:
         raise BadRequest("user", "letters, digits, dots, dashes or underscores")
     who, cookie = session.sign_in(request.app[SESSION_KEY], user)
     response = web.json_response(await _me_answer(request, who))
-    response.set_cookie(session.COOKIE, cookie, path="/", httponly=True, samesite="Strict")
+    response.set_cookie(
+        session.COOKIE,
+        cookie,
+        path="/",
+        httponly=True,
+        samesite="Strict",
+        secure=request.secure,  # Secure over https; the demo's http://localhost is not
+    )
     return response
 
 
