@@ -144,6 +144,7 @@ async def test_the_service_refuses_a_ceremony_from_another_origin(
 
     await create_passkey(page, other, "bob")
     assert await passkey_error(page, "#passkey-error") == "ERROR_REASON_VERIFICATION_FAILED"
+    await check_screen(page, "webapp-passkey-refused")
     assert len(await authenticator.credentials()) == 1  # the browser did make a credential
     assert list((await status(client, ENV, "bob")).enrolled_methods) == []
 
