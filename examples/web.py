@@ -118,7 +118,8 @@ async def security(request: web.Request, handler: Handler) -> web.StreamResponse
     try:
         response = await handler(request)
     except web.HTTPException as error:  # 404, 405...: still with the headers
-        response = error
+        _secured(request, error)
+        raise
     return _secured(request, response)
 
 

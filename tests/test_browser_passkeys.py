@@ -1,5 +1,6 @@
 """Passkeys in a real browser: headless Chromium with a virtual authenticator drives the
-example webapp (examples/webapp), which calls the real server over gRPC. The approval
+user's screens (examples/webapp: passkey setup, session MFA, transfer approvals), which
+call the real server over gRPC. The approval
 tests hold what the browser signed to the approval hash recomputed by the TypeScript
 client under node, and check its signature with the COSE key of ListDevices alone.
 
@@ -12,8 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,16 +27,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 from playwright.async_api import Page, Request, Route
+from webapp_pages import Webapps, outcome, session_id, sign_in, visible_screen, webapps
 
-from browser import STEP_TIMEOUT_MS, Authenticator
+from browser import STEP_TIMEOUT_MS, Authenticator, check_screen
 from examples.signer import (
     ApprovalNotVerified,
-    Signer,
     check_passkey_approval,
     check_token_approval,
     token_claims,
 )
-from examples.webapp import RunningServer, configure_environment, create_app, serve
 from flows import call, status
 from mfa.v1 import mfa_service_pb2 as pb
 from mfa.v1 import types_pb2 as types
@@ -45,130 +44,124 @@ from typescript_client import compile_client, node_approval_hashes
 
 ENV = "env-browser"
 pytestmark = pytest.mark.environments(ENV)
-StartWebapp = Callable[[], Awaitable[str]]
-
-
-@dataclass(frozen=True)
-class Outcome:
-    state: str
-    reason: str | None
-    text: str
 
 
 @pytest.fixture
-def signer(client: Client) -> Signer:
-    return Signer(client, ENV, Ed25519PrivateKey.generate())
+async def apps(client: Client) -> AsyncIterator[Webapps]:
+    async with webapps(client, ENV) as started:
+        yield started
 
 
-@pytest.fixture
-async def start_webapp(client: Client, signer: Signer) -> AsyncIterator[StartWebapp]:
-    """Starts webapp instances on free ports; returns each one's origin."""
-    servers: list[RunningServer] = []
-
-    async def start() -> str:
-        server = await serve(create_app(client, ENV, signer), host="127.0.0.1", port=0)
-        servers.append(server)
-        return f"http://localhost:{server.port}"  # localhost, never 127.0.0.1 (RP id)
-
-    yield start
-    for server in servers:
-        await server.close()
+async def create_passkey(page: Page, origin: str, user: str) -> None:
+    """Sign in as ``user`` (no factor yet) and start the passkey setup as the page offers
+    it: "Set up a second step", "Create a passkey", then the button that runs
+    ``navigator.credentials.create``."""
+    await sign_in(page, origin, user, then="screen-home")
+    await page.click("#setup-start")
+    await visible_screen(page, "screen-choose")
+    await page.click("#choose-passkey")
+    await visible_screen(page, "screen-passkey")
+    await page.click("#passkey-create")
 
 
-async def click_step(page: Page, button: str, output: str) -> Outcome:
-    """Click a step's button and wait until its output says ok or error."""
-    await page.click(button)
-    done = page.locator(f"{output}[data-state]")
-    await done.wait_for(timeout=STEP_TIMEOUT_MS)
-    return Outcome(
-        state=await done.get_attribute("data-state") or "",
-        reason=await done.get_attribute("data-reason"),
-        text=await done.text_content() or "",
-    )
+async def save_codes(page: Page) -> None:
+    await visible_screen(page, "screen-codes")
+    assert await page.locator("#recovery-codes li").count() == 10
+    await page.check("#codes-saved")
+    await page.click("#codes-done")
 
 
-async def open_page(page: Page, origin: str, user: str, session: str) -> None:
-    await page.goto(f"{origin}/?user={user}&session={session}")
-    await page.locator("#status:not(:empty)").wait_for()
+async def passkey_error(page: Page, selector: str) -> str:
+    error = page.locator(f"{selector}[data-reason]")
+    await error.wait_for(timeout=STEP_TIMEOUT_MS)
+    return await error.get_attribute("data-reason") or ""
 
 
-async def test_enroll_verify_session_and_sign_in_a_browser(
+async def test_passkey_onboarding_then_a_login_and_transfers_each_with_a_fresh_assertion(
     client: Client,
-    start_webapp: StartWebapp,
-    signer: Signer,
+    apps: Webapps,
     page: Page,
     authenticator: Authenticator,
 ) -> None:
-    origin = await start_webapp()
-    await configure_environment(client, ENV, origin)
+    origin = await apps.start()
     settings = await client.admin.get_settings(ENV)
     assert list(settings.passkey.allowed_origins) == [origin]
-    assert settings.session_mfa_enabled
+    assert settings.session_mfa_enabled and settings.totp_enabled
     assert list(settings.protected_actions) == [types.ACTION_WAAS_SIGN]
-    await open_page(page, origin, "alice", "login-1")
 
-    enrolled = await click_step(page, "#enroll", "#enroll-result")
-    assert enrolled.state == "ok", enrolled.text
+    await sign_in(page, origin, "alice", then="screen-home")
+    await page.click("#setup-start")
+    await page.click("#choose-passkey")
+    await visible_screen(page, "screen-passkey")
+    await check_screen(page, "webapp-passkey-setup")
+    await page.fill("#passkey-name", "Alice's laptop")
+    await page.click("#passkey-create")
+    await save_codes(page)
     [credential] = await authenticator.credentials()
     assert credential["rpId"] == "localhost"
     assert credential["isResidentCredential"]
-    after_enroll = await status(client, ENV, "alice", "login-1")
+    first_session = await session_id(page)
+    after_enroll = await status(client, ENV, "alice", first_session)
     assert list(after_enroll.enrolled_methods) == [types.METHOD_PASSKEY]
+    assert not after_enroll.recovery_codes_pending_acknowledgement
+
+    # Session MFA: the prompt offers the passkey first.
+    await visible_screen(page, "screen-mfa-login")
     assert after_enroll.session_mfa_pending
+    assert await page.get_attribute("#factor", "data-method") == "passkey"
+    await check_screen(page, "webapp-mfa-prompt-passkey")
+    await page.click("#factor-passkey")
+    await visible_screen(page, "screen-home")
+    assert not (await status(client, ENV, "alice", first_session)).session_mfa_pending
+    assert (await status(client, ENV, "alice", "another-login")).session_mfa_pending
 
-    verified = await click_step(page, "#verify-session", "#session-result")
-    assert verified.state == "ok", verified.text
-    assert not (await status(client, ENV, "alice", "login-1")).session_mfa_pending
-    assert (await status(client, ENV, "alice", "login-2")).session_mfa_pending
-
-    message = "transfer 1 ETH to 0xabc"
-    await page.fill("#message", message)
-    signed = await click_step(page, "#sign", "#sign-result")
-    assert signed.state == "ok", signed.text
-    signature = await page.get_attribute("#sign-result", "data-signature")
-    assert signature is not None
-    signer.public_key.verify(bytes.fromhex(signature), message.encode())  # raises if wrong
-
-    # Each signature takes a fresh assertion: the token was single use and per message.
-    await page.fill("#message", "transfer 2 ETH to 0xdef")
-    again = await click_step(page, "#sign", "#sign-result")
-    assert again.state == "ok", again.text
-    signature = await page.get_attribute("#sign-result", "data-signature")
-    assert signature is not None
-    signer.public_key.verify(bytes.fromhex(signature), b"transfer 2 ETH to 0xdef")
+    # Each transfer takes a fresh assertion: the token is single use and per message.
+    for amount in ("1", "2"):
+        await page.fill("#amount", amount)
+        await page.click("#approval-start")
+        await visible_screen(page, "screen-approve")
+        await page.click("#factor-passkey")
+        signed = await outcome(page, "#sign-outcome")
+        assert signed.state == "ok", signed.text
+        signature = await page.get_attribute("#sign-outcome", "data-signature")
+        assert signature is not None
+        message = json.dumps(
+            {"amount": amount, "asset": "ETH", "network": "Base", "to": TO},
+            sort_keys=True,
+            separators=(",", ":"),
+        ).encode()
+        apps.signer.public_key.verify(bytes.fromhex(signature), message)  # raises if wrong
+        await page.click("#result-home")
 
 
 async def test_the_service_refuses_a_ceremony_from_another_origin(
-    client: Client, start_webapp: StartWebapp, page: Page, authenticator: Authenticator
+    client: Client, apps: Webapps, page: Page, authenticator: Authenticator
 ) -> None:
     """The same page on an origin that is not allowed: the browser completes every
     ceremony (same RP id), and mfa-service refuses each on its origin."""
-    allowed, other = await start_webapp(), await start_webapp()
-    await configure_environment(client, ENV, allowed)
+    allowed = await apps.start()
+    other = await apps.start(configure=False)
 
-    await open_page(page, other, "bob", "login-1")
-    refused = await click_step(page, "#enroll", "#enroll-result")
-    assert (refused.state, refused.reason) == ("error", "ERROR_REASON_VERIFICATION_FAILED")
+    await create_passkey(page, other, "bob")
+    assert await passkey_error(page, "#passkey-error") == "ERROR_REASON_VERIFICATION_FAILED"
+    await check_screen(page, "webapp-passkey-refused")
     assert len(await authenticator.credentials()) == 1  # the browser did make a credential
     assert list((await status(client, ENV, "bob")).enrolled_methods) == []
 
-    await open_page(page, allowed, "bob", "login-1")
-    enrolled = await click_step(page, "#enroll", "#enroll-result")
-    assert enrolled.state == "ok", enrolled.text
+    await create_passkey(page, allowed, "bob")
+    await save_codes(page)
+    await visible_screen(page, "screen-mfa-login")
 
-    await open_page(page, other, "bob", "login-1")
-    refused = await click_step(page, "#verify-session", "#session-result")
-    assert (refused.state, refused.reason) == ("error", "ERROR_REASON_VERIFICATION_FAILED")
-    assert (await status(client, ENV, "bob", "login-1")).session_mfa_pending
-    refused = await click_step(page, "#sign", "#sign-result")
-    assert (refused.state, refused.reason) == ("error", "ERROR_REASON_VERIFICATION_FAILED")
-    assert await page.get_attribute("#sign-result", "data-signature") is None
+    await sign_in(page, other, "bob", then="screen-mfa-login")
+    await page.click("#factor-passkey")
+    assert await passkey_error(page, "#factor-error") == "ERROR_REASON_VERIFICATION_FAILED"
+    assert (await status(client, ENV, "bob", await session_id(page))).session_mfa_pending
 
     # The refusals cost nothing on the allowed origin.
-    await open_page(page, allowed, "bob", "login-1")
-    verified = await click_step(page, "#verify-session", "#session-result")
-    assert verified.state == "ok", verified.text
-    assert not (await status(client, ENV, "bob", "login-1")).session_mfa_pending
+    await sign_in(page, allowed, "bob", then="screen-mfa-login")
+    await page.click("#factor-passkey")
+    await visible_screen(page, "screen-home")
+    assert not (await status(client, ENV, "bob", await session_id(page))).session_mfa_pending
 
 
 # --- approvals: the passkey signs the transfer and the words shown ------------------------
@@ -203,6 +196,9 @@ class Exchanges:
 
     def _record(self, request: Request) -> None:
         self._requests[urlsplit(request.url).path] = request
+
+    def paths(self) -> set[str]:
+        return set(self._requests)
 
     def sent(self, path: str) -> Any:
         return self._requests[path].post_data_json
@@ -251,37 +247,36 @@ async def passkey_key(client: Client, user: str) -> bytes:
     return device.passkey_public_key
 
 
-async def enrolled_in_page(client: Client, start_webapp: StartWebapp, page: Page, user: str) -> str:
-    """A webapp allowed for passkeys, its page open for ``user`` in session login-1, a
-    passkey enrolled there; returns the origin."""
-    origin = await start_webapp()
-    await configure_environment(client, ENV, origin)
-    await open_page(page, origin, user, "login-1")
-    enrolled = await click_step(page, "#enroll", "#enroll-result")
-    assert enrolled.state == "ok", enrolled.text
+async def enrolled_in_page(apps: Webapps, page: Page, user: str) -> str:
+    """A webapp allowed for passkeys, ``user`` signed in there with a passkey enrolled on
+    the page and session MFA passed with it; returns the origin."""
+    origin = await apps.start()
+    await create_passkey(page, origin, user)
+    await save_codes(page)
+    await visible_screen(page, "screen-mfa-login")
+    await page.click("#factor-passkey")
+    await visible_screen(page, "screen-home")
     return origin
 
 
 async def review(page: Page) -> str:
-    """Review the form's transfer; the words the page then shows."""
-    reviewed = await click_step(page, "#approval-start", "#approval-review")
-    assert reviewed.state == "ok", reviewed.text
-    shown = page.locator("#approval-text")
-    assert await shown.is_visible()
-    assert await page.is_enabled("#approve")
-    return await shown.text_content() or ""
+    """Review the form's transfer; the words the approval screen then shows."""
+    await page.click("#approval-start")
+    await visible_screen(page, "screen-approve")
+    assert await page.get_attribute("#factor", "data-method") == "passkey"
+    return await page.text_content("#approval-text") or ""
 
 
 async def test_the_passkey_signs_the_words_shown_and_the_signer_signs_only_that_transfer(
     client: Client,
-    start_webapp: StartWebapp,
-    signer: Signer,
+    apps: Webapps,
     page: Page,
     authenticator: Authenticator,
     typescript_client: Path,
 ) -> None:
     exchanges = Exchanges(page)
-    origin = await enrolled_in_page(client, start_webapp, page, "carol")
+    origin = await enrolled_in_page(apps, page, "carol")
+    login = await session_id(page)
     cose_key = await passkey_key(client, "carol")
     # The key ListDevices gives is the browser authenticator's own.
     [credential] = await authenticator.credentials()
@@ -297,16 +292,21 @@ async def test_the_passkey_signs_the_words_shown_and_the_signer_signs_only_that_
     await page.fill("#to", TO)
     await page.select_option("#network", "Base")
     assert await review(page) == SHOWN
+    await check_screen(page, "webapp-approval-review-passkey")
     started = await exchanges.answer("/api/approval/start")
     message = started["message"].encode()
     assert json.loads(message) == {"amount": "1.5", "asset": "ETH", "network": "Base", "to": TO}
+    assert started["display_text"] == SHOWN
 
-    approved = await click_step(page, "#approve", "#approval-result")
+    await page.click("#factor-passkey")
+    approved = await outcome(page, "#sign-outcome")
     assert approved.state == "ok", approved.text
     assert approved.text.startswith(f'Signed. Your passkey approved "{SHOWN}"'), approved.text
-    signature = await page.get_attribute("#approval-result", "data-signature")
+    assert await page.get_attribute("#sign-outcome", "data-checked") == "passkey"
+    await check_screen(page, "webapp-approval-result-passkey")
+    signature = await page.get_attribute("#sign-outcome", "data-signature")
     assert signature is not None
-    signer.public_key.verify(bytes.fromhex(signature), message)  # raises if wrong
+    apps.signer.public_key.verify(bytes.fromhex(signature), message)  # raises if wrong
     assert not await page.locator("#approval-text").is_visible()  # one approval, spent
 
     # What the browser's authenticator returned, as the page sent it on.
@@ -327,7 +327,7 @@ async def test_the_passkey_signs_the_words_shown_and_the_signer_signs_only_that_
         payload_digest=hashlib.sha256(message).digest(),
         display_text=SHOWN,
         single_use=True,
-        session_id="login-1",
+        session_id=login,
     )
     other_digest, other_text = types.Approval(), types.Approval()
     other_digest.CopyFrom(approval)
@@ -396,15 +396,14 @@ async def test_the_passkey_signs_the_words_shown_and_the_signer_signs_only_that_
 
 async def test_the_signer_refuses_another_transfer_than_the_one_approved(
     client: Client,
-    start_webapp: StartWebapp,
-    signer: Signer,
+    apps: Webapps,
     page: Page,
     authenticator: Authenticator,
 ) -> None:
     """A front end that sends the signer another transfer after the approval (one byte
     of the amount): the offline check refuses it, and the page says so."""
     exchanges = Exchanges(page)
-    await enrolled_in_page(client, start_webapp, page, "dave")
+    await enrolled_in_page(apps, page, "dave")
 
     async def tamper(route: Route) -> None:
         body = route.request.post_data_json
@@ -414,26 +413,29 @@ async def test_the_signer_refuses_another_transfer_than_the_one_approved(
 
     # The backend writes the words from a transfer it accepts: no address, no approval.
     await page.fill("#to", "0x12…ab")
-    bad = await click_step(page, "#approval-start", "#approval-review")
-    assert (bad.state, bad.reason) == ("error", "INVALID_ARGUMENT"), bad.text
-    assert not await page.is_enabled("#approve")
+    await page.click("#approval-start")
+    await page.locator("#to[aria-invalid='true']").wait_for()
+    assert not await page.is_visible("#screen-approve")
+    assert "/api/approval/issue" not in exchanges.paths()
 
     await page.fill("#to", TO)
     await page.route("**/api/approval/sign", tamper)
     assert await review(page) == SHOWN
-    refused = await click_step(page, "#approve", "#approval-result")
+    await page.click("#factor-passkey")
+    refused = await outcome(page, "#sign-outcome")
     assert (refused.state, refused.reason) == ("error", "APPROVAL_NOT_VERIFIED"), refused.text
-    assert refused.text.startswith("APPROVAL_NOT_VERIFIED: Not signed."), refused.text
-    assert await page.get_attribute("#approval-result", "data-signature") is None
+    assert refused.text.startswith("Not signed. The wallet could not confirm"), refused.text
+    assert await page.get_attribute("#sign-outcome", "data-signature") is None
+    await check_screen(page, "webapp-approval-refused")
 
     # The service was not asked: the single-use token still signs the approved transfer.
     message = (await exchanges.answer("/api/approval/start"))["message"].encode()
     token = (await exchanges.answer("/api/approval/issue"))["token"]
-    signature = await signer.sign(
+    signature = await apps.signer.sign(
         "dave",
         message,
         token,
-        session_id="login-1",
+        session_id=await session_id(page),
         passkey_public_key=await passkey_key(client, "dave"),
     )
-    signer.public_key.verify(signature, message)
+    apps.signer.public_key.verify(signature, message)

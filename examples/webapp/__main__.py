@@ -1,4 +1,4 @@
-"""``python -m examples.webapp``: serve the passkey demo page on http://localhost:PORT."""
+"""``python -m examples.webapp``: serve the user's MFA screens on http://localhost:PORT."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ from mfa_client import Client, MfaServiceError
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m examples.webapp",
-        description="A demo application backend: enroll a passkey, verify a session and "
-        "approve a signature in the browser, through mfa-service.",
+        description="A demo application backend with the user's MFA screens: set up an "
+        "authenticator app or a passkey, recovery codes, session MFA at sign-in, approvals "
+        "and devices, through mfa-service.",
     )
     parser.add_argument("--grpc", default="127.0.0.1:50051", help="mfa-service address")
     parser.add_argument("--port", type=int, default=8080, help="HTTP port (0: any free one)")
@@ -29,8 +30,9 @@ def _parser() -> argparse.ArgumentParser:
         "--no-configure",
         dest="configure",
         action="store_false",
-        help="leave the environment's settings alone (by default the page's origin is "
-        "allowed for passkeys, ACTION_WAAS_SIGN protected and session MFA turned on)",
+        help="leave the environment's settings alone (by default authenticator apps and "
+        "passkeys are turned on, the page's origin allowed for passkeys, ACTION_WAAS_SIGN "
+        "protected and session MFA turned on)",
     )
     return parser
 
