@@ -17,8 +17,12 @@ without them these tests fail, they are never skipped.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -32,7 +36,9 @@ from helpers import FakeClock
 from mfa.v1 import admin_service_pb2 as admin_pb
 from mfa.v1 import types_pb2 as types
 from mfa_client import Client
+from mfa_service.app import Application
 
+ROOT = Path(__file__).resolve().parent.parent
 ENV = "env-dashboard"
 OTHER = "env-dashboard-other"
 pytestmark = pytest.mark.environments(ENV, OTHER)
@@ -372,3 +378,22 @@ async def test_posts_without_the_csrf_header_or_from_another_origin_are_refused(
         ) as response:
             assert response.status == 200, await response.text()
     assert (await client.admin.get_settings(ENV)).session_mfa_enabled
+
+
+async def test_the_documented_command_serves_the_page_on_loopback_only(app: Application) -> None:
+    """`python -m examples.dashboard --grpc ... --port ...`, as the README says."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "examples.dashboard", "--grpc", f"127.0.0.1:{app.port}",
+        "--port", "0", cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        line = (await asyncio.wait_for(process.stdout.readline(), timeout=60)).decode()
+        opened = re.fullmatch(r"open (http://127\.0\.0\.1:\d+)/  \(mfa-service at .+\)\n", line)
+        assert opened, line
+        async with aiohttp.ClientSession() as http, http.get(f"{opened[1]}/") as response:
+            assert response.status == 200
+            assert "<h1>Settings \u203a Security</h1>" in await response.text()
+    finally:
+        process.terminate()
+        assert await asyncio.wait_for(process.wait(), timeout=30) == 0
