@@ -256,6 +256,28 @@ function fillForm(settings) {
   state.snapshot = readForm();
   clearErrors(form());
   $("#save-problems").replaceChildren();
+  showUnsaved();
+}
+
+function showUnsaved() {
+  const n = state.snapshot ? Object.keys(changes()).length : 0;
+  $("#unsaved").textContent = n ? `${n} unsaved change${n === 1 ? "" : "s"}` : "";
+}
+
+// Editing a field takes its error away (the next save says whether it is still wrong).
+function editedField(event) {
+  const control = event.target;
+  const group = control.closest("fieldset[aria-describedby]");
+  for (const owner of [control, group]) {
+    if (!owner) continue;
+    for (const id of (owner.getAttribute("aria-describedby") || "").split(/\s+/)) {
+      const error = id && document.getElementById(id);
+      if (error && error.dataset.errorFor !== undefined) error.textContent = "";
+    }
+    const controls = owner.tagName === "FIELDSET" ? $$("input, select, textarea", owner) : [owner];
+    for (const element of controls) element.removeAttribute("aria-invalid");
+  }
+  showUnsaved();
 }
 
 // Only what the operator changed: each field by its path; of the checkbox groups, the
@@ -279,11 +301,20 @@ function changes() {
   return changed;
 }
 
+// While an environment's settings load, its controls are disabled: nothing typed then
+// could be overwritten by what arrives (and a browser test waits until they are enabled).
+function lockSettings(locked) {
+  for (const element of $$("[data-lock]", form())) element.disabled = locked;
+}
+
 async function loadSettings() {
   const status = $("#save-status");
   clearStatus(status);
+  lockSettings(true);
   const settings = await api.get(`/api/settings?environment_id=${encodeURIComponent(state.environment)}`);
   fillForm(settings);
+  lockSettings(false);
+  document.body.dataset.environment = settings.environment_id;
   const changed = settings.update_time ? `last changed ${when(settings.update_time)}` : "default settings";
   $("#environment-status").textContent = `Environment ${settings.environment_id}: ${changed}.`;
 }
@@ -352,6 +383,8 @@ async function loadEnvironments(token = "") {
 }
 
 async function switchEnvironment(id) {
+  const unsaved = state.snapshot ? Object.keys(changes()).length : 0;
+  const left = state.environment;
   state.environment = id;
   $("#environment").value = id;
   $("#settings-form").hidden = false;
@@ -362,6 +395,9 @@ async function switchEnvironment(id) {
   $("#user-card").hidden = true;
   clearStatus($("#lookup-status"));
   await loadSettings();
+  if (unsaved && left !== id) {
+    setStatus($("#save-status"), "info", `Your unsaved changes to ${left} were discarded.`);
+  }
   resetAudit();
   if (!$("#audit").hidden) await loadAudit();
 }
@@ -621,6 +657,8 @@ async function start() {
   $("#user-title").tabIndex = -1;
   buildPolicies();
   form().addEventListener("submit", save);
+  form().addEventListener("input", editedField);
+  form().addEventListener("change", editedField);
   $("#discard").addEventListener("click", () => {
     fillForm(state.loaded);
     setStatus($("#save-status"), "info", "Changes discarded.");
