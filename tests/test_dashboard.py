@@ -64,6 +64,36 @@ async def open_dashboard(page: Page, origin: str, env: str = ENV, screen: str = 
     await page.locator("body[data-ready]").wait_for()
 
 
+# What the operator must never read: enum constants and gRPC status names.
+CONSTANTS = re.compile(
+    r"\b(?:ACTION|METHOD|AUDIT_EVENT_TYPE|ERROR_REASON|DECISION|USER_VERIFICATION|ATTESTATION)_"
+    r"|\b(?:INVALID_ARGUMENT|NOT_FOUND|PERMISSION_DENIED|FAILED_PRECONDITION|UNAVAILABLE)\b"
+)
+
+
+async def check_dashboard_screen(page: Page, name: str) -> None:
+    """``check_screen`` (axe, no sideways scroll, screenshots), and plain words: no
+    constant of the API in the text the page shows."""
+    await check_screen(page, name)
+    shown = await page.evaluate("document.body.innerText")
+    assert CONSTANTS.findall(shown) == [], f"{name} shows API constants"
+
+
+async def tab_to(page: Page, target: str, limit: int = 60) -> list[str]:
+    """Press Tab until the element with id ``target`` has the focus; the ids (or tag
+    names) focused on the way, in order."""
+    path = []
+    for _ in range(limit):
+        await page.keyboard.press("Tab")
+        focused = await page.evaluate(
+            "document.activeElement.id || document.activeElement.tagName.toLowerCase()"
+        )
+        path.append(focused)
+        if focused == target:
+            return path
+    raise AssertionError(f"#{target} not reached with Tab: {path}")
+
+
 async def save(page: Page) -> tuple[str, str]:
     """Click Save; the status's data-state ("ok" or "error") and its words."""
     await page.click("#save")
@@ -81,7 +111,7 @@ async def test_toggles_change_what_the_service_enforces_and_only_the_fields_touc
     assert WAAS_ACTIONS.intersection(before.protected_actions) == set()
 
     await open_dashboard(page, dashboard)
-    await check_screen(page, "dashboard-settings")
+    await check_dashboard_screen(page, "dashboard-settings")
     assert await page.is_checked("#totp-enabled")
     assert not await page.is_checked("#session-mfa")
     # The seed's words, as labels of the contract's checkboxes.
@@ -155,7 +185,7 @@ async def test_an_invalid_origin_is_shown_beside_the_origins_and_nothing_is_save
     assert "allowed-origins-error" in described.split()
     assert await page.evaluate("document.activeElement.id") == "allowed-origins"
     assert await page.get_attribute("#rp-id", "aria-invalid") is None
-    await check_screen(page, "dashboard-settings-field-error")
+    await check_dashboard_screen(page, "dashboard-settings-field-error")
     after = await client.admin.get_settings(ENV)
     assert after == before
 
@@ -191,7 +221,7 @@ async def test_advanced_fields_and_a_policy_save_and_name_their_errors(
     await page.click("#policies > summary")
     await page.check("#policy-ACTION_WAAS_SIGN-approval")
     await page.fill("#policy-ACTION_WAAS_SIGN-ttl", "60")
-    await check_screen(page, "dashboard-settings-advanced")
+    await check_dashboard_screen(page, "dashboard-settings-advanced")
     assert (await save(page))[0] == "ok"
     settings = await client.admin.get_settings(ENV)
     assert settings.lockout.max_failed_attempts == 7
@@ -255,7 +285,7 @@ async def test_a_user_reset_needs_a_reason_removes_the_devices_and_is_in_the_aud
     await page.locator("#user-card:not([hidden])").wait_for()
     assert "TOTP" in await page.inner_text("#user-facts")
     assert await page.locator("#devices-table tbody tr").count() == 1
-    await check_screen(page, "dashboard-user-lookup")
+    await check_dashboard_screen(page, "dashboard-user-lookup")
 
     # No reason: refused on the page, nothing asked of the service.
     await page.click("#reset")
@@ -285,7 +315,7 @@ async def test_a_user_reset_needs_a_reason_removes_the_devices_and_is_in_the_aud
     await page.locator("#reset-confirmation:not([hidden])").wait_for()
     assert "bob" in await page.inner_text("#reset-confirmation")
     assert await page.evaluate("document.activeElement.id") == "reset-confirm-title"
-    await check_screen(page, "dashboard-reset-confirmation")
+    await check_dashboard_screen(page, "dashboard-reset-confirmation")
     await page.click("#reset-confirm")
     done = page.locator("#reset-status[data-state]")
     await done.wait_for()
@@ -298,7 +328,7 @@ async def test_a_user_reset_needs_a_reason_removes_the_devices_and_is_in_the_aud
     # The reset, found through the audit table's filters, with its reason.
     await page.click("#tab-audit")
     await page.locator("#audit-status[data-state]").wait_for()
-    await check_screen(page, "dashboard-audit-log")
+    await check_dashboard_screen(page, "dashboard-audit-log")
     await page.fill("#audit-user", "bob")
     await page.select_option("#audit-type", "AUDIT_EVENT_TYPE_USER_RESET")
     await page.click("#audit-apply")
@@ -313,7 +343,7 @@ async def test_a_user_reset_needs_a_reason_removes_the_devices_and_is_in_the_aud
     facts = await row.locator("dl").inner_text()
     assert "Devices removed" in facts
     assert "AUDIT_EVENT_TYPE" not in await row.inner_text()
-    await check_screen(page, "dashboard-audit-log-filtered")
+    await check_dashboard_screen(page, "dashboard-audit-log-filtered")
 
 
 async def test_the_audit_log_pages_with_the_page_token(
@@ -397,3 +427,45 @@ async def test_the_documented_command_serves_the_page_on_loopback_only(app: Appl
     finally:
         process.terminate()
         assert await asyncio.wait_for(process.wait(), timeout=30) == 0
+
+
+async def test_a_save_and_a_reset_work_with_the_keyboard_alone(
+    client: Client, clock: FakeClock, dashboard: str, page: Page
+) -> None:
+    await enroll_totp(client, clock, ENV, "dave")
+    await open_dashboard(page, dashboard)
+    # The focus order follows the page: skip link, environment, tabs, then Enrollment.
+    assert await tab_to(page, "session-mfa") == [
+        "skip-link",
+        "environment",
+        "environment-new",
+        "tab-settings",
+        "tab-audit",
+        "tab-users",
+        "totp-enabled",
+        "passkey-enabled",
+        "require-at-onboarding",
+        "session-mfa",
+    ]
+    await page.keyboard.press("Space")
+    assert "1 unsaved change" in await page.inner_text("#unsaved")
+    await tab_to(page, "save")
+    await page.keyboard.press("Enter")
+    await page.locator("#save-status[data-state=ok]").wait_for()
+    assert (await client.admin.get_settings(ENV)).session_mfa_enabled
+
+    await page.focus("#tab-users")
+    await page.keyboard.press("Enter")
+    assert await page.evaluate("document.activeElement.id") == "users-title"
+    await tab_to(page, "lookup-user")
+    await page.keyboard.type("dave")
+    await page.keyboard.press("Enter")  # submits the lookup
+    await page.locator("#user-card:not([hidden])").wait_for()
+    await tab_to(page, "reset-reason")
+    await page.keyboard.type("ticket 42: lost phone")
+    await page.keyboard.press("Enter")  # asks for the confirmation
+    await page.locator("#reset-confirmation:not([hidden])").wait_for()
+    assert await tab_to(page, "reset-confirm", limit=1) == ["reset-confirm"]
+    await page.keyboard.press("Enter")
+    await page.locator("#reset-status[data-state=ok]").wait_for()
+    assert await client.mfa.list_devices(environment_id=ENV, user_id="dave") == []

@@ -703,7 +703,10 @@ async function start() {
     hideConfirmation();
     $("#reset").focus();
   });
-  window.addEventListener("hashchange", () => show(screenFromHash(), true));
+  window.addEventListener("hashchange", () => {
+    // The skip link's #main is no screen: it moves the focus, not the page.
+    if (SCREENS.includes(window.location.hash.slice(1))) show(screenFromHash(), true);
+  });
 
   try {
     await loadEnvironments();
