@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -272,6 +273,39 @@ async def test_the_environment_picker_lists_and_switches_environments(
     await page.click("#environment-create")
     await page.locator("#new-environment-id[aria-invalid=true]").wait_for()
     assert "exists already" in await page.inner_text("#new-environment-id-error")
+
+
+async def test_the_picker_pages_through_many_environments(
+    client: Client, dashboard: str, page: Page
+) -> None:
+    for i in range(100):
+        await client.admin.create_environment(f"env-page-{i:03}")
+    await open_dashboard(page, dashboard)
+    options = page.locator("#environment option")
+    assert await options.count() == 100  # the first page of ListEnvironments
+    await page.click("#environments-more")
+    await page.locator("#environments-more[hidden]").wait_for(state="attached")
+    assert await options.count() == 102
+    assert await options.last.inner_text() == "env-page-099"
+    await page.select_option("#environment", "env-page-099")
+    await page.locator("body[data-environment=env-page-099]").wait_for()
+
+
+async def test_an_unreachable_service_is_said_in_plain_words(page: Page) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    async with Client.connect(f"127.0.0.1:{port}", insecure=True, timeout=2) as nowhere:
+        server = await serve(create_app(nowhere), host="127.0.0.1", port=0)
+        try:
+            await page.goto(f"http://127.0.0.1:{server.port}/")
+            await page.locator("body[data-ready]").wait_for()
+            status = page.locator("#page-status[data-state=error]")
+            assert "mfa-service did not answer" in await status.inner_text()
+            assert await page.is_disabled("#save")
+            await check_dashboard_screen(page, "dashboard-unavailable")
+        finally:
+            await server.close()
 
 
 async def test_a_user_reset_needs_a_reason_removes_the_devices_and_is_in_the_audit_log(

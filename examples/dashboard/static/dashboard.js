@@ -32,7 +32,7 @@ const PROBLEMS = {
   ERROR_REASON_ENVIRONMENT_NOT_FOUND: "This environment does not exist. Pick another one.",
   ERROR_REASON_ENVIRONMENT_ALREADY_EXISTS: "An environment with this ID exists already.",
   ERROR_REASON_DATABASE_UNAVAILABLE:
-    "mfa-service cannot reach its database right now. Nothing was changed: try again in a moment.",
+    "mfa-service cannot reach its database right now. Try again in a moment.",
   ERROR_REASON_CALLER_NOT_AUTHORIZED:
     "This dashboard's service identity may not do this: it needs the admin role (and mfa for the user lookup).",
   CSRF: "This request did not come from this page. Reload the page and try again.",
@@ -87,7 +87,7 @@ function problem(error) {
   const known = PROBLEMS[error.reason];
   if (known) return known;
   if (error.httpStatus === 503 || error.httpStatus === 504) {
-    return "mfa-service did not answer. Nothing was changed: try again in a moment.";
+    return "mfa-service did not answer. Try again in a moment.";
   }
   return `Something went wrong (${error.httpStatus}): ${plain(error.message)}`;
 }
@@ -111,6 +111,17 @@ function setStatus(element, outcome, message, reason = "") {
   if (reason) element.dataset.reason = reason;
   else delete element.dataset.reason;
   element.textContent = message;
+}
+
+// An event handler whose failure is said on the page, never left unhandled.
+function guarded(handler) {
+  return async (...args) => {
+    try {
+      await handler(...args);
+    } catch (error) {
+      setStatus($("#page-status"), "error", problem(error), error.reason || "");
+    }
+  };
 }
 
 function clearStatus(element) {
@@ -383,6 +394,7 @@ async function loadEnvironments(token = "") {
 }
 
 async function switchEnvironment(id) {
+  clearStatus($("#page-status"));
   const unsaved = state.snapshot ? Object.keys(changes()).length : 0;
   const left = state.environment;
   state.environment = id;
@@ -663,8 +675,8 @@ async function start() {
     fillForm(state.loaded);
     setStatus($("#save-status"), "info", "Changes discarded.");
   });
-  $("#environment").addEventListener("change", (event) => switchEnvironment(event.target.value));
-  $("#environments-more").addEventListener("click", () => loadEnvironments(state.environmentsNext));
+  $("#environment").addEventListener("change", guarded((event) => switchEnvironment(event.target.value)));
+  $("#environments-more").addEventListener("click", guarded(() => loadEnvironments(state.environmentsNext)));
   $("#environment-new").addEventListener("click", () => {
     const creation = $("#create-environment");
     creation.hidden = !creation.hidden;
@@ -676,7 +688,7 @@ async function start() {
     $("#environment-new").setAttribute("aria-expanded", "false");
     $("#environment-new").focus();
   });
-  $("#create-environment").addEventListener("submit", createEnvironment);
+  $("#create-environment").addEventListener("submit", guarded(createEnvironment));
   $("#audit-filters").addEventListener("submit", (event) => {
     event.preventDefault();
     resetAudit();
@@ -712,7 +724,7 @@ async function start() {
     await loadEnvironments();
     await openFirstEnvironment();
   } catch (error) {
-    setStatus($("#save-status"), "error", problem(error), error.reason || "");
+    setStatus($("#page-status"), "error", problem(error), error.reason || "");
   } finally {
     await show(screenFromHash(), false);
     document.body.dataset.ready = "true";
