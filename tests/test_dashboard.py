@@ -403,6 +403,13 @@ async def test_the_audit_log_pages_with_the_page_token(
     await page.locator("#audit-status", has_text="Page 1").wait_for()
     assert await page.locator("#audit-table tbody tr").count() == 25
 
+    # A user id the service refuses is shown beside the filter.
+    await page.fill("#audit-user", "élodie")
+    await page.click("#audit-apply")
+    await page.locator("#audit-user[aria-invalid=true]").wait_for()
+    assert "printable ASCII" in await page.inner_text("#audit-user-error")
+    assert await page.get_attribute("#audit-status", "data-state") == "error"
+
 
 async def test_posts_without_the_csrf_header_or_from_another_origin_are_refused(
     client: Client, dashboard: str
@@ -455,9 +462,14 @@ async def test_the_documented_command_serves_the_page_on_loopback_only(app: Appl
         line = (await asyncio.wait_for(process.stdout.readline(), timeout=60)).decode()
         opened = re.fullmatch(r"open (http://127\.0\.0\.1:\d+)/  \(mfa-service at .+\)\n", line)
         assert opened, line
-        async with aiohttp.ClientSession() as http, http.get(f"{opened[1]}/") as response:
-            assert response.status == 200
-            assert "<h1>Settings \u203a Security</h1>" in await response.text()
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{opened[1]}/") as response:
+                assert response.status == 200
+                assert "<h1>Settings \u203a Security</h1>" in await response.text()
+            # Bound to 127.0.0.1 alone: another address of this host is refused.
+            elsewhere = opened[1].replace("127.0.0.1", "127.0.0.2")
+            with pytest.raises(aiohttp.ClientConnectorError):
+                await http.get(f"{elsewhere}/")
     finally:
         process.terminate()
         assert await asyncio.wait_for(process.wait(), timeout=30) == 0

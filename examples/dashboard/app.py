@@ -47,7 +47,7 @@ CLIENT = web.AppKey("client", Client)
 
 MAX_ENVIRONMENT_ID = 128
 MAX_USER_ID = 256
-MAX_REASON = 512
+MAX_REASON = 256  # what ResetUserMfa takes
 MAX_TEXT = 256
 MAX_ORIGINS = 50  # the service allows 20: it names the field past that, not this page
 ENVIRONMENTS_PAGE = 100

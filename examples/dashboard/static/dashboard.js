@@ -516,12 +516,16 @@ function auditQuery(token) {
 async function loadAudit() {
   const status = $("#audit-status");
   const token = state.auditPages[state.auditPages.length - 1];
+  const filterForm = $("#audit-filters");
   clearStatus(status);
+  clearErrors(filterForm);
   let page;
   try {
     page = await api.get(auditQuery(token));
   } catch (error) {
-    setStatus(status, "error", problem(error), error.reason || "");
+    const fields = error instanceof ApiError ? error.fields : {};
+    const unplaced = Object.keys(fields).length ? showFieldErrors(filterForm, fields) : [problem(error)];
+    setStatus(status, "error", unplaced.length ? unplaced.join(" ") : "Check the filters.", error.reason || "");
     return;
   }
   $("#audit-table tbody").replaceChildren(...page.events.map(eventRow));
