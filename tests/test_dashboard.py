@@ -23,6 +23,7 @@ import re
 import socket
 import sys
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -409,6 +410,61 @@ async def test_the_audit_log_pages_with_the_page_token(
     await page.locator("#audit-user[aria-invalid=true]").wait_for()
     assert "printable ASCII" in await page.inner_text("#audit-user-error")
     assert await page.get_attribute("#audit-status", "data-state") == "error"
+
+
+async def local_time(page: Page, instant: datetime) -> str:
+    """``instant`` as the page's datetime-local inputs take it: in the browser's zone."""
+    value: str = await page.evaluate(
+        """iso => {
+             const d = new Date(iso), p = n => String(n).padStart(2, "0");
+             return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}` +
+                    `T${p(d.getHours())}:${p(d.getMinutes())}`;
+           }""",
+        instant.isoformat(),
+    )
+    return value
+
+
+async def test_the_audit_log_filters_by_a_time_range_read_in_bounded_steps(
+    client: Client, clock: FakeClock, page: Page
+) -> None:
+    start = clock.now()  # the environment was created now
+    for minute in range(1, 61):
+        clock.advance(timedelta(minutes=1))
+        await client.admin.update_settings(
+            types.Settings(environment_id=ENV, totp=types.TotpSettings(issuer=f"At {minute}")),
+            ["totp.issuer"],
+        )
+    # Two pages of 25 per request: the range's one event is past the first 50 read.
+    server = await serve(create_app(client, audit_scan_pages=2), host="127.0.0.1", port=0)
+    try:
+        await open_dashboard(page, f"http://127.0.0.1:{server.port}", screen="audit")
+        await page.locator("#audit-status[data-state=ok]").wait_for()
+        await page.fill("#audit-since", await local_time(page, start + timedelta(minutes=20)))
+        await page.fill("#audit-until", await local_time(page, start + timedelta(minutes=23)))
+        await page.click("#audit-apply")
+        await page.locator("#audit-status", has_text="Page 1: 3 events").wait_for()
+        # 12:22, 12:21 and 12:20: the start is in the range, its end is not.
+        assert await page.locator("#audit-table tbody tr").count() == 3
+
+        await page.fill("#audit-since", "")
+        await page.fill("#audit-until", await local_time(page, start + timedelta(minutes=1)))
+        await page.click("#audit-apply")
+        await page.locator("#audit-status", has_text="Searched back to").wait_for()
+        assert await page.locator("#audit-table tbody tr").count() == 0
+        await page.click("#audit-next")
+        await page.locator("#audit-status", has_text="Page 2: 1 event").wait_for()
+        row = page.locator("#audit-table tbody tr")
+        assert await row.get_attribute("data-type") == "AUDIT_EVENT_TYPE_ENVIRONMENT_CREATED"
+        assert await page.is_disabled("#audit-next")
+
+        # A range that ends before it starts is refused beside "Until".
+        await page.fill("#audit-since", await local_time(page, start + timedelta(minutes=30)))
+        await page.click("#audit-apply")
+        await page.locator("#audit-until[aria-invalid=true]").wait_for()
+        assert "after the start" in await page.inner_text("#audit-until-error")
+    finally:
+        await server.close()
 
 
 async def test_posts_without_the_csrf_header_or_from_another_origin_are_refused(

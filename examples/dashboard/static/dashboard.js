@@ -518,11 +518,18 @@ function eventRow(event) {
   return row;
 }
 
+// A datetime-local value (the operator's own time) as an instant in UTC; "" when empty.
+function instant(input) {
+  return input.value ? new Date(input.value).toISOString() : "";
+}
+
 function auditQuery(token) {
   const query = new URLSearchParams({
     environment_id: state.environment,
     user_id: $("#audit-user").value.trim(),
     type: $("#audit-type").value,
+    since: instant($("#audit-since")),
+    until: instant($("#audit-until")),
     page_token: token,
   });
   return `/api/audit?${query}`;
@@ -549,15 +556,22 @@ async function loadAudit() {
   $("#audit-prev").disabled = state.auditPages.length <= 1;
   const user = $("#audit-user").value.trim();
   const type = $("#audit-type").value;
-  const filters = [user && `user ${user}`, type && labelFor(type)].filter(Boolean).join(", ");
+  const since = instant($("#audit-since"));
+  const until = instant($("#audit-until"));
+  const filters = [
+    user && `user ${user}`,
+    type && labelFor(type),
+    since && `from ${when(since)}`,
+    until && `until ${when(until)}`,
+  ]
+    .filter(Boolean)
+    .join(", ");
   const which = filters ? ` matching ${filters}` : "";
   const n = page.events.length;
   const pageNumber = state.auditPages.length;
-  setStatus(
-    status,
-    "ok",
-    n ? `Page ${pageNumber}: ${n} event${n === 1 ? "" : "s"}${which}, newest first.` : `No events${which}.`,
-  );
+  let message = n ? `Page ${pageNumber}: ${n} event${n === 1 ? "" : "s"}${which}, newest first.` : `No events${which}.`;
+  if (page.searched_to) message += ` Searched back to ${when(page.searched_to)}: “Older events” searches on.`;
+  setStatus(status, "ok", message);
 }
 
 // --- user lookup and reset ---------------------------------------------------------
@@ -714,7 +728,7 @@ async function start() {
     loadAudit();
   });
   $("#audit-clear").addEventListener("click", () => {
-    $("#audit-user").value = "";
+    for (const input of $$("input", $("#audit-filters"))) input.value = "";
     $("#audit-type").value = "";
     resetAudit();
     loadAudit();
