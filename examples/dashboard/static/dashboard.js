@@ -196,7 +196,8 @@ function buildPolicies() {
     node.dataset.policy = action;
     $("legend", node).textContent = labelFor(action);
     const methods = $("[data-policy-methods]", node);
-    methods.setAttribute("aria-describedby", `${id}-methods-error`);
+    methods.setAttribute("aria-describedby", `${id}-methods-hint ${id}-methods-error`);
+    $("[data-policy-methods-hint]", node).id = `${id}-methods-hint`;
     for (const box of $$("[data-policy-method]", node)) {
       box.id = `${id}-${box.dataset.policyMethod}`;
       box.nextElementSibling.htmlFor = box.id;
