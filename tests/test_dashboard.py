@@ -224,14 +224,21 @@ async def test_advanced_fields_and_a_policy_save_and_name_their_errors(
     await page.check("#policy-ACTION_WAAS_SIGN-approval")
     await page.fill("#policy-ACTION_WAAS_SIGN-ttl", "60")
     await check_dashboard_screen(page, "dashboard-settings-advanced")
+    # Meanwhile another operator gives Waas Refresh a policy through the API.
+    refresh = types.ActionPolicy(action=types.ACTION_WAAS_REFRESH, require_approval=True)
+    await client.admin.update_settings(
+        types.Settings(environment_id=ENV, action_policies=[refresh]), ["action_policies"]
+    )
     assert (await save(page))[0] == "ok"
     settings = await client.admin.get_settings(ENV)
     assert settings.lockout.max_failed_attempts == 7
     assert settings.lockout.lockout_duration.seconds == 600
-    [policy] = settings.action_policies
+    kept, policy = settings.action_policies  # theirs stays; the page's is added
+    assert kept == refresh
     assert policy.action == types.ACTION_WAAS_SIGN
     assert policy.require_approval
     assert policy.max_token_ttl.seconds == 60
+    assert await page.is_checked("#policy-ACTION_WAAS_REFRESH-approval")
 
     # A policy error lands in that action's policy, in plain words.
     await page.check("#policy-ACTION_WAAS_EXPORT-METHOD_PASSKEY")
@@ -242,7 +249,14 @@ async def test_advanced_fields_and_a_policy_save_and_name_their_errors(
     assert await page.get_attribute("#policy-ACTION_WAAS_EXPORT-METHOD_TOTP", "aria-invalid") == (
         "true"
     )
-    assert list((await client.admin.get_settings(ENV)).action_policies) == [policy]
+    assert list((await client.admin.get_settings(ENV)).action_policies) == [kept, policy]
+
+    # Emptied, a policy is removed: the action follows the settings above again.
+    await page.uncheck("#policy-ACTION_WAAS_EXPORT-METHOD_PASSKEY")
+    await page.uncheck("#policy-ACTION_WAAS_SIGN-approval")
+    await page.fill("#policy-ACTION_WAAS_SIGN-ttl", "")
+    assert (await save(page))[0] == "ok"
+    assert list((await client.admin.get_settings(ENV)).action_policies) == [kept]
 
 
 async def test_the_environment_picker_lists_and_switches_environments(
