@@ -16,10 +16,15 @@ which copies it into the header (``static/common.js``: ``api.post``).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import json
+import logging
 import secrets
-from collections.abc import Awaitable, Callable
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -217,3 +222,25 @@ async def serve(app: web.Application, *, host: str = "127.0.0.1", port: int = 0)
         await runner.cleanup()
         raise
     return RunningServer(runner, int(runner.addresses[0][1]))
+
+
+async def until_stopped() -> None:
+    """Return on SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+    await stop.wait()
+
+
+def run(serving: Callable[[], Coroutine[Any, Any, None]], service_address: str) -> int:
+    """An example app's ``main``: run ``serving`` (which serves until ``until_stopped``);
+    exit status 1 with one line when mfa-service at ``service_address`` refuses or cannot
+    be reached."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serving())
+    except MfaServiceError as error:  # e.g. mfa-service is not running
+        print(f"mfa-service at {service_address}: {error}", file=sys.stderr)
+        return 1
+    return 0

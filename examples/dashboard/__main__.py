@@ -4,16 +4,12 @@ http://127.0.0.1:PORT (loopback only: it is an admin screen with no login of its
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import logging
-import signal
 import sys
 from pathlib import Path
 
 from examples.dashboard.app import create_app
-from examples.web import serve
-from mfa_client import Client, MfaServiceError
+from examples.web import run, serve, until_stopped
+from mfa_client import Client
 
 HOST = "127.0.0.1"
 
@@ -55,24 +51,14 @@ async def _run(args: argparse.Namespace) -> None:
         server = await serve(create_app(client), host=HOST, port=args.port)
         try:
             print(f"open http://{HOST}:{server.port}/  (mfa-service at {args.grpc})", flush=True)
-            stop = asyncio.Event()
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                asyncio.get_running_loop().add_signal_handler(signum, stop.set)
-            await stop.wait()
+            await until_stopped()
         finally:
             await server.close()
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = _parser().parse_args(argv)
-    try:
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(_run(args))
-    except MfaServiceError as error:  # e.g. mfa-service is not running
-        print(f"mfa-service at {args.grpc}: {error}", file=sys.stderr)
-        return 1
-    return 0
+    return run(lambda: _run(args), args.grpc)
 
 
 if __name__ == "__main__":

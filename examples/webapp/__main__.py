@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import logging
-import signal
 import sys
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from examples.signer import Signer
+from examples.web import run, until_stopped
 from examples.webapp.app import configure_environment, create_app, serve
-from mfa_client import Client, MfaServiceError
+from mfa_client import Client
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,24 +49,14 @@ async def _run(args: argparse.Namespace) -> None:
                 f"open {origin}/  (environment {args.env!r}, mfa-service at {args.grpc})",
                 flush=True,
             )
-            stop = asyncio.Event()
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                asyncio.get_running_loop().add_signal_handler(signum, stop.set)
-            await stop.wait()
+            await until_stopped()
         finally:
             await server.close()
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = _parser().parse_args(argv)
-    try:
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(_run(args))
-    except MfaServiceError as error:  # e.g. mfa-service is not running
-        print(f"mfa-service at {args.grpc}: {error}", file=sys.stderr)
-        return 1
-    return 0
+    return run(lambda: _run(args), args.grpc)
 
 
 if __name__ == "__main__":
