@@ -41,6 +41,7 @@ from mfa_service.store.db import Database, create_pool
 log = logging.getLogger("mfa_service.deliveries")
 
 NICENESS = 19  # where SCHED_IDLE is not to be had: CFS weight 15 against a server's 1024
+APPLICATION_NAME = "mfa-service deliver"  # its sessions in pg_stat_activity
 POOL_SIZE = 2  # the dispatcher runs one statement at a time; one spare
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 RESTART_DELAY_SECONDS = 1.0  # after the delivery process died unexpectedly
@@ -93,7 +94,10 @@ def _die_with_parent() -> None:
 async def _deliver(config: Config, database_url: str, parent: int | None) -> None:
     db = Database(
         await create_pool(
-            database_url, size=POOL_SIZE, statement_cache_size=config.db_statement_cache_size
+            database_url,
+            size=POOL_SIZE,
+            statement_cache_size=config.db_statement_cache_size,
+            application_name=APPLICATION_NAME,
         )
     )
     try:

@@ -118,9 +118,28 @@ async def test_deliveries_run_in_a_process_of_lower_priority_that_ends_with_its_
             await eventually(lambda: _idle(child), what="the delivery process SCHED_IDLE")
             assert os.sched_getscheduler(parent) == os.SCHED_OTHER
             assert _command(child)[-4:] == ["deliver", "--dev", "--parent", str(parent)]
+            # Each names its own sessions, for an operator reading pg_stat_activity.
+            await eventually(
+                lambda: _names_both(database_url),
+                what="the sessions of the server and of its delivery process, named",
+            )
         server.signal(signal.SIGKILL)
         await server.wait()
         await eventually(lambda: not _alive(child), what="the delivery process ended")
+
+
+async def _names_both(database_url: str) -> bool:
+    """The server's sessions and its delivery process's are in pg_stat_activity, each
+    under its own application_name."""
+    db = await asyncpg.connect(database_url)
+    try:
+        names = await db.fetch(
+            "SELECT DISTINCT application_name FROM pg_stat_activity "
+            "WHERE datname = current_database()"
+        )
+    finally:
+        await db.close()
+    return {"mfa-service", "mfa-service deliver"} <= {row[0] for row in names}
 
 
 async def test_three_replicas_post_each_event_once(tmp_path: Path, database_url: str) -> None:

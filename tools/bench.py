@@ -22,7 +22,8 @@ events the dispatcher delivered while they were written.
 
 Server CPU per call is the utime+stime of the server process and its workers
 (/proc/PID/stat) over the measured window divided by the calls; with the embedded
-PostgreSQL its CPU per call is reported too. The results go to .bench/results.json
+PostgreSQL its CPU per call is reported too, and results.json has the WAL bytes, WAL
+full-page images and commits per call (pg_stat_wal, pg_stat_database: the whole server). The results go to .bench/results.json
 (DESIGN.md §3b) and one table is printed. ``--preload-tokens N`` then loads a day's history
 of N consumed tokens and N/10 users with TOTP devices (generated in SQL) and measures
 again, to show whether the cost stays flat as the data grows.
@@ -861,11 +862,13 @@ def run_scenario(
     started = time.monotonic()
     _sleep_until(started + shape.warmup)
     postmaster = postgres.postmaster_pid()
+    wal_before = wal_counters(postgres.url)
     server_cpu = server.cpu_seconds()
     db_cpu = cpu_seconds(process_tree(postmaster)) if postmaster else 0.0
     validations, statements = server.validation_batches()
     _sleep_until(started + shape.warmup + shape.duration)
     server_cpu = server.cpu_seconds() - server_cpu
+    wal = [b - a for a, b in zip(wal_before, wal_counters(postgres.url), strict=True)]
     after = server.validation_batches()
     validations, statements = after[0] - validations, after[1] - statements
     db_cpu = (cpu_seconds(process_tree(postmaster)) if postmaster else 0.0) - db_cpu
@@ -885,6 +888,10 @@ def run_scenario(
         result["validations_per_statement"] = round(validations / statements, 1)
     if postmaster:
         result["db_cpu_us_per_call"] = round(db_cpu / calls * 1e6, 1) if calls else 0.0
+    if calls:
+        result["wal_bytes_per_call"] = round(wal[0] / calls)
+        result["wal_full_page_images_per_call"] = round(wal[1] / calls, 3)
+        result["commits_per_call"] = round(wal[2] / calls, 2)
     client_cpu = sum(t.cpu_seconds for t in tallies)
     result["client_cpu_us_per_call"] = round(client_cpu / calls * 1e6, 1) if calls else 0.0
     samples = [s for t in tallies for s in t.error_samples]
@@ -893,6 +900,25 @@ def run_scenario(
     if any(t.ran_dry for t in tallies):
         result["ran_out_of_seeded_data"] = True
     return result
+
+
+def wal_counters(url: str) -> tuple[int, int, int]:
+    """PostgreSQL's WAL bytes and full-page images written, and transactions committed,
+    so far (the whole server: the service's writes, its dispatcher's, checkpoints')."""
+
+    async def read() -> tuple[int, int, int]:
+        conn = await asyncpg.connect(url)
+        try:
+            [row] = await conn.fetch(  # one row: the GROUP BY has one group
+                "SELECT w.wal_bytes::bigint AS bytes, w.wal_fpi AS fpi, "
+                "sum(d.xact_commit)::bigint AS commits FROM pg_stat_wal w, pg_stat_database d "
+                "GROUP BY w.wal_bytes, w.wal_fpi"
+            )
+        finally:
+            await conn.close()
+        return int(row["bytes"]), int(row["fpi"]), int(row["commits"])
+
+    return asyncio.run(read())
 
 
 def _sleep_until(deadline: float) -> None:

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, TypeAlias
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
@@ -35,6 +36,8 @@ ACQUIRE_TIMEOUT_SECONDS = 5.0
 # pooler in transaction mode (pgbouncer) hands each transaction a different server
 # connection, where those names do not exist: there it must be 0 (MFA_DB_STATEMENT_CACHE).
 DEFAULT_STATEMENT_CACHE_SIZE = 100
+# What pg_stat_activity calls the server's sessions (the delivery process: its own name).
+APPLICATION_NAME = "mfa-service"
 
 # SQLSTATE classes that mean "the database is not usable now": connection exception,
 # insufficient resources, operator intervention (shutdown, cannot connect now).
@@ -140,11 +143,14 @@ async def create_pool(
     size: int,
     query_logger: Callable[[Any], None] | None = None,
     statement_cache_size: int = DEFAULT_STATEMENT_CACHE_SIZE,
+    application_name: str = APPLICATION_NAME,
 ) -> asyncpg.Pool:
     """``query_logger``: called with asyncpg's ``LoggedQuery`` after each statement of a
     pooled connection (tracing); None, the default, costs the statements nothing.
     ``statement_cache_size`` 0: no named prepared statements (behind pgbouncer in
-    transaction mode); each statement is then parsed again on every execution."""
+    transaction mode); each statement is then parsed again on every execution.
+    ``application_name``: how ``pg_stat_activity`` names the pool's sessions, unless the
+    URL names them itself (``?application_name=``)."""
     init = _init_connection
     if query_logger is not None:
         logger = query_logger
@@ -163,6 +169,11 @@ async def create_pool(
             init=init,
             reset=_reset_connection,
             statement_cache_size=statement_cache_size,
+            server_settings=(
+                {}
+                if "application_name" in parse_qs(urlsplit(url).query)
+                else {"application_name": application_name}
+            ),
         )
     if pool is None:  # only when create_pool is not awaited; keeps the type exact
         raise DatabaseUnavailable()
