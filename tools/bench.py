@@ -23,10 +23,11 @@ events the dispatcher delivered while they were written.
 Server CPU per call is the utime+stime of the server process and its workers
 (/proc/PID/stat) over the measured window divided by the calls; with the embedded
 PostgreSQL its CPU per call is reported too, and results.json has the WAL bytes, WAL
-full-page images and commits per call (pg_stat_wal, pg_stat_database: the whole server). The results go to .bench/results.json
-(DESIGN.md §3b) and one table is printed. ``--preload-tokens N`` then loads a day's history
-of N consumed tokens and N/10 users with TOTP devices (generated in SQL) and measures
-again, to show whether the cost stays flat as the data grows.
+full-page images and commits per call (pg_stat_wal, pg_stat_database: the whole server).
+The results go to .bench/results.json (DESIGN.md §3b) and one table is printed.
+``--preload-tokens N`` then loads a day's history of N consumed tokens and N/10 users
+with TOTP devices (generated in SQL) and measures again, to show whether the cost stays
+flat as the data grows.
 
 Each scenario runs in ``--rounds`` interleaved rounds (default 3) and each figure is the
 median over them, the ratios taken within a round: a shared machine's speed drifts.
@@ -48,6 +49,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -204,55 +206,49 @@ def _certificates(out: Path) -> tuple[Path, Path, Path]:
     return paths
 
 
-def _receive(port: int, cert: Path, key: Path, received: Any) -> None:
-    """The receiver process: 204 to every POST, counted (nothing verified: the tests do).
-    It stands for another machine: at the lowest CPU priority, it takes only what the
-    server, its database and the load leave."""
-    import ssl
-
-    # SCHED_IDLE, as the delivery process: on this machine the receiver must not take
-    # what the server, its database and the load would have had (niceness 19 still did:
-    # IssueActionToken with the webhook fell to 70 % of its twin run, against 91 %).
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):  # not Linux
-        os.nice(19)
-
-    from aiohttp import web
-
-    async def hook(request: web.Request) -> web.Response:
-        await request.read()
-        received.value += 1
-        return web.Response(status=204)
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    tls.load_cert_chain(cert, key)
-    web.run_app(app, host="127.0.0.1", port=port, ssl_context=tls, print=None, access_log=None)
+RECEIVER = Path(__file__).with_name("bench_receiver.mjs")
 
 
 class WebhookReceiver:
-    """An HTTPS receiver in its own process; ``ca`` is what the server must trust."""
+    """The HTTPS receiver (``bench_receiver.mjs``, under Node) in its own process; ``ca``
+    is what the server must trust. It stands for another machine: scheduled SCHED_IDLE,
+    as the delivery process is, it takes only the CPU that the server, its database and
+    the load leave (at niceness 19, a Python receiver still took enough for
+    IssueActionToken with the webhook to fall to 70 % of its twin run, against 91 %)."""
 
     def __init__(self, out: Path) -> None:
         self.ca, cert, key = _certificates(out)
         self.port = _free_port()
         self.url = f"https://127.0.0.1:{self.port}/hook"
-        context = multiprocessing.get_context("spawn")
-        self._received = context.RawValue("q", 0)  # written by the receiver's one thread
-        self.process = context.Process(
-            target=_receive, args=(self.port, cert, key, self._received), daemon=True
+        self._count_url = f"https://127.0.0.1:{self.port}/count"
+        self._tls = ssl.create_default_context(cafile=str(self.ca))
+        node = shutil.which("node")
+        if node is None:
+            raise SystemExit("the webhook round needs Node.js (or run with --no-webhook)")
+        self.process = subprocess.Popen(  # noqa: S603 (Node and our own script)
+            [node, str(RECEIVER), str(self.port), str(cert), str(key)],
+            stdout=subprocess.PIPE,
+            text=True,
         )
-        self.process.start()
+        try:
+            with contextlib.suppress(AttributeError, OSError):  # Linux only
+                os.sched_setscheduler(self.process.pid, os.SCHED_IDLE, os.sched_param(0))
+            if self.process.stdout is None or self.process.stdout.readline().strip() != "listening":
+                raise SystemExit("the webhook receiver did not start")
+        except BaseException:
+            self.stop()
+            raise
 
     @property
     def received(self) -> int:
-        return int(self._received.value)
+        with urllib.request.urlopen(  # noqa: S310 (our https URL)
+            self._count_url, timeout=5, context=self._tls
+        ) as answer:
+            return int(answer.read())
 
     def stop(self) -> None:
         self.process.terminate()
-        self.process.join(10)
+        self.process.wait(10)
 
 
 class ServerUnderTest:
