@@ -18,7 +18,7 @@ import asyncio
 import logging
 import random
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from uuid import UUID
@@ -230,14 +230,23 @@ class Dispatcher(UseCase):
     """Delivers every webhook's events; one per server process, any number of them."""
 
     def __init__(
-        self, runtime: Runtime, options: WebhookOptions, *, keys: TokenKeys, issuer: str
+        self,
+        runtime: Runtime,
+        options: WebhookOptions,
+        *,
+        keys: TokenKeys,
+        issuer: str,
+        pace: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """``keys``: the token keys, which sign CAEP Security Event Tokens; ``issuer``:
-        their ``iss`` (the action tokens' issuer)."""
+        their ``iss`` (the action tokens' issuer); ``pace``: awaited after each batch,
+        holding no claim (the delivery process's ``Pacer``: it waits while the machine is
+        busy with the calls)."""
         super().__init__(runtime)
         self._options = options
         self._keys = keys
         self._issuer = issuer
+        self._pace = pace
 
     async def run_forever(self) -> None:
         async with aiohttp.ClientSession(
@@ -282,6 +291,8 @@ class Dispatcher(UseCase):
                     except Exception as error:
                         span.set_status(trace.StatusCode.ERROR, type(error).__name__)
                         raise
+                if self._pace is not None:
+                    await self._pace()
 
     async def _serve(self, session: aiohttp.ClientSession, held: webhook_store.Claim) -> bool:
         """Deliver a batch of ``held``'s events; True: all of it went and more may wait.
