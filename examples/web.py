@@ -31,6 +31,7 @@ from typing import Any
 
 import grpc
 from aiohttp import web
+from google.protobuf import timestamp_pb2
 
 from mfa_client import MfaServiceError
 
@@ -201,6 +202,11 @@ def credential(values: Json) -> str:
 def add_shared_static(app: web.Application) -> None:
     """Serve ``examples/static`` (``base.css``, ``common.js``) at ``/shared/``."""
     app.router.add_static("/shared/", SHARED_STATIC, follow_symlinks=False)
+
+
+def timestamp_json(timestamp: timestamp_pb2.Timestamp) -> str | None:
+    """A protobuf time as the pages read it (RFC 3339); None for an unset one."""
+    return timestamp.ToJsonString() if timestamp.seconds or timestamp.nanos else None
 
 
 @dataclass

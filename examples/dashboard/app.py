@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from aiohttp import web
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import duration_pb2
 
 from examples.web import (
     BadRequest,
@@ -38,6 +38,7 @@ from examples.web import (
     errors,
     security,
     text,
+    timestamp_json,
 )
 from mfa.v1 import admin_service_pb2 as admin_pb
 from mfa.v1 import types_pb2
@@ -161,7 +162,7 @@ def settings_json(settings: types_pb2.Settings) -> Json:
     values: Json = {
         "environment_id": settings.environment_id,
         "revision": settings.revision,
-        "update_time": _time(settings.update_time),
+        "update_time": timestamp_json(settings.update_time),
     }
     for path in SCALAR_FIELDS:
         value = _leaf(settings, path)
@@ -402,7 +403,7 @@ async def _list_audit_events(request: web.Request) -> web.StreamResponse:
             break
     else:
         if since or until:  # the budget is spent: say how far back the search got
-            searched_to = _time(events[-1].occurred_at) if events else None
+            searched_to = timestamp_json(events[-1].occurred_at) if events else None
     return web.json_response(
         {
             "events": [_event_json(e) for e in found],
@@ -431,7 +432,7 @@ def _event_json(event: admin_pb.AuditEvent) -> Json:
         "event_id": event.event_id,
         "type": admin_pb.AuditEventType.Name(event.type),
         "user_id": event.user_id,
-        "occurred_at": _time(event.occurred_at),
+        "occurred_at": timestamp_json(event.occurred_at),
         "method": types_pb2.Method.Name(event.method) if event.method else "",
         "device_id": event.device_id,
         "caller": event.caller,
@@ -455,7 +456,7 @@ async def _user_status(request: web.Request) -> web.StreamResponse:
             "user_id": user,
             "enrolled_methods": [types_pb2.Method.Name(m) for m in status.enrolled_methods],
             "enrollment_required": status.enrollment_required,
-            "locked_until": _time(status.locked_until),
+            "locked_until": timestamp_json(status.locked_until),
             "recovery_required": status.recovery_required,
             "recovery_codes_remaining": status.recovery_codes_remaining,
             "devices": [
@@ -464,8 +465,8 @@ async def _user_status(request: web.Request) -> web.StreamResponse:
                     "method": types_pb2.Method.Name(d.method),
                     "alias": d.alias,
                     "is_default": d.is_default,
-                    "created_at": _time(d.created_at),
-                    "last_used_at": _time(d.last_used_at),
+                    "created_at": timestamp_json(d.created_at),
+                    "last_used_at": timestamp_json(d.last_used_at),
                 }
                 for d in devices
             ],
@@ -487,7 +488,3 @@ async def _reset_user(request: web.Request) -> web.StreamResponse:
     return web.json_response(
         {"devices_removed": result.devices_removed, "tokens_revoked": result.tokens_revoked}
     )
-
-
-def _time(timestamp: timestamp_pb2.Timestamp) -> str | None:
-    return timestamp.ToJsonString() if timestamp.seconds or timestamp.nanos else None

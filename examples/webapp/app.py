@@ -21,7 +21,6 @@ from typing import Any
 
 import segno
 from aiohttp import web
-from google.protobuf import timestamp_pb2
 
 from examples.signer import (
     ApprovalNotVerified,
@@ -41,6 +40,7 @@ from examples.web import (
     security,
     serve,
     text,
+    timestamp_json,
 )
 from examples.web import RunningServer as RunningServer
 from examples.webapp import session
@@ -199,7 +199,7 @@ async def _me_answer(request: web.Request, who: session.SignedIn) -> Json:
         "session_mfa_pending": status.session_mfa_pending,
         "enrollment_required": status.enrollment_required,
         "sign_protected": types_pb2.ACTION_WAAS_SIGN in status.protected_actions,
-        "locked_until": _time(status.locked_until),
+        "locked_until": timestamp_json(status.locked_until),
         "recovery_codes_remaining": status.recovery_codes_remaining,
         "recovery_codes_unacknowledged": status.recovery_codes_pending_acknowledgement,
         "recovery_required": status.recovery_required,
@@ -482,7 +482,7 @@ async def _approval_start(request: web.Request) -> web.StreamResponse:
             **answer,
             **_challenge_answer(method, challenge.challenge_id, challenge),
             "protected": True,
-            "expires_at": _time(challenge.expires_at),
+            "expires_at": timestamp_json(challenge.expires_at),
         }
     )
 
@@ -497,7 +497,9 @@ async def _approval_issue(request: web.Request) -> web.StreamResponse:
         challenge_id=text(values, "challenge_id"),
         proof=_proof(values),
     )
-    return web.json_response({"token": issued.token, "expires_at": _time(issued.expires_at)})
+    return web.json_response(
+        {"token": issued.token, "expires_at": timestamp_json(issued.expires_at)}
+    )
 
 
 async def _approval_sign(request: web.Request) -> web.StreamResponse:
@@ -633,10 +635,6 @@ def _device(device: types_pb2.Device) -> Json:
         "name": device.alias,
         "kind": _METHOD_NAMES.get(device.method, "other"),
         "is_default": device.is_default,
-        "added": _time(device.created_at),
-        "last_used": _time(device.last_used_at),
+        "added": timestamp_json(device.created_at),
+        "last_used": timestamp_json(device.last_used_at),
     }
-
-
-def _time(timestamp: timestamp_pb2.Timestamp) -> str | None:
-    return timestamp.ToJsonString() if timestamp.seconds or timestamp.nanos else None
