@@ -24,10 +24,19 @@ import pytest
 from mfa_client import Client, MfaServiceError
 from mfa_service import app as app_module
 from mfa_service.crypto import KeyRing
+from mfa_service.services.webhooks import WebhookOptions
 
 T = TypeVar("T")
 
 TEST_KEY_RING = KeyRing.parse(KeyRing.generate_entry("test1"))
+
+# Webhooks as in development mode (http to loopback receivers), with a dispatcher that
+# looks for new events every 50 ms.
+LOOPBACK_WEBHOOKS = WebhookOptions(
+    allow_loopback_http=True,
+    timeout=timedelta(seconds=5),
+    poll_interval=timedelta(milliseconds=50),
+)
 
 
 class FakeClock:

@@ -6,14 +6,13 @@ awaits its pace after every batch, holding no claim."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import timedelta
 
 import aiohttp
 import asyncpg
 import pytest
 from test_webhooks import committed_ids, create_webhook, reset
 
-from helpers import TEST_KEY_RING, FakeClock, started_app
+from helpers import LOOPBACK_WEBHOOKS, TEST_KEY_RING, FakeClock, started_app
 from mfa_client import Client
 from mfa_service import deliveries
 from mfa_service.services.keys import TokenKeys
@@ -82,12 +81,7 @@ def test_the_machines_cpu_is_read_from_proc_stat() -> None:
 
 @pytest.fixture
 def webhook_options() -> WebhookOptions:
-    """As tests/test_webhooks.py: http to loopback, a dispatcher that looks every 50 ms."""
-    return WebhookOptions(
-        allow_loopback_http=True,
-        timeout=timedelta(seconds=5),
-        poll_interval=timedelta(milliseconds=50),
-    )
+    return LOOPBACK_WEBHOOKS
 
 
 @pytest.fixture

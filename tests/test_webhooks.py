@@ -18,7 +18,7 @@ from standardwebhooks.webhooks import Webhook as StandardWebhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from flows import call, enroll_totp
-from helpers import TEST_KEY_RING, FakeClock, eventually, refused
+from helpers import LOOPBACK_WEBHOOKS, TEST_KEY_RING, FakeClock, eventually, refused
 from mfa.v1 import admin_service_pb2 as admin_pb
 from mfa_client import Client
 from mfa_service.domain import webhooks as domain
@@ -46,12 +46,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def webhook_options() -> WebhookOptions:
-    """Development mode (http to loopback), and a dispatcher that looks every 50 ms."""
-    return WebhookOptions(
-        allow_loopback_http=True,
-        timeout=timedelta(seconds=5),
-        poll_interval=timedelta(milliseconds=50),
-    )
+    return LOOPBACK_WEBHOOKS
 
 
 @pytest.fixture
