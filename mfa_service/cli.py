@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         # migrate needs only the database: a migration job gets no keys and no TLS files.
         database = config_module.load_database(dev_mode=dev_mode)
         if args.command in ("serve", "deliver"):
-            config = config_module.load(dev_mode=dev_mode)
+            # One warning of development mode: the server says it, not its deliveries.
+            config = config_module.load(dev_mode=dev_mode, announce=args.command == "serve")
         if args.command == "deliver":
             if database.database_url is None:
                 raise ConfigError("DATABASE_URL", "deliver needs the server's database")

@@ -196,8 +196,12 @@ class Config:
         return f"{host}:{self.listen_port}"
 
 
-def load(env: Mapping[str, str] | None = None, *, dev_mode: bool = False) -> Config:
-    """Read and check every setting. ``dev_mode`` is ``serve --dev`` (``make run``)."""
+def load(
+    env: Mapping[str, str] | None = None, *, dev_mode: bool = False, announce: bool = True
+) -> Config:
+    """Read and check every setting. ``dev_mode`` is ``serve --dev`` (``make run``);
+    ``announce=False`` leaves its warning to another process (the delivery process
+    ``serve`` starts, whose log is the server's)."""
     env = os.environ if env is None else env
     database_url = _service_database_url(env, dev_mode=dev_mode)
     data_dir = _data_dir(env)
@@ -237,7 +241,7 @@ def load(env: Mapping[str, str] | None = None, *, dev_mode: bool = False) -> Con
             hours=_int(env, "MFA_WEBHOOK_RETRY_HORIZON_HOURS", low=1, high=720)
         ),
         # Last: in dev mode it writes a key file and logs, only for an otherwise valid config.
-        key_ring=_key_ring(env, data_dir, dev_mode=dev_mode),
+        key_ring=_key_ring(env, data_dir, dev_mode=dev_mode, announce=announce),
     )
 
 
@@ -343,10 +347,12 @@ def _statement_cache_size(env: Mapping[str, str]) -> int:
     return _int(env, "MFA_DB_STATEMENT_CACHE", low=0, high=10000)
 
 
-def _key_ring(env: Mapping[str, str], data_dir: Path, *, dev_mode: bool) -> KeyRing:
+def _key_ring(
+    env: Mapping[str, str], data_dir: Path, *, dev_mode: bool, announce: bool = True
+) -> KeyRing:
     spec = (_value(env, "MFA_ENCRYPTION_KEYS") or "").strip()
     if not spec and dev_mode:
-        spec = _dev_keys(data_dir)
+        spec = _dev_keys(data_dir, announce=announce)
     if not spec:
         raise ConfigError(
             "MFA_ENCRYPTION_KEYS",
@@ -359,7 +365,7 @@ def _key_ring(env: Mapping[str, str], data_dir: Path, *, dev_mode: bool) -> KeyR
         raise ConfigError("MFA_ENCRYPTION_KEYS", str(exc)) from None
 
 
-def _dev_keys(data_dir: Path) -> str:
+def _dev_keys(data_dir: Path, *, announce: bool) -> str:
     """Development only: a key ring kept in the data directory, made on first use."""
     path = data_dir / DEV_KEY_FILE
     if not path.exists():
@@ -368,11 +374,12 @@ def _dev_keys(data_dir: Path) -> str:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as file:
             file.write(KeyRing.generate_entry("dev1") + "\n")
-    logging.getLogger("mfa_service").warning(
-        "DEVELOPMENT MODE: secrets are encrypted with a key stored in %s; never use this "
-        "in production (set MFA_ENCRYPTION_KEYS)",
-        path,
-    )
+    if announce:
+        logging.getLogger("mfa_service").warning(
+            "DEVELOPMENT MODE: secrets are encrypted with a key stored in %s; never use "
+            "this in production (set MFA_ENCRYPTION_KEYS)",
+            path,
+        )
     return path.read_text().strip()
 
 
