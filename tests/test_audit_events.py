@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import jwt
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from flows import (
     call,
@@ -172,3 +173,73 @@ def test_every_audit_insert_names_the_one_column_list() -> None:
     ):
         with pytest.raises(ValueError, match="audit INSERT must give exactly"):
             audit_store.insert_sql(wrong)
+
+
+async def test_a_time_range_keeps_the_events_from_its_start_to_before_its_end_across_pages(
+    client: Client, clock: FakeClock
+) -> None:
+    """start_time is inclusive, end_time exclusive; either may be open; the next page keeps
+    the range."""
+    start = clock.now()
+    for n in range(4):  # one settings change an hour, on the hour
+        clock.advance(timedelta(hours=1 if n else 0))
+        await update_settings(client, ENV, totp__issuer=f"Issuer {n}")
+
+    async def issuers(
+        start_time: datetime | None = None, end_time: datetime | None = None
+    ) -> list[str]:
+        found, token = [], ""
+        while True:
+            events, token = await client.admin.list_audit_events(
+                ENV,
+                types=[admin_pb.AUDIT_EVENT_TYPE_SETTINGS_CHANGED],
+                page_size=1,
+                page_token=token,
+                start_time=start_time,
+                end_time=end_time,
+            )
+            found += [e.occurred_at.ToDatetime(tzinfo=UTC) - start for e in events]
+            if not token:
+                return [f"{delta // timedelta(hours=1)}h" for delta in found]
+
+    hour = timedelta(hours=1)
+    assert await issuers() == ["3h", "2h", "1h", "0h"]
+    assert await issuers(start_time=start + hour, end_time=start + 3 * hour) == ["2h", "1h"]
+    assert await issuers(start_time=start + hour) == ["3h", "2h", "1h"]
+    assert await issuers(end_time=start + hour) == ["0h"]
+    # A microsecond either side of an event decides it.
+    tick = timedelta(microseconds=1)
+    assert await issuers(start_time=start + 2 * hour + tick) == ["3h"]
+    assert await issuers(start_time=start + hour, end_time=start + hour + tick) == ["1h"]
+    assert await issuers(start_time=start + 4 * hour) == []
+
+
+@pytest.mark.parametrize(
+    ("window", "field"),
+    [
+        ({"start_time": Timestamp(seconds=100), "end_time": Timestamp(seconds=100)}, "end_time"),
+        ({"start_time": Timestamp(seconds=100), "end_time": Timestamp(seconds=99)}, "end_time"),
+        ({"start_time": Timestamp(seconds=-62_135_596_801)}, "start_time"),
+        ({"end_time": Timestamp(seconds=253_402_300_800)}, "end_time"),
+        ({"start_time": Timestamp(seconds=0, nanos=-1)}, "start_time"),
+        ({"end_time": Timestamp(seconds=0, nanos=1_000_000_000)}, "end_time"),
+    ],
+    ids=["empty", "reversed", "before-year-1", "after-9999", "negative-nanos", "whole-nanos"],
+)
+async def test_a_bad_time_range_is_refused_naming_its_field(
+    client: Client, window: dict[str, Timestamp], field: str
+) -> None:
+    request = admin_pb.ListAuditEventsRequest(environment_id=ENV)
+    for name, value in window.items():
+        getattr(request, name).CopyFrom(value)
+    error = await refused(
+        call(client.admin.stub.ListAuditEvents(request)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "ERROR_REASON_INVALID_ARGUMENT",
+    )
+    assert [v.field for v in error.field_violations] == [field]
+
+
+async def test_the_python_client_refuses_a_time_without_its_zone(client: Client) -> None:
+    with pytest.raises(ValueError, match="start_time must be an aware datetime"):
+        await client.admin.list_audit_events(ENV, start_time=datetime(2026, 1, 1))

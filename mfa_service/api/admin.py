@@ -16,6 +16,7 @@ from mfa_service.api.convert import (
     audit_event_to_proto,
     audit_event_type_from_proto,
     environment_id,
+    instant,
     new_settings_fields,
     settings_changes,
     settings_to_proto,
@@ -158,6 +159,8 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             types=[
                 audit_event_type_from_proto(t, f"types[{i}]") for i, t in enumerate(request.types)
             ],
+            since=instant(request, "start_time"),
+            until=instant(request, "end_time"),
         )
         events = [audit_event_to_proto(e.event_id, e.event) for e in page.events]
         fit = _fitting(events)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from mfa_service.domain.audit import AuditEvent, AuditEventType
 from mfa_service.domain.model import EnvironmentId
@@ -50,10 +51,16 @@ class AuditLogService(UseCase):
         page_token: str,
         user_id: str,
         types: Sequence[AuditEventType],
+        since: datetime | None = None,
+        until: datetime | None = None,
     ) -> EventPage:
+        """A page of the events that match every filter given; ``since`` (inclusive) and
+        ``until`` (exclusive) bound when they occurred."""
         size = page_size or DEFAULT_PAGE_SIZE
         if not 1 <= size <= MAX_PAGE_SIZE:
             raise InvalidArgument.field("page_size", f"must be 1 to {MAX_PAGE_SIZE}")
+        if since is not None and until is not None and until <= since:
+            raise InvalidArgument.field("end_time", "must be after start_time")
         before = page_tokens.decode(page_token, _row_id) if page_token else None
         await self._settings.require(env)
         async with self._db.transaction() as conn:
@@ -63,6 +70,8 @@ class AuditLogService(UseCase):
                 user_id=user_id,
                 types=[t.name for t in types] or None,
                 before_id=before,
+                since=since,
+                until=until,
                 limit=size + 1,
             )
         more = len(logged) > size

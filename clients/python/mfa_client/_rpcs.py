@@ -16,6 +16,7 @@ import json
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Generic, TypeVar, overload
 
 from google.protobuf import field_mask_pb2
@@ -408,10 +409,13 @@ def list_audit_events(
     types: Iterable[admin_pb.AuditEventType.ValueType] = (),
     page_size: int = 0,
     page_token: str = "",
+    start_time: datetime | None = None,
+    end_time: datetime | None = None,
 ) -> Rpc[tuple[list[admin_pb.AuditEvent], str]]:
     """One page of the environment's security events, newest first, and the token of the
-    next (empty on the last page), optionally of one user and of some ``types``.
-    ``page_size`` 1..500; 0 means 50."""
+    next (empty on the last page), optionally of one user, of some ``types``, and that
+    occurred from ``start_time`` (inclusive) to ``end_time`` (exclusive), aware datetimes.
+    ``page_size`` 1..500; 0 means 50. The next page takes the same filters."""
     request = admin_pb.ListAuditEventsRequest(
         environment_id=environment_id,
         user_id=user_id,
@@ -419,6 +423,11 @@ def list_audit_events(
         page_size=page_size,
         page_token=page_token,
     )
+    for field, value in (("start_time", start_time), ("end_time", end_time)):
+        if value is not None:
+            if value.utcoffset() is None:  # ambiguous: which zone's midnight?
+                raise ValueError(f"{field} must be an aware datetime (with a tzinfo)")
+            getattr(request, field).FromDatetime(value)
     return _ADMIN.unary(
         "ListAuditEvents",
         request,

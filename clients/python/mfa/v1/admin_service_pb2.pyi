@@ -695,6 +695,8 @@ class ListAuditEventsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     TYPES_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
     environment_id: _builtins.str
     page_size: _builtins.int
     """1..500; 0 means 50."""
@@ -704,6 +706,14 @@ class ListAuditEventsRequest(_message.Message):
     """Optional filters."""
     @_builtins.property
     def types(self) -> _containers.RepeatedScalarFieldContainer[Global___AuditEventType.ValueType]: ...
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Only events that occurred at start_time or later (inclusive) and before end_time
+        (exclusive); either may be left unset. end_time must be after start_time.
+        """
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -712,10 +722,12 @@ class ListAuditEventsRequest(_message.Message):
         page_token: _builtins.str = ...,
         user_id: _builtins.str = ...,
         types: _abc.Iterable[Global___AuditEventType.ValueType] | None = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["environment_id", b"environment_id", "page_size", b"page_size", "page_token", b"page_token", "types", b"types", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "environment_id", b"environment_id", "page_size", b"page_size", "page_token", b"page_token", "start_time", b"start_time", "types", b"types", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
