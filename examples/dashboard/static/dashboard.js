@@ -570,8 +570,7 @@ async function loadAudit() {
   const which = filters ? ` matching ${filters}` : "";
   const n = page.events.length;
   const pageNumber = state.auditPages.length;
-  let message = n ? `Page ${pageNumber}: ${n} event${n === 1 ? "" : "s"}${which}, newest first.` : `No events${which}.`;
-  if (page.searched_to) message += ` Searched back to ${when(page.searched_to)}: “Older events” searches on.`;
+  const message = n ? `Page ${pageNumber}: ${n} event${n === 1 ? "" : "s"}${which}, newest first.` : `No events${which}.`;
   setStatus(status, "ok", message);
 }
 
