@@ -45,30 +45,26 @@ async def page(
 LOGGED_COLUMNS = """id, event_id, environment_id, user_id, type, occurred_at, method, device_id,
     caller, request_id, client_ip, client_user_agent, details::text AS details"""
 
-_PAGE = f"""
-    SELECT {LOGGED_COLUMNS}
-    FROM audit_events
-    WHERE environment_id = $1
-      AND ($2 = '' OR user_id = $2)
-      AND ($3::text[] IS NULL OR type = ANY($3::text[]))
-      AND ($4::bigint IS NULL OR id < $4)
-    ORDER BY id DESC
-    LIMIT $5
-"""  # noqa: S608 (a constant column list)
+
+def _page_sql(range_condition: str) -> str:
+    return f"""
+        SELECT {LOGGED_COLUMNS}
+        FROM audit_events
+        WHERE environment_id = $1
+          AND ($2 = '' OR user_id = $2)
+          AND ($3::text[] IS NULL OR type = ANY($3::text[]))
+          AND ($4::bigint IS NULL OR id < $4)
+          {range_condition}
+        ORDER BY id DESC
+        LIMIT $5
+    """  # noqa: S608 (constant text)
+
+
+_PAGE = _page_sql("")
 # A statement of its own, its range on plain parameters: a plan prepared once can use
 # the BRIN index on occurred_at (migration 0013) whatever the range; the page without one
 # keeps walking the environment's index newest first.
-_PAGE_IN_RANGE = f"""
-    SELECT {LOGGED_COLUMNS}
-    FROM audit_events
-    WHERE environment_id = $1
-      AND ($2 = '' OR user_id = $2)
-      AND ($3::text[] IS NULL OR type = ANY($3::text[]))
-      AND ($4::bigint IS NULL OR id < $4)
-      AND occurred_at >= $6 AND occurred_at < $7
-    ORDER BY id DESC
-    LIMIT $5
-"""  # noqa: S608 (a constant column list)
+_PAGE_IN_RANGE = _page_sql("AND occurred_at >= $6 AND occurred_at < $7")
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
 _LATEST = datetime.max.replace(tzinfo=UTC)
 
